@@ -1,0 +1,3 @@
+export * from './context.ts'
+export * from './define.ts'
+export * from './errors.ts'

@@ -1,0 +1,66 @@
+import * as v from 'valibot'
+import { JobError, JobId, JobStatus } from './common.ts'
+import { JobOptions } from './envelope.ts'
+import { JobType } from './params/index.ts'
+
+/** `POST /api/train` (alias `POST /api/jobs`). Params are checked against the type's schema next. */
+export const SubmitJobBody = v.strictObject({
+  type: JobType,
+  params: v.record(v.string(), v.unknown()),
+  jobId: v.optional(JobId),
+  ...JobOptions,
+})
+export type SubmitJobBody = v.InferOutput<typeof SubmitJobBody>
+
+export const SubmitJobResponse = v.object({
+  jobId: JobId,
+  status: JobStatus,
+  statusUrl: v.string(),
+  streamUrl: v.string(),
+})
+export type SubmitJobResponse = v.InferOutput<typeof SubmitJobResponse>
+
+/** One file of a job's output; `path` is relative to the job's prefix, `url` the gateway's download route. */
+export const Artifact = v.object({
+  path: v.string(),
+  key: v.string(),
+  size: v.number(),
+  sha256: v.string(),
+  contentType: v.string(),
+  url: v.string(),
+})
+export type Artifact = v.InferOutput<typeof Artifact>
+
+/** `GET /api/status/:jobId`. */
+export const JobStatusBody = v.object({
+  jobId: JobId,
+  type: JobType,
+  status: JobStatus,
+  progress: v.number(),
+  message: v.string(),
+  attempt: v.number(),
+  maxAttempts: v.number(),
+  params: v.record(v.string(), v.unknown()),
+  result: v.nullable(v.unknown()),
+  error: v.optional(v.nullable(JobError)),
+  artifacts: v.array(Artifact),
+  createdAt: v.string(),
+  startedAt: v.nullable(v.string()),
+  finishedAt: v.nullable(v.string()),
+  updatedAt: v.string(),
+  nextAttemptAt: v.optional(v.nullable(v.string())),
+  seq: v.number(),
+})
+export type JobStatusBody = v.InferOutput<typeof JobStatusBody>
+
+export const JobListBody = v.object({ jobs: v.array(JobStatusBody), nextCursor: v.nullable(v.string()) })
+export type JobListBody = v.InferOutput<typeof JobListBody>
+
+export const ErrorBody = v.object({
+  error: v.object({
+    code: v.string(),
+    message: v.string(),
+    issues: v.optional(v.array(v.object({ path: v.string(), message: v.string() }))),
+  }),
+})
+export type ErrorBody = v.InferOutput<typeof ErrorBody>

@@ -1,0 +1,49 @@
+import * as v from 'valibot'
+
+/**
+ * A job id: 1-128 characters of `[A-Za-z0-9_.-]`, not all digits.
+ * BullMQ refuses `:` in custom ids and reserves numeric ones for its own counter.
+ */
+export const JobId = v.pipe(
+  v.string(),
+  v.minLength(1, 'must not be empty'),
+  v.maxLength(128, 'must be at most 128 characters'),
+  v.regex(/^[A-Za-z0-9_.-]+$/, 'may contain only letters, digits, "_", "." and "-"'),
+  v.check((id) => !/^\d+$/.test(id), 'must not be all digits (BullMQ reserves numeric ids)'),
+)
+export type JobId = v.InferOutput<typeof JobId>
+
+export const JOB_STATUSES = ['queued', 'running', 'retrying', 'completed', 'failed', 'cancelled'] as const
+export const JobStatus = v.picklist(JOB_STATUSES)
+export type JobStatus = v.InferOutput<typeof JobStatus>
+
+export const TERMINAL_STATUSES: readonly JobStatus[] = ['completed', 'failed', 'cancelled']
+export const isTerminal = (status: JobStatus): boolean => TERMINAL_STATUSES.includes(status)
+
+/** Why an attempt or a job failed; `error.reason` in the status body. */
+export const ERROR_REASONS = [
+  'timeout',
+  'cancelled',
+  'crash',
+  'invalid_params',
+  'invalid_dataset',
+  'engine_not_configured',
+  'handler_error',
+  'non_retryable',
+  'shutdown',
+  'storage',
+] as const
+export const ErrorReason = v.picklist(ERROR_REASONS)
+export type ErrorReason = v.InferOutput<typeof ErrorReason>
+
+export const JobError = v.object({
+  code: v.string(),
+  reason: ErrorReason,
+  message: v.string(),
+})
+export type JobError = v.InferOutput<typeof JobError>
+
+export const Progress = v.pipe(v.number(), v.minValue(0), v.maxValue(100))
+
+export const positiveInt = (max: number, label: string) =>
+  v.pipe(v.number(), v.integer(`${label} must be an integer`), v.minValue(1), v.maxValue(max))

@@ -1,0 +1,165 @@
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+
+/** Configuration of the gateway and the GPU host, read once from the environment at start. */
+export interface Config {
+  redisUrl: string
+  /** Unset: embedded PGlite under `dataDir` (all-in-one mode only). */
+  databaseUrl: string | undefined
+  s3: {
+    /** Unset: embedded s3rver under `dataDir` (all-in-one mode only). */
+    endpoint: string | undefined
+    region: string
+    bucket: string
+    accessKeyId: string
+    secretAccessKey: string
+  }
+  dataDir: string
+  modelsDir: string
+  /** name -> token. Empty: no auth, loopback only. */
+  apiTokens: Map<string, string>
+  metricsToken: string | undefined
+  gatewayPort: number
+  gatewayHost: string | undefined
+  metricsPort: number
+  gpuSlots: number
+  simulateStepMs: number
+  killGraceSec: number
+  shutdownGraceSec: number
+  /** BullMQ key prefix; tests use a unique one each. */
+  queuePrefix: string
+  hostId: string
+  comfyuiUrl: string | undefined
+  logLevel: string
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`)
+  }
+}
+
+type Env = Record<string, string | undefined>
+
+/** Every variable the code reads, for documentation checks. */
+export const ENV_VARS = [
+  'REDIS_URL',
+  'DATABASE_URL',
+  'S3_ENDPOINT',
+  'S3_REGION',
+  'S3_BUCKET',
+  'S3_ACCESS_KEY_ID',
+  'S3_SECRET_ACCESS_KEY',
+  'DATA_DIR',
+  'MODELS_DIR',
+  'API_TOKENS',
+  'METRICS_TOKEN',
+  'GATEWAY_PORT',
+  'GATEWAY_HOST',
+  'METRICS_PORT',
+  'GPU_SLOTS',
+  'SIMULATE_STEP_MS',
+  'KILL_GRACE_SEC',
+  'SHUTDOWN_GRACE_SEC',
+  'QUEUE_PREFIX',
+  'HOST_ID',
+  'COMFYUI_URL',
+  'LOG_LEVEL',
+] as const
+
+const SECRET_VARS = new Set(['REDIS_URL', 'DATABASE_URL', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY', 'API_TOKENS', 'METRICS_TOKEN'])
+
+/**
+ * Reads and validates the configuration; collects every problem before failing so that one run shows
+ * them all. Secrets also accept `NAME_FILE` (Docker secrets).
+ */
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = []
+
+  const raw = (name: string): string | undefined => {
+    const file = env[`${name}_FILE`]
+    if (file && SECRET_VARS.has(name)) {
+      try {
+        return readFileSync(file, 'utf8').trim()
+      } catch (err) {
+        problems.push(`${name}_FILE: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
+        return undefined
+      }
+    }
+    const value = env[name]
+    return value === '' ? undefined : value
+  }
+  const int = (name: string, fallback: number, min: number, max: number): number => {
+    const value = raw(name)
+    if (value === undefined) return fallback
+    const n = Number(value)
+    if (!Number.isInteger(n) || n < min || n > max) {
+      problems.push(`${name}: must be an integer from ${min} to ${max}, got "${value}"`)
+      return fallback
+    }
+    return n
+  }
+  const url = (name: string, protocols: string[], fallback?: string): string | undefined => {
+    const value = raw(name) ?? fallback
+    if (value === undefined) return undefined
+    try {
+      const parsed = new URL(value)
+      if (!protocols.includes(parsed.protocol)) throw new Error('protocol')
+    } catch {
+      // Never print the value: URLs carry passwords.
+      problems.push(`${name}: must be a ${protocols.join(' or ')}// URL`)
+    }
+    return value
+  }
+
+  const apiTokens = new Map<string, string>()
+  const tokens = raw('API_TOKENS')
+  if (tokens) {
+    for (const pair of tokens.split(',').map((s) => s.trim()).filter(Boolean)) {
+      const at = pair.indexOf(':')
+      const name = pair.slice(0, at)
+      const token = pair.slice(at + 1)
+      if (at <= 0 || token.length < 8 || !/^[A-Za-z0-9_.-]+$/.test(name)) {
+        problems.push('API_TOKENS: each entry must be name:token, with a token of at least 8 characters')
+        break
+      }
+      if (apiTokens.has(name)) problems.push(`API_TOKENS: the name "${name}" appears twice`)
+      apiTokens.set(name, token)
+    }
+  }
+
+  const dataDir = path.resolve(raw('DATA_DIR') ?? './data')
+  const config: Config = {
+    redisUrl: url('REDIS_URL', ['redis:', 'rediss:'], 'redis://127.0.0.1:6379') ?? '',
+    databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
+    s3: {
+      endpoint: url('S3_ENDPOINT', ['http:', 'https:']),
+      region: raw('S3_REGION') ?? 'us-east-1',
+      bucket: raw('S3_BUCKET') ?? 'gpu-artifacts',
+      accessKeyId: raw('S3_ACCESS_KEY_ID') ?? 'S3RVER',
+      secretAccessKey: raw('S3_SECRET_ACCESS_KEY') ?? 'S3RVER',
+    },
+    dataDir,
+    modelsDir: path.resolve(raw('MODELS_DIR') ?? '/opt/models'),
+    apiTokens,
+    metricsToken: raw('METRICS_TOKEN'),
+    gatewayPort: int('GATEWAY_PORT', 8080, 0, 65535),
+    gatewayHost: raw('GATEWAY_HOST'),
+    metricsPort: int('METRICS_PORT', 9464, 0, 65535),
+    gpuSlots: int('GPU_SLOTS', 1, 1, 64),
+    simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
+    killGraceSec: int('KILL_GRACE_SEC', 10, 0, 3600),
+    shutdownGraceSec: int('SHUTDOWN_GRACE_SEC', 30, 0, 86_400),
+    queuePrefix: raw('QUEUE_PREFIX') ?? 'bull',
+    hostId: raw('HOST_ID') ?? `${process.env.HOSTNAME ?? 'host'}-${process.pid}`,
+    comfyuiUrl: url('COMFYUI_URL', ['http:', 'https:']),
+    logLevel: raw('LOG_LEVEL') ?? 'info',
+  }
+  if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
+  if (!/^[A-Za-z0-9_-]+$/.test(config.queuePrefix)) problems.push('QUEUE_PREFIX: letters, digits, "_" and "-" only')
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel))
+    problems.push('LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent')
+  if (problems.length > 0) throw new ConfigError(problems)
+  return config
+}

@@ -1,0 +1,107 @@
+import { sql } from 'drizzle-orm'
+import {
+  bigint,
+  doublePrecision,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+} from 'drizzle-orm/pg-core'
+import type { JobError, JobStatus } from '../common.ts'
+import type { JobType } from '../params/index.ts'
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
+
+/** One row per job: its current state. The terminal state is written exactly once. */
+export const jobs = pgTable(
+  'jobs',
+  {
+    id: text('id').primaryKey(),
+    type: text('type').$type<JobType>().notNull(),
+    status: text('status').$type<JobStatus>().notNull(),
+    progress: doublePrecision('progress').notNull().default(0),
+    message: text('message').notNull().default(''),
+    attempt: integer('attempt').notNull().default(0),
+    maxAttempts: integer('max_attempts').notNull().default(1),
+    params: jsonb('params').$type<Record<string, unknown>>().notNull(),
+    result: jsonb('result'),
+    error: jsonb('error').$type<JobError>(),
+    owner: text('owner'),
+    priority: integer('priority'),
+    timeoutSec: integer('timeout_sec'),
+    outputPrefix: text('output_prefix').notNull(),
+    host: text('host'),
+    lastSeq: integer('last_seq').notNull().default(0),
+    createdAt: ts('created_at').notNull().defaultNow(),
+    startedAt: ts('started_at'),
+    finishedAt: ts('finished_at'),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+    nextAttemptAt: ts('next_attempt_at'),
+  },
+  (t) => [
+    index('jobs_created_idx').on(t.createdAt.desc(), t.id.desc()),
+    index('jobs_status_idx').on(t.status),
+    index('jobs_owner_idx').on(t.owner, t.createdAt.desc()),
+  ],
+)
+export type JobRow = typeof jobs.$inferSelect
+
+/** One row per attempt: where and when it ran, and how it ended. */
+export const jobAttempts = pgTable(
+  'job_attempts',
+  {
+    jobId: text('job_id')
+      .notNull()
+      .references(() => jobs.id, { onDelete: 'cascade' }),
+    attempt: integer('attempt').notNull(),
+    host: text('host').notNull(),
+    pid: integer('pid'),
+    startedAt: ts('started_at').notNull().defaultNow(),
+    finishedAt: ts('finished_at'),
+    outcome: text('outcome').$type<'completed' | 'failed' | 'retrying' | 'cancelled' | 'interrupted'>(),
+    reason: text('reason'),
+    message: text('message'),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.attempt] })],
+)
+export type JobAttemptRow = typeof jobAttempts.$inferSelect
+
+/** Status changes of each job (the full progress stream is in the Redis replay log). */
+export const jobEvents = pgTable(
+  'job_events',
+  {
+    jobId: text('job_id')
+      .notNull()
+      .references(() => jobs.id, { onDelete: 'cascade' }),
+    seq: integer('seq').notNull(),
+    status: text('status').$type<JobStatus>().notNull(),
+    progress: doublePrecision('progress').notNull(),
+    message: text('message').notNull(),
+    attempt: integer('attempt').notNull(),
+    at: ts('at').notNull().default(sql`now()`),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.seq] })],
+)
+
+/** The files of a job's final output, as listed in its manifest. */
+export const jobArtifacts = pgTable(
+  'job_artifacts',
+  {
+    jobId: text('job_id')
+      .notNull()
+      .references(() => jobs.id, { onDelete: 'cascade' }),
+    path: text('path').notNull(),
+    key: text('key').notNull(),
+    size: bigint('size', { mode: 'number' }).notNull(),
+    sha256: text('sha256').notNull(),
+    contentType: text('content_type').notNull(),
+    createdAt: ts('created_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.path] })],
+)
+export type JobArtifactRow = typeof jobArtifacts.$inferSelect
+
+export const tables = { jobs, jobAttempts, jobEvents, jobArtifacts }

@@ -1,0 +1,29 @@
+import * as v from 'valibot'
+import { JobId } from './common.ts'
+import { JobType } from './params/index.ts'
+
+/** Per-job options that override the handler's defaults. */
+export const JobOptions = {
+  priority: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(2_097_152))),
+  timeoutSec: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(7 * 86_400))),
+  maxAttempts: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(20))),
+}
+
+/**
+ * The queue payload of queue `gpu-jobs` (BullMQ job name = type, job id = jobId). Params are checked
+ * against the type's schema separately (`PARAMS_BY_TYPE`), so a producer in another language can use the
+ * generated JSON Schema of this envelope.
+ *
+ * @example
+ * { "jobId": "abc", "type": "train_lora", "params": { "baseModel": "sd15", "datasetPath": "ds1" },
+ *   "artifacts": { "outputPrefix": "loras/abc" } }
+ */
+export const JobEnvelope = v.object({
+  jobId: JobId,
+  type: JobType,
+  params: v.record(v.string(), v.unknown()),
+  artifacts: v.optional(v.object({ outputPrefix: v.pipe(v.string(), v.minLength(1), v.maxLength(512)) })),
+  owner: v.optional(v.nullable(v.string())),
+  ...JobOptions,
+})
+export type JobEnvelope = v.InferOutput<typeof JobEnvelope>

@@ -1,0 +1,7 @@
+export * from './api.ts'
+export * from './common.ts'
+export * from './envelope.ts'
+export * from './events.ts'
+export * from './issues.ts'
+export * from './keys.ts'
+export * from './params/index.ts'

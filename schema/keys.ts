@@ -1,0 +1,18 @@
+/**
+ * Redis names shared by the gateway and the GPU hosts. Per-job keys carry the job id in a hash tag so
+ * that one job's keys land on one Redis Cluster slot (the event script touches two of them at once).
+ */
+export const QUEUE_NAME = 'gpu-jobs'
+
+/** Pub/sub channel of a job's progress events (contract). */
+export const progressChannel = (jobId: string): string => `progress:${jobId}`
+export const PROGRESS_PATTERN = 'progress:*'
+
+/** Counter that gives each event of a job its `seq`. */
+export const seqKey = (jobId: string): string => `gpu-jobs:{${jobId}}:seq`
+/** Capped stream of a job's events, for replay. */
+export const eventLogKey = (jobId: string): string => `gpu-jobs:{${jobId}}:events`
+/** Set when a job is cancelled, so a host about to start it refuses. */
+export const cancelKey = (jobId: string): string => `gpu-jobs:{${jobId}}:cancel`
+/** Broadcast to every GPU host: `{"jobId": "..."}`; the host running the job kills it. */
+export const CANCEL_CHANNEL = 'gpu-jobs:cancel'

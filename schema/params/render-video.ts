@@ -1,0 +1,34 @@
+import * as v from 'valibot'
+
+/** One node of a ComfyUI API-format graph: `{ "<id>": { class_type, inputs } }`. */
+export const ComfyNode = v.looseObject({
+  class_type: v.pipe(v.string(), v.minLength(1)),
+  inputs: v.record(v.string(), v.unknown()),
+})
+export const ComfyGraph = v.pipe(
+  v.record(v.pipe(v.string(), v.regex(/^[A-Za-z0-9_:.-]+$/)), ComfyNode),
+  v.check((g) => Object.keys(g).length > 0, 'must have at least one node'),
+)
+export type ComfyGraph = v.InferOutput<typeof ComfyGraph>
+
+/** A workflow template kept in the repo (`functions/render_video/workflows/<name>.json`). */
+export const WorkflowName = v.pipe(v.string(), v.regex(/^[a-z0-9_-]{1,64}$/, 'must be a workflow template name'))
+
+const dimension = v.pipe(
+  v.number(),
+  v.integer(),
+  v.minValue(16),
+  v.maxValue(4096),
+  v.check((n) => n % 8 === 0, 'must be a multiple of 8'),
+)
+
+export const RenderVideoParams = v.strictObject({
+  workflow: v.optional(v.union([WorkflowName, ComfyGraph]), 'default'),
+  inputs: v.optional(v.record(v.string(), v.unknown()), {}),
+  width: v.optional(dimension, 512),
+  height: v.optional(dimension, 512),
+  frames: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(2000)), 24),
+  fps: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(120)), 8),
+  engine: v.optional(v.picklist(['simulate', 'comfyui']), 'simulate'),
+})
+export type RenderVideoParams = v.InferOutput<typeof RenderVideoParams>

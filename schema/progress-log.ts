@@ -1,0 +1,63 @@
+import type { Redis } from 'ioredis'
+import type { ProgressEvent, UnsequencedEvent } from './events.ts'
+import { eventLogKey, progressChannel, seqKey } from './keys.ts'
+
+/** Events kept per job in the replay stream; older ones are trimmed (the terminal state is in Postgres). */
+export const EVENT_LOG_MAX = 10_000
+/** How long a finished job's replay stream is kept. */
+export const EVENT_LOG_TTL_SEC = 7 * 24 * 3600
+
+// One script so that seq order, stream order and publish order are the same for every event of a job,
+// whichever process emits it. The event JSON is built around the seq so its field order is the contract's.
+const EMIT_SCRIPT = `
+local seq = redis.call('INCR', KEYS[1])
+local json = ARGV[1] .. ',"seq":' .. seq .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], tostring(seq) .. '-1', 'e', json)
+redis.call('PUBLISH', ARGV[3], json)
+if ARGV[5] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+return seq
+`
+
+/** Appends an event to the job's replay log and publishes it; returns the event with its seq. */
+export async function emitEvent(
+  redis: Redis,
+  event: UnsequencedEvent,
+  { terminal = false }: { terminal?: boolean } = {},
+): Promise<ProgressEvent> {
+  const head = JSON.stringify({
+    jobId: event.jobId,
+    status: event.status,
+    progress: event.progress,
+    message: event.message,
+    timestamp: event.timestamp,
+  }).slice(0, -1)
+  const tail = `,${JSON.stringify({ type: event.type, attempt: event.attempt }).slice(1)}`
+  const seq = (await redis.eval(
+    EMIT_SCRIPT,
+    2,
+    seqKey(event.jobId),
+    eventLogKey(event.jobId),
+    head,
+    tail,
+    progressChannel(event.jobId),
+    String(EVENT_LOG_MAX),
+    terminal ? String(EVENT_LOG_TTL_SEC) : '0',
+  )) as number
+  return { ...event, seq }
+}
+
+/** Events of a job with `seq > after`, oldest first (stream ids are `<seq>-1`). */
+export async function readEvents(redis: Redis, jobId: string, after = 0, limit = 1000): Promise<ProgressEvent[]> {
+  const rows = await redis.xrange(eventLogKey(jobId), `(${after}-1`, '+', 'COUNT', limit)
+  return rows.map(([, fields]) => JSON.parse(fields[1] ?? '{}') as ProgressEvent)
+}
+
+/** The newest event of a job, or null when its log is empty or expired. */
+export async function lastEvent(redis: Redis, jobId: string): Promise<ProgressEvent | null> {
+  const rows = await redis.xrevrange(eventLogKey(jobId), '+', '-', 'COUNT', 1)
+  const fields = rows[0]?.[1]
+  return fields?.[1] ? (JSON.parse(fields[1]) as ProgressEvent) : null
+}

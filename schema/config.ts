@@ -25,6 +25,8 @@ export interface Config {
   gpuSlots: number
   simulateStepMs: number
   killGraceSec: number
+  /** First retry delay; each retry doubles it, with jitter. */
+  retryBackoffMs: number
   shutdownGraceSec: number
   /** BullMQ key prefix; tests use a unique one each. */
   queuePrefix: string
@@ -61,6 +63,7 @@ export const ENV_VARS = [
   'GPU_SLOTS',
   'SIMULATE_STEP_MS',
   'KILL_GRACE_SEC',
+  'RETRY_BACKOFF_MS',
   'SHUTDOWN_GRACE_SEC',
   'QUEUE_PREFIX',
   'HOST_ID',
@@ -150,6 +153,7 @@ export function loadConfig(env: Env = process.env): Config {
     gpuSlots: int('GPU_SLOTS', 1, 1, 64),
     simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
     killGraceSec: int('KILL_GRACE_SEC', 10, 0, 3600),
+    retryBackoffMs: int('RETRY_BACKOFF_MS', 5000, 0, 3_600_000),
     shutdownGraceSec: int('SHUTDOWN_GRACE_SEC', 30, 0, 86_400),
     queuePrefix: raw('QUEUE_PREFIX') ?? 'bull',
     hostId: raw('HOST_ID') ?? `${process.env.HOSTNAME ?? 'host'}-${process.pid}`,

@@ -27,3 +27,13 @@ export const ARTIFACT_PREFIX: Record<JobType, string> = {
   render_video: 'videos',
 }
 export const outputPrefixFor = (type: JobType, jobId: string): string => `${ARTIFACT_PREFIX[type]}/${jobId}`
+
+/**
+ * Each type's default limits, shared by the gateway (shown before a host takes the job) and the handlers
+ * (which use them as their `timeoutSec` and `maxAttempts`). A request may override both.
+ */
+export const TYPE_DEFAULTS: Record<JobType, { timeoutSec: number; maxAttempts: number; vramMb: number }> = {
+  train_lora: { timeoutSec: 6 * 3600, maxAttempts: 3, vramMb: 12_000 },
+  train_voice: { timeoutSec: 4 * 3600, maxAttempts: 3, vramMb: 8_000 },
+  render_video: { timeoutSec: 2 * 3600, maxAttempts: 2, vramMb: 16_000 },
+}

@@ -1,0 +1,379 @@
+import { randomUUID } from 'node:crypto'
+import { GetObjectCommand, HeadBucketCommand, type S3Client } from '@aws-sdk/client-s3'
+import type { Queue } from 'bullmq'
+import { Hono } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
+import { streamSSE } from 'hono/streaming'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import * as v from 'valibot'
+import { type Artifact, type JobStatusBody, SubmitJobBody, type SubmitJobResponse } from '../schema/api.ts'
+import { isTerminal, JobId, JobStatus } from '../schema/common.ts'
+import type { Config } from '../schema/config.ts'
+import type { Database } from '../schema/db/connect.ts'
+import type { JobArtifactRow, JobRow } from '../schema/db/tables.ts'
+import { DatasetPathError, resolveDatasetPath } from '../schema/dataset-path.ts'
+import type { JobEnvelope } from '../schema/envelope.ts'
+import type { ProgressEvent } from '../schema/events.ts'
+import { toFieldIssues } from '../schema/issues.ts'
+import { CANCEL_CHANNEL, cancelKey } from '../schema/keys.ts'
+import { JobType, outputPrefixFor, PARAMS_BY_TYPE, TYPE_DEFAULTS } from '../schema/params/index.ts'
+import { emitEvent, lastEvent } from '../schema/progress-log.ts'
+import { presentedToken, tokenOwner } from './auth.ts'
+import { ApiError, isBackendDown } from './errors.ts'
+import type { EventHub } from './hub.ts'
+import type { GatewayMetrics } from './metrics.ts'
+import { JobStore } from './store.ts'
+
+export const MAX_BODY_BYTES = 1024 * 1024
+
+export interface GatewayDeps {
+  config: Config
+  database: Database
+  redis: Redis
+  queue: Queue
+  s3: S3Client
+  hub: EventHub
+  metrics: GatewayMetrics
+  logger: Logger
+}
+
+type Env = { Variables: { owner: string | null } }
+
+const iso = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null)
+
+/** The event that stands for a job's stored state (used when its replay log is gone). */
+export const rowSnapshot = (row: JobRow): ProgressEvent => ({
+  jobId: row.id,
+  status: row.status,
+  progress: row.progress,
+  message: row.message,
+  timestamp: row.updatedAt.toISOString(),
+  seq: Math.max(1, row.lastSeq),
+  type: row.type,
+  attempt: row.attempt,
+})
+
+/** The Hono app of the gateway: REST API, SSE, health and metrics (WebSocket is attached in server.ts). */
+export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore; statusBody: (row: JobRow) => Promise<JobStatusBody> } {
+  const { config, redis, queue, s3, hub, metrics, logger } = deps
+  const store = new JobStore(deps.database.db)
+  const app = new Hono<Env>()
+  const authRequired = config.apiTokens.size > 0
+
+  app.onError((err, c) => {
+    if (err instanceof ApiError) return c.json(err.toJSON(), err.status)
+    if (isBackendDown(err)) {
+      logger.warn({ err: (err as Error).message, path: c.req.path }, 'backing service unavailable')
+      return c.json(new ApiError(503, 'unavailable', 'a backing service (Redis, Postgres or S3) is unavailable; retry shortly').toJSON(), 503)
+    }
+    logger.error({ err, path: c.req.path }, 'unhandled error')
+    return c.json({ error: { code: 'internal', message: 'internal error' } }, 500)
+  })
+  app.notFound((c) => c.json(new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`).toJSON(), 404))
+
+  app.use(async function requestMetrics(c, next) {
+    const start = performance.now()
+    await next()
+    const route = c.req.routePath || 'unmatched'
+    metrics.httpDuration.observe({ method: c.req.method, route, status: String(c.res.status) }, (performance.now() - start) / 1000)
+  })
+
+  app.get('/healthz', (c) => c.json({ ok: true }))
+  app.get('/metrics', async (c) => {
+    if (config.metricsToken && tokenOwner(new Map([['metrics', config.metricsToken]]), presentedToken(c.req.header('authorization'), undefined)) === null)
+      throw new ApiError(401, 'unauthorized', 'METRICS_TOKEN is set: send Authorization: Bearer <token>')
+    return c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType })
+  })
+
+  app.use('*', async function auth(c, next) {
+    c.set('owner', null)
+    if (!authRequired || c.req.path === '/healthz' || c.req.path === '/metrics') return next()
+    const owner = tokenOwner(config.apiTokens, presentedToken(c.req.header('authorization'), c.req.query('token')))
+    if (owner === null) throw new ApiError(401, 'unauthorized', 'send Authorization: Bearer <token> (or ?token= for WebSocket and SSE)')
+    c.set('owner', owner)
+    return next()
+  })
+
+  app.get('/readyz', async (c) => {
+    const check = async (fn: () => Promise<unknown>) => {
+      try {
+        await Promise.race([fn(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000))])
+        return 'ok'
+      } catch (err) {
+        return `down: ${(err as Error).message}`
+      }
+    }
+    const [r, p, s] = await Promise.all([
+      check(() => redis.ping()),
+      check(() => deps.database.ping()),
+      check(() => s3.send(new HeadBucketCommand({ Bucket: config.s3.bucket }))),
+    ])
+    const checks = { redis: r, postgres: p, s3: s }
+    const ok = Object.values(checks).every((x) => x === 'ok')
+    return c.json({ ok, checks }, ok ? 200 : 503)
+  })
+
+  const artifactUrl = (jobId: string, path: string) =>
+    `/api/jobs/${encodeURIComponent(jobId)}/artifacts/${path.split('/').map(encodeURIComponent).join('/')}`
+  const toArtifact = (a: JobArtifactRow): Artifact => ({
+    path: a.path,
+    key: a.key,
+    size: a.size,
+    sha256: a.sha256,
+    contentType: a.contentType,
+    url: artifactUrl(a.jobId, a.path),
+  })
+
+  /** The stored row merged with the newest live event, which Postgres sees only a few times a second. */
+  async function statusBody(row: JobRow): Promise<JobStatusBody> {
+    const [live, artifacts] = await Promise.all([
+      isTerminal(row.status) ? null : lastEvent(redis, row.id).catch(() => null),
+      store.artifacts(row.id),
+    ])
+    const fresher = live && live.seq > row.lastSeq && !isTerminal(row.status) ? live : null
+    return {
+      jobId: row.id,
+      type: row.type,
+      status: fresher?.status ?? row.status,
+      progress: fresher?.progress ?? row.progress,
+      message: fresher?.message ?? row.message,
+      attempt: fresher?.attempt ?? row.attempt,
+      maxAttempts: row.maxAttempts,
+      params: row.params,
+      result: row.result ?? null,
+      error: row.error ?? null,
+      artifacts: artifacts.map(toArtifact),
+      createdAt: row.createdAt.toISOString(),
+      startedAt: iso(row.startedAt),
+      finishedAt: iso(row.finishedAt),
+      updatedAt: row.updatedAt.toISOString(),
+      nextAttemptAt: iso(row.nextAttemptAt),
+      seq: fresher?.seq ?? row.lastSeq,
+    }
+  }
+
+  /** A job the caller may see; another owner's job is a 404, as if it did not exist. */
+  async function visibleJob(jobId: string, owner: string | null): Promise<JobRow> {
+    if (!v.is(JobId, jobId)) throw new ApiError(404, 'not_found', 'no such job')
+    const row = await store.get(jobId)
+    if (!row || (authRequired && row.owner !== owner)) throw new ApiError(404, 'not_found', `no job "${jobId}"`)
+    return row
+  }
+
+  const submit = async (c: import('hono').Context<Env>) => {
+    let raw: unknown
+    try {
+      raw = await c.req.json()
+    } catch {
+      throw new ApiError(400, 'invalid_json', 'the body must be valid JSON')
+    }
+    const body = v.safeParse(SubmitJobBody, raw)
+    if (!body.success) {
+      const issues = toFieldIssues(body.issues)
+      throw new ApiError(400, 'invalid_request', `invalid request: ${issues[0]?.path} ${issues[0]?.message}`, issues)
+    }
+    const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body.output
+    const params = v.safeParse(PARAMS_BY_TYPE[type], body.output.params)
+    if (!params.success) {
+      const issues = toFieldIssues(params.issues, 'params')
+      throw new ApiError(400, 'invalid_params', `invalid params: ${issues[0]?.path} ${issues[0]?.message}`, issues)
+    }
+    if ('datasetPath' in params.output) {
+      try {
+        await resolveDatasetPath(config.dataDir, params.output.datasetPath)
+      } catch (err) {
+        if (!(err instanceof DatasetPathError)) throw err
+        const issues = [{ path: 'params.datasetPath', message: err.message }]
+        throw new ApiError(400, 'invalid_params', `invalid params: params.datasetPath ${err.message}`, issues)
+      }
+    }
+    const owner = c.get('owner')
+    const jobId = requestedId ?? randomUUID()
+    const outputPrefix = outputPrefixFor(type, jobId)
+    const defaults = TYPE_DEFAULTS[type]
+    const urls = {
+      statusUrl: `/api/status/${encodeURIComponent(jobId)}`,
+      streamUrl: `/ws?jobId=${encodeURIComponent(jobId)}`,
+    }
+    // Params as the client sent them (validated); the host applies defaults again when it parses them.
+    const inserted = await store.insert({
+      jobId,
+      type,
+      params: body.output.params,
+      owner,
+      priority,
+      timeoutSec,
+      maxAttempts: maxAttempts ?? defaults.maxAttempts,
+      outputPrefix,
+    })
+    if (!inserted) {
+      const existing = await store.get(jobId)
+      if (!existing || (authRequired && existing.owner !== owner))
+        throw new ApiError(409, 'conflict', `jobId "${jobId}" is already taken`)
+      return c.json({ jobId, status: existing.status, ...urls } satisfies SubmitJobResponse, 200)
+    }
+    const envelope: JobEnvelope = {
+      jobId,
+      type,
+      params: body.output.params,
+      artifacts: { outputPrefix },
+      owner,
+      ...(priority === undefined ? {} : { priority }),
+      ...(timeoutSec === undefined ? {} : { timeoutSec }),
+      ...(maxAttempts === undefined ? {} : { maxAttempts }),
+    }
+    try {
+      // The queued event first, so that its seq comes before anything a host emits.
+      const event = await emitEvent(redis, {
+        jobId,
+        type,
+        status: 'queued',
+        progress: 0,
+        message: 'queued',
+        attempt: 0,
+        timestamp: new Date().toISOString(),
+      })
+      await queue.add(type, envelope, {
+        jobId,
+        ...(priority === undefined ? {} : { priority }),
+        removeOnComplete: { age: 7 * 86_400, count: 10_000 },
+        removeOnFail: { age: 30 * 86_400, count: 50_000 },
+      })
+      void store.progressSeq(jobId, event.seq).catch(() => {})
+    } catch (err) {
+      // Not queued: no row either, so nothing is left half-submitted.
+      await store.remove(jobId).catch(() => {})
+      throw err
+    }
+    metrics.submitted.inc({ type })
+    logger.info({ jobId, type, owner }, 'job queued')
+    return c.json({ jobId, status: 'queued', ...urls } satisfies SubmitJobResponse, 202)
+  }
+
+  const limit = bodyLimit({
+    maxSize: MAX_BODY_BYTES,
+    onError: () => {
+      throw new ApiError(413, 'too_large', `the body must be at most ${MAX_BODY_BYTES} bytes`)
+    },
+  })
+  app.post('/api/train', limit, submit)
+  app.post('/api/jobs', limit, submit)
+
+  const status = async (c: import('hono').Context<Env>) =>
+    c.json(await statusBody(await visibleJob(c.req.param('jobId') ?? '', c.get('owner'))))
+  app.get('/api/status/:jobId', status)
+  app.get('/api/jobs/:jobId', status)
+
+  app.get('/api/jobs', async (c) => {
+    const q = c.req.query()
+    const issues: { path: string; message: string }[] = []
+    const limitN = q.limit === undefined ? 50 : Number(q.limit)
+    if (!Number.isInteger(limitN) || limitN < 1 || limitN > 500) issues.push({ path: 'limit', message: 'must be an integer from 1 to 500' })
+    if (q.status !== undefined && !v.is(JobStatus, q.status)) issues.push({ path: 'status', message: 'must be a job status' })
+    if (q.type !== undefined && !v.is(JobType, q.type)) issues.push({ path: 'type', message: 'must be a job type' })
+    if (issues.length) throw new ApiError(400, 'invalid_query', `invalid query: ${issues[0]?.path} ${issues[0]?.message}`, issues)
+    const page = await store.list({
+      owner: authRequired ? c.get('owner') : undefined,
+      status: q.status as JobStatus | undefined,
+      type: q.type as JobType | undefined,
+      limit: limitN,
+      cursor: q.cursor,
+    })
+    if ('badCursor' in page) throw new ApiError(400, 'invalid_query', 'invalid query: cursor is not one this API gave out', [{ path: 'cursor', message: 'unknown cursor' }])
+    return c.json({ jobs: await Promise.all(page.rows.map(statusBody)), nextCursor: page.nextCursor })
+  })
+
+  app.post('/api/jobs/:jobId/cancel', async (c) => {
+    const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
+    if (isTerminal(row.status)) throw new ApiError(409, 'conflict', `job is already ${row.status}`)
+    const jobId = row.id
+    // Every host learns of it: a host about to start the job refuses, the one running it kills it.
+    await redis.set(cancelKey(jobId), '1', 'EX', 7 * 86_400)
+    const removed = await queue.remove(jobId).catch(() => 0)
+    if (removed === 1 || row.status === 'queued' || row.status === 'retrying') {
+      const fresh = await store.get(jobId)
+      if (fresh && !isTerminal(fresh.status) && (removed === 1 || fresh.status !== 'running')) {
+        const event = await emitEvent(
+          redis,
+          { jobId, type: row.type, status: 'cancelled', progress: fresh.progress, message: 'cancelled', attempt: fresh.attempt, timestamp: new Date().toISOString() },
+          { terminal: true },
+        )
+        await store.cancel(jobId, { code: 'CANCELLED', reason: 'cancelled', message: 'cancelled by request' }, event.seq, 'cancelled')
+      }
+    }
+    await redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId }))
+    const after = await store.get(jobId)
+    return c.json({ jobId, status: after?.status ?? row.status, cancelRequested: true }, 202)
+  })
+
+  app.get('/api/jobs/:jobId/artifacts', async (c) => {
+    const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
+    return c.json({ artifacts: (await store.artifacts(row.id)).map(toArtifact) })
+  })
+
+  app.get('/api/jobs/:jobId/artifacts/*', async (c) => {
+    const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
+    const prefix = `/api/jobs/${encodeURIComponent(row.id)}/artifacts/`
+    const rel = decodeURIComponent(new URL(c.req.url).pathname.slice(prefix.length))
+    const artifact = (await store.artifacts(row.id)).find((a) => a.path === rel)
+    if (!artifact) throw new ApiError(404, 'not_found', `job ${row.id} has no artifact "${rel}"`)
+    const range = c.req.header('range')
+    const obj = await s3.send(new GetObjectCommand({ Bucket: config.s3.bucket, Key: artifact.key, Range: range }))
+    const headers: Record<string, string> = {
+      'content-type': artifact.contentType,
+      'accept-ranges': 'bytes',
+      'content-disposition': `attachment; filename="${rel.split('/').pop()?.replace(/"/g, '') ?? 'artifact'}"`,
+      'x-checksum-sha256': artifact.sha256,
+    }
+    if (obj.ContentLength !== undefined) headers['content-length'] = String(obj.ContentLength)
+    if (obj.ContentRange) headers['content-range'] = obj.ContentRange
+    const bodyStream = obj.Body?.transformToWebStream() as ReadableStream | undefined
+    return bodyStream ? c.body(bodyStream, obj.ContentRange ? 206 : 200, headers) : c.body(null, 200, headers)
+  })
+
+  app.get('/api/jobs/:jobId/events', async (c) => {
+    const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
+    const afterRaw = c.req.header('last-event-id') ?? c.req.query('after')
+    const after = afterRaw === undefined ? undefined : Number(afterRaw)
+    if (after !== undefined && (!Number.isInteger(after) || after < 0))
+      throw new ApiError(400, 'invalid_query', 'invalid query: after must be a non-negative integer', [{ path: 'after', message: 'must be a non-negative integer' }])
+    return streamSSE(c, async (stream) => {
+      metrics.sseStreams.inc()
+      const queued: ProgressEvent[] = []
+      let wake: (() => void) | undefined
+      let done = false
+      const sub = await hub.subscribe(row.id, after, (event) => {
+        if (queued.length > 10_000) {
+          metrics.dropped.inc({ transport: 'sse', reason: 'slow_client' })
+          done = true
+        } else queued.push(event)
+        wake?.()
+      })
+      stream.onAbort(() => {
+        done = true
+        wake?.()
+      })
+      const keepAlive = setInterval(() => void stream.write(': keep-alive\n\n').catch(() => {}), 15_000)
+      try {
+        while (!done) {
+          const event = queued.shift()
+          if (!event) {
+            await new Promise<void>((r) => (wake = r))
+            wake = undefined
+            continue
+          }
+          await stream.writeSSE({ id: String(event.seq), event: 'progress', data: JSON.stringify(event) })
+          metrics.forwarded.inc({ transport: 'sse' })
+          if (isTerminal(event.status) && queued.length === 0) done = true
+        }
+      } finally {
+        clearInterval(keepAlive)
+        sub.close()
+        metrics.sseStreams.dec()
+      }
+    })
+  })
+
+  return { app, store, statusBody }
+}

@@ -1,0 +1,76 @@
+import type { Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { serve } from '@hono/node-server'
+import type { S3Client } from '@aws-sdk/client-s3'
+import { Queue } from 'bullmq'
+import type { Logger } from 'pino'
+import { createRedis } from '../schema/clients.ts'
+import type { Config } from '../schema/config.ts'
+import type { Database } from '../schema/db/connect.ts'
+import { QUEUE_NAME } from '../schema/keys.ts'
+import { createApp, rowSnapshot } from './app.ts'
+import { EventHub } from './hub.ts'
+import { GatewayMetrics } from './metrics.ts'
+import { attachWebSocket } from './ws.ts'
+
+export interface Gateway {
+  port: number
+  url: string
+  close(): Promise<void>
+}
+
+/**
+ * Starts the gateway on `config.gatewayPort` (0: any free port). Without API tokens it binds to loopback
+ * only, whatever GATEWAY_HOST says, since anyone who can reach it could run and cancel jobs.
+ */
+export async function startGateway(opts: { config: Config; database: Database; s3: S3Client; logger: Logger }): Promise<Gateway> {
+  const { config, database, logger } = opts
+  const redis = createRedis(config.redisUrl)
+  const subscriber = createRedis(config.redisUrl)
+  const queueConnection = createRedis(config.redisUrl)
+  for (const [name, r] of [['redis', redis], ['subscriber', subscriber], ['queue', queueConnection]] as const)
+    r.on('error', (err) => logger.warn({ err: err.message, connection: name }, 'redis error'))
+  await Promise.all([redis.connect(), subscriber.connect(), queueConnection.connect()])
+  const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix: config.queuePrefix })
+  const metrics = new GatewayMetrics()
+  let store: import('./store.ts').JobStore | undefined
+  const hub = new EventHub(
+    subscriber,
+    redis,
+    async (jobId) => {
+      const row = await store?.get(jobId)
+      return row ? rowSnapshot(row) : null
+    },
+    (err) => logger.warn({ err }, 'event replay failed'),
+  )
+  await hub.start()
+  const built = createApp({ config, database, redis, queue, s3: opts.s3, hub, metrics, logger })
+  store = built.store
+
+  const open = config.apiTokens.size === 0
+  const hostname = open ? '127.0.0.1' : (config.gatewayHost ?? '0.0.0.0')
+  if (open && config.gatewayHost && config.gatewayHost !== '127.0.0.1')
+    logger.warn({ requested: config.gatewayHost }, 'GATEWAY_HOST ignored: no API_TOKENS set, so the gateway listens on loopback only')
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = serve({ fetch: built.app.fetch, port: config.gatewayPort, hostname }, () => resolve(s as Server))
+    ;(s as Server).once('error', reject)
+  })
+  const ws = attachWebSocket({ server, hub, store: built.store, metrics, logger, tokens: config.apiTokens })
+  const port = (server.address() as AddressInfo).port
+  const url = `http://${hostname}:${port}`
+  if (open) logger.warn(`no API_TOKENS set: authentication is off and the gateway listens on loopback only (${url})`)
+  logger.info({ url }, 'gateway listening')
+  return {
+    port,
+    url,
+    close: async () => {
+      ws.close()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+      server.closeAllConnections()
+      await hub.close()
+      await queue.close()
+      subscriber.disconnect()
+      await redis.quit().catch(() => redis.disconnect())
+    },
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * Entry of the fresh process that runs one job. It owns its process group (the host forks it detached),
+ * gets the job over IPC, validates everything that arrives, runs the handler, reports, and exits. When
+ * the IPC channel closes (the host died), it kills its whole group so no orphan keeps a GPU.
+ */
+import { mkdir } from 'node:fs/promises'
+import { pathToFileURL } from 'node:url'
+import * as v from 'valibot'
+import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import { handlerFor } from '../functions/index.ts'
+import type { HandlerContext } from '../functions/sdk/context.ts'
+import type { AnyHandler } from '../functions/sdk/define.ts'
+import { NonRetryableError, RetryableError } from '../functions/sdk/errors.ts'
+import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
+import { createModelCache } from '../functions/sdk/models.ts'
+import { createS3Client } from '../schema/clients.ts'
+import { type ChildError, type ChildMessage, ParentMessage } from './ipc.ts'
+import { S3ArtifactStore } from './s3-artifacts.ts'
+
+const send = (msg: ChildMessage): Promise<void> =>
+  new Promise((resolve) => {
+    if (!process.connected || !process.send) return resolve()
+    process.send(msg, undefined, {}, () => resolve())
+  })
+
+const controller = new AbortController()
+let started = false
+
+const abortReason = (reason: string): Error => Object.assign(new Error(`job ${reason}`), { name: 'AbortError', reason })
+
+// SIGTERM from the host (timeout, cancel, shutdown): abort the handler's signal and let it wind down
+// within the grace period; the host sends SIGKILL after that.
+process.on('SIGTERM', () => controller.abort(controller.signal.reason ?? abortReason('terminated')))
+
+process.on('disconnect', () => {
+  // The host is gone: take the whole group down, grandchildren included.
+  try {
+    process.kill(-process.pid, 'SIGKILL')
+  } catch {
+    process.exit(137)
+  }
+})
+
+function toChildError(err: unknown): ChildError {
+  if (controller.signal.aborted) {
+    const reason = (controller.signal.reason as { reason?: string })?.reason
+    const r = reason === 'timeout' || reason === 'cancelled' || reason === 'shutdown' ? reason : 'cancelled'
+    return { name: 'AbortError', message: `job ${r}`, code: r.toUpperCase(), reason: r, retryable: r !== 'cancelled' }
+  }
+  if (err instanceof NonRetryableError || err instanceof RetryableError)
+    return { name: err.name, message: err.message, code: err.code, reason: err.reason, retryable: err instanceof RetryableError }
+  const e = err instanceof Error ? err : new Error(String(err))
+  return { name: e.name, message: e.message, code: 'HANDLER_ERROR', reason: 'handler_error', retryable: true }
+}
+
+async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void> {
+  const handler = msg.handlerModule
+    ? ((await import(pathToFileURL(msg.handlerModule).href)) as { default: AnyHandler }).default
+    : handlerFor(msg.job.type)
+  if (!handler || typeof handler.run !== 'function') throw new Error('handler module has no default handler export')
+  const parsed = v.safeParse(handler.params, msg.job.params)
+  if (!parsed.success)
+    throw new NonRetryableError(`invalid params: ${describeIssues(toFieldIssues(parsed.issues, 'params'))}`, {
+      reason: 'invalid_params',
+    })
+  await mkdir(msg.paths.scratch, { recursive: true })
+  const sink = msg.sink
+  const artifacts =
+    sink.kind === 's3'
+      ? new S3ArtifactStore(createS3Client({ ...sink }), sink.bucket, sink.prefix)
+      : new DirectoryArtifactStore(sink.dir, sink.prefix)
+  const log =
+    (level: 'debug' | 'info' | 'warn' | 'error') =>
+    (text: string, fields?: Record<string, unknown>): void => {
+      void send({ kind: 'log', level, msg: text, fields })
+    }
+  const ctx: HandlerContext = {
+    jobId: msg.job.jobId,
+    type: msg.job.type,
+    attempt: msg.job.attempt,
+    signal: controller.signal,
+    progress: (percent, message) => {
+      const pct = Math.min(100, Math.max(0, Number.isFinite(percent) ? percent : 0))
+      void send({ kind: 'progress', percent: pct, message })
+    },
+    log: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
+    artifacts: {
+      put: async (p, body, opts) => {
+        const record = await artifacts.put(p, body, opts)
+        await send({ kind: 'artifact', record })
+        return record
+      },
+    },
+    paths: msg.paths,
+    gpu: msg.gpu,
+    models: createModelCache(msg.paths.models, controller.signal),
+    engines: { simulateStepMs: msg.engines.simulateStepMs, comfyuiUrl: msg.engines.comfyuiUrl },
+  }
+  await send({ kind: 'started' })
+  const result = await handler.run(
+    { jobId: msg.job.jobId, type: msg.job.type, params: parsed.output, attempt: msg.job.attempt },
+    ctx,
+  )
+  await send({ kind: 'result', result: JSON.parse(JSON.stringify(result ?? null)) })
+}
+
+process.on('message', (raw: unknown) => {
+  const parsed = v.safeParse(ParentMessage, raw)
+  if (!parsed.success) {
+    process.stderr.write(`child: invalid message from host: ${describeIssues(toFieldIssues(parsed.issues))}\n`)
+    process.exit(70)
+  }
+  const msg = parsed.output
+  if (msg.kind === 'abort') {
+    controller.abort(abortReason(msg.reason))
+    return
+  }
+  if (started) return
+  started = true
+  run(msg).then(
+    () => process.exit(0),
+    async (err: unknown) => {
+      await send({ kind: 'error', error: toChildError(err) })
+      process.exit(1)
+    },
+  )
+})
+
+void send({ kind: 'ready' })

@@ -1,0 +1,529 @@
+import { mkdir, rm } from 'node:fs/promises'
+import { createServer, type Server } from 'node:http'
+import path from 'node:path'
+import { CreateBucketCommand, HeadBucketCommand, type S3Client } from '@aws-sdk/client-s3'
+import { DelayedError, type Job, Queue, UnrecoverableError, WaitingError, Worker } from 'bullmq'
+import type { Logger } from 'pino'
+import * as v from 'valibot'
+import { handlerFor } from '../functions/index.ts'
+import type { AnyHandler } from '../functions/sdk/define.ts'
+import { createRedis } from '../schema/clients.ts'
+import type { JobError } from '../schema/common.ts'
+import type { Config } from '../schema/config.ts'
+import type { Database } from '../schema/db/connect.ts'
+import { JobEnvelope } from '../schema/envelope.ts'
+import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import { CANCEL_CHANNEL, cancelKey, QUEUE_NAME } from '../schema/keys.ts'
+import { JOB_STATUSES } from '../schema/common.ts'
+import { ERROR_REASONS } from '../schema/common.ts'
+import { JOB_TYPES, type JobType, outputPrefixFor } from '../schema/params/index.ts'
+import { emitEvent } from '../schema/progress-log.ts'
+import { readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
+import { HostMetrics } from './metrics.ts'
+import { groupMembers } from './process-group.ts'
+import { Reporter } from './reporter.ts'
+import { JobProcess, type RunOutcome } from './runner.ts'
+import { invalidateManifest, publishManifest } from './s3-artifacts.ts'
+import { JobState } from './state.ts'
+
+/** Lock renewed every 5 s; a host that dies loses its jobs to the stalled check within about 15 s. */
+export const LOCK_DURATION_MS = 10_000
+export const STALLED_INTERVAL_MS = 5_000
+
+export interface GpuHostOptions {
+  config: Config
+  database: Database
+  s3: { client: S3Client; endpoint: string }
+  logger: Logger
+  /** Test fixtures: run this module's default handler for a type instead of the registry's. */
+  handlerModules?: Partial<Record<JobType, string>>
+  version?: string
+}
+
+interface RunningJob {
+  jobId: string
+  type: JobType
+  cancelRequested: boolean
+  proc: JobProcess | undefined
+  reporter: Reporter | undefined
+}
+
+const backoffDelay = (baseMs: number, attempt: number): number =>
+  Math.round(Math.min(baseMs * 2 ** (attempt - 1), 3_600_000) * (0.5 + Math.random() * 0.5))
+
+/**
+ * The GPU host: takes jobs from queue `gpu-jobs` as slots free up and runs each in a fresh process with
+ * a hard timeout; publishes progress, stores state, uploads artifacts, exports metrics.
+ */
+export class GpuHost {
+  readonly metrics: HostMetrics
+  private readonly redis
+  private readonly subscriber
+  private readonly state: JobState
+  private readonly running = new Map<string, RunningJob>()
+  private slots: Slot[] = []
+  private worker: Worker | undefined
+  private queue: Queue | undefined
+  private server: Server | undefined
+  private samplers: NodeJS.Timeout[] = []
+  private closing = false
+  private gpuChecks = false
+
+  constructor(private readonly opts: GpuHostOptions) {
+    const { config } = opts
+    this.redis = createRedis(config.redisUrl)
+    this.subscriber = createRedis(config.redisUrl)
+    this.redis.on('error', (err) => opts.logger.warn({ err: err.message }, 'redis error'))
+    this.subscriber.on('error', (err) => opts.logger.warn({ err: err.message }, 'redis subscriber error'))
+    this.state = new JobState(opts.database.db, config.hostId, (msg) => opts.logger.warn(msg))
+    this.metrics = new HostMetrics({
+      version: opts.version ?? '0.1.0',
+      running: () =>
+        [...this.running.values()].flatMap((j) =>
+          j.reporter ? [{ type: j.type, progress: j.reporter.progress, lastProgressAt: j.reporter.lastProgressAt }] : [],
+        ),
+    })
+    for (const type of JOB_TYPES) {
+      for (const status of ['completed', 'failed', 'cancelled', 'retrying']) this.metrics.jobsTotal.inc({ type, status }, 0)
+      for (const reason of ERROR_REASONS) this.metrics.jobErrors.inc({ type, reason }, 0)
+    }
+    void JOB_STATUSES
+  }
+
+  get port(): number {
+    const addr = this.server?.address()
+    return typeof addr === 'object' && addr ? addr.port : 0
+  }
+
+  async start(): Promise<void> {
+    const { config, logger } = this.opts
+    await Promise.all([this.redis.connect(), this.subscriber.connect()])
+    await this.ensureBucket()
+    const gpus = await readGpus()
+    this.gpuChecks = gpus !== null && gpus.length > 0
+    if (!this.gpuChecks)
+      logger.info({ slots: config.gpuSlots }, 'no GPU found (nvidia-smi absent): GPU memory checks are skipped; using GPU_SLOTS virtual slots')
+    else logger.info({ gpus: gpus?.map((g) => `${g.index}:${g.name}`) }, 'GPUs found')
+    this.slots = slotsFor(gpus, config.gpuSlots)
+    this.metrics.initSlots(this.slots)
+    await this.sampleGpus()
+
+    await this.subscriber.subscribe(CANCEL_CHANNEL)
+    this.subscriber.on('message', (_channel: string, raw: string) => {
+      const jobId = (() => {
+        try {
+          return (JSON.parse(raw) as { jobId?: unknown }).jobId
+        } catch {
+          return undefined
+        }
+      })()
+      if (typeof jobId === 'string') this.cancelLocal(jobId)
+    })
+
+    const connection = createRedis(config.redisUrl)
+    this.queue = new Queue(QUEUE_NAME, { connection, prefix: config.queuePrefix })
+    this.worker = new Worker(QUEUE_NAME, (job, token) => this.process(job, token), {
+      connection: createRedis(config.redisUrl),
+      prefix: config.queuePrefix,
+      concurrency: this.slots.length,
+      lockDuration: LOCK_DURATION_MS,
+      stalledInterval: STALLED_INTERVAL_MS,
+      // A crash of the host is an attempt like any other; the job's own attempt budget bounds the loop.
+      maxStalledCount: 1000,
+      autorun: false,
+    })
+    this.worker.on('error', (err) => logger.warn({ err: err.message }, 'worker error'))
+
+    this.server = createServer((req, res) => void this.serveHttp(req.url ?? '/', res))
+    await new Promise<void>((resolve, reject) => {
+      this.server?.once('error', reject)
+      this.server?.listen(config.metricsPort, resolve)
+    })
+    this.samplers.push(
+      setInterval(() => void this.sampleQueue(), 5000),
+      setInterval(() => void this.sampleGpus(), 5000),
+    )
+    for (const t of this.samplers) t.unref()
+    void this.worker.run().catch((err: unknown) => logger.error({ err }, 'worker stopped'))
+    logger.info(
+      { host: config.hostId, slots: this.slots.length, metrics: `http://127.0.0.1:${this.port}/metrics` },
+      'GPU host started',
+    )
+  }
+
+  /**
+   * Graceful stop: take no new job, let running ones finish within SHUTDOWN_GRACE_SEC, then kill the rest
+   * and put them straight back in the queue.
+   */
+  async close(): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    const { config, logger } = this.opts
+    for (const t of this.samplers) clearInterval(t)
+    if (this.worker) {
+      await this.worker.pause(true)
+      const deadline = Date.now() + config.shutdownGraceSec * 1000
+      while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+      if (this.running.size > 0) {
+        logger.warn({ jobs: [...this.running.keys()] }, 'shutdown grace over: interrupting running jobs')
+        for (const job of this.running.values()) job.proc?.abort('shutdown')
+      }
+      await this.worker.close()
+    }
+    await this.queue?.close()
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()))
+    this.server?.closeAllConnections()
+    this.subscriber.disconnect()
+    await this.redis.quit().catch(() => this.redis.disconnect())
+  }
+
+  private cancelLocal(jobId: string): void {
+    const job = this.running.get(jobId)
+    if (!job) return
+    job.cancelRequested = true
+    job.proc?.abort('cancelled')
+  }
+
+  private async ensureBucket(): Promise<void> {
+    const { client } = this.opts.s3
+    const Bucket = this.opts.config.s3.bucket
+    try {
+      await client.send(new HeadBucketCommand({ Bucket }))
+    } catch {
+      await client.send(new CreateBucketCommand({ Bucket })).catch((err: { name?: string }) => {
+        if (err.name !== 'BucketAlreadyOwnedByYou' && err.name !== 'BucketAlreadyExists') throw err
+      })
+    }
+  }
+
+  private async serveHttp(url: string, res: import('node:http').ServerResponse): Promise<void> {
+    const route = url.split('?')[0]
+    try {
+      if (route === '/metrics') {
+        res.setHeader('content-type', this.metrics.registry.contentType)
+        res.end(await this.metrics.registry.metrics())
+      } else if (route === '/healthz') {
+        res.setHeader('content-type', 'application/json')
+        res.end(JSON.stringify({ ok: true, host: this.opts.config.hostId, running: this.running.size, closing: this.closing }))
+      } else if (route === '/readyz') {
+        const checks = await this.readiness()
+        const ok = Object.values(checks).every((c) => c === 'ok') && !this.closing
+        res.statusCode = ok ? 200 : 503
+        res.setHeader('content-type', 'application/json')
+        res.end(JSON.stringify({ ok, checks, closing: this.closing }))
+      } else {
+        res.statusCode = 404
+        res.end()
+      }
+    } catch (err) {
+      res.statusCode = 500
+      res.end(String(err))
+    }
+  }
+
+  async readiness(): Promise<Record<string, string>> {
+    const check = async (fn: () => Promise<unknown>) => {
+      try {
+        await Promise.race([fn(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000))])
+        return 'ok'
+      } catch (err) {
+        return `down: ${(err as Error).message}`
+      }
+    }
+    const [redis, postgres, s3] = await Promise.all([
+      check(() => this.redis.ping()),
+      check(() => this.opts.database.ping()),
+      check(() => this.opts.s3.client.send(new HeadBucketCommand({ Bucket: this.opts.config.s3.bucket }))),
+    ])
+    return { redis, postgres, s3 }
+  }
+
+  private async sampleQueue(): Promise<void> {
+    if (!this.queue) return
+    try {
+      const states = ['waiting', 'active', 'delayed', 'failed', 'prioritized', 'completed', 'waiting-children'] as const
+      const counts = await this.queue.getJobCounts(...states)
+      for (const state of states) this.metrics.queueJobs.set({ state }, counts[state] ?? 0)
+      const oldest = [
+        ...(await this.queue.getJobs(['wait'], -1, -1)),
+        ...(await this.queue.getJobs(['prioritized'], 0, 50)),
+      ].reduce((min, j) => Math.min(min, j?.timestamp ?? min), Date.now())
+      this.metrics.oldestWaiting.set((Date.now() - oldest) / 1000)
+    } catch (err) {
+      this.opts.logger.debug({ err }, 'queue sample failed')
+    }
+  }
+
+  private async sampleGpus(): Promise<void> {
+    if (!this.gpuChecks) return
+    const gpus = await readGpus()
+    for (const slot of this.slots) {
+      const g = gpus?.find((x) => x.uuid === slot.gpu.uuid)
+      if (!g) continue
+      this.metrics.memUsed.set(this.metrics.gpuLabels(slot), g.memoryUsedMb * 1024 * 1024)
+      this.metrics.memTotal.set(this.metrics.gpuLabels(slot), g.memoryTotalMb * 1024 * 1024)
+    }
+  }
+
+  private acquireSlot(): Slot {
+    const slot = this.slots.find((s) => !s.busy)
+    // The worker's concurrency equals the slot count, so a free slot always exists here.
+    if (!slot) throw new Error('no free GPU slot')
+    slot.busy = true
+    this.metrics.setBusy(slot, true)
+    return slot
+  }
+
+  private releaseSlot(slot: Slot): void {
+    slot.busy = false
+    this.metrics.setBusy(slot, false)
+  }
+
+  /** Processes that still hold memory on the slot's GPU after the job's group is gone: a leak. */
+  private async checkGpuRelease(slot: Slot, pids: number[]): Promise<void> {
+    if (!this.gpuChecks || !slot.gpu.uuid) return
+    const procs = await readGpuProcesses()
+    const leaked = procs?.filter((p) => p.gpuUuid === slot.gpu.uuid && pids.includes(p.pid)) ?? []
+    if (leaked.length > 0) {
+      this.metrics.memLeaks.inc(this.metrics.gpuLabels(slot))
+      this.opts.logger.error({ gpu: slot.gpu.uuid, leaked }, 'job processes still hold GPU memory after the job ended')
+    }
+  }
+
+  private jobError(reason: JobError['reason'], message: string, code = reason.toUpperCase()): JobError {
+    return { code, reason, message }
+  }
+
+  /** BullMQ processor: one attempt of one job. */
+  private async process(job: Job, token: string | undefined): Promise<unknown> {
+    const { config, logger } = this.opts
+    const parsed = v.safeParse(JobEnvelope, { ...(job.data as object), jobId: job.id, type: job.name })
+    if (!parsed.success) {
+      const message = `invalid job payload: ${describeIssues(toFieldIssues(parsed.issues))}`
+      await this.failInvalid(job, message)
+      throw new UnrecoverableError(message)
+    }
+    const envelope = parsed.output
+    const { jobId, type } = envelope
+    let handler: AnyHandler
+    try {
+      handler = handlerFor(type)
+    } catch (err) {
+      await this.failInvalid(job, (err as Error).message)
+      throw new UnrecoverableError((err as Error).message)
+    }
+    const maxAttempts = envelope.maxAttempts ?? handler.maxAttempts
+    const timeoutSec = envelope.timeoutSec ?? handler.timeoutSec
+    const outputPrefix = envelope.artifacts?.outputPrefix ?? outputPrefixFor(type, jobId)
+    await this.state.ensureJob({ ...envelope, maxAttempts, outputPrefix })
+
+    const entry: RunningJob = { jobId, type, cancelRequested: false, proc: undefined, reporter: undefined }
+    this.running.set(jobId, entry)
+    try {
+      return await this.runAttempt(job, token, entry, { handler, maxAttempts, timeoutSec, outputPrefix, envelope })
+    } finally {
+      this.running.delete(jobId)
+      void logger
+    }
+  }
+
+  private async failInvalid(job: Job, message: string): Promise<void> {
+    const type = (JOB_TYPES as readonly string[]).includes(job.name) ? (job.name as JobType) : undefined
+    const jobId = job.id
+    this.opts.logger.warn({ jobId, name: job.name }, message)
+    if (!type || !jobId) return
+    const params = typeof job.data?.params === 'object' && job.data.params ? (job.data.params as Record<string, unknown>) : {}
+    await this.state.ensureJob({ jobId, type, params, maxAttempts: 1, outputPrefix: outputPrefixFor(type, jobId) })
+    const row = await this.state.startAttempt(jobId)
+    if (!row) return
+    const event = await emitEvent(
+      this.redis,
+      { jobId, type, status: 'failed', progress: 0, message, attempt: row.attempt, timestamp: new Date().toISOString() },
+      { terminal: true },
+    )
+    await this.state.finishAttempt(jobId, row.attempt, {
+      status: 'failed',
+      event,
+      error: this.jobError('invalid_params', message),
+    })
+    this.metrics.jobsTotal.inc({ type, status: 'failed' })
+    this.metrics.jobErrors.inc({ type, reason: 'invalid_params' })
+  }
+
+  private async runAttempt(
+    job: Job,
+    token: string | undefined,
+    entry: RunningJob,
+    o: { handler: AnyHandler; maxAttempts: number; timeoutSec: number; outputPrefix: string; envelope: JobEnvelope },
+  ): Promise<unknown> {
+    const { config, logger, s3 } = this.opts
+    const { jobId, type } = entry
+    const log = logger.child({ jobId, type })
+
+    if ((await this.redis.exists(cancelKey(jobId))) === 1) entry.cancelRequested = true
+    const row = await this.state.startAttempt(jobId)
+    if (!row) {
+      log.info('job is already finished (cancelled before it started); skipping')
+      return { skipped: true }
+    }
+    const attempt = row.attempt
+    const reporter = new Reporter(this.redis, this.state, job, { jobId, type, attempt }, (msg, err) =>
+      log.warn({ err }, msg),
+    )
+    entry.reporter = reporter
+    const finish = async (
+      status: 'completed' | 'failed' | 'cancelled' | 'retrying' | 'queued',
+      progress: number,
+      message: string,
+      extra: { result?: unknown; error?: JobError; artifacts?: RunOutcome['artifacts']; nextAttemptAt?: Date } = {},
+    ) => {
+      await reporter.flush()
+      const terminal = status === 'completed' || status === 'failed' || status === 'cancelled'
+      const event = await reporter.emit(status, progress, message, terminal)
+      return this.state.finishAttempt(jobId, attempt, { status, event, ...extra })
+    }
+
+    if (entry.cancelRequested) {
+      await finish('cancelled', row.progress, 'cancelled before it started', {
+        error: this.jobError('cancelled', 'cancelled before it started'),
+      })
+      this.metrics.jobsTotal.inc({ type, status: 'cancelled' })
+      throw new UnrecoverableError('cancelled')
+    }
+    if (attempt > o.maxAttempts) {
+      const message = `gave up after ${o.maxAttempts} attempts (the last ones were interrupted by host failures)`
+      await finish('failed', row.progress, message, { error: this.jobError('crash', message) })
+      this.metrics.jobsTotal.inc({ type, status: 'failed' })
+      this.metrics.jobErrors.inc({ type, reason: 'crash' })
+      throw new UnrecoverableError(message)
+    }
+
+    this.metrics.attempts.inc({ type })
+    this.metrics.queueWait.observe({ type }, Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000))
+    await reporter.emit('running', 0, `attempt ${attempt}/${o.maxAttempts} started on ${config.hostId}`)
+    reporter.progress = 0
+
+    const startedAt = performance.now()
+    let outcome: RunOutcome
+    const slot = this.acquireSlot()
+    const scratch = path.join(config.dataDir, 'scratch', `${jobId}-${attempt}`)
+    try {
+      try {
+        await invalidateManifest(s3.client, config.s3.bucket, o.outputPrefix)
+      } catch (err) {
+        outcome = {
+          ok: false,
+          error: { name: 'StorageError', message: `S3 unavailable: ${(err as Error).message}`, code: 'STORAGE', reason: 'storage', retryable: true, exitCode: null, signal: null, stderrTail: '' },
+          artifacts: [],
+          pid: 0,
+          groupGone: true,
+        }
+        throw outcome
+      }
+      await mkdir(scratch, { recursive: true })
+      const proc = new JobProcess({
+        job: { jobId, type, params: o.envelope.params, attempt },
+        gpu: slot.gpu,
+        cudaVisibleDevices: slot.cudaVisibleDevices,
+        paths: { scratch, models: config.modelsDir, data: config.dataDir },
+        engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
+        sink: {
+          kind: 's3',
+          endpoint: s3.endpoint,
+          region: config.s3.region,
+          bucket: config.s3.bucket,
+          accessKeyId: config.s3.accessKeyId,
+          secretAccessKey: config.s3.secretAccessKey,
+          prefix: o.outputPrefix,
+        },
+        timeoutMs: o.timeoutSec * 1000,
+        killGraceMs: config.killGraceSec * 1000,
+        handlerModule: this.opts.handlerModules?.[type],
+        onProgress: (pct, msg) => reporter.report(pct, msg),
+        onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
+        onStarted: (ms) => this.metrics.subprocessStart.observe(ms / 1000),
+      })
+      entry.proc = proc
+      void this.state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
+      // A cancel that arrived while the process was starting.
+      if (entry.cancelRequested) proc.abort('cancelled')
+      else if (this.closing) proc.abort('shutdown')
+      outcome = await proc.done
+      const left = await groupMembers(proc.pid)
+      await this.checkGpuRelease(slot, [proc.pid, ...(left ?? [])])
+      if (!outcome.groupGone) log.error({ pid: proc.pid, left }, 'process group still has members after SIGKILL')
+    } catch (err) {
+      if (!(err && typeof err === 'object' && 'ok' in err)) throw err
+      outcome = err as RunOutcome
+    } finally {
+      this.releaseSlot(slot)
+      await rm(scratch, { recursive: true, force: true }).catch(() => {})
+    }
+    const seconds = (performance.now() - startedAt) / 1000
+
+    if (outcome.ok) {
+      try {
+        await publishManifest(s3.client, config.s3.bucket, o.outputPrefix, {
+          jobId,
+          type,
+          attempt,
+          createdAt: new Date().toISOString(),
+          files: outcome.artifacts,
+        })
+      } catch (err) {
+        outcome = {
+          ok: false,
+          error: { name: 'StorageError', message: `could not write the manifest: ${(err as Error).message}`, code: 'STORAGE', reason: 'storage', retryable: true, exitCode: 0, signal: null, stderrTail: '' },
+          artifacts: outcome.artifacts,
+          pid: outcome.pid,
+          groupGone: outcome.groupGone,
+        }
+      }
+    }
+    if (outcome.ok) {
+      await finish('completed', 100, reporter.message || 'completed', { result: outcome.result ?? null, artifacts: outcome.artifacts })
+      this.metrics.jobsTotal.inc({ type, status: 'completed' })
+      this.metrics.jobDuration.observe({ type, status: 'completed' }, seconds)
+      log.info({ attempt, seconds: seconds.toFixed(2), artifacts: outcome.artifacts.length }, 'job completed')
+      return outcome.result
+    }
+
+    const e = outcome.error
+    const error = this.jobError(e.reason, e.message, e.code)
+    if (e.reason === 'shutdown') {
+      // Straight back to the queue: another host (or this one, restarted) takes it without waiting for a stalled check.
+      await finish('queued', reporter.progress, 'interrupted by host shutdown; back in the queue', { error })
+      log.warn({ attempt }, 'job interrupted by shutdown; requeued')
+      await job.moveToWait(token)
+      throw new WaitingError()
+    }
+    this.metrics.jobDuration.observe({ type, status: e.reason === 'cancelled' ? 'cancelled' : 'failed' }, seconds)
+    this.metrics.jobErrors.inc({ type, reason: e.reason })
+    if (e.reason === 'timeout') this.metrics.timeouts.inc({ type })
+    if (e.reason === 'cancelled') {
+      this.metrics.cancellations.inc({ type })
+      this.metrics.jobsTotal.inc({ type, status: 'cancelled' })
+      await finish('cancelled', reporter.progress, 'cancelled', { error })
+      log.info({ attempt }, 'job cancelled')
+      throw new UnrecoverableError('cancelled')
+    }
+    const stderr = e.stderrTail ? `\n${e.stderrTail}` : ''
+    if (e.retryable && attempt < o.maxAttempts) {
+      const delay = backoffDelay(config.retryBackoffMs, attempt)
+      const nextAttemptAt = new Date(Date.now() + delay)
+      this.metrics.retries.inc({ type })
+      this.metrics.jobsTotal.inc({ type, status: 'retrying' })
+      await finish('retrying', reporter.progress, `attempt ${attempt} failed (${e.reason}): ${e.message}; retrying in ${(delay / 1000).toFixed(1)}s`, {
+        error,
+        nextAttemptAt,
+      })
+      log.warn({ attempt, reason: e.reason, delay, stderr: e.stderrTail }, 'attempt failed; will retry')
+      await job.moveToDelayed(nextAttemptAt.getTime(), token)
+      throw new DelayedError()
+    }
+    this.metrics.jobsTotal.inc({ type, status: 'failed' })
+    await finish('failed', reporter.progress, `failed (${e.reason}): ${e.message}`, { error })
+    log.warn({ attempt, reason: e.reason, stderr }, 'job failed')
+    throw new UnrecoverableError(`${e.reason}: ${e.message}`)
+  }
+}

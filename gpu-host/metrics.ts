@@ -1,0 +1,186 @@
+import { hostname } from 'node:os'
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import type { Slot } from './gpus.ts'
+
+const DURATION_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14_400, 28_800]
+const WAIT_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]
+const START_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5]
+
+/**
+ * The GPU host's Prometheus metrics. No job-id labels; GPU series carry `gpu`, `UUID` and `Hostname`
+ * like dcgm-exporter's so PromQL can join them.
+ */
+export class HostMetrics {
+  readonly registry = new Registry()
+  readonly host = hostname()
+  readonly jobsTotal: Counter<'type' | 'status'>
+  readonly jobDuration: Histogram<'type' | 'status'>
+  readonly jobErrors: Counter<'type' | 'reason'>
+  readonly progress: Gauge<'type'>
+  readonly gpuBusy: Gauge<'gpu' | 'UUID' | 'Hostname'>
+  readonly runningPerGpu: Gauge<'gpu' | 'UUID' | 'Hostname'>
+  readonly jobsRunning: Gauge<'type'>
+  readonly queueJobs: Gauge<'state'>
+  readonly oldestWaiting: Gauge
+  readonly queueWait: Histogram<'type'>
+  readonly subprocessStart: Histogram
+  readonly attempts: Counter<'type'>
+  readonly retries: Counter<'type'>
+  readonly cancellations: Counter<'type'>
+  readonly timeouts: Counter<'type'>
+  readonly memUsed: Gauge<'gpu' | 'UUID' | 'Hostname'>
+  readonly memTotal: Gauge<'gpu' | 'UUID' | 'Hostname'>
+  readonly memLeaks: Counter<'gpu' | 'UUID' | 'Hostname'>
+  readonly oldestProgressAge: Gauge<'type'>
+
+  constructor(opts: { version: string; running: () => Iterable<{ type: string; progress: number; lastProgressAt: number }> }) {
+    const registers = [this.registry]
+    collectDefaultMetrics({ register: this.registry })
+    new Gauge({
+      name: 'gpu_worker_info',
+      help: 'Static information about this GPU host (value is always 1).',
+      labelNames: ['version', 'host'],
+      registers,
+    }).set({ version: opts.version, host: this.host }, 1)
+    this.jobsTotal = new Counter({
+      name: 'gpu_worker_jobs_total',
+      help: 'Job attempts finished on this host, by job type and outcome (completed, failed, cancelled, retrying).',
+      labelNames: ['type', 'status'],
+      registers,
+    })
+    this.jobDuration = new Histogram({
+      name: 'gpu_worker_job_duration_seconds',
+      help: 'Wall time of one job attempt in its subprocess, in seconds, by type and outcome.',
+      labelNames: ['type', 'status'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    })
+    this.jobErrors = new Counter({
+      name: 'gpu_worker_job_errors_total',
+      help: 'Failed job attempts, by type and reason (timeout, crash, invalid_params, ...).',
+      labelNames: ['type', 'reason'],
+      registers,
+    })
+    const running = opts.running
+    this.progress = new Gauge({
+      name: 'gpu_worker_progress_percent',
+      help: 'Mean progress of the jobs running on this host, in percent, by type.',
+      labelNames: ['type'],
+      registers,
+      collect() {
+        this.reset()
+        const sums = new Map<string, { sum: number; n: number }>()
+        for (const job of running()) {
+          const s = sums.get(job.type) ?? { sum: 0, n: 0 }
+          s.sum += job.progress
+          s.n += 1
+          sums.set(job.type, s)
+        }
+        for (const [type, s] of sums) this.set({ type }, s.sum / s.n)
+      },
+    })
+    this.oldestProgressAge = new Gauge({
+      name: 'gpu_worker_oldest_progress_age_seconds',
+      help: 'Longest time since a running job of this type last reported progress, in seconds (0: none running).',
+      labelNames: ['type'],
+      registers,
+      collect() {
+        this.reset()
+        const now = Date.now()
+        const ages = new Map<string, number>()
+        for (const job of running()) ages.set(job.type, Math.max(ages.get(job.type) ?? 0, (now - job.lastProgressAt) / 1000))
+        for (const [type, age] of ages) this.set({ type }, age)
+      },
+    })
+    this.jobsRunning = new Gauge({
+      name: 'gpu_worker_jobs_running',
+      help: 'Jobs running on this host now, by type.',
+      labelNames: ['type'],
+      registers,
+      collect() {
+        this.reset()
+        const counts = new Map<string, number>()
+        for (const job of running()) counts.set(job.type, (counts.get(job.type) ?? 0) + 1)
+        for (const [type, n] of counts) this.set({ type }, n)
+      },
+    })
+    const gpuLabels = ['gpu', 'UUID', 'Hostname'] as const
+    this.gpuBusy = new Gauge({
+      name: 'gpu_worker_gpu_busy',
+      help: '1 while a job runs on this GPU (or virtual slot), else 0.',
+      labelNames: gpuLabels,
+      registers,
+    })
+    this.runningPerGpu = new Gauge({
+      name: 'gpu_worker_running_jobs_per_gpu',
+      help: 'Jobs running on this GPU (or virtual slot) now.',
+      labelNames: gpuLabels,
+      registers,
+    })
+    this.memUsed = new Gauge({
+      name: 'gpu_worker_gpu_memory_used_bytes',
+      help: 'GPU memory in use as nvidia-smi reports it, in bytes.',
+      labelNames: gpuLabels,
+      registers,
+    })
+    this.memTotal = new Gauge({
+      name: 'gpu_worker_gpu_memory_total_bytes',
+      help: 'GPU memory in total as nvidia-smi reports it, in bytes.',
+      labelNames: gpuLabels,
+      registers,
+    })
+    this.memLeaks = new Counter({
+      name: 'gpu_worker_gpu_memory_leaks_total',
+      help: 'Times a finished job still had a process holding memory on this GPU.',
+      labelNames: gpuLabels,
+      registers,
+    })
+    this.queueJobs = new Gauge({
+      name: 'gpu_worker_queue_jobs',
+      help: 'Jobs in the BullMQ queue by state, sampled by this host.',
+      labelNames: ['state'],
+      registers,
+    })
+    this.oldestWaiting = new Gauge({
+      name: 'gpu_worker_oldest_waiting_job_age_seconds',
+      help: 'Age of the oldest job waiting in the queue, in seconds (0: none waiting).',
+      registers,
+    })
+    this.queueWait = new Histogram({
+      name: 'gpu_worker_queue_wait_seconds',
+      help: 'Time from enqueue to the start of an attempt, in seconds.',
+      labelNames: ['type'],
+      buckets: WAIT_BUCKETS,
+      registers,
+    })
+    this.subprocessStart = new Histogram({
+      name: 'gpu_worker_subprocess_start_seconds',
+      help: 'Time from fork to the handler starting in the fresh job process, in seconds.',
+      buckets: START_BUCKETS,
+      registers,
+    })
+    this.attempts = new Counter({ name: 'gpu_worker_attempts_total', help: 'Job attempts started.', labelNames: ['type'], registers })
+    this.retries = new Counter({ name: 'gpu_worker_retries_total', help: 'Attempts that failed and will be retried.', labelNames: ['type'], registers })
+    this.cancellations = new Counter({ name: 'gpu_worker_cancellations_total', help: 'Running jobs cancelled on this host.', labelNames: ['type'], registers })
+    this.timeouts = new Counter({ name: 'gpu_worker_timeouts_total', help: 'Attempts killed by their hard timeout.', labelNames: ['type'], registers })
+    new Gauge({ name: 'gpu_worker_slots', help: 'Job slots (GPUs, or GPU_SLOTS without one) on this host.', registers })
+  }
+
+  gpuLabels(slot: Slot): { gpu: string; UUID: string; Hostname: string } {
+    return { gpu: String(slot.gpu.index ?? slot.id), UUID: slot.gpu.uuid ?? '', Hostname: this.host }
+  }
+
+  initSlots(slots: Slot[]): void {
+    ;(this.registry.getSingleMetric('gpu_worker_slots') as Gauge).set(slots.length)
+    for (const slot of slots) {
+      this.gpuBusy.set(this.gpuLabels(slot), 0)
+      this.runningPerGpu.set(this.gpuLabels(slot), 0)
+      this.memLeaks.inc(this.gpuLabels(slot), 0)
+    }
+  }
+
+  setBusy(slot: Slot, busy: boolean): void {
+    this.gpuBusy.set(this.gpuLabels(slot), busy ? 1 : 0)
+    this.runningPerGpu.set(this.gpuLabels(slot), busy ? 1 : 0)
+  }
+}

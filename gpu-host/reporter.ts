@@ -1,0 +1,89 @@
+import type { Job } from 'bullmq'
+import type { Redis } from 'ioredis'
+import type { JobStatus } from '../schema/common.ts'
+import type { ProgressEvent } from '../schema/events.ts'
+import type { JobType } from '../schema/params/index.ts'
+import { emitEvent } from '../schema/progress-log.ts'
+import type { JobState } from './state.ts'
+
+/** Postgres and BullMQ see progress at most this often per job; Redis sees every event. */
+const PERSIST_INTERVAL_MS = 250
+/** Events waiting for Redis beyond this are coalesced (a handler flooding progress): the newest wins. */
+const MAX_PENDING = 1000
+
+/**
+ * Publishes one attempt's events in order (replay log + pub/sub, then the job row and BullMQ's progress,
+ * throttled). Never throws into the job: a failed write is logged and the next one catches up.
+ */
+export class Reporter {
+  progress = 0
+  message = ''
+  lastProgressAt = Date.now()
+  private chain: Promise<unknown> = Promise.resolve()
+  private pending = 0
+  private lastPersist = 0
+  private persistTimer: NodeJS.Timeout | undefined
+  private latest: ProgressEvent | undefined
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly state: JobState,
+    private readonly job: Job,
+    private readonly info: { jobId: string; type: JobType; attempt: number },
+    private readonly log: (msg: string, err?: unknown) => void,
+  ) {}
+
+  private event(status: JobStatus, progress: number, message: string) {
+    return { ...this.info, status, progress, message, timestamp: new Date().toISOString() }
+  }
+
+  /** Emits a status event now (running, retrying, ...) and returns it with its seq. */
+  async emit(status: JobStatus, progress: number, message: string, terminal = false): Promise<ProgressEvent> {
+    const next = this.chain.then(() => emitEvent(this.redis, this.event(status, progress, message), { terminal }))
+    this.chain = next.catch(() => {})
+    return next
+  }
+
+  /** A progress report from the handler. */
+  report(percent: number, message: string | undefined): void {
+    // Progress never goes backwards within an attempt; a message alone keeps the last percent.
+    this.progress = Math.max(this.progress, percent)
+    if (message !== undefined) this.message = message
+    this.lastProgressAt = Date.now()
+    if (this.pending >= MAX_PENDING) return
+    this.pending += 1
+    const progress = this.progress
+    const text = this.message
+    this.chain = this.chain
+      .then(async () => {
+        this.pending -= 1
+        this.latest = await emitEvent(this.redis, this.event('running', progress, text))
+        this.schedulePersist()
+      })
+      .catch((err: unknown) => this.log('could not publish progress', err))
+  }
+
+  private schedulePersist(): void {
+    const wait = this.lastPersist + PERSIST_INTERVAL_MS - Date.now()
+    if (wait <= 0) void this.persist()
+    else this.persistTimer ??= setTimeout(() => void this.persist(), wait)
+  }
+
+  private async persist(): Promise<void> {
+    clearTimeout(this.persistTimer)
+    this.persistTimer = undefined
+    const event = this.latest
+    if (!event) return
+    this.lastPersist = Date.now()
+    await Promise.all([
+      this.state.progress(this.info.jobId, this.info.attempt, event),
+      this.job.updateProgress(event.progress),
+    ]).catch((err: unknown) => this.log('could not persist progress', err))
+  }
+
+  /** Waits for every queued event to be published and the last progress to be stored. */
+  async flush(): Promise<void> {
+    await this.chain
+    if (this.persistTimer) await this.persist()
+  }
+}

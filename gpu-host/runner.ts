@@ -1,0 +1,209 @@
+import { type ChildProcess, fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import * as v from 'valibot'
+import type { ArtifactRecord, GpuInfo } from '../functions/sdk/context.ts'
+import type { ErrorReason } from '../schema/common.ts'
+import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import type { JobType } from '../schema/params/index.ts'
+import { type ArtifactSink, type ChildError, ChildMessage, type ParentMessage } from './ipc.ts'
+import { terminateGroup } from './process-group.ts'
+
+const here = import.meta.url
+const CHILD_ENTRY = fileURLToPath(new URL(here.endsWith('.ts') ? './child.ts' : './child.js', here))
+/** Under tsx (development, tests) the child needs the same loader; production runs compiled JS. */
+const CHILD_EXEC_ARGV = here.endsWith('.ts') ? ['--import', 'tsx'] : []
+const STDERR_TAIL_LINES = 40
+
+export type AbortReason = 'cancelled' | 'timeout' | 'shutdown'
+
+export interface RunJobOptions {
+  job: { jobId: string; type: JobType; params: unknown; attempt: number }
+  gpu: GpuInfo
+  /** Value of CUDA_VISIBLE_DEVICES in the child; undefined leaves the host's. */
+  cudaVisibleDevices: string | undefined
+  paths: { scratch: string; models: string; data: string }
+  engines: { simulateStepMs: number; comfyuiUrl?: string | undefined }
+  sink: ArtifactSink
+  timeoutMs: number
+  killGraceMs: number
+  handlerModule?: string | undefined
+  onProgress?(percent: number, message: string | undefined): void
+  onLog?(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void
+  onArtifact?(record: ArtifactRecord): void
+  /** The handler is about to run: fork-to-start time, for the start-up histogram. */
+  onStarted?(startupMs: number): void
+}
+
+export interface RunFailure extends ChildError {
+  exitCode: number | null
+  signal: NodeJS.Signals | null
+  stderrTail: string
+}
+
+export type RunOutcome =
+  | { ok: true; result: unknown; artifacts: ArtifactRecord[]; pid: number; groupGone: boolean }
+  | { ok: false; error: RunFailure; artifacts: ArtifactRecord[]; pid: number; groupGone: boolean }
+
+/**
+ * One job in a fresh child process with its own process group. `abort()` (cancel, shutdown) and the
+ * hard timeout both end in SIGTERM to the whole group, a grace period, then SIGKILL; `done` resolves
+ * only once /proc shows no process of the group left.
+ */
+export class JobProcess {
+  readonly done: Promise<RunOutcome>
+  readonly pid: number
+  private readonly child: ChildProcess
+  private abortReason: AbortReason | undefined
+  private termination: Promise<{ killed: boolean; gone: boolean }> | undefined
+
+  constructor(private readonly opts: RunJobOptions) {
+    const forkedAt = performance.now()
+    this.child = fork(CHILD_ENTRY, [], {
+      detached: true,
+      execArgv: CHILD_EXEC_ARGV,
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      env: {
+        ...process.env,
+        ...(opts.cudaVisibleDevices === undefined ? {} : { CUDA_VISIBLE_DEVICES: opts.cudaVisibleDevices }),
+        GPU_JOBS_JOB_ID: opts.job.jobId,
+        // The host already says it once; each job's log need not repeat it.
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      },
+    })
+    if (this.child.pid === undefined) throw new Error('fork failed: no pid')
+    this.pid = this.child.pid
+    this.done = this.supervise(forkedAt)
+  }
+
+  /** Ends the job: tells the handler why, then SIGTERM, grace, SIGKILL of the whole group. */
+  abort(reason: AbortReason): void {
+    if (this.abortReason) return
+    this.abortReason = reason
+    const message: ParentMessage = { kind: 'abort', reason }
+    const terminate = () => {
+      this.termination ??= terminateGroup(this.pid, this.opts.killGraceMs)
+    }
+    if (this.child.connected) {
+      this.child.send(message, terminate)
+      // A child that stopped reading IPC must not delay the kill.
+      setTimeout(terminate, 200).unref()
+    } else terminate()
+  }
+
+  private supervise(forkedAt: number): Promise<RunOutcome> {
+    const { opts, child } = this
+    const artifacts: ArtifactRecord[] = []
+    const stderrTail: string[] = []
+    let result: { value: unknown } | undefined
+    let childError: ChildError | undefined
+    let protocolError: string | undefined
+
+    const keepTail = (line: string) => {
+      stderrTail.push(line)
+      if (stderrTail.length > STDERR_TAIL_LINES) stderrTail.shift()
+    }
+    const lines = (stream: NodeJS.ReadableStream | null, onLine: (line: string) => void) => {
+      let buffer = ''
+      stream?.setEncoding('utf8')
+      stream?.on('data', (chunk: string) => {
+        buffer += chunk
+        let nl = buffer.indexOf('\n')
+        while (nl >= 0) {
+          onLine(buffer.slice(0, nl))
+          buffer = buffer.slice(nl + 1)
+          nl = buffer.indexOf('\n')
+        }
+        if (buffer.length > 64 * 1024) {
+          onLine(buffer)
+          buffer = ''
+        }
+      })
+      stream?.on('end', () => buffer && onLine(buffer))
+    }
+    lines(child.stdout, (line) => opts.onLog?.('info', line, { stream: 'stdout' }))
+    lines(child.stderr, (line) => {
+      keepTail(line)
+      opts.onLog?.('warn', line, { stream: 'stderr' })
+    })
+
+    child.on('message', (raw: unknown) => {
+      const parsed = v.safeParse(ChildMessage, raw)
+      if (!parsed.success) {
+        protocolError ??= `invalid message from the job process: ${describeIssues(toFieldIssues(parsed.issues))}`
+        this.termination ??= terminateGroup(this.pid, 0)
+        return
+      }
+      const msg = parsed.output
+      switch (msg.kind) {
+        case 'ready':
+          child.send({
+            kind: 'start',
+            job: opts.job,
+            gpu: opts.gpu,
+            paths: opts.paths,
+            engines: { simulateStepMs: opts.engines.simulateStepMs, comfyuiUrl: opts.engines.comfyuiUrl },
+            sink: opts.sink,
+            handlerModule: opts.handlerModule,
+          } satisfies ParentMessage)
+          break
+        case 'started':
+          opts.onStarted?.(performance.now() - forkedAt)
+          break
+        case 'progress':
+          opts.onProgress?.(msg.percent, msg.message)
+          break
+        case 'log':
+          opts.onLog?.(msg.level, msg.msg, msg.fields)
+          break
+        case 'artifact':
+          artifacts.push(msg.record)
+          opts.onArtifact?.(msg.record)
+          break
+        case 'result':
+          result = { value: msg.result }
+          break
+        case 'error':
+          childError = msg.error
+          break
+      }
+    })
+
+    const timer = setTimeout(() => this.abort('timeout'), opts.timeoutMs)
+    timer.unref()
+
+    return new Promise<RunOutcome>((resolve) => {
+      let spawnError: Error | undefined
+      child.on('error', (err) => {
+        spawnError = err
+      })
+      child.on('exit', (exitCode, signal) => {
+        clearTimeout(timer)
+        // The child is gone; grandchildren it left behind must go too before the slot is reused.
+        const termination = this.termination ?? terminateGroup(this.pid, opts.killGraceMs)
+        void termination.then(({ gone }) => {
+          const base = { artifacts, pid: this.pid, groupGone: gone }
+          const fail = (e: ChildError): RunOutcome => ({
+            ok: false,
+            error: { ...e, exitCode, signal, stderrTail: stderrTail.join('\n') },
+            ...base,
+          })
+          if (this.abortReason) {
+            const reason: ErrorReason = this.abortReason
+            const what = { timeout: `timed out after ${opts.timeoutMs / 1000}s`, cancelled: 'cancelled', shutdown: 'interrupted by host shutdown' }
+            return resolve(
+              fail({ name: 'AbortError', message: `job ${what[this.abortReason]}`, code: reason.toUpperCase(), reason, retryable: reason !== 'cancelled' }),
+            )
+          }
+          if (protocolError)
+            return resolve(fail({ name: 'ProtocolError', message: protocolError, code: 'PROTOCOL', reason: 'crash', retryable: true }))
+          if (result && exitCode === 0) return resolve({ ok: true, result: result.value, ...base })
+          if (childError) return resolve(fail(childError))
+          const how = spawnError ? spawnError.message : signal ? `was killed by ${signal}` : `exited with code ${exitCode}`
+          return resolve(
+            fail({ name: 'UnexpectedExitError', message: `job process ${how}`, code: 'CRASH', reason: 'crash', retryable: true }),
+          )
+        })
+      })
+    })
+  }
+}

@@ -1,0 +1,238 @@
+import { and, eq, inArray, isNull, notInArray, sql } from 'drizzle-orm'
+import type { ArtifactRecord } from '../functions/sdk/context.ts'
+import type { JobError, JobStatus } from '../schema/common.ts'
+import { TERMINAL_STATUSES } from '../schema/common.ts'
+import type { Db } from '../schema/db/connect.ts'
+import { type JobRow, jobArtifacts, jobAttempts, jobEvents, jobs } from '../schema/db/tables.ts'
+import type { ProgressEvent } from '../schema/events.ts'
+import type { JobType } from '../schema/params/index.ts'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Postgres errors worth retrying: the server is down, restarting or unreachable. */
+const transient = (err: unknown): boolean => {
+  const e = err as { code?: string; message?: string; cause?: { code?: string } }
+  const code = e.code ?? e.cause?.code ?? ''
+  return (
+    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECT_TIMEOUT', 'CONNECTION_DESTROYED', '57P01', '57P03', '08006', '08001', '08003'].includes(code) ||
+    /connect|terminat|closed/i.test(e.message ?? '')
+  )
+}
+
+/**
+ * The GPU host's writes to Postgres. Every write is guarded by the attempt number, so a host that lost
+ * its job (stalled, then taken by another host) cannot overwrite the newer attempt's state, and the
+ * terminal state is written once. Writes are retried while Postgres is unreachable.
+ */
+export class JobState {
+  constructor(
+    private readonly db: Db,
+    private readonly host: string,
+    private readonly log: (msg: string) => void = () => {},
+  ) {}
+
+  private async retry<T>(what: string, fn: () => Promise<T>, maxWaitMs = 120_000): Promise<T> {
+    const deadline = Date.now() + maxWaitMs
+    for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        return await fn()
+      } catch (err) {
+        if (!transient(err) || Date.now() + delay > deadline) throw err
+        this.log(`postgres unavailable (${what}): retrying in ${delay} ms`)
+        await sleep(delay)
+      }
+    }
+  }
+
+  /** Creates the row of a job added by another producer (the gateway creates its own). */
+  ensureJob(job: {
+    jobId: string
+    type: JobType
+    params: Record<string, unknown>
+    maxAttempts: number
+    outputPrefix: string
+    owner?: string | null | undefined
+    priority?: number | undefined
+    timeoutSec?: number | undefined
+  }): Promise<void> {
+    return this.retry('ensure job', async () => {
+      await this.db
+        .insert(jobs)
+        .values({
+          id: job.jobId,
+          type: job.type,
+          status: 'queued',
+          params: job.params,
+          maxAttempts: job.maxAttempts,
+          outputPrefix: job.outputPrefix,
+          owner: job.owner ?? null,
+          priority: job.priority ?? null,
+          timeoutSec: job.timeoutSec ?? null,
+        })
+        .onConflictDoNothing()
+    })
+  }
+
+  /** A queued job that cannot run (invalid payload): failed at once, without retries. */
+  failUnstarted(jobId: string, error: JobError): Promise<void> {
+    return this.retry('fail job', async () => {
+      await this.db
+        .update(jobs)
+        .set({ status: 'failed', error, finishedAt: new Date(), updatedAt: new Date() })
+        .where(and(eq(jobs.id, jobId), notInArray(jobs.status, [...TERMINAL_STATUSES])))
+    })
+  }
+
+  /**
+   * Starts the next attempt: status running, attempt + 1, an attempt row; an attempt left unfinished by a
+   * host that died is closed as interrupted. Null when the job is already terminal (cancelled meanwhile).
+   */
+  startAttempt(jobId: string): Promise<JobRow | null> {
+    return this.retry('start attempt', () =>
+      this.db.transaction(async (tx) => {
+        const [row] = await tx
+          .update(jobs)
+          .set({
+            status: 'running',
+            attempt: sql`${jobs.attempt} + 1`,
+            startedAt: sql`coalesce(${jobs.startedAt}, now())`,
+            host: this.host,
+            nextAttemptAt: null,
+            updatedAt: new Date(),
+          })
+          .where(and(eq(jobs.id, jobId), notInArray(jobs.status, [...TERMINAL_STATUSES])))
+          .returning()
+        if (!row) return null
+        await tx
+          .update(jobAttempts)
+          .set({ finishedAt: new Date(), outcome: 'interrupted', reason: 'crash', message: 'the host running this attempt stopped' })
+          .where(and(eq(jobAttempts.jobId, jobId), isNull(jobAttempts.finishedAt)))
+        await tx
+          .insert(jobAttempts)
+          .values({ jobId, attempt: row.attempt, host: this.host })
+          .onConflictDoUpdate({
+            target: [jobAttempts.jobId, jobAttempts.attempt],
+            set: { host: this.host, startedAt: new Date(), finishedAt: null, outcome: null, reason: null, message: null },
+          })
+        return row
+      }),
+    )
+  }
+
+  setAttemptPid(jobId: string, attempt: number, pid: number): Promise<void> {
+    return this.retry('attempt pid', async () => {
+      await this.db
+        .update(jobAttempts)
+        .set({ pid })
+        .where(and(eq(jobAttempts.jobId, jobId), eq(jobAttempts.attempt, attempt)))
+    })
+  }
+
+  /** Latest progress of a running attempt (throttled by the caller). */
+  progress(jobId: string, attempt: number, event: ProgressEvent): Promise<void> {
+    return this.retry('progress', async () => {
+      await this.db
+        .update(jobs)
+        .set({
+          progress: event.progress,
+          message: event.message,
+          lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})`,
+          updatedAt: new Date(),
+        })
+        .where(and(eq(jobs.id, jobId), eq(jobs.attempt, attempt), eq(jobs.status, 'running')))
+    })
+  }
+
+  /** Keeps a status change in the job's history. */
+  recordEvent(event: ProgressEvent): Promise<void> {
+    return this.retry('event', async () => {
+      await this.db
+        .insert(jobEvents)
+        .values({
+          jobId: event.jobId,
+          seq: event.seq,
+          status: event.status,
+          progress: event.progress,
+          message: event.message,
+          attempt: event.attempt,
+          at: new Date(event.timestamp),
+        })
+        .onConflictDoNothing()
+    })
+  }
+
+  /**
+   * Ends an attempt. A terminal status is written only if the job is not terminal yet and this is still
+   * its current attempt; returns whether this call wrote it.
+   */
+  finishAttempt(
+    jobId: string,
+    attempt: number,
+    end: {
+      status: Exclude<JobStatus, 'queued' | 'running'> | 'queued'
+      event: ProgressEvent
+      result?: unknown
+      error?: JobError | null
+      artifacts?: ArtifactRecord[]
+      nextAttemptAt?: Date | null
+    },
+  ): Promise<boolean> {
+    const now = new Date()
+    const terminal = TERMINAL_STATUSES.includes(end.status)
+    return this.retry('finish attempt', () =>
+      this.db.transaction(async (tx) => {
+        const [row] = await tx
+          .update(jobs)
+          .set({
+            status: end.status,
+            progress: end.event.progress,
+            message: end.event.message,
+            lastSeq: sql`greatest(${jobs.lastSeq}, ${end.event.seq})`,
+            result: end.result === undefined ? undefined : (end.result ?? null),
+            error: end.error === undefined ? undefined : end.error,
+            finishedAt: terminal ? now : null,
+            nextAttemptAt: end.nextAttemptAt ?? null,
+            updatedAt: now,
+          })
+          .where(and(eq(jobs.id, jobId), eq(jobs.attempt, attempt), notInArray(jobs.status, [...TERMINAL_STATUSES])))
+          .returning({ id: jobs.id })
+        await tx
+          .update(jobAttempts)
+          .set({
+            finishedAt: now,
+            outcome: end.status === 'queued' ? 'interrupted' : end.status,
+            reason: end.error?.reason ?? null,
+            message: end.error?.message ?? null,
+          })
+          .where(and(eq(jobAttempts.jobId, jobId), eq(jobAttempts.attempt, attempt)))
+        if (!row) return false
+        if (end.artifacts) {
+          await tx.delete(jobArtifacts).where(eq(jobArtifacts.jobId, jobId))
+          if (end.artifacts.length > 0)
+            await tx.insert(jobArtifacts).values(end.artifacts.map((a) => ({ jobId, ...a })))
+        }
+        await tx
+          .insert(jobEvents)
+          .values({
+            jobId,
+            seq: end.event.seq,
+            status: end.event.status,
+            progress: end.event.progress,
+            message: end.event.message,
+            attempt,
+            at: new Date(end.event.timestamp),
+          })
+          .onConflictDoNothing()
+        return true
+      }),
+    )
+  }
+
+  getJob(jobId: string): Promise<JobRow | undefined> {
+    return this.retry('read job', async () => (await this.db.select().from(jobs).where(eq(jobs.id, jobId)))[0])
+  }
+
+  statusOf(jobIds: string[]): Promise<{ id: string; status: JobStatus }[]> {
+    return this.db.select({ id: jobs.id, status: jobs.status }).from(jobs).where(inArray(jobs.id, jobIds))
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * `npm start`: gateway and GPU host in one process for one machine. Embedded Postgres (PGlite under
+ * DATA_DIR) unless DATABASE_URL is set, an embedded S3 server (s3rver under DATA_DIR) unless S3_ENDPOINT
+ * is set. Redis is required.
+ */
+import { mkdir } from 'node:fs/promises'
+import path from 'node:path'
+import type { AddressInfo } from 'node:net'
+import S3rver from 's3rver'
+import { startGateway } from './gateway/server.ts'
+import { GpuHost } from './gpu-host/host.ts'
+import { createS3Client } from './schema/clients.ts'
+import { openDatabase } from './schema/db/connect.ts'
+import { configOrExit, createLogger, onShutdown, redisOrExit } from './schema/runtime.ts'
+
+const config = configOrExit()
+const logger = createLogger(config, 'gpu-jobs')
+await redisOrExit(config)
+await mkdir(config.dataDir, { recursive: true })
+
+const database = await openDatabase({ url: config.databaseUrl, pgliteDir: path.join(config.dataDir, 'pglite') })
+logger.info({ database: database.kind === 'pglite' ? path.join(config.dataDir, 'pglite') : 'DATABASE_URL' }, `database: ${database.kind}`)
+
+let s3rver: S3rver | undefined
+let endpoint = config.s3.endpoint
+if (!endpoint) {
+  const dir = path.join(config.dataDir, 's3')
+  await mkdir(dir, { recursive: true })
+  s3rver = new S3rver({ address: '127.0.0.1', port: Number(process.env.S3RVER_PORT ?? 9000), directory: dir, silent: true })
+  const addr = (await s3rver.run()) as AddressInfo
+  endpoint = `http://127.0.0.1:${addr.port}`
+  // s3rver accepts any secret but only this access key.
+  config.s3.accessKeyId = 'S3RVER'
+  config.s3.secretAccessKey = 'S3RVER'
+  logger.info(
+    { endpoint, bucket: config.s3.bucket, accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER', directory: dir },
+    `embedded S3 server at ${endpoint} (access key S3RVER, secret S3RVER; e.g. aws --endpoint-url ${endpoint} s3 ls s3://${config.s3.bucket} --recursive)`,
+  )
+}
+const s3 = createS3Client({ ...config.s3, endpoint })
+const host = new GpuHost({ config, database, s3: { client: s3, endpoint }, logger: logger.child({ component: 'gpu-host' }) })
+await host.start()
+const gateway = await startGateway({ config, database, s3, logger: logger.child({ component: 'gateway' }) })
+logger.info(`ready: submit a job with  curl -XPOST ${gateway.url}/api/train -H 'content-type: application/json' -d '{"type":"train_lora","params":{"baseModel":"sd15","datasetPath":"demo"}}'`)
+
+onShutdown(logger, async () => {
+  await gateway.close()
+  await host.close()
+  await s3rver?.close()
+  await database.close()
+})

@@ -294,12 +294,16 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
     if (removed === 1 || row.status === 'queued' || row.status === 'retrying') {
       const fresh = await store.get(jobId)
       if (fresh && !isTerminal(fresh.status) && (removed === 1 || fresh.status !== 'running')) {
-        const event = await emitEvent(
-          redis,
-          { jobId, type: row.type, status: 'cancelled', progress: fresh.progress, message: 'cancelled', attempt: fresh.attempt, timestamp: new Date().toISOString() },
-          { terminal: true },
-        )
-        await store.cancel(jobId, { code: 'CANCELLED', reason: 'cancelled', message: 'cancelled by request' }, event.seq, 'cancelled')
+        const error = { code: 'CANCELLED', reason: 'cancelled' as const, message: 'cancelled by request' }
+        // The row first, then the event: whoever sees the event finds the final state stored.
+        if (await store.cancel(jobId, error, 'cancelled')) {
+          const event = await emitEvent(
+            redis,
+            { jobId, type: row.type, status: 'cancelled', progress: fresh.progress, message: 'cancelled', attempt: fresh.attempt, timestamp: new Date().toISOString() },
+            { terminal: true },
+          )
+          await store.progressSeq(jobId, event.seq)
+        }
       }
     }
     await redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId }))

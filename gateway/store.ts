@@ -106,7 +106,7 @@ export class JobStore {
   }
 
   /** Marks a job cancelled unless it is terminal already; returns whether this call did it. */
-  async cancel(jobId: string, error: JobError, lastSeq: number, progressMessage: string): Promise<boolean> {
+  async cancel(jobId: string, error: JobError, progressMessage: string): Promise<boolean> {
     const now = new Date()
     const rows = await this.db
       .update(jobs)
@@ -114,7 +114,6 @@ export class JobStore {
         status: 'cancelled',
         error,
         message: progressMessage,
-        lastSeq: sql`greatest(${jobs.lastSeq}, ${lastSeq})`,
         finishedAt: now,
         updatedAt: now,
         nextAttemptAt: null,

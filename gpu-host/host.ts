@@ -336,16 +336,20 @@ export class GpuHost {
     await this.state.ensureJob({ jobId, type, params, maxAttempts: 1, outputPrefix: outputPrefixFor(type, jobId) })
     const row = await this.state.startAttempt(jobId)
     if (!row) return
-    const event = await emitEvent(
-      this.redis,
-      { jobId, type, status: 'failed', progress: 0, message, attempt: row.attempt, timestamp: new Date().toISOString() },
-      { terminal: true },
-    )
-    await this.state.finishAttempt(jobId, row.attempt, {
+    const wrote = await this.state.finishAttempt(jobId, row.attempt, {
       status: 'failed',
-      event,
+      progress: 0,
+      message,
       error: this.jobError('invalid_params', message),
     })
+    if (wrote)
+      await this.state.recordEvent(
+        await emitEvent(
+          this.redis,
+          { jobId, type, status: 'failed', progress: 0, message, attempt: row.attempt, timestamp: new Date().toISOString() },
+          { terminal: true },
+        ),
+      )
     this.metrics.jobsTotal.inc({ type, status: 'failed' })
     this.metrics.jobErrors.inc({ type, reason: 'invalid_params' })
   }
@@ -379,8 +383,12 @@ export class GpuHost {
     ) => {
       await reporter.flush()
       const terminal = status === 'completed' || status === 'failed' || status === 'cancelled'
+      const wrote = await this.state.finishAttempt(jobId, attempt, { status, progress, message, ...extra })
+      // Nothing to announce when the job had ended already (cancelled meanwhile by a gateway).
+      if (!wrote) return false
       const event = await reporter.emit(status, progress, message, terminal)
-      return this.state.finishAttempt(jobId, attempt, { status, event, ...extra })
+      await this.state.recordEvent(event)
+      return true
     }
 
     if (entry.cancelRequested) {
@@ -400,7 +408,7 @@ export class GpuHost {
 
     this.metrics.attempts.inc({ type })
     this.metrics.queueWait.observe({ type }, Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000))
-    await reporter.emit('running', 0, `attempt ${attempt}/${o.maxAttempts} started on ${config.hostId}`)
+    await this.state.recordEvent(await reporter.emit('running', 0, `attempt ${attempt}/${o.maxAttempts} started on ${config.hostId}`))
     reporter.progress = 0
 
     const startedAt = performance.now()

@@ -143,34 +143,18 @@ export class JobState {
     })
   }
 
-  /** Keeps a status change in the job's history. */
-  recordEvent(event: ProgressEvent): Promise<void> {
-    return this.retry('event', async () => {
-      await this.db
-        .insert(jobEvents)
-        .values({
-          jobId: event.jobId,
-          seq: event.seq,
-          status: event.status,
-          progress: event.progress,
-          message: event.message,
-          attempt: event.attempt,
-          at: new Date(event.timestamp),
-        })
-        .onConflictDoNothing()
-    })
-  }
-
   /**
    * Ends an attempt. A terminal status is written only if the job is not terminal yet and this is still
-   * its current attempt; returns whether this call wrote it.
+   * its current attempt; returns whether this call wrote it. The caller publishes the event afterwards,
+   * so a client that sees the event finds the row already in its final state.
    */
   finishAttempt(
     jobId: string,
     attempt: number,
     end: {
       status: Exclude<JobStatus, 'queued' | 'running'> | 'queued'
-      event: ProgressEvent
+      progress: number
+      message: string
       result?: unknown
       error?: JobError | null
       artifacts?: ArtifactRecord[]
@@ -185,9 +169,8 @@ export class JobState {
           .update(jobs)
           .set({
             status: end.status,
-            progress: end.event.progress,
-            message: end.event.message,
-            lastSeq: sql`greatest(${jobs.lastSeq}, ${end.event.seq})`,
+            progress: end.progress,
+            message: end.message,
             result: end.result === undefined ? undefined : (end.result ?? null),
             error: end.error === undefined ? undefined : end.error,
             finishedAt: terminal ? now : null,
@@ -211,21 +194,31 @@ export class JobState {
           if (end.artifacts.length > 0)
             await tx.insert(jobArtifacts).values(end.artifacts.map((a) => ({ jobId, ...a })))
         }
-        await tx
-          .insert(jobEvents)
-          .values({
-            jobId,
-            seq: end.event.seq,
-            status: end.event.status,
-            progress: end.event.progress,
-            message: end.event.message,
-            attempt,
-            at: new Date(end.event.timestamp),
-          })
-          .onConflictDoNothing()
         return true
       }),
     )
+  }
+
+  /** Keeps a status change in the job's history and moves the row's seq forward. */
+  recordEvent(event: ProgressEvent): Promise<void> {
+    return this.retry('event', async () => {
+      await this.db
+        .insert(jobEvents)
+        .values({
+          jobId: event.jobId,
+          seq: event.seq,
+          status: event.status,
+          progress: event.progress,
+          message: event.message,
+          attempt: event.attempt,
+          at: new Date(event.timestamp),
+        })
+        .onConflictDoNothing()
+      await this.db
+        .update(jobs)
+        .set({ lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})` })
+        .where(eq(jobs.id, event.jobId))
+    })
   }
 
   getJob(jobId: string): Promise<JobRow | undefined> {

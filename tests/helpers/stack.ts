@@ -1,0 +1,159 @@
+import { randomUUID } from 'node:crypto'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import type { AddressInfo } from 'node:net'
+import type { S3Client } from '@aws-sdk/client-s3'
+import { Queue } from 'bullmq'
+import type { Redis } from 'ioredis'
+import pino from 'pino'
+import S3rver from 's3rver'
+import { type Gateway, startGateway } from '../../gateway/server.ts'
+import { GpuHost } from '../../gpu-host/host.ts'
+import { createRedis, createS3Client } from '../../schema/clients.ts'
+import { type Config, loadConfig } from '../../schema/config.ts'
+import { type Database, openDatabase } from '../../schema/db/connect.ts'
+import { QUEUE_NAME } from '../../schema/keys.ts'
+import type { JobType } from '../../schema/params/index.ts'
+
+/** Postgres of the tests: TEST_DATABASE_URL, or the local server's `gpu_jobs_test` database (.ci/run makes it). */
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
+export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+export interface S3Server {
+  endpoint: string
+  client: S3Client
+  dir: string
+  close(): Promise<void>
+}
+
+/** An in-process s3rver on a free port, in a temp dir. */
+export async function startS3(port = 0): Promise<S3Server> {
+  const dir = await mkdtemp(path.join(tmpdir(), 's3rver-'))
+  const server = new S3rver({ address: '127.0.0.1', port, directory: dir, silent: true })
+  const addr = (await server.run()) as AddressInfo
+  const endpoint = `http://127.0.0.1:${addr.port}`
+  const client = createS3Client({ endpoint, region: 'us-east-1', bucket: 'x', accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' })
+  return {
+    endpoint,
+    client,
+    dir,
+    close: async () => {
+      client.destroy()
+      await server.close()
+      await rm(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** A DATA_DIR with a small dataset folder `ds` (and an empty `empty`). */
+export async function makeDataDir(): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'gpu-data-'))
+  await mkdir(path.join(dir, 'ds'), { recursive: true })
+  await mkdir(path.join(dir, 'empty'), { recursive: true })
+  for (let i = 0; i < 4; i++) {
+    await writeFile(path.join(dir, 'ds', `img${i}.png`), `image ${i}`)
+    await writeFile(path.join(dir, 'ds', `img${i}.txt`), `a photo of sks person, pose ${i}`)
+    await writeFile(path.join(dir, 'ds', `clip${i}.wav`), `audio ${i}`)
+  }
+  return dir
+}
+
+export interface Stack {
+  config: Config
+  prefix: string
+  gateway: Gateway
+  host: GpuHost
+  hostPort: number
+  database: Database
+  s3: S3Server
+  redis: Redis
+  queue: Queue
+  dataDir: string
+  url: (p: string) => string
+  close(): Promise<void>
+}
+
+export const quietLogger = () => pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
+
+/**
+ * A whole system on real Redis, Postgres and s3rver: gateway and GPU host in this process, a unique
+ * queue prefix and bucket, and free ports.
+ */
+export async function startStack(
+  opts: { env?: Record<string, string>; handlerModules?: Partial<Record<JobType, string>>; withHost?: boolean; database?: Database } = {},
+): Promise<Stack> {
+  const prefix = `test-${randomUUID().slice(0, 8)}`
+  const dataDir = await makeDataDir()
+  const s3 = await startS3()
+  const config = loadConfig({
+    REDIS_URL: TEST_REDIS_URL,
+    DATABASE_URL: TEST_DATABASE_URL,
+    S3_ENDPOINT: s3.endpoint,
+    S3_BUCKET: `b-${prefix}`,
+    DATA_DIR: dataDir,
+    MODELS_DIR: path.join(dataDir, 'models'),
+    GATEWAY_PORT: '0',
+    METRICS_PORT: '0',
+    SIMULATE_STEP_MS: '5',
+    KILL_GRACE_SEC: '1',
+    SHUTDOWN_GRACE_SEC: '2',
+    RETRY_BACKOFF_MS: '100',
+    QUEUE_PREFIX: prefix,
+    HOST_ID: `${prefix}-host`,
+    ...opts.env,
+  })
+  const database = opts.database ?? (await openDatabase({ url: TEST_DATABASE_URL, poolSize: 5 }))
+  const logger = quietLogger()
+  const s3client = createS3Client({ ...config.s3, endpoint: s3.endpoint })
+  const host = new GpuHost({ config, database, s3: { client: s3client, endpoint: s3.endpoint }, logger, handlerModules: opts.handlerModules })
+  if (opts.withHost !== false) await host.start()
+  else await s3client.send(new (await import('@aws-sdk/client-s3')).CreateBucketCommand({ Bucket: config.s3.bucket }))
+  const gateway = await startGateway({ config, database, s3: s3client, logger })
+  const redis = createRedis(TEST_REDIS_URL)
+  await redis.connect()
+  const queue = new Queue(QUEUE_NAME, { connection: createRedis(TEST_REDIS_URL), prefix })
+  return {
+    config,
+    prefix,
+    gateway,
+    host,
+    hostPort: host.port,
+    database,
+    s3,
+    redis,
+    queue,
+    dataDir,
+    url: (p) => `${gateway.url}${p}`,
+    close: async () => {
+      await gateway.close()
+      if (opts.withHost !== false) await host.close()
+      await queue.obliterate({ force: true }).catch(() => {})
+      await queue.close()
+      redis.disconnect()
+      if (!opts.database) await database.close()
+      s3client.destroy()
+      await s3.close()
+      await rm(dataDir, { recursive: true, force: true })
+    },
+  }
+}
+
+export async function postJob(stack: Stack, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(stack.url('/api/train'), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  })
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> }
+}
+
+export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await fn()
+    if (value) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}

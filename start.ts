@@ -3,9 +3,9 @@
  * DATA_DIR) unless DATABASE_URL is set, an embedded S3 server (s3rver under DATA_DIR) unless S3_ENDPOINT
  * is set. Redis is required.
  */
-import { mkdir } from 'node:fs/promises'
-import path from 'node:path'
+import { mkdir, stat, writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
+import path from 'node:path'
 import S3rver from 's3rver'
 import { startGateway } from './gateway/server.ts'
 import { GpuHost } from './gpu-host/host.ts'
@@ -13,20 +13,56 @@ import { createS3Client } from './schema/clients.ts'
 import { openDatabase } from './schema/db/connect.ts'
 import { configOrExit, createLogger, onShutdown, redisOrExit } from './schema/runtime.ts'
 
+/** A 1x1 PNG: enough for the simulate engines, which count a dataset's files. */
+const PIXEL_PNG = Buffer.from(
+  'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==',
+  'base64',
+)
+
+/** On first run, `DATA_DIR/demo` gets a few sample files so the README's walkthrough works as is. */
+async function seedDemoDataset(dataDir: string, log: { info(msg: string): void }): Promise<void> {
+  const demo = path.join(dataDir, 'demo')
+  if (
+    await stat(demo).then(
+      () => true,
+      () => false,
+    )
+  )
+    return
+  await mkdir(demo, { recursive: true })
+  for (let i = 1; i <= 4; i++) {
+    await writeFile(path.join(demo, `sample${i}.png`), PIXEL_PNG)
+    await writeFile(path.join(demo, `sample${i}.txt`), `a photo of sks person, sample ${i}`)
+  }
+  log.info(`created a demo dataset in ${demo} (datasetPath "demo")`)
+}
+
 const config = configOrExit()
 const logger = createLogger(config, 'gpu-jobs')
 await redisOrExit(config)
 await mkdir(config.dataDir, { recursive: true })
+await seedDemoDataset(config.dataDir, logger)
 
-const database = await openDatabase({ url: config.databaseUrl, pgliteDir: path.join(config.dataDir, 'pglite') })
-logger.info({ database: database.kind === 'pglite' ? path.join(config.dataDir, 'pglite') : 'DATABASE_URL' }, `database: ${database.kind}`)
+const database = await openDatabase({
+  url: config.databaseUrl,
+  pgliteDir: path.join(config.dataDir, 'pglite'),
+})
+logger.info(
+  { database: database.kind === 'pglite' ? path.join(config.dataDir, 'pglite') : 'DATABASE_URL' },
+  `database: ${database.kind}`,
+)
 
 let s3rver: S3rver | undefined
 let endpoint = config.s3.endpoint
 if (!endpoint) {
   const dir = path.join(config.dataDir, 's3')
   await mkdir(dir, { recursive: true })
-  s3rver = new S3rver({ address: '127.0.0.1', port: Number(process.env.S3RVER_PORT ?? 9000), directory: dir, silent: true })
+  s3rver = new S3rver({
+    address: '127.0.0.1',
+    port: Number(process.env.S3RVER_PORT ?? 9000),
+    directory: dir,
+    silent: true,
+  })
   const addr = (await s3rver.run()) as AddressInfo
   endpoint = `http://127.0.0.1:${addr.port}`
   // s3rver accepts any secret but only this access key.
@@ -38,10 +74,17 @@ if (!endpoint) {
   )
 }
 const s3 = createS3Client({ ...config.s3, endpoint })
-const host = new GpuHost({ config, database, s3: { client: s3, endpoint }, logger: logger.child({ component: 'gpu-host' }) })
+const host = new GpuHost({
+  config,
+  database,
+  s3: { client: s3, endpoint },
+  logger: logger.child({ component: 'gpu-host' }),
+})
 await host.start()
 const gateway = await startGateway({ config, database, s3, logger: logger.child({ component: 'gateway' }) })
-logger.info(`ready: submit a job with  curl -XPOST ${gateway.url}/api/train -H 'content-type: application/json' -d '{"type":"train_lora","params":{"baseModel":"sd15","datasetPath":"demo"}}'`)
+logger.info(
+  `ready: submit a job with  curl -XPOST ${gateway.url}/api/train -H 'content-type: application/json' -d '{"type":"train_lora","params":{"baseModel":"sd15","datasetPath":"demo"}}'`,
+)
 
 onShutdown(logger, async () => {
   await gateway.close()

@@ -1,6 +1,6 @@
 import type { JobType } from '../schema/params/index.ts'
-import type { AnyHandler } from './sdk/define.ts'
 import renderVideo from './render_video/index.ts'
+import type { AnyHandler } from './sdk/define.ts'
 import trainLora from './train_lora/index.ts'
 import trainVoice from './train_voice/index.ts'
 

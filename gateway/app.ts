@@ -10,9 +10,9 @@ import * as v from 'valibot'
 import { type Artifact, type JobStatusBody, SubmitJobBody, type SubmitJobResponse } from '../schema/api.ts'
 import { isTerminal, JobId, JobStatus } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
+import { DatasetPathError, resolveDatasetPath } from '../schema/dataset-path.ts'
 import type { Database } from '../schema/db/connect.ts'
 import type { JobArtifactRow, JobRow } from '../schema/db/tables.ts'
-import { DatasetPathError, resolveDatasetPath } from '../schema/dataset-path.ts'
 import type { JobEnvelope } from '../schema/envelope.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import { toFieldIssues } from '../schema/issues.ts'
@@ -55,7 +55,11 @@ export const rowSnapshot = (row: JobRow): ProgressEvent => ({
 })
 
 /** The Hono app of the gateway: REST API, SSE, health and metrics (WebSocket is attached in server.ts). */
-export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore; statusBody: (row: JobRow) => Promise<JobStatusBody> } {
+export function createApp(deps: GatewayDeps): {
+  app: Hono<Env>
+  store: JobStore
+  statusBody: (row: JobRow) => Promise<JobStatusBody>
+} {
   const { config, redis, queue, s3, hub, metrics, logger } = deps
   const store = new JobStore(deps.database.db)
   const app = new Hono<Env>()
@@ -65,23 +69,41 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
     if (err instanceof ApiError) return c.json(err.toJSON(), err.status)
     if (isBackendDown(err)) {
       logger.warn({ err: (err as Error).message, path: c.req.path }, 'backing service unavailable')
-      return c.json(new ApiError(503, 'unavailable', 'a backing service (Redis, Postgres or S3) is unavailable; retry shortly').toJSON(), 503)
+      return c.json(
+        new ApiError(
+          503,
+          'unavailable',
+          'a backing service (Redis, Postgres or S3) is unavailable; retry shortly',
+        ).toJSON(),
+        503,
+      )
     }
     logger.error({ err, path: c.req.path }, 'unhandled error')
     return c.json({ error: { code: 'internal', message: 'internal error' } }, 500)
   })
-  app.notFound((c) => c.json(new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`).toJSON(), 404))
+  app.notFound((c) =>
+    c.json(new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`).toJSON(), 404),
+  )
 
   app.use(async function requestMetrics(c, next) {
     const start = performance.now()
     await next()
     const route = c.req.routePath || 'unmatched'
-    metrics.httpDuration.observe({ method: c.req.method, route, status: String(c.res.status) }, (performance.now() - start) / 1000)
+    metrics.httpDuration.observe(
+      { method: c.req.method, route, status: String(c.res.status) },
+      (performance.now() - start) / 1000,
+    )
   })
 
   app.get('/healthz', (c) => c.json({ ok: true }))
   app.get('/metrics', async (c) => {
-    if (config.metricsToken && tokenOwner(new Map([['metrics', config.metricsToken]]), presentedToken(c.req.header('authorization'), undefined)) === null)
+    if (
+      config.metricsToken &&
+      tokenOwner(
+        new Map([['metrics', config.metricsToken]]),
+        presentedToken(c.req.header('authorization'), undefined),
+      ) === null
+    )
       throw new ApiError(401, 'unauthorized', 'METRICS_TOKEN is set: send Authorization: Bearer <token>')
     return c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType })
   })
@@ -89,8 +111,16 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
   app.use('*', async function auth(c, next) {
     c.set('owner', null)
     if (!authRequired || c.req.path === '/healthz' || c.req.path === '/metrics') return next()
-    const owner = tokenOwner(config.apiTokens, presentedToken(c.req.header('authorization'), c.req.query('token')))
-    if (owner === null) throw new ApiError(401, 'unauthorized', 'send Authorization: Bearer <token> (or ?token= for WebSocket and SSE)')
+    const owner = tokenOwner(
+      config.apiTokens,
+      presentedToken(c.req.header('authorization'), c.req.query('token')),
+    )
+    if (owner === null)
+      throw new ApiError(
+        401,
+        'unauthorized',
+        'send Authorization: Bearer <token> (or ?token= for WebSocket and SSE)',
+      )
     c.set('owner', owner)
     return next()
   })
@@ -98,7 +128,10 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
   app.get('/readyz', async (c) => {
     const check = async (fn: () => Promise<unknown>) => {
       try {
-        await Promise.race([fn(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000))])
+        await Promise.race([
+          fn(),
+          new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000)),
+        ])
         return 'ok'
       } catch (err) {
         return `down: ${(err as Error).message}`
@@ -157,7 +190,8 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
   async function visibleJob(jobId: string, owner: string | null): Promise<JobRow> {
     if (!v.is(JobId, jobId)) throw new ApiError(404, 'not_found', 'no such job')
     const row = await store.get(jobId)
-    if (!row || (authRequired && row.owner !== owner)) throw new ApiError(404, 'not_found', `no job "${jobId}"`)
+    if (!row || (authRequired && row.owner !== owner))
+      throw new ApiError(404, 'not_found', `no job "${jobId}"`)
     return row
   }
 
@@ -171,13 +205,23 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
     const body = v.safeParse(SubmitJobBody, raw)
     if (!body.success) {
       const issues = toFieldIssues(body.issues)
-      throw new ApiError(400, 'invalid_request', `invalid request: ${issues[0]?.path} ${issues[0]?.message}`, issues)
+      throw new ApiError(
+        400,
+        'invalid_request',
+        `invalid request: ${issues[0]?.path} ${issues[0]?.message}`,
+        issues,
+      )
     }
     const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body.output
     const params = v.safeParse(PARAMS_BY_TYPE[type], body.output.params)
     if (!params.success) {
       const issues = toFieldIssues(params.issues, 'params')
-      throw new ApiError(400, 'invalid_params', `invalid params: ${issues[0]?.path} ${issues[0]?.message}`, issues)
+      throw new ApiError(
+        400,
+        'invalid_params',
+        `invalid params: ${issues[0]?.path} ${issues[0]?.message}`,
+        issues,
+      )
     }
     if ('datasetPath' in params.output) {
       try {
@@ -253,9 +297,15 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
 
   const limit = bodyLimit({
     maxSize: MAX_BODY_BYTES,
-    onError: () => {
-      throw new ApiError(413, 'too_large', `the body must be at most ${MAX_BODY_BYTES} bytes`)
-    },
+    // The rest of the body is not read: the connection cannot be reused, so say it closes.
+    onError: (c) =>
+      c.json(
+        new ApiError(413, 'too_large', `the body must be at most ${MAX_BODY_BYTES} bytes`).toJSON(),
+        413,
+        {
+          connection: 'close',
+        },
+      ),
   })
   app.post('/api/train', limit, submit)
   app.post('/api/jobs', limit, submit)
@@ -269,10 +319,19 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
     const q = c.req.query()
     const issues: { path: string; message: string }[] = []
     const limitN = q.limit === undefined ? 50 : Number(q.limit)
-    if (!Number.isInteger(limitN) || limitN < 1 || limitN > 500) issues.push({ path: 'limit', message: 'must be an integer from 1 to 500' })
-    if (q.status !== undefined && !v.is(JobStatus, q.status)) issues.push({ path: 'status', message: 'must be a job status' })
-    if (q.type !== undefined && !v.is(JobType, q.type)) issues.push({ path: 'type', message: 'must be a job type' })
-    if (issues.length) throw new ApiError(400, 'invalid_query', `invalid query: ${issues[0]?.path} ${issues[0]?.message}`, issues)
+    if (!Number.isInteger(limitN) || limitN < 1 || limitN > 500)
+      issues.push({ path: 'limit', message: 'must be an integer from 1 to 500' })
+    if (q.status !== undefined && !v.is(JobStatus, q.status))
+      issues.push({ path: 'status', message: 'must be a job status' })
+    if (q.type !== undefined && !v.is(JobType, q.type))
+      issues.push({ path: 'type', message: 'must be a job type' })
+    if (issues.length)
+      throw new ApiError(
+        400,
+        'invalid_query',
+        `invalid query: ${issues[0]?.path} ${issues[0]?.message}`,
+        issues,
+      )
     const page = await store.list({
       owner: authRequired ? c.get('owner') : undefined,
       status: q.status as JobStatus | undefined,
@@ -280,7 +339,10 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
       limit: limitN,
       cursor: q.cursor,
     })
-    if ('badCursor' in page) throw new ApiError(400, 'invalid_query', 'invalid query: cursor is not one this API gave out', [{ path: 'cursor', message: 'unknown cursor' }])
+    if ('badCursor' in page)
+      throw new ApiError(400, 'invalid_query', 'invalid query: cursor is not one this API gave out', [
+        { path: 'cursor', message: 'unknown cursor' },
+      ])
     return c.json({ jobs: await Promise.all(page.rows.map(statusBody)), nextCursor: page.nextCursor })
   })
 
@@ -299,7 +361,15 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
         if (await store.cancel(jobId, error, 'cancelled')) {
           const event = await emitEvent(
             redis,
-            { jobId, type: row.type, status: 'cancelled', progress: fresh.progress, message: 'cancelled', attempt: fresh.attempt, timestamp: new Date().toISOString() },
+            {
+              jobId,
+              type: row.type,
+              status: 'cancelled',
+              progress: fresh.progress,
+              message: 'cancelled',
+              attempt: fresh.attempt,
+              timestamp: new Date().toISOString(),
+            },
             { terminal: true },
           )
           await store.progressSeq(jobId, event.seq)
@@ -323,7 +393,9 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
     const artifact = (await store.artifacts(row.id)).find((a) => a.path === rel)
     if (!artifact) throw new ApiError(404, 'not_found', `job ${row.id} has no artifact "${rel}"`)
     const range = c.req.header('range')
-    const obj = await s3.send(new GetObjectCommand({ Bucket: config.s3.bucket, Key: artifact.key, Range: range }))
+    const obj = await s3.send(
+      new GetObjectCommand({ Bucket: config.s3.bucket, Key: artifact.key, Range: range }),
+    )
     const headers: Record<string, string> = {
       'content-type': artifact.contentType,
       'accept-ranges': 'bytes',
@@ -341,7 +413,9 @@ export function createApp(deps: GatewayDeps): { app: Hono<Env>; store: JobStore;
     const afterRaw = c.req.header('last-event-id') ?? c.req.query('after')
     const after = afterRaw === undefined ? undefined : Number(afterRaw)
     if (after !== undefined && (!Number.isInteger(after) || after < 0))
-      throw new ApiError(400, 'invalid_query', 'invalid query: after must be a non-negative integer', [{ path: 'after', message: 'must be a non-negative integer' }])
+      throw new ApiError(400, 'invalid_query', 'invalid query: after must be a non-negative integer', [
+        { path: 'after', message: 'must be a non-negative integer' },
+      ])
     return streamSSE(c, async (stream) => {
       metrics.sseStreams.inc()
       const queued: ProgressEvent[] = []

@@ -17,7 +17,10 @@ export function tokenOwner(tokens: Map<string, string>, presented: string | unde
 }
 
 /** `Authorization: Bearer x`, or `?token=x` (browsers' WebSocket and EventSource cannot set headers). */
-export function presentedToken(authorization: string | undefined, query: string | undefined): string | undefined {
+export function presentedToken(
+  authorization: string | undefined,
+  query: string | undefined,
+): string | undefined {
   const m = authorization?.match(/^Bearer\s+(\S+)$/i)
   return m?.[1] ?? query ?? undefined
 }

@@ -13,7 +13,9 @@ export class ApiError extends Error {
   }
 
   toJSON(): { error: { code: string; message: string; issues?: FieldIssue[] } } {
-    return { error: { code: this.code, message: this.message, ...(this.issues ? { issues: this.issues } : {}) } }
+    return {
+      error: { code: this.code, message: this.message, ...(this.issues ? { issues: this.issues } : {}) },
+    }
   }
 }
 
@@ -22,7 +24,24 @@ export function isBackendDown(err: unknown): boolean {
   const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } }
   const code = e?.code ?? e?.cause?.code ?? ''
   return (
-    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', '57P01', '57P03', '08006', '08001'].includes(code) ||
-    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|ETIMEDOUT/.test(e?.message ?? '')
+    [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      'EPIPE',
+      'ENOTFOUND',
+      'EHOSTUNREACH',
+      'CONNECT_TIMEOUT',
+      'CONNECTION_CLOSED',
+      'CONNECTION_ENDED',
+      'CONNECTION_DESTROYED',
+      '57P01',
+      '57P03',
+      '08006',
+      '08001',
+    ].includes(code) ||
+    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|ETIMEDOUT/.test(
+      e?.message ?? '',
+    )
   )
 }

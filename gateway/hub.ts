@@ -72,10 +72,14 @@ export class EventHub {
    * Follows a job. Without `after`, the current state comes first; with it, every event after that
    * seq. Resolves once the initial state or replay has been delivered.
    */
-  async subscribe(jobId: string, after: number | undefined, deliver: (event: ProgressEvent) => void): Promise<Subscription> {
+  async subscribe(
+    jobId: string,
+    after: number | undefined,
+    deliver: (event: ProgressEvent) => void,
+  ): Promise<Subscription> {
     const sub: Sub = { jobId, lastSeq: after ?? 0, catchingUp: true, buffer: [], closed: false, deliver }
-    let set = this.subs.get(jobId)
-    if (!set) this.subs.set(jobId, (set = new Set()))
+    const set = this.subs.get(jobId) ?? new Set<Sub>()
+    this.subs.set(jobId, set)
     set.add(sub)
     const handle: Subscription = {
       jobId,

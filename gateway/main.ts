@@ -7,12 +7,19 @@ import { startGateway } from './server.ts'
 const config = configOrExit()
 const logger = createLogger(config, 'gateway')
 if (!config.databaseUrl || !config.s3.endpoint) {
-  process.stderr.write('npm run gateway needs DATABASE_URL and S3_ENDPOINT (use `npm start` for the embedded all-in-one mode)\n')
+  process.stderr.write(
+    'npm run gateway needs DATABASE_URL and S3_ENDPOINT (use `npm start` for the embedded all-in-one mode)\n',
+  )
   process.exit(2)
 }
 await redisOrExit(config)
 const database = await openDatabase({ url: config.databaseUrl })
-const gateway = await startGateway({ config, database, s3: createS3Client({ ...config.s3, endpoint: config.s3.endpoint }), logger })
+const gateway = await startGateway({
+  config,
+  database,
+  s3: createS3Client({ ...config.s3, endpoint: config.s3.endpoint }),
+  logger,
+})
 onShutdown(logger, async () => {
   await gateway.close()
   await database.close()

@@ -20,8 +20,16 @@ export class GatewayMetrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     })
-    this.websockets = new Gauge({ name: 'gateway_websocket_connections', help: 'Open WebSocket connections.', registers })
-    this.sseStreams = new Gauge({ name: 'gateway_sse_streams', help: 'Open Server-Sent Events streams.', registers })
+    this.websockets = new Gauge({
+      name: 'gateway_websocket_connections',
+      help: 'Open WebSocket connections.',
+      registers,
+    })
+    this.sseStreams = new Gauge({
+      name: 'gateway_sse_streams',
+      help: 'Open Server-Sent Events streams.',
+      registers,
+    })
     this.forwarded = new Counter({
       name: 'gateway_events_forwarded_total',
       help: 'Progress events sent to clients, by transport (ws, sse).',

@@ -1,7 +1,7 @@
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { serve } from '@hono/node-server'
 import type { S3Client } from '@aws-sdk/client-s3'
+import { serve } from '@hono/node-server'
 import { Queue } from 'bullmq'
 import type { Logger } from 'pino'
 import { createRedis } from '../schema/clients.ts'
@@ -23,12 +23,21 @@ export interface Gateway {
  * Starts the gateway on `config.gatewayPort` (0: any free port). Without API tokens it binds to loopback
  * only, whatever GATEWAY_HOST says, since anyone who can reach it could run and cancel jobs.
  */
-export async function startGateway(opts: { config: Config; database: Database; s3: S3Client; logger: Logger }): Promise<Gateway> {
+export async function startGateway(opts: {
+  config: Config
+  database: Database
+  s3: S3Client
+  logger: Logger
+}): Promise<Gateway> {
   const { config, database, logger } = opts
   const redis = createRedis(config.redisUrl)
   const subscriber = createRedis(config.redisUrl)
   const queueConnection = createRedis(config.redisUrl)
-  for (const [name, r] of [['redis', redis], ['subscriber', subscriber], ['queue', queueConnection]] as const)
+  for (const [name, r] of [
+    ['redis', redis],
+    ['subscriber', subscriber],
+    ['queue', queueConnection],
+  ] as const)
     r.on('error', (err) => logger.warn({ err: err.message, connection: name }, 'redis error'))
   await Promise.all([redis.connect(), subscriber.connect(), queueConnection.connect()])
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix: config.queuePrefix })
@@ -50,15 +59,21 @@ export async function startGateway(opts: { config: Config; database: Database; s
   const open = config.apiTokens.size === 0
   const hostname = open ? '127.0.0.1' : (config.gatewayHost ?? '0.0.0.0')
   if (open && config.gatewayHost && config.gatewayHost !== '127.0.0.1')
-    logger.warn({ requested: config.gatewayHost }, 'GATEWAY_HOST ignored: no API_TOKENS set, so the gateway listens on loopback only')
+    logger.warn(
+      { requested: config.gatewayHost },
+      'GATEWAY_HOST ignored: no API_TOKENS set, so the gateway listens on loopback only',
+    )
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = serve({ fetch: built.app.fetch, port: config.gatewayPort, hostname }, () => resolve(s as Server))
+    const s = serve({ fetch: built.app.fetch, port: config.gatewayPort, hostname }, () =>
+      resolve(s as Server),
+    )
     ;(s as Server).once('error', reject)
   })
   const ws = attachWebSocket({ server, hub, store: built.store, metrics, logger, tokens: config.apiTokens })
   const port = (server.address() as AddressInfo).port
   const url = `http://${hostname}:${port}`
-  if (open) logger.warn(`no API_TOKENS set: authentication is off and the gateway listens on loopback only (${url})`)
+  if (open)
+    logger.warn(`no API_TOKENS set: authentication is off and the gateway listens on loopback only (${url})`)
   logger.info({ url }, 'gateway listening')
   return {
     port,

@@ -1,8 +1,15 @@
-import { and, asc, desc, eq, lt, notInArray, or, sql, type SQL } from 'drizzle-orm'
+import { and, asc, desc, eq, lt, notInArray, or, type SQL, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import { TERMINAL_STATUSES } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
-import { type JobArtifactRow, type JobAttemptRow, type JobRow, jobArtifacts, jobAttempts, jobs } from '../schema/db/tables.ts'
+import {
+  type JobArtifactRow,
+  type JobAttemptRow,
+  type JobRow,
+  jobArtifacts,
+  jobAttempts,
+  jobs,
+} from '../schema/db/tables.ts'
 import type { JobType } from '../schema/params/index.ts'
 
 export interface NewJob {
@@ -70,11 +77,19 @@ export class JobStore {
   }
 
   async artifacts(jobId: string): Promise<JobArtifactRow[]> {
-    return this.db.select().from(jobArtifacts).where(eq(jobArtifacts.jobId, jobId)).orderBy(asc(jobArtifacts.path))
+    return this.db
+      .select()
+      .from(jobArtifacts)
+      .where(eq(jobArtifacts.jobId, jobId))
+      .orderBy(asc(jobArtifacts.path))
   }
 
   async attempts(jobId: string): Promise<JobAttemptRow[]> {
-    return this.db.select().from(jobAttempts).where(eq(jobAttempts.jobId, jobId)).orderBy(asc(jobAttempts.attempt))
+    return this.db
+      .select()
+      .from(jobAttempts)
+      .where(eq(jobAttempts.jobId, jobId))
+      .orderBy(asc(jobAttempts.attempt))
   }
 
   async list(opts: {
@@ -85,7 +100,8 @@ export class JobStore {
     cursor?: string | undefined
   }): Promise<{ rows: JobRow[]; nextCursor: string | null } | { badCursor: true }> {
     const where: SQL[] = []
-    if (opts.owner !== undefined) where.push(opts.owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, opts.owner))
+    if (opts.owner !== undefined)
+      where.push(opts.owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, opts.owner))
     if (opts.status) where.push(eq(jobs.status, opts.status))
     if (opts.type) where.push(eq(jobs.type, opts.type))
     if (opts.cursor) {

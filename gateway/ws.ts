@@ -40,9 +40,14 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     }
     let owner: string | null = null
     if (tokens.size > 0) {
-      owner = tokenOwner(tokens, presentedToken(req.headers.authorization, url.searchParams.get('token') ?? undefined))
+      owner = tokenOwner(
+        tokens,
+        presentedToken(req.headers.authorization, url.searchParams.get('token') ?? undefined),
+      )
       if (owner === null) {
-        socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":{"code":"unauthorized","message":"send Authorization: Bearer <token> or ?token="}}')
+        socket.end(
+          'HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":{"code":"unauthorized","message":"send Authorization: Bearer <token> or ?token="}}',
+        )
         return
       }
     }
@@ -81,7 +86,11 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     const subscribe = async (jobId: string, after: number | undefined) => {
       if (subs.has(jobId)) subs.get(jobId)?.close()
       else if (subs.size >= MAX_SUBSCRIPTIONS)
-        return notice({ op: 'error', jobId, error: { code: 'too_many_subscriptions', message: `at most ${MAX_SUBSCRIPTIONS} jobs per socket` } })
+        return notice({
+          op: 'error',
+          jobId,
+          error: { code: 'too_many_subscriptions', message: `at most ${MAX_SUBSCRIPTIONS} jobs per socket` },
+        })
       const row = await store.get(jobId)
       if (!row || (tokens.size > 0 && row.owner !== owner))
         return notice({ op: 'error', jobId, error: { code: 'not_found', message: 'no such job' } })
@@ -93,7 +102,12 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     const safely = (jobId: string, p: Promise<unknown>) =>
       p.catch((err: unknown) => {
         logger.warn({ err: (err as Error).message, jobId }, 'websocket subscribe failed')
-        if (ws.readyState === ws.OPEN) notice({ op: 'error', jobId, error: { code: 'unavailable', message: 'could not subscribe; retry shortly' } })
+        if (ws.readyState === ws.OPEN)
+          notice({
+            op: 'error',
+            jobId,
+            error: { code: 'unavailable', message: 'could not subscribe; retry shortly' },
+          })
       })
 
     ws.on('message', (data, isBinary) => {
@@ -105,7 +119,13 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       }
       const parsed = v.safeParse(WsClientMessage, raw)
       if (!parsed.success)
-        return notice({ op: 'error', error: { code: 'invalid_message', message: describeIssues(toFieldIssues(parsed.issues)) || 'invalid JSON' } })
+        return notice({
+          op: 'error',
+          error: {
+            code: 'invalid_message',
+            message: describeIssues(toFieldIssues(parsed.issues)) || 'invalid JSON',
+          },
+        })
       const msg = parsed.output
       if (msg.op === 'subscribe') void safely(msg.jobId, subscribe(msg.jobId, msg.after))
       else {

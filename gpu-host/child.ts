@@ -6,7 +6,6 @@
 import { mkdir } from 'node:fs/promises'
 import { pathToFileURL } from 'node:url'
 import * as v from 'valibot'
-import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { handlerFor } from '../functions/index.ts'
 import type { HandlerContext } from '../functions/sdk/context.ts'
 import type { AnyHandler } from '../functions/sdk/define.ts'
@@ -14,6 +13,7 @@ import { NonRetryableError, RetryableError } from '../functions/sdk/errors.ts'
 import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { createModelCache } from '../functions/sdk/models.ts'
 import { createS3Client } from '../schema/clients.ts'
+import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { type ChildError, type ChildMessage, ParentMessage } from './ipc.ts'
 import { S3ArtifactStore } from './s3-artifacts.ts'
 
@@ -26,7 +26,8 @@ const send = (msg: ChildMessage): Promise<void> =>
 const controller = new AbortController()
 let started = false
 
-const abortReason = (reason: string): Error => Object.assign(new Error(`job ${reason}`), { name: 'AbortError', reason })
+const abortReason = (reason: string): Error =>
+  Object.assign(new Error(`job ${reason}`), { name: 'AbortError', reason })
 
 // SIGTERM from the host (timeout, cancel, shutdown): abort the handler's signal and let it wind down
 // within the grace period; the host sends SIGKILL after that.
@@ -45,10 +46,22 @@ function toChildError(err: unknown): ChildError {
   if (controller.signal.aborted) {
     const reason = (controller.signal.reason as { reason?: string })?.reason
     const r = reason === 'timeout' || reason === 'cancelled' || reason === 'shutdown' ? reason : 'cancelled'
-    return { name: 'AbortError', message: `job ${r}`, code: r.toUpperCase(), reason: r, retryable: r !== 'cancelled' }
+    return {
+      name: 'AbortError',
+      message: `job ${r}`,
+      code: r.toUpperCase(),
+      reason: r,
+      retryable: r !== 'cancelled',
+    }
   }
   if (err instanceof NonRetryableError || err instanceof RetryableError)
-    return { name: err.name, message: err.message, code: err.code, reason: err.reason, retryable: err instanceof RetryableError }
+    return {
+      name: err.name,
+      message: err.message,
+      code: err.code,
+      reason: err.reason,
+      retryable: err instanceof RetryableError,
+    }
   const e = err instanceof Error ? err : new Error(String(err))
   return { name: e.name, message: e.message, code: 'HANDLER_ERROR', reason: 'handler_error', retryable: true }
 }
@@ -57,7 +70,8 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
   const handler = msg.handlerModule
     ? ((await import(pathToFileURL(msg.handlerModule).href)) as { default: AnyHandler }).default
     : handlerFor(msg.job.type)
-  if (!handler || typeof handler.run !== 'function') throw new Error('handler module has no default handler export')
+  if (!handler || typeof handler.run !== 'function')
+    throw new Error('handler module has no default handler export')
   const parsed = v.safeParse(handler.params, msg.job.params)
   if (!parsed.success)
     throw new NonRetryableError(`invalid params: ${describeIssues(toFieldIssues(parsed.issues, 'params'))}`, {
@@ -107,7 +121,9 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
 process.on('message', (raw: unknown) => {
   const parsed = v.safeParse(ParentMessage, raw)
   if (!parsed.success) {
-    process.stderr.write(`child: invalid message from host: ${describeIssues(toFieldIssues(parsed.issues))}\n`)
+    process.stderr.write(
+      `child: invalid message from host: ${describeIssues(toFieldIssues(parsed.issues))}\n`,
+    )
     process.exit(70)
   }
   const msg = parsed.output

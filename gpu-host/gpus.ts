@@ -39,7 +39,10 @@ export async function readGpus(): Promise<GpuReading[] | null> {
   try {
     const { stdout } = await run(
       'nvidia-smi',
-      ['--query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu', '--format=csv,noheader,nounits'],
+      [
+        '--query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu',
+        '--format=csv,noheader,nounits',
+      ],
       { timeout: 10_000 },
     )
     return parseNvidiaSmi(stdout)

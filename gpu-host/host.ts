@@ -9,13 +9,12 @@ import { handlerFor } from '../functions/index.ts'
 import type { AnyHandler } from '../functions/sdk/define.ts'
 import { createRedis } from '../schema/clients.ts'
 import type { JobError } from '../schema/common.ts'
+import { ERROR_REASONS } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
 import type { Database } from '../schema/db/connect.ts'
 import { JobEnvelope } from '../schema/envelope.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { CANCEL_CHANNEL, cancelKey, QUEUE_NAME } from '../schema/keys.ts'
-import { JOB_STATUSES } from '../schema/common.ts'
-import { ERROR_REASONS } from '../schema/common.ts'
 import { JOB_TYPES, type JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
 import { readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
@@ -80,14 +79,18 @@ export class GpuHost {
       version: opts.version ?? '0.1.0',
       running: () =>
         [...this.running.values()].flatMap((j) =>
-          j.reporter ? [{ type: j.type, progress: j.reporter.progress, lastProgressAt: j.reporter.lastProgressAt }] : [],
+          j.reporter
+            ? [{ type: j.type, progress: j.reporter.progress, lastProgressAt: j.reporter.lastProgressAt }]
+            : [],
         ),
     })
     for (const type of JOB_TYPES) {
-      for (const status of ['completed', 'failed', 'cancelled', 'retrying']) this.metrics.jobsTotal.inc({ type, status }, 0)
+      for (const status of ['completed', 'failed', 'cancelled', 'retrying'])
+        this.metrics.jobsTotal.inc({ type, status }, 0)
       for (const reason of ERROR_REASONS) this.metrics.jobErrors.inc({ type, reason }, 0)
+      for (const counter of [this.metrics.attempts, this.metrics.retries, this.metrics.timeouts, this.metrics.cancellations])
+        counter.inc({ type }, 0)
     }
-    void JOB_STATUSES
   }
 
   get port(): number {
@@ -102,7 +105,10 @@ export class GpuHost {
     const gpus = await readGpus()
     this.gpuChecks = gpus !== null && gpus.length > 0
     if (!this.gpuChecks)
-      logger.info({ slots: config.gpuSlots }, 'no GPU found (nvidia-smi absent): GPU memory checks are skipped; using GPU_SLOTS virtual slots')
+      logger.info(
+        { slots: config.gpuSlots },
+        'no GPU found (nvidia-smi absent): GPU memory checks are skipped; using GPU_SLOTS virtual slots',
+      )
     else logger.info({ gpus: gpus?.map((g) => `${g.index}:${g.name}`) }, 'GPUs found')
     this.slots = slotsFor(gpus, config.gpuSlots)
     this.metrics.initSlots(this.slots)
@@ -204,7 +210,14 @@ export class GpuHost {
         res.end(await this.metrics.registry.metrics())
       } else if (route === '/healthz') {
         res.setHeader('content-type', 'application/json')
-        res.end(JSON.stringify({ ok: true, host: this.opts.config.hostId, running: this.running.size, closing: this.closing }))
+        res.end(
+          JSON.stringify({
+            ok: true,
+            host: this.opts.config.hostId,
+            running: this.running.size,
+            closing: this.closing,
+          }),
+        )
       } else if (route === '/readyz') {
         const checks = await this.readiness()
         const ok = Object.values(checks).every((c) => c === 'ok') && !this.closing
@@ -224,7 +237,10 @@ export class GpuHost {
   async readiness(): Promise<Record<string, string>> {
     const check = async (fn: () => Promise<unknown>) => {
       try {
-        await Promise.race([fn(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000))])
+        await Promise.race([
+          fn(),
+          new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000)),
+        ])
         return 'ok'
       } catch (err) {
         return `down: ${(err as Error).message}`
@@ -241,7 +257,15 @@ export class GpuHost {
   private async sampleQueue(): Promise<void> {
     if (!this.queue) return
     try {
-      const states = ['waiting', 'active', 'delayed', 'failed', 'prioritized', 'completed', 'waiting-children'] as const
+      const states = [
+        'waiting',
+        'active',
+        'delayed',
+        'failed',
+        'prioritized',
+        'completed',
+        'waiting-children',
+      ] as const
       const counts = await this.queue.getJobCounts(...states)
       for (const state of states) this.metrics.queueJobs.set({ state }, counts[state] ?? 0)
       const oldest = [
@@ -286,7 +310,10 @@ export class GpuHost {
     const leaked = procs?.filter((p) => p.gpuUuid === slot.gpu.uuid && pids.includes(p.pid)) ?? []
     if (leaked.length > 0) {
       this.metrics.memLeaks.inc(this.metrics.gpuLabels(slot))
-      this.opts.logger.error({ gpu: slot.gpu.uuid, leaked }, 'job processes still hold GPU memory after the job ended')
+      this.opts.logger.error(
+        { gpu: slot.gpu.uuid, leaked },
+        'job processes still hold GPU memory after the job ended',
+      )
     }
   }
 
@@ -296,7 +323,6 @@ export class GpuHost {
 
   /** BullMQ processor: one attempt of one job. */
   private async process(job: Job, token: string | undefined): Promise<unknown> {
-    const { config, logger } = this.opts
     const parsed = v.safeParse(JobEnvelope, { ...(job.data as object), jobId: job.id, type: job.name })
     if (!parsed.success) {
       const message = `invalid job payload: ${describeIssues(toFieldIssues(parsed.issues))}`
@@ -320,10 +346,15 @@ export class GpuHost {
     const entry: RunningJob = { jobId, type, cancelRequested: false, proc: undefined, reporter: undefined }
     this.running.set(jobId, entry)
     try {
-      return await this.runAttempt(job, token, entry, { handler, maxAttempts, timeoutSec, outputPrefix, envelope })
+      return await this.runAttempt(job, token, entry, {
+        handler,
+        maxAttempts,
+        timeoutSec,
+        outputPrefix,
+        envelope,
+      })
     } finally {
       this.running.delete(jobId)
-      void logger
     }
   }
 
@@ -332,8 +363,17 @@ export class GpuHost {
     const jobId = job.id
     this.opts.logger.warn({ jobId, name: job.name }, message)
     if (!type || !jobId) return
-    const params = typeof job.data?.params === 'object' && job.data.params ? (job.data.params as Record<string, unknown>) : {}
-    await this.state.ensureJob({ jobId, type, params, maxAttempts: 1, outputPrefix: outputPrefixFor(type, jobId) })
+    const params =
+      typeof job.data?.params === 'object' && job.data.params
+        ? (job.data.params as Record<string, unknown>)
+        : {}
+    await this.state.ensureJob({
+      jobId,
+      type,
+      params,
+      maxAttempts: 1,
+      outputPrefix: outputPrefixFor(type, jobId),
+    })
     const row = await this.state.startAttempt(jobId)
     if (!row) return
     const wrote = await this.state.finishAttempt(jobId, row.attempt, {
@@ -346,7 +386,15 @@ export class GpuHost {
       await this.state.recordEvent(
         await emitEvent(
           this.redis,
-          { jobId, type, status: 'failed', progress: 0, message, attempt: row.attempt, timestamp: new Date().toISOString() },
+          {
+            jobId,
+            type,
+            status: 'failed',
+            progress: 0,
+            message,
+            attempt: row.attempt,
+            timestamp: new Date().toISOString(),
+          },
           { terminal: true },
         ),
       )
@@ -358,7 +406,13 @@ export class GpuHost {
     job: Job,
     token: string | undefined,
     entry: RunningJob,
-    o: { handler: AnyHandler; maxAttempts: number; timeoutSec: number; outputPrefix: string; envelope: JobEnvelope },
+    o: {
+      handler: AnyHandler
+      maxAttempts: number
+      timeoutSec: number
+      outputPrefix: string
+      envelope: JobEnvelope
+    },
   ): Promise<unknown> {
     const { config, logger, s3 } = this.opts
     const { jobId, type } = entry
@@ -379,7 +433,12 @@ export class GpuHost {
       status: 'completed' | 'failed' | 'cancelled' | 'retrying' | 'queued',
       progress: number,
       message: string,
-      extra: { result?: unknown; error?: JobError; artifacts?: RunOutcome['artifacts']; nextAttemptAt?: Date } = {},
+      extra: {
+        result?: unknown
+        error?: JobError
+        artifacts?: RunOutcome['artifacts']
+        nextAttemptAt?: Date
+      } = {},
     ) => {
       await reporter.flush()
       const terminal = status === 'completed' || status === 'failed' || status === 'cancelled'
@@ -407,8 +466,13 @@ export class GpuHost {
     }
 
     this.metrics.attempts.inc({ type })
-    this.metrics.queueWait.observe({ type }, Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000))
-    await this.state.recordEvent(await reporter.emit('running', 0, `attempt ${attempt}/${o.maxAttempts} started on ${config.hostId}`))
+    this.metrics.queueWait.observe(
+      { type },
+      Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000),
+    )
+    await this.state.recordEvent(
+      await reporter.emit('running', 0, `attempt ${attempt}/${o.maxAttempts} started on ${config.hostId}`),
+    )
     reporter.progress = 0
 
     const startedAt = performance.now()
@@ -421,7 +485,16 @@ export class GpuHost {
       } catch (err) {
         outcome = {
           ok: false,
-          error: { name: 'StorageError', message: `S3 unavailable: ${(err as Error).message}`, code: 'STORAGE', reason: 'storage', retryable: true, exitCode: null, signal: null, stderrTail: '' },
+          error: {
+            name: 'StorageError',
+            message: `S3 unavailable: ${(err as Error).message}`,
+            code: 'STORAGE',
+            reason: 'storage',
+            retryable: true,
+            exitCode: null,
+            signal: null,
+            stderrTail: '',
+          },
           artifacts: [],
           pid: 0,
           groupGone: true,
@@ -459,7 +532,8 @@ export class GpuHost {
       outcome = await proc.done
       const left = await groupMembers(proc.pid)
       await this.checkGpuRelease(slot, [proc.pid, ...(left ?? [])])
-      if (!outcome.groupGone) log.error({ pid: proc.pid, left }, 'process group still has members after SIGKILL')
+      if (!outcome.groupGone)
+        log.error({ pid: proc.pid, left }, 'process group still has members after SIGKILL')
     } catch (err) {
       if (!(err && typeof err === 'object' && 'ok' in err)) throw err
       outcome = err as RunOutcome
@@ -481,7 +555,16 @@ export class GpuHost {
       } catch (err) {
         outcome = {
           ok: false,
-          error: { name: 'StorageError', message: `could not write the manifest: ${(err as Error).message}`, code: 'STORAGE', reason: 'storage', retryable: true, exitCode: 0, signal: null, stderrTail: '' },
+          error: {
+            name: 'StorageError',
+            message: `could not write the manifest: ${(err as Error).message}`,
+            code: 'STORAGE',
+            reason: 'storage',
+            retryable: true,
+            exitCode: 0,
+            signal: null,
+            stderrTail: '',
+          },
           artifacts: outcome.artifacts,
           pid: outcome.pid,
           groupGone: outcome.groupGone,
@@ -489,7 +572,10 @@ export class GpuHost {
       }
     }
     if (outcome.ok) {
-      await finish('completed', 100, reporter.message || 'completed', { result: outcome.result ?? null, artifacts: outcome.artifacts })
+      await finish('completed', 100, reporter.message || 'completed', {
+        result: outcome.result ?? null,
+        artifacts: outcome.artifacts,
+      })
       this.metrics.jobsTotal.inc({ type, status: 'completed' })
       this.metrics.jobDuration.observe({ type, status: 'completed' }, seconds)
       log.info({ attempt, seconds: seconds.toFixed(2), artifacts: outcome.artifacts.length }, 'job completed')
@@ -505,7 +591,10 @@ export class GpuHost {
       await job.moveToWait(token)
       throw new WaitingError()
     }
-    this.metrics.jobDuration.observe({ type, status: e.reason === 'cancelled' ? 'cancelled' : 'failed' }, seconds)
+    this.metrics.jobDuration.observe(
+      { type, status: e.reason === 'cancelled' ? 'cancelled' : 'failed' },
+      seconds,
+    )
     this.metrics.jobErrors.inc({ type, reason: e.reason })
     if (e.reason === 'timeout') this.metrics.timeouts.inc({ type })
     if (e.reason === 'cancelled') {
@@ -521,10 +610,15 @@ export class GpuHost {
       const nextAttemptAt = new Date(Date.now() + delay)
       this.metrics.retries.inc({ type })
       this.metrics.jobsTotal.inc({ type, status: 'retrying' })
-      await finish('retrying', reporter.progress, `attempt ${attempt} failed (${e.reason}): ${e.message}; retrying in ${(delay / 1000).toFixed(1)}s`, {
-        error,
-        nextAttemptAt,
-      })
+      await finish(
+        'retrying',
+        reporter.progress,
+        `attempt ${attempt} failed (${e.reason}): ${e.message}; retrying in ${(delay / 1000).toFixed(1)}s`,
+        {
+          error,
+          nextAttemptAt,
+        },
+      )
       log.warn({ attempt, reason: e.reason, delay, stderr: e.stderrTail }, 'attempt failed; will retry')
       await job.moveToDelayed(nextAttemptAt.getTime(), token)
       throw new DelayedError()

@@ -13,7 +13,8 @@ import { JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { readGpus, slotsFor } from './gpus.ts'
 import { JobProcess } from './runner.ts'
 
-const usage = 'usage: npm run job -- <train_lora|train_voice|render_video> --params \'<json>\' [--out DIR] [--timeout SEC] [--id JOB_ID]'
+const usage =
+  "usage: npm run job -- <train_lora|train_voice|render_video> --params '<json>' [--out DIR] [--timeout SEC] [--id JOB_ID]"
 const { values, positionals } = parseArgs({
   allowPositionals: true,
   options: {
@@ -64,7 +65,9 @@ const outcome = await proc.done
 await rm(path.join(out, '.scratch'), { recursive: true, force: true })
 const seconds = ((Date.now() - started) / 1000).toFixed(2)
 if (outcome.ok) {
-  process.stdout.write(`completed in ${seconds}s; artifacts in ${out}\nresult: ${JSON.stringify(outcome.result)}\n`)
+  process.stdout.write(
+    `completed in ${seconds}s; artifacts in ${out}\nresult: ${JSON.stringify(outcome.result)}\n`,
+  )
   process.exit(0)
 }
 process.stdout.write(`failed after ${seconds}s (${outcome.error.reason}): ${outcome.error.message}\n`)

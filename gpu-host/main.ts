@@ -7,7 +7,9 @@ import { GpuHost } from './host.ts'
 const config = configOrExit()
 const logger = createLogger(config, 'gpu-host')
 if (!config.databaseUrl || !config.s3.endpoint) {
-  process.stderr.write('npm run gpu-host needs DATABASE_URL and S3_ENDPOINT (use `npm start` for the embedded all-in-one mode)\n')
+  process.stderr.write(
+    'npm run gpu-host needs DATABASE_URL and S3_ENDPOINT (use `npm start` for the embedded all-in-one mode)\n',
+  )
   process.exit(2)
 }
 await redisOrExit(config)
@@ -15,7 +17,10 @@ const database = await openDatabase({ url: config.databaseUrl, poolSize: 5 })
 const host = new GpuHost({
   config,
   database,
-  s3: { client: createS3Client({ ...config.s3, endpoint: config.s3.endpoint }), endpoint: config.s3.endpoint },
+  s3: {
+    client: createS3Client({ ...config.s3, endpoint: config.s3.endpoint }),
+    endpoint: config.s3.endpoint,
+  },
   logger,
 })
 await host.start()

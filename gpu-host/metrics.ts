@@ -33,7 +33,10 @@ export class HostMetrics {
   readonly memLeaks: Counter<'gpu' | 'UUID' | 'Hostname'>
   readonly oldestProgressAge: Gauge<'type'>
 
-  constructor(opts: { version: string; running: () => Iterable<{ type: string; progress: number; lastProgressAt: number }> }) {
+  constructor(opts: {
+    version: string
+    running: () => Iterable<{ type: string; progress: number; lastProgressAt: number }>
+  }) {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry })
     new Gauge({
@@ -88,7 +91,8 @@ export class HostMetrics {
         this.reset()
         const now = Date.now()
         const ages = new Map<string, number>()
-        for (const job of running()) ages.set(job.type, Math.max(ages.get(job.type) ?? 0, (now - job.lastProgressAt) / 1000))
+        for (const job of running())
+          ages.set(job.type, Math.max(ages.get(job.type) ?? 0, (now - job.lastProgressAt) / 1000))
         for (const [type, age] of ages) this.set({ type }, age)
       },
     })
@@ -159,11 +163,35 @@ export class HostMetrics {
       buckets: START_BUCKETS,
       registers,
     })
-    this.attempts = new Counter({ name: 'gpu_worker_attempts_total', help: 'Job attempts started.', labelNames: ['type'], registers })
-    this.retries = new Counter({ name: 'gpu_worker_retries_total', help: 'Attempts that failed and will be retried.', labelNames: ['type'], registers })
-    this.cancellations = new Counter({ name: 'gpu_worker_cancellations_total', help: 'Running jobs cancelled on this host.', labelNames: ['type'], registers })
-    this.timeouts = new Counter({ name: 'gpu_worker_timeouts_total', help: 'Attempts killed by their hard timeout.', labelNames: ['type'], registers })
-    new Gauge({ name: 'gpu_worker_slots', help: 'Job slots (GPUs, or GPU_SLOTS without one) on this host.', registers })
+    this.attempts = new Counter({
+      name: 'gpu_worker_attempts_total',
+      help: 'Job attempts started.',
+      labelNames: ['type'],
+      registers,
+    })
+    this.retries = new Counter({
+      name: 'gpu_worker_retries_total',
+      help: 'Attempts that failed and will be retried.',
+      labelNames: ['type'],
+      registers,
+    })
+    this.cancellations = new Counter({
+      name: 'gpu_worker_cancellations_total',
+      help: 'Running jobs cancelled on this host.',
+      labelNames: ['type'],
+      registers,
+    })
+    this.timeouts = new Counter({
+      name: 'gpu_worker_timeouts_total',
+      help: 'Attempts killed by their hard timeout.',
+      labelNames: ['type'],
+      registers,
+    })
+    new Gauge({
+      name: 'gpu_worker_slots',
+      help: 'Job slots (GPUs, or GPU_SLOTS without one) on this host.',
+      registers,
+    })
   }
 
   gpuLabels(slot: Slot): { gpu: string; UUID: string; Hostname: string } {

@@ -55,7 +55,10 @@ export async function waitGroupGone(pgid: number, timeoutMs: number): Promise<bo
  * Terminates group `pgid`: SIGTERM, up to `graceMs` for it to leave, then SIGKILL, then waits until /proc
  * shows no member. Returns whether SIGKILL was needed and whether the group is confirmed gone.
  */
-export async function terminateGroup(pgid: number, graceMs: number): Promise<{ killed: boolean; gone: boolean }> {
+export async function terminateGroup(
+  pgid: number,
+  graceMs: number,
+): Promise<{ killed: boolean; gone: boolean }> {
   if (!signalGroup(pgid, 'SIGTERM')) return { killed: false, gone: await waitGroupGone(pgid, 1000) }
   if (await waitGroupGone(pgid, graceMs)) return { killed: false, gone: true }
   signalGroup(pgid, 'SIGKILL')

@@ -39,7 +39,9 @@ export class Reporter {
 
   /** Emits a status event now (running, retrying, ...) and returns it with its seq. */
   async emit(status: JobStatus, progress: number, message: string, terminal = false): Promise<ProgressEvent> {
-    const next = this.chain.then(() => emitEvent(this.redis, this.event(status, progress, message), { terminal }))
+    const next = this.chain.then(() =>
+      emitEvent(this.redis, this.event(status, progress, message), { terminal }),
+    )
     this.chain = next.catch(() => {})
     return next
   }

@@ -189,18 +189,46 @@ export class JobProcess {
           })
           if (this.abortReason) {
             const reason: ErrorReason = this.abortReason
-            const what = { timeout: `timed out after ${opts.timeoutMs / 1000}s`, cancelled: 'cancelled', shutdown: 'interrupted by host shutdown' }
+            const what = {
+              timeout: `timed out after ${opts.timeoutMs / 1000}s`,
+              cancelled: 'cancelled',
+              shutdown: 'interrupted by host shutdown',
+            }
             return resolve(
-              fail({ name: 'AbortError', message: `job ${what[this.abortReason]}`, code: reason.toUpperCase(), reason, retryable: reason !== 'cancelled' }),
+              fail({
+                name: 'AbortError',
+                message: `job ${what[this.abortReason]}`,
+                code: reason.toUpperCase(),
+                reason,
+                retryable: reason !== 'cancelled',
+              }),
             )
           }
           if (protocolError)
-            return resolve(fail({ name: 'ProtocolError', message: protocolError, code: 'PROTOCOL', reason: 'crash', retryable: true }))
+            return resolve(
+              fail({
+                name: 'ProtocolError',
+                message: protocolError,
+                code: 'PROTOCOL',
+                reason: 'crash',
+                retryable: true,
+              }),
+            )
           if (result && exitCode === 0) return resolve({ ok: true, result: result.value, ...base })
           if (childError) return resolve(fail(childError))
-          const how = spawnError ? spawnError.message : signal ? `was killed by ${signal}` : `exited with code ${exitCode}`
+          const how = spawnError
+            ? spawnError.message
+            : signal
+              ? `was killed by ${signal}`
+              : `exited with code ${exitCode}`
           return resolve(
-            fail({ name: 'UnexpectedExitError', message: `job process ${how}`, code: 'CRASH', reason: 'crash', retryable: true }),
+            fail({
+              name: 'UnexpectedExitError',
+              message: `job process ${how}`,
+              code: 'CRASH',
+              reason: 'crash',
+              retryable: true,
+            }),
           )
         })
       })

@@ -5,7 +5,12 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
-import { checkArtifactPath, contentTypeFor, hashedStream, MANIFEST_NAME } from '../functions/sdk/artifact-body.ts'
+import {
+  checkArtifactPath,
+  contentTypeFor,
+  hashedStream,
+  MANIFEST_NAME,
+} from '../functions/sdk/artifact-body.ts'
 import type { ArtifactBody, ArtifactRecord, ArtifactStore } from '../functions/sdk/context.ts'
 
 /** Streams artifacts straight from the job's process to S3 (multipart for large files). */
@@ -58,7 +63,9 @@ async function listKeys(s3: S3Client, bucket: string, prefix: string): Promise<s
 async function deleteKeys(s3: S3Client, bucket: string, keys: string[]): Promise<void> {
   for (let i = 0; i < keys.length; i += 1000) {
     const batch = keys.slice(i, i + 1000)
-    await s3.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })) } }))
+    await s3.send(
+      new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })) } }),
+    )
   }
 }
 
@@ -71,7 +78,12 @@ export async function invalidateManifest(s3: S3Client, bucket: string, prefix: s
  * Finishes a job's output: removes files under the prefix that this attempt did not write (left by an
  * earlier attempt), then writes the manifest.
  */
-export async function publishManifest(s3: S3Client, bucket: string, prefix: string, manifest: Manifest): Promise<void> {
+export async function publishManifest(
+  s3: S3Client,
+  bucket: string,
+  prefix: string,
+  manifest: Manifest,
+): Promise<void> {
   const keep = new Set(manifest.files.map((f) => f.key))
   const stale = (await listKeys(s3, bucket, prefix)).filter((k) => !keep.has(k) && k !== manifestKey(prefix))
   if (stale.length > 0) await deleteKeys(s3, bucket, stale)

@@ -14,8 +14,22 @@ const transient = (err: unknown): boolean => {
   const e = err as { code?: string; message?: string; cause?: { code?: string } }
   const code = e.code ?? e.cause?.code ?? ''
   return (
-    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECT_TIMEOUT', 'CONNECTION_DESTROYED', '57P01', '57P03', '08006', '08001', '08003'].includes(code) ||
-    /connect|terminat|closed/i.test(e.message ?? '')
+    [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      'EPIPE',
+      'ENOTFOUND',
+      'CONNECTION_CLOSED',
+      'CONNECTION_ENDED',
+      'CONNECT_TIMEOUT',
+      'CONNECTION_DESTROYED',
+      '57P01',
+      '57P03',
+      '08006',
+      '08001',
+      '08003',
+    ].includes(code) || /connect|terminat|closed/i.test(e.message ?? '')
   )
 }
 
@@ -105,14 +119,26 @@ export class JobState {
         if (!row) return null
         await tx
           .update(jobAttempts)
-          .set({ finishedAt: new Date(), outcome: 'interrupted', reason: 'crash', message: 'the host running this attempt stopped' })
+          .set({
+            finishedAt: new Date(),
+            outcome: 'interrupted',
+            reason: 'crash',
+            message: 'the host running this attempt stopped',
+          })
           .where(and(eq(jobAttempts.jobId, jobId), isNull(jobAttempts.finishedAt)))
         await tx
           .insert(jobAttempts)
           .values({ jobId, attempt: row.attempt, host: this.host })
           .onConflictDoUpdate({
             target: [jobAttempts.jobId, jobAttempts.attempt],
-            set: { host: this.host, startedAt: new Date(), finishedAt: null, outcome: null, reason: null, message: null },
+            set: {
+              host: this.host,
+              startedAt: new Date(),
+              finishedAt: null,
+              outcome: null,
+              reason: null,
+              message: null,
+            },
           })
         return row
       }),
@@ -177,7 +203,13 @@ export class JobState {
             nextAttemptAt: end.nextAttemptAt ?? null,
             updatedAt: now,
           })
-          .where(and(eq(jobs.id, jobId), eq(jobs.attempt, attempt), notInArray(jobs.status, [...TERMINAL_STATUSES])))
+          .where(
+            and(
+              eq(jobs.id, jobId),
+              eq(jobs.attempt, attempt),
+              notInArray(jobs.status, [...TERMINAL_STATUSES]),
+            ),
+          )
           .returning({ id: jobs.id })
         await tx
           .update(jobAttempts)
@@ -222,7 +254,10 @@ export class JobState {
   }
 
   getJob(jobId: string): Promise<JobRow | undefined> {
-    return this.retry('read job', async () => (await this.db.select().from(jobs).where(eq(jobs.id, jobId)))[0])
+    return this.retry(
+      'read job',
+      async () => (await this.db.select().from(jobs).where(eq(jobs.id, jobId)))[0],
+    )
   }
 
   statusOf(jobIds: string[]): Promise<{ id: string; status: JobStatus }[]> {

@@ -32,7 +32,12 @@ export const createRedis = (url: string, opts: RedisOptions = {}): Redis =>
 
 /** Checks that Redis answers within `timeoutMs`; throws a short, clear error otherwise. */
 export async function probeRedis(url: string, timeoutMs = 2000): Promise<void> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs })
+  const redis = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: timeoutMs,
+  })
   redis.on('error', () => {})
   try {
     await redis.connect()

@@ -71,7 +71,14 @@ export const ENV_VARS = [
   'LOG_LEVEL',
 ] as const
 
-const SECRET_VARS = new Set(['REDIS_URL', 'DATABASE_URL', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY', 'API_TOKENS', 'METRICS_TOKEN'])
+const SECRET_VARS = new Set([
+  'REDIS_URL',
+  'DATABASE_URL',
+  'S3_ACCESS_KEY_ID',
+  'S3_SECRET_ACCESS_KEY',
+  'API_TOKENS',
+  'METRICS_TOKEN',
+])
 
 /**
  * Reads and validates the configuration; collects every problem before failing so that one run shows
@@ -119,7 +126,10 @@ export function loadConfig(env: Env = process.env): Config {
   const apiTokens = new Map<string, string>()
   const tokens = raw('API_TOKENS')
   if (tokens) {
-    for (const pair of tokens.split(',').map((s) => s.trim()).filter(Boolean)) {
+    for (const pair of tokens
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const at = pair.indexOf(':')
       const name = pair.slice(0, at)
       const token = pair.slice(at + 1)
@@ -161,7 +171,8 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: raw('LOG_LEVEL') ?? 'info',
   }
   if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
-  if (!/^[A-Za-z0-9_-]+$/.test(config.queuePrefix)) problems.push('QUEUE_PREFIX: letters, digits, "_" and "-" only')
+  if (!/^[A-Za-z0-9_-]+$/.test(config.queuePrefix))
+    problems.push('QUEUE_PREFIX: letters, digits, "_" and "-" only')
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel))
     problems.push('LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent')
   if (problems.length > 0) throw new ConfigError(problems)

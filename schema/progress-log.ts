@@ -50,7 +50,12 @@ export async function emitEvent(
 }
 
 /** Events of a job with `seq > after`, oldest first (stream ids are `<seq>-1`). */
-export async function readEvents(redis: Redis, jobId: string, after = 0, limit = 1000): Promise<ProgressEvent[]> {
+export async function readEvents(
+  redis: Redis,
+  jobId: string,
+  after = 0,
+  limit = 1000,
+): Promise<ProgressEvent[]> {
   const rows = await redis.xrange(eventLogKey(jobId), `(${after}-1`, '+', 'COUNT', limit)
   return rows.map(([, fields]) => JSON.parse(fields[1] ?? '{}') as ProgressEvent)
 }

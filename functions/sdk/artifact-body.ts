@@ -43,7 +43,10 @@ export function checkArtifactPath(p: string): string {
 }
 
 /** A stream of `body` that counts and hashes what flows through; `digest()` is valid once it has ended. */
-export function hashedStream(body: ArtifactBody): { stream: Readable; digest: () => { size: number; sha256: string } } {
+export function hashedStream(body: ArtifactBody): {
+  stream: Readable
+  digest: () => { size: number; sha256: string }
+} {
   const hash = createHash('sha256')
   let size = 0
   const source: Readable =

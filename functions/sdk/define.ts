@@ -31,7 +31,9 @@ export type AnyHandler = HandlerDefinition<v.GenericSchema, JsonValue>
 export function defineHandler<S extends v.GenericSchema, R extends JsonValue>(
   def: HandlerDefinition<S, R>,
 ): HandlerDefinition<S, R> {
-  if (!Number.isFinite(def.timeoutSec) || def.timeoutSec <= 0) throw new Error(`${def.type}: timeoutSec must be > 0`)
-  if (!Number.isInteger(def.maxAttempts) || def.maxAttempts < 1) throw new Error(`${def.type}: maxAttempts must be >= 1`)
+  if (!Number.isFinite(def.timeoutSec) || def.timeoutSec <= 0)
+    throw new Error(`${def.type}: timeoutSec must be > 0`)
+  if (!Number.isInteger(def.maxAttempts) || def.maxAttempts < 1)
+    throw new Error(`${def.type}: maxAttempts must be >= 1`)
   return Object.freeze(def)
 }

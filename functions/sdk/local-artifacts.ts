@@ -18,7 +18,12 @@ export class DirectoryArtifactStore implements ArtifactStore {
     await mkdir(path.dirname(target), { recursive: true })
     const { stream, digest } = hashedStream(body)
     await pipeline(stream, createWriteStream(target))
-    return { path: rel, key: `${this.prefix}/${rel}`, contentType: opts.contentType ?? contentTypeFor(rel), ...digest() }
+    return {
+      path: rel,
+      key: `${this.prefix}/${rel}`,
+      contentType: opts.contentType ?? contentTypeFor(rel),
+      ...digest(),
+    }
   }
 }
 
@@ -32,7 +37,12 @@ export class MemoryArtifactStore implements ArtifactStore {
     const { stream, digest } = hashedStream(body)
     const chunks: Buffer[] = []
     for await (const chunk of stream) chunks.push(chunk as Buffer)
-    const record = { path: rel, key: `${this.prefix}/${rel}`, contentType: opts.contentType ?? contentTypeFor(rel), ...digest() }
+    const record = {
+      path: rel,
+      key: `${this.prefix}/${rel}`,
+      contentType: opts.contentType ?? contentTypeFor(rel),
+      ...digest(),
+    }
     this.files.set(rel, { record, bytes: Buffer.concat(chunks) })
     return record
   }

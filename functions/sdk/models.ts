@@ -21,7 +21,13 @@ export function createModelCache(modelsDir: string, signal?: AbortSignal): Model
       const lock = `${target}.lock`
       await mkdir(path.dirname(target), { recursive: true })
       for (;;) {
-        if (await stat(target).then(() => true, () => false)) return target
+        if (
+          await stat(target).then(
+            () => true,
+            () => false,
+          )
+        )
+          return target
         signal?.throwIfAborted()
         const handle = await open(lock, 'wx').catch((err: NodeJS.ErrnoException) => {
           if (err.code === 'EEXIST') return null
@@ -39,7 +45,10 @@ export function createModelCache(modelsDir: string, signal?: AbortSignal): Model
             await rm(lock, { force: true })
           }
         }
-        const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0)
+        const age = await stat(lock).then(
+          (s) => Date.now() - s.mtimeMs,
+          () => 0,
+        )
         if (age > STALE_LOCK_MS) await rm(lock, { force: true })
         else await sleep(200)
       }

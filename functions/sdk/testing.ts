@@ -84,11 +84,18 @@ export async function createTestContext(
 }
 
 /** Validates `rawParams` with the handler's schema (as the runner does), then runs it with `t.ctx`. */
-export async function runHandler(handler: AnyHandler, rawParams: unknown, t: TestContext): Promise<JsonValue> {
+export async function runHandler(
+  handler: AnyHandler,
+  rawParams: unknown,
+  t: TestContext,
+): Promise<JsonValue> {
   const parsed = v.safeParse(handler.params, rawParams)
   if (!parsed.success)
     throw new NonRetryableError(`invalid params: ${describeIssues(toFieldIssues(parsed.issues, 'params'))}`, {
       reason: 'invalid_params',
     })
-  return handler.run({ jobId: t.ctx.jobId, type: handler.type, params: parsed.output, attempt: t.ctx.attempt }, t.ctx)
+  return handler.run(
+    { jobId: t.ctx.jobId, type: handler.type, params: parsed.output, attempt: t.ctx.attempt },
+    t.ctx,
+  )
 }

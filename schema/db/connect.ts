@@ -21,7 +21,11 @@ export const MIGRATIONS_DIR = path.join(path.dirname(fileURLToPath(import.meta.u
  * Connects to Postgres at `url` (postgres.js) or, when `url` is absent, to an embedded PGlite under
  * `pgliteDir`; applies the committed migrations either way. Opens nothing until called.
  */
-export async function openDatabase(opts: { url?: string; pgliteDir?: string; poolSize?: number }): Promise<Database> {
+export async function openDatabase(opts: {
+  url?: string
+  pgliteDir?: string
+  poolSize?: number
+}): Promise<Database> {
   if (opts.url) {
     const { default: postgres } = await import('postgres')
     const { drizzle } = await import('drizzle-orm/postgres-js')

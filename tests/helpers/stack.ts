@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import type { AddressInfo } from 'node:net'
 import type { S3Client } from '@aws-sdk/client-s3'
 import { Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
@@ -17,7 +17,8 @@ import { QUEUE_NAME } from '../../schema/keys.ts'
 import type { JobType } from '../../schema/params/index.ts'
 
 /** Postgres of the tests: TEST_DATABASE_URL, or the local server's `gpu_jobs_test` database (.ci/run makes it). */
-export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
+export const TEST_DATABASE_URL =
+  process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
 export interface S3Server {
@@ -33,7 +34,13 @@ export async function startS3(port = 0): Promise<S3Server> {
   const server = new S3rver({ address: '127.0.0.1', port, directory: dir, silent: true })
   const addr = (await server.run()) as AddressInfo
   const endpoint = `http://127.0.0.1:${addr.port}`
-  const client = createS3Client({ endpoint, region: 'us-east-1', bucket: 'x', accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' })
+  const client = createS3Client({
+    endpoint,
+    region: 'us-east-1',
+    bucket: 'x',
+    accessKeyId: 'S3RVER',
+    secretAccessKey: 'S3RVER',
+  })
   return {
     endpoint,
     client,
@@ -81,7 +88,12 @@ export const quietLogger = () => pino({ level: process.env.TEST_LOG_LEVEL ?? 'si
  * queue prefix and bucket, and free ports.
  */
 export async function startStack(
-  opts: { env?: Record<string, string>; handlerModules?: Partial<Record<JobType, string>>; withHost?: boolean; database?: Database } = {},
+  opts: {
+    env?: Record<string, string>
+    handlerModules?: Partial<Record<JobType, string>>
+    withHost?: boolean
+    database?: Database
+  } = {},
 ): Promise<Stack> {
   const prefix = `test-${randomUUID().slice(0, 8)}`
   const dataDir = await makeDataDir()
@@ -106,9 +118,18 @@ export async function startStack(
   const database = opts.database ?? (await openDatabase({ url: TEST_DATABASE_URL, poolSize: 5 }))
   const logger = quietLogger()
   const s3client = createS3Client({ ...config.s3, endpoint: s3.endpoint })
-  const host = new GpuHost({ config, database, s3: { client: s3client, endpoint: s3.endpoint }, logger, handlerModules: opts.handlerModules })
+  const host = new GpuHost({
+    config,
+    database,
+    s3: { client: s3client, endpoint: s3.endpoint },
+    logger,
+    handlerModules: opts.handlerModules,
+  })
   if (opts.withHost !== false) await host.start()
-  else await s3client.send(new (await import('@aws-sdk/client-s3')).CreateBucketCommand({ Bucket: config.s3.bucket }))
+  else
+    await s3client.send(
+      new (await import('@aws-sdk/client-s3')).CreateBucketCommand({ Bucket: config.s3.bucket }),
+    )
   const gateway = await startGateway({ config, database, s3: s3client, logger })
   const redis = createRedis(TEST_REDIS_URL)
   await redis.connect()
@@ -139,7 +160,10 @@ export async function startStack(
   }
 }
 
-export async function postJob(stack: Stack, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+export async function postJob(
+  stack: Stack,
+  body: unknown,
+): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(stack.url('/api/train'), {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -148,7 +172,11 @@ export async function postJob(stack: Stack, body: unknown): Promise<{ status: nu
   return { status: res.status, json: (await res.json()) as Record<string, unknown> }
 }
 
-export async function waitFor<T>(fn: () => Promise<T | undefined | null | false>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+export async function waitFor<T>(
+  fn: () => Promise<T | undefined | null | false>,
+  timeoutMs = 30_000,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const value = await fn()

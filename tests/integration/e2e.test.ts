@@ -1,5 +1,5 @@
-import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { createHash } from 'node:crypto'
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import type { JobStatusBody } from '../../schema/api.ts'
@@ -36,9 +36,24 @@ function follow(jobId: string): Promise<ProgressEvent[]> {
 }
 
 const cases: { type: JobType; params: Record<string, unknown>; prefix: string; file: string }[] = [
-  { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds', epochs: 2, rank: 4 }, prefix: 'loras', file: 'lora.safetensors' },
-  { type: 'train_voice', params: { speakerName: 'ann', datasetPath: 'ds', epochs: 2 }, prefix: 'voices', file: 'voice.wav' },
-  { type: 'render_video', params: { inputs: { prompt: 'a cat' }, width: 64, height: 48, frames: 12, fps: 6 }, prefix: 'videos', file: 'video.avi' },
+  {
+    type: 'train_lora',
+    params: { baseModel: 'sd15', datasetPath: 'ds', epochs: 2, rank: 4 },
+    prefix: 'loras',
+    file: 'lora.safetensors',
+  },
+  {
+    type: 'train_voice',
+    params: { speakerName: 'ann', datasetPath: 'ds', epochs: 2 },
+    prefix: 'voices',
+    file: 'voice.wav',
+  },
+  {
+    type: 'render_video',
+    params: { inputs: { prompt: 'a cat' }, width: 64, height: 48, frames: 12, fps: 6 },
+    prefix: 'videos',
+    file: 'video.avi',
+  },
 ]
 
 describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
@@ -46,14 +61,24 @@ describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
     const submitted = await postJob(stack, { type, params })
     expect(submitted.status).toBe(202)
     const jobId = submitted.json.jobId as string
-    expect(submitted.json).toMatchObject({ status: 'queued', statusUrl: `/api/status/${jobId}`, streamUrl: `/ws?jobId=${jobId}` })
+    expect(submitted.json).toMatchObject({
+      status: 'queued',
+      statusUrl: `/api/status/${jobId}`,
+      streamUrl: `/ws?jobId=${jobId}`,
+    })
 
     const events = await follow(jobId)
     // The current state first, then every event: seq rises by one, no gap, no duplicate.
     for (let i = 1; i < events.length; i++) expect(events[i]?.seq).toBe((events[i - 1]?.seq ?? 0) + 1)
     const last = events.at(-1)
     expect(last).toMatchObject({ jobId, status: 'completed', progress: 100, type, attempt: 1 })
-    expect(Object.keys(last ?? {}).slice(0, 5)).toEqual(['jobId', 'status', 'progress', 'message', 'timestamp'])
+    expect(Object.keys(last ?? {}).slice(0, 5)).toEqual([
+      'jobId',
+      'status',
+      'progress',
+      'message',
+      'timestamp',
+    ])
     expect(events.some((e) => e.status === 'running' && e.progress > 0 && e.progress < 100)).toBe(true)
     const progress = events.filter((e) => e.status === 'running').map((e) => e.progress)
     expect(progress).toEqual([...progress].sort((a, b) => a - b))
@@ -66,16 +91,27 @@ describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
     expect(Date.parse(body.createdAt)).toBeLessThanOrEqual(Date.parse(body.startedAt ?? ''))
     expect(Date.parse(body.startedAt ?? '')).toBeLessThanOrEqual(Date.parse(body.finishedAt ?? ''))
     const artifact = body.artifacts.find((a) => a.path === file)
-    expect(artifact).toMatchObject({ key: `${prefix}/${jobId}/${file}`, url: `/api/jobs/${jobId}/artifacts/${file}` })
+    expect(artifact).toMatchObject({
+      key: `${prefix}/${jobId}/${file}`,
+      url: `/api/jobs/${jobId}/artifacts/${file}`,
+    })
 
     // In the bucket: the files and the manifest, which lists exactly them with matching checksums.
-    const listed = await stack.s3.client.send(new ListObjectsV2Command({ Bucket: stack.config.s3.bucket, Prefix: `${prefix}/${jobId}/` }))
+    const listed = await stack.s3.client.send(
+      new ListObjectsV2Command({ Bucket: stack.config.s3.bucket, Prefix: `${prefix}/${jobId}/` }),
+    )
     const keys = (listed.Contents ?? []).map((o) => o.Key).sort()
     expect(keys).toEqual([...body.artifacts.map((a) => a.key), `${prefix}/${jobId}/manifest.json`].sort())
-    const manifestObj = await stack.s3.client.send(new GetObjectCommand({ Bucket: stack.config.s3.bucket, Key: `${prefix}/${jobId}/manifest.json` }))
-    const manifest = JSON.parse(await manifestObj.Body!.transformToString()) as { files: { key: string; sha256: string; size: number }[] }
+    const manifestObj = await stack.s3.client.send(
+      new GetObjectCommand({ Bucket: stack.config.s3.bucket, Key: `${prefix}/${jobId}/manifest.json` }),
+    )
+    const manifest = JSON.parse(await manifestObj.Body!.transformToString()) as {
+      files: { key: string; sha256: string; size: number }[]
+    }
     expect(manifest.files.map((f) => f.key).sort()).toEqual(body.artifacts.map((a) => a.key).sort())
-    const fileObj = await stack.s3.client.send(new GetObjectCommand({ Bucket: stack.config.s3.bucket, Key: artifact!.key }))
+    const fileObj = await stack.s3.client.send(
+      new GetObjectCommand({ Bucket: stack.config.s3.bucket, Key: artifact!.key }),
+    )
     const bytes = Buffer.from(await fileObj.Body!.transformToByteArray())
     expect(bytes.length).toBe(artifact!.size)
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(artifact!.sha256)
@@ -91,7 +127,9 @@ describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
 
     const metrics = await (await fetch(`http://127.0.0.1:${stack.hostPort}/metrics`)).text()
     expect(metrics).toMatch(new RegExp(`gpu_worker_jobs_total\\{type="${type}",status="completed"\\} [1-9]`))
-    expect(metrics).toMatch(new RegExp(`gpu_worker_job_duration_seconds_count\\{type="${type}",status="completed"\\} [1-9]`))
+    expect(metrics).toMatch(
+      new RegExp(`gpu_worker_job_duration_seconds_count\\{type="${type}",status="completed"\\} [1-9]`),
+    )
     expect(metrics).toContain('gpu_worker_job_errors_total{')
     expect(metrics).toContain('gpu_worker_progress_percent')
     expect(metrics).toMatch(/gpu_worker_gpu_busy\{gpu="0",UUID="",Hostname="[^"]+"\} 0/)
@@ -100,7 +138,10 @@ describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
 
 describe('late subscribers and replay', () => {
   it('a subscriber after the end gets the final state; after=N replays the rest', async () => {
-    const { json } = await postJob(stack, { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds', epochs: 1 } })
+    const { json } = await postJob(stack, {
+      type: 'train_lora',
+      params: { baseModel: 'sd15', datasetPath: 'ds', epochs: 1 },
+    })
     const jobId = json.jobId as string
     const all = await follow(jobId)
     const final = all.at(-1)!
@@ -124,7 +165,9 @@ describe('late subscribers and replay', () => {
     })
     expect(replayed.map((e) => e.seq)).toEqual(Array.from({ length: final.seq - 3 }, (_, i) => i + 4))
 
-    const sse = await fetch(stack.url(`/api/jobs/${jobId}/events`), { headers: { 'last-event-id': String(final.seq - 2) } })
+    const sse = await fetch(stack.url(`/api/jobs/${jobId}/events`), {
+      headers: { 'last-event-id': String(final.seq - 2) },
+    })
     const text = await sse.text()
     const ids = [...text.matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1]))
     expect(ids).toEqual([final.seq - 1, final.seq])
@@ -134,25 +177,41 @@ describe('late subscribers and replay', () => {
 describe('other producers', () => {
   it('runs a job added to gpu-jobs by a plain BullMQ producer, creating its row', async () => {
     const jobId = `ext-${Date.now()}`
-    await stack.queue.add('train_voice', { jobId, type: 'train_voice', params: { speakerName: 'bo', datasetPath: 'ds', epochs: 1 } }, { jobId })
-    const body = await waitFor(async () => {
-      const res = await fetch(stack.url(`/api/status/${jobId}`))
-      if (res.status !== 200) return null
-      const b = (await res.json()) as JobStatusBody
-      return b.status === 'completed' ? b : null
-    }, 30_000, 'external job to complete')
+    await stack.queue.add(
+      'train_voice',
+      { jobId, type: 'train_voice', params: { speakerName: 'bo', datasetPath: 'ds', epochs: 1 } },
+      { jobId },
+    )
+    const body = await waitFor(
+      async () => {
+        const res = await fetch(stack.url(`/api/status/${jobId}`))
+        if (res.status !== 200) return null
+        const b = (await res.json()) as JobStatusBody
+        return b.status === 'completed' ? b : null
+      },
+      30_000,
+      'external job to complete',
+    )
     expect(body.artifacts.map((a) => a.key)).toContain(`voices/${jobId}/voice.wav`)
   })
 
   it('fails an invalid queue payload at once, with the reason recorded', async () => {
     const jobId = `bad-${Date.now()}`
-    await stack.queue.add('train_lora', { jobId, type: 'train_lora', params: { baseModel: 'x', datasetPath: 'ds', epochs: 'many' } }, { jobId })
-    const body = await waitFor(async () => {
-      const res = await fetch(stack.url(`/api/status/${jobId}`))
-      if (res.status !== 200) return null
-      const b = (await res.json()) as JobStatusBody
-      return b.status === 'failed' ? b : null
-    }, 30_000, 'invalid job to fail')
+    await stack.queue.add(
+      'train_lora',
+      { jobId, type: 'train_lora', params: { baseModel: 'x', datasetPath: 'ds', epochs: 'many' } },
+      { jobId },
+    )
+    const body = await waitFor(
+      async () => {
+        const res = await fetch(stack.url(`/api/status/${jobId}`))
+        if (res.status !== 200) return null
+        const b = (await res.json()) as JobStatusBody
+        return b.status === 'failed' ? b : null
+      },
+      30_000,
+      'invalid job to fail',
+    )
     expect(body.error).toMatchObject({ reason: 'invalid_params' })
     expect(body.error?.message).toContain('params.epochs')
     expect(body.attempt).toBe(1)

@@ -1,0 +1,91 @@
+import * as v from 'valibot'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type JobType, PARAMS_BY_TYPE } from '../schema/params/index.ts'
+import { handlers } from './index.ts'
+import { createTestContext, runHandler, type TestContext } from './sdk/testing.ts'
+import {
+  abortAfterProgress,
+  type DataDirFixture,
+  expectProgressToEndAt100,
+  makeDataDir,
+  rejectionOf,
+} from './test-support.ts'
+
+/**
+ * The contract every handler keeps, run over the whole list in functions/index.ts: its params schema
+ * round-trips with defaults, a run reports monotonic progress ending at 100, returns plain JSON and
+ * stores its files, and the job's signal stops it promptly. A new job type must add its minimal params here.
+ */
+const MINIMAL_PARAMS = {
+  train_lora: { baseModel: 'sd15', datasetPath: 'lora_ds' },
+  train_voice: { speakerName: 'Ada', datasetPath: 'voice_ds' },
+  render_video: {},
+} satisfies Record<JobType, Record<string, unknown>>
+
+let fx: DataDirFixture
+const contexts: TestContext[] = []
+beforeAll(async () => {
+  fx = await makeDataDir()
+})
+afterAll(async () => {
+  await Promise.all(contexts.map((t) => t.cleanup()))
+  await fx.cleanup()
+})
+
+describe.each(handlers.map((h) => [h.type, h] as const))('handler contract: %s', (type, handler) => {
+  const context = async (simulateStepMs = 0) => {
+    const t = await createTestContext({
+      type,
+      dataDir: fx.dataDir,
+      simulateStepMs,
+      jobId: `contract-${type}`,
+    })
+    contexts.push(t)
+    return t
+  }
+
+  it('declares sane limits and uses the schema from schema/', () => {
+    expect(handler.params).toBe(PARAMS_BY_TYPE[type])
+    expect(handler.timeoutSec).toBeGreaterThan(0)
+    expect(handler.maxAttempts).toBeGreaterThanOrEqual(1)
+    expect(handler.gpu.vramMb).toBeGreaterThan(0)
+  })
+
+  it('round-trips its params schema with defaults filled in, and rejects unknown keys', () => {
+    const parsed = v.parse(handler.params, MINIMAL_PARAMS[type])
+    expect(parsed).toMatchObject(MINIMAL_PARAMS[type])
+    expect(parsed).toHaveProperty('engine', 'simulate')
+    expect(v.parse(handler.params, parsed)).toEqual(parsed)
+    expect(v.parse(handler.params, JSON.parse(JSON.stringify(parsed)))).toEqual(parsed)
+    expect(v.safeParse(handler.params, { ...MINIMAL_PARAMS[type], noSuchParam: 1 }).success).toBe(false)
+  })
+
+  it('runs with default params: monotonic progress to 100, a JSON result, files stored', async () => {
+    const t = await context()
+    const result = await runHandler(handler, MINIMAL_PARAMS[type], t)
+    expectProgressToEndAt100(t.progress)
+    expect(JSON.parse(JSON.stringify(result))).toEqual(result)
+    expect(result).toMatchObject({ engine: 'simulate', simulated: true })
+    const files = (result as { files: string[] }).files
+    expect(files.length).toBeGreaterThan(0)
+    expect([...t.artifacts.files.keys()].sort()).toEqual([...files].sort())
+    for (const f of t.artifacts.files.values()) expect(f.record.size).toBeGreaterThan(0)
+  })
+
+  it('honours its signal: rejects with the abort reason promptly and stores nothing', async () => {
+    const t = await context(5)
+    const reason = abortAfterProgress(t, 2)
+    const started = performance.now()
+    expect(await rejectionOf(runHandler(handler, MINIMAL_PARAMS[type], t))).toBe(reason)
+    expect(performance.now() - started).toBeLessThan(2000)
+    expect(t.artifacts.files.size).toBe(0)
+  })
+
+  it('stops at once when its signal is already aborted', async () => {
+    const t = await context()
+    const reason = new Error('shutting down')
+    t.abort(reason)
+    expect(await rejectionOf(runHandler(handler, MINIMAL_PARAMS[type], t))).toBe(reason)
+    expect(t.artifacts.files.size).toBe(0)
+  })
+})

@@ -1,0 +1,92 @@
+import { Readable } from 'node:stream'
+import { RenderVideoParams, TYPE_DEFAULTS } from '../../schema/params/index.ts'
+import { AVI_MAX_BYTES, aviFileSize, encodeAvi } from '../formats/avi.ts'
+import type { HandlerContext } from '../sdk/context.ts'
+import { defineHandler } from '../sdk/define.ts'
+import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
+import { runSimulatedSteps } from '../simulate.ts'
+import { type ResolvedWorkflow, resolveWorkflow } from './workflow.ts'
+
+/** Artifact names, relative to `videos/<jobId>/`. */
+export const VIDEO_FILE = 'video.avi'
+export const WORKFLOW_FILE = 'workflow.json'
+
+/**
+ * Video rendering. Engines: `comfyui` (ComfyUI's HTTP + WebSocket API, not wired on this host yet) and
+ * `simulate`, which samples one timed step per frame and writes a playable uncompressed `video.avi` of the
+ * requested size, frame count and fps (its INFO comment says it is simulated), plus the resolved
+ * `workflow.json` the real engine would have queued.
+ */
+export default defineHandler({
+  type: 'render_video',
+  params: RenderVideoParams,
+  timeoutSec: TYPE_DEFAULTS.render_video.timeoutSec,
+  maxAttempts: TYPE_DEFAULTS.render_video.maxAttempts,
+  gpu: { vramMb: TYPE_DEFAULTS.render_video.vramMb },
+  async run(job, ctx) {
+    const workflow = await resolveWorkflow(job.params, job.jobId)
+    if (workflow.unusedInputs.length > 0)
+      ctx.log.warn(`inputs not used by workflow "${workflow.source}": ${workflow.unusedInputs.join(', ')}`)
+    switch (job.params.engine) {
+      case 'simulate':
+        return simulate(job.params, workflow, ctx)
+      case 'comfyui':
+        throw engineNotConfigured(
+          'comfyui',
+          ctx.engines.comfyuiUrl
+            ? 'this host has no ComfyUI driver yet; submit the job with engine "simulate" to test the pipeline'
+            : 'COMFYUI_URL is not set, and this host has no ComfyUI driver yet; use engine "simulate" meanwhile',
+        )
+    }
+  },
+})
+
+async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: HandlerContext) {
+  const { width, height, frames, fps } = p
+  const info = {
+    INAM: `render_video ${ctx.jobId}`,
+    ISFT: 'gpu-jobs simulate engine',
+    ICMT: `Simulated by gpu-jobs (engine "simulate", workflow "${workflow.source}"): a test pattern, not a rendered video.`,
+  }
+  // Checked before the steps run, so an impossible request fails at once rather than after the wait.
+  const bytes = aviFileSize({ width, height, frames, info })
+  if (bytes > AVI_MAX_BYTES)
+    throw new NonRetryableError(
+      `the simulate engine writes uncompressed AVI: ${width}x${height} x ${frames} frames would be ` +
+        `${(bytes / 1024 ** 3).toFixed(2)} GiB, over the 1 GiB AVI limit; lower width, height or frames`,
+      { reason: 'invalid_params' },
+    )
+
+  ctx.progress(
+    0,
+    `queued prompt (simulated): workflow "${workflow.source}", ${frames} frames at ${width}x${height}`,
+  )
+  await runSimulatedSteps(ctx, { totalSteps: frames, message: (i) => `Sampling frame ${i}/${frames}` })
+  throwIfAborted(ctx.signal)
+
+  ctx.progress(97, `encoding ${VIDEO_FILE}`)
+  const video = await ctx.artifacts.put(
+    VIDEO_FILE,
+    Readable.from(encodeAvi({ width, height, frames, fps, info })),
+  )
+  await ctx.artifacts.put(WORKFLOW_FILE, `${JSON.stringify(workflow.graph, null, 2)}\n`)
+  const durationSec = frames / fps
+  ctx.progress(100, `Saved ${VIDEO_FILE} (${frames} frames, ${width}x${height} @ ${fps} fps)`)
+
+  return {
+    engine: 'simulate',
+    simulated: true,
+    files: [VIDEO_FILE, WORKFLOW_FILE],
+    workflow: workflow.source,
+    outputNodes: workflow.outputNodes,
+    nodes: Object.keys(workflow.graph).length,
+    seed: workflow.seed,
+    steps: frames,
+    frames,
+    width,
+    height,
+    fps,
+    durationSec,
+    videoBytes: video.size,
+  }
+}

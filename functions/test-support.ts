@@ -1,0 +1,111 @@
+import { execFile, spawnSync } from 'node:child_process'
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { expect } from 'vitest'
+import type { RecordedProgress, TestContext } from './sdk/testing.ts'
+
+/**
+ * Helpers for the handler tests (not a test file itself): a throw-away DATA_DIR with small datasets,
+ * progress checks, and cancellation after a given number of progress events.
+ */
+
+export interface DataDirFixture {
+  /** DATA_DIR for the test context. */
+  dataDir: string
+  /** A folder beside DATA_DIR, outside it, holding a file a bad datasetPath might try to reach. */
+  outside: string
+  cleanup(): Promise<void>
+}
+
+/**
+ * Lays out, under a new temp folder:
+ * - `data/lora_ds/10_sks dog/`: 3 images with captions (kohya's `<repeats>_<class>` layout)
+ * - `data/voice_ds/`: `metadata.csv` and `wavs/*.wav` (F5-TTS's prepare_csv_wavs input)
+ * - `data/empty_ds/`: only a hidden file, so empty as far as training goes
+ * - `data/not_a_folder.txt`, and `data/escape`, a symlink to `outside/`
+ */
+export async function makeDataDir(): Promise<DataDirFixture> {
+  const root = await mkdtemp(path.join(tmpdir(), 'gpu-jobs-data-'))
+  const dataDir = path.join(root, 'data')
+  const outside = path.join(root, 'outside')
+  const lora = path.join(dataDir, 'lora_ds', '10_sks dog')
+  const voice = path.join(dataDir, 'voice_ds')
+  await Promise.all([
+    mkdir(lora, { recursive: true }),
+    mkdir(path.join(voice, 'wavs'), { recursive: true }),
+    mkdir(path.join(dataDir, 'empty_ds'), { recursive: true }),
+    mkdir(outside, { recursive: true }),
+  ])
+  for (const i of ['001', '002', '003']) {
+    await writeFile(path.join(lora, `${i}.png`), 'not really a png')
+    await writeFile(path.join(lora, `${i}.caption`), 'a photo of sks dog')
+    await writeFile(path.join(voice, 'wavs', `${i}.wav`), 'not really a wav')
+  }
+  await writeFile(path.join(voice, 'metadata.csv'), 'audio_file|text\n/abs/wavs/001.wav|hello there\n')
+  await writeFile(path.join(dataDir, 'empty_ds', '.keep'), '')
+  await writeFile(path.join(dataDir, 'not_a_folder.txt'), 'x')
+  await writeFile(path.join(outside, 'secret.png'), 'outside DATA_DIR')
+  await symlink(outside, path.join(dataDir, 'escape'))
+  return { dataDir, outside, cleanup: () => rm(root, { recursive: true, force: true }) }
+}
+
+/** Checks progress rose monotonically within 0..100 and ended at exactly 100. */
+export function expectProgressToEndAt100(progress: readonly RecordedProgress[]): void {
+  expect(progress.length).toBeGreaterThan(0)
+  for (const [i, p] of progress.entries()) {
+    expect(p.percent).toBeGreaterThanOrEqual(0)
+    expect(p.percent).toBeLessThanOrEqual(100)
+    if (i > 0) expect(p.percent).toBeGreaterThanOrEqual(progress[i - 1]!.percent)
+  }
+  expect(progress.at(-1)?.percent).toBe(100)
+}
+
+/** Aborts `t`'s signal right after its `calls`-th progress event; returns the reason it aborts with. */
+export function abortAfterProgress(
+  t: TestContext,
+  calls: number,
+  reason = new Error('cancelled by test'),
+): Error {
+  const record = t.ctx.progress
+  let n = 0
+  t.ctx.progress = (percent, message) => {
+    record(percent, message)
+    if (++n === calls) t.abort(reason)
+  }
+  return reason
+}
+
+/** The error `promise` rejects with; fails the test if it resolves. */
+export async function rejectionOf(
+  promise: Promise<unknown>,
+): Promise<Error & { reason?: unknown; code?: unknown }> {
+  try {
+    await promise
+  } catch (err) {
+    return err as Error
+  }
+  throw new Error('expected the promise to reject, but it resolved')
+}
+
+/** True when ffprobe is on PATH; tests that need it are skipped otherwise. */
+export const HAS_FFPROBE = spawnSync('ffprobe', ['-version'], { stdio: 'ignore' }).status === 0
+
+/** ffprobe's JSON view of a file's streams and format, counting the frames it can decode. */
+export async function ffprobe(file: string): Promise<{
+  streams: Record<string, string | number>[]
+  format: Record<string, unknown>
+}> {
+  const { stdout } = await promisify(execFile)('ffprobe', [
+    '-v',
+    'error',
+    '-count_frames',
+    '-show_streams',
+    '-show_format',
+    '-of',
+    'json',
+    file,
+  ])
+  return JSON.parse(stdout)
+}

@@ -88,7 +88,12 @@ export class GpuHost {
       for (const status of ['completed', 'failed', 'cancelled', 'retrying'])
         this.metrics.jobsTotal.inc({ type, status }, 0)
       for (const reason of ERROR_REASONS) this.metrics.jobErrors.inc({ type, reason }, 0)
-      for (const counter of [this.metrics.attempts, this.metrics.retries, this.metrics.timeouts, this.metrics.cancellations])
+      for (const counter of [
+        this.metrics.attempts,
+        this.metrics.retries,
+        this.metrics.timeouts,
+        this.metrics.cancellations,
+      ])
         counter.inc({ type }, 0)
     }
   }

@@ -171,8 +171,9 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: raw('LOG_LEVEL') ?? 'info',
   }
   if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
-  if (!/^[A-Za-z0-9_-]+$/.test(config.queuePrefix))
-    problems.push('QUEUE_PREFIX: letters, digits, "_" and "-" only')
+  // A Redis Cluster hash tag ({name}) keeps all of a queue's keys on one slot, as BullMQ requires there.
+  if (!/^(\{[A-Za-z0-9_-]+\}|[A-Za-z0-9_-]+)$/.test(config.queuePrefix))
+    problems.push('QUEUE_PREFIX: letters, digits, "_" and "-", optionally as a hash tag such as {gpu-jobs}')
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel))
     problems.push('LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent')
   if (problems.length > 0) throw new ConfigError(problems)

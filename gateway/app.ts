@@ -20,12 +20,15 @@ import { CANCEL_CHANNEL, cancelKey } from '../schema/keys.ts'
 import { JobType, outputPrefixFor, PARAMS_BY_TYPE, TYPE_DEFAULTS } from '../schema/params/index.ts'
 import { emitEvent, lastEvent } from '../schema/progress-log.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
+import { consoleApp } from './console/index.ts'
 import { ApiError, isBackendDown } from './errors.ts'
 import type { EventHub } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { JobStore } from './store.ts'
 
 export const MAX_BODY_BYTES = 1024 * 1024
+/** Routes that need no API token. */
+const PUBLIC_PATHS = new Set(['/healthz', '/metrics', '/'])
 
 export interface GatewayDeps {
   config: Config
@@ -96,6 +99,8 @@ export function createApp(deps: GatewayDeps): {
   })
 
   app.get('/healthz', (c) => c.json({ ok: true }))
+  // The console's page and assets carry no data: the API calls it makes are authorised like any other.
+  app.route('/', consoleApp)
   app.get('/metrics', async (c) => {
     if (
       config.metricsToken &&
@@ -110,7 +115,7 @@ export function createApp(deps: GatewayDeps): {
 
   app.use('*', async function auth(c, next) {
     c.set('owner', null)
-    if (!authRequired || c.req.path === '/healthz' || c.req.path === '/metrics') return next()
+    if (!authRequired || PUBLIC_PATHS.has(c.req.path) || c.req.path.startsWith('/console/')) return next()
     const owner = tokenOwner(
       config.apiTokens,
       presentedToken(c.req.header('authorization'), c.req.query('token')),

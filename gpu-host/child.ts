@@ -100,7 +100,14 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
     log: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
     artifacts: {
       put: async (p, body, opts) => {
-        const record = await artifacts.put(p, body, opts)
+        const record = await artifacts.put(p, body, opts).catch((err: unknown) => {
+          // Storage trouble is worth another attempt; a bad path is the handler's bug and is not.
+          if (err instanceof Error && err.message.startsWith('invalid artifact path')) throw err
+          throw new RetryableError(`could not store artifact "${p}": ${(err as Error).message}`, {
+            reason: 'storage',
+            cause: err,
+          })
+        })
         await send({ kind: 'artifact', record })
         return record
       },

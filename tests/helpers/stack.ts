@@ -1,18 +1,23 @@
 import { randomUUID } from 'node:crypto'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import type { S3Client } from '@aws-sdk/client-s3'
+import { fileURLToPath } from 'node:url'
+import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { Queue } from 'bullmq'
+import { asc, eq } from 'drizzle-orm'
 import type { Redis } from 'ioredis'
 import pino from 'pino'
 import S3rver from 's3rver'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { GpuHost } from '../../gpu-host/host.ts'
+import { groupMembers } from '../../gpu-host/process-group.ts'
+import type { JobStatusBody } from '../../schema/api.ts'
 import { createRedis, createS3Client } from '../../schema/clients.ts'
 import { type Config, loadConfig } from '../../schema/config.ts'
 import { type Database, openDatabase } from '../../schema/db/connect.ts'
+import { jobAttempts } from '../../schema/db/tables.ts'
 import { QUEUE_NAME } from '../../schema/keys.ts'
 import type { JobType } from '../../schema/params/index.ts'
 
@@ -93,14 +98,20 @@ export async function startStack(
     handlerModules?: Partial<Record<JobType, string>>
     withHost?: boolean
     database?: Database
+    redisUrl?: string
+    databaseUrl?: string
+    /** Keep this s3rver (tests that stop and restart S3 pass their own). */
+    s3?: S3Server
   } = {},
 ): Promise<Stack> {
+  const redisUrl = opts.redisUrl ?? TEST_REDIS_URL
+  const databaseUrl = opts.databaseUrl ?? TEST_DATABASE_URL
   const prefix = `test-${randomUUID().slice(0, 8)}`
   const dataDir = await makeDataDir()
-  const s3 = await startS3()
+  const s3 = opts.s3 ?? (await startS3())
   const config = loadConfig({
-    REDIS_URL: TEST_REDIS_URL,
-    DATABASE_URL: TEST_DATABASE_URL,
+    REDIS_URL: redisUrl,
+    DATABASE_URL: databaseUrl,
     S3_ENDPOINT: s3.endpoint,
     S3_BUCKET: `b-${prefix}`,
     DATA_DIR: dataDir,
@@ -115,7 +126,7 @@ export async function startStack(
     HOST_ID: `${prefix}-host`,
     ...opts.env,
   })
-  const database = opts.database ?? (await openDatabase({ url: TEST_DATABASE_URL, poolSize: 5 }))
+  const database = opts.database ?? (await openDatabase({ url: databaseUrl, poolSize: 5 }))
   const logger = quietLogger()
   const s3client = createS3Client({ ...config.s3, endpoint: s3.endpoint })
   const host = new GpuHost({
@@ -131,9 +142,12 @@ export async function startStack(
       new (await import('@aws-sdk/client-s3')).CreateBucketCommand({ Bucket: config.s3.bucket }),
     )
   const gateway = await startGateway({ config, database, s3: s3client, logger })
-  const redis = createRedis(TEST_REDIS_URL)
+  const redis = createRedis(redisUrl)
+  redis.on('error', () => {})
   await redis.connect()
-  const queue = new Queue(QUEUE_NAME, { connection: createRedis(TEST_REDIS_URL), prefix })
+  const queueConnection = createRedis(redisUrl)
+  queueConnection.on('error', () => {})
+  const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix })
   return {
     config,
     prefix,
@@ -154,7 +168,7 @@ export async function startStack(
       redis.disconnect()
       if (!opts.database) await database.close()
       s3client.destroy()
-      await s3.close()
+      if (!opts.s3) await s3.close()
       await rm(dataDir, { recursive: true, force: true })
     },
   }
@@ -184,4 +198,79 @@ export async function waitFor<T>(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 50))
   }
+}
+
+/** The fixture dispatcher: map `train_lora` to it and pick a failure mode with `params.mode`. */
+export const FIXTURE_DISPATCH = fileURLToPath(new URL('../fixtures/handlers/dispatch.ts', import.meta.url))
+
+export async function getJob(stack: Stack, jobId: string): Promise<JobStatusBody & { status: string }> {
+  const res = await fetch(stack.url(`/api/status/${jobId}`))
+  if (res.status !== 200) throw new Error(`status ${res.status} for ${jobId}`)
+  return (await res.json()) as JobStatusBody
+}
+
+/** Waits until the job has one of `statuses` (by the gateway's status route). */
+export function waitStatus(
+  stack: Stack,
+  jobId: string,
+  statuses: string[],
+  timeoutMs = 30_000,
+): Promise<JobStatusBody> {
+  return waitFor(
+    async () => {
+      const res = await fetch(stack.url(`/api/status/${jobId}`)).catch(() => null)
+      if (res?.status !== 200) return null
+      const body = (await res.json()) as JobStatusBody
+      return statuses.includes(body.status) ? body : null
+    },
+    timeoutMs,
+    `job ${jobId} to be ${statuses.join('|')}`,
+  )
+}
+
+/** Every attempt row of a job, oldest first. */
+export async function attemptsOf(db: Database, jobId: string) {
+  return db.db
+    .select()
+    .from(jobAttempts)
+    .where(eq(jobAttempts.jobId, jobId))
+    .orderBy(asc(jobAttempts.attempt))
+}
+
+/** True when no live process of group `pgid` is left, read from /proc. */
+export async function groupGone(pgid: number): Promise<boolean> {
+  const members = await groupMembers(pgid)
+  return members !== null && members.length === 0
+}
+
+/** A process that is gone or a zombie, read from /proc (never kill(pid, 0), which calls a zombie alive). */
+export async function processGone(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null)
+  if (stat === null) return true
+  const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]
+  return state === 'Z' || state === 'X'
+}
+
+/** Keys under a job's prefix in the stack's bucket. */
+export async function keysUnder(stack: Stack, prefix: string): Promise<string[]> {
+  const listed = await stack.s3.client.send(
+    new ListObjectsV2Command({ Bucket: stack.config.s3.bucket, Prefix: `${prefix}/` }),
+  )
+  return (listed.Contents ?? []).map((o) => o.Key ?? '').sort()
+}
+
+/** Adds a fixture job straight to the queue (its params are the fixture's, which the gateway would refuse). */
+export async function addFixtureJob(
+  stack: Stack,
+  mode: string,
+  options: { timeoutSec?: number; maxAttempts?: number } = {},
+  params: Record<string, unknown> = {},
+): Promise<string> {
+  const jobId = `fx-${mode}-${randomUUID().slice(0, 8)}`
+  await stack.queue.add(
+    'train_lora',
+    { jobId, type: 'train_lora', params: { mode, ...params }, ...options },
+    { jobId },
+  )
+  return jobId
 }

@@ -41,6 +41,7 @@ export async function startGateway(opts: {
     r.on('error', (err) => logger.warn({ err: err.message, connection: name }, 'redis error'))
   await Promise.all([redis.connect(), subscriber.connect(), queueConnection.connect()])
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix: config.queuePrefix })
+  queue.on('error', (err) => logger.warn({ err: err.message }, 'queue error'))
   const metrics = new GatewayMetrics()
   let store: import('./store.ts').JobStore | undefined
   const hub = new EventHub(

@@ -132,9 +132,13 @@ export class GpuHost {
     })
 
     const connection = createRedis(config.redisUrl)
+    const workerConnection = createRedis(config.redisUrl)
+    // Errors are reported by the Worker's own 'error' event; ioredis reconnects by itself.
+    for (const c of [connection, workerConnection]) c.on('error', () => {})
     this.queue = new Queue(QUEUE_NAME, { connection, prefix: config.queuePrefix })
+    this.queue.on('error', (err) => logger.warn({ err: err.message }, 'queue error'))
     this.worker = new Worker(QUEUE_NAME, (job, token) => this.process(job, token), {
-      connection: createRedis(config.redisUrl),
+      connection: workerConnection,
       prefix: config.queuePrefix,
       concurrency: this.slots.length,
       lockDuration: LOCK_DURATION_MS,

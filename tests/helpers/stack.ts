@@ -31,11 +31,13 @@ export interface S3Server {
   client: S3Client
   dir: string
   close(): Promise<void>
+  /** Stops the server, keeping its files (restart with `startS3(port, dir)`). */
+  stop(): Promise<void>
 }
 
 /** An in-process s3rver on a free port, in a temp dir. */
-export async function startS3(port = 0): Promise<S3Server> {
-  const dir = await mkdtemp(path.join(tmpdir(), 's3rver-'))
+export async function startS3(port = 0, existingDir?: string): Promise<S3Server> {
+  const dir = existingDir ?? (await mkdtemp(path.join(tmpdir(), 's3rver-')))
   const server = new S3rver({ address: '127.0.0.1', port, directory: dir, silent: true })
   const addr = (await server.run()) as AddressInfo
   const endpoint = `http://127.0.0.1:${addr.port}`
@@ -53,7 +55,10 @@ export async function startS3(port = 0): Promise<S3Server> {
     close: async () => {
       client.destroy()
       await server.close()
-      await rm(dir, { recursive: true, force: true })
+      if (!existingDir) await rm(dir, { recursive: true, force: true })
+    },
+    stop: async () => {
+      await server.close()
     },
   }
 }

@@ -1,0 +1,59 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  addFixtureJob,
+  FIXTURE_DISPATCH,
+  getJob,
+  postJob,
+  type Stack,
+  startStack,
+  waitStatus,
+} from '../helpers/stack.ts'
+
+describe('cancelling a job that is not running', () => {
+  let idle: Stack
+  let slow: Stack
+  beforeAll(async () => {
+    // No GPU host: submitted jobs stay queued.
+    idle = await startStack({ withHost: false })
+    // A long backoff keeps a failed job in `retrying` long enough to cancel it.
+    slow = await startStack({
+      handlerModules: { train_lora: FIXTURE_DISPATCH },
+      env: { RETRY_BACKOFF_MS: '60000' },
+    })
+  })
+  afterAll(async () => {
+    await idle?.close()
+    await slow?.close()
+  })
+
+  it('removes a queued job from the queue and marks it cancelled', async () => {
+    const { json } = await postJob(idle, {
+      type: 'train_lora',
+      params: { baseModel: 'sd15', datasetPath: 'ds' },
+    })
+    const jobId = json.jobId as string
+    expect(await idle.queue.getJob(jobId)).toBeDefined()
+    const res = await fetch(idle.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
+    expect(res.status).toBe(202)
+    expect(await res.json()).toMatchObject({ jobId, status: 'cancelled' })
+    expect(await idle.queue.getJob(jobId)).toBeUndefined()
+    const body = await getJob(idle, jobId)
+    expect(body).toMatchObject({ status: 'cancelled', error: { reason: 'cancelled' } })
+    expect(body.finishedAt).not.toBeNull()
+    // A second cancel is a conflict.
+    expect((await fetch(idle.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBe(409)
+  })
+
+  it('removes a retrying job from the delayed set and it never runs again', async () => {
+    const jobId = await addFixtureJob(slow, 'throws', { maxAttempts: 3 })
+    const retrying = await waitStatus(slow, jobId, ['retrying'], 15_000)
+    expect(retrying.attempt).toBe(1)
+    expect(await slow.queue.getJobState(jobId)).toBe('delayed')
+    const res = await fetch(slow.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
+    expect(res.status).toBe(202)
+    const body = await getJob(slow, jobId)
+    expect(body).toMatchObject({ status: 'cancelled', attempt: 1 })
+    expect(body.nextAttemptAt).toBeNull()
+    expect(await slow.queue.getJob(jobId)).toBeUndefined()
+  })
+})

@@ -24,11 +24,13 @@ import { consoleApp } from './console/index.ts'
 import { ApiError, isBackendDown } from './errors.ts'
 import type { EventHub } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import { openApiDocument } from './openapi.ts'
+import { RateLimiter, type StreamCounter } from './rate-limit.ts'
 import { JobStore } from './store.ts'
 
 export const MAX_BODY_BYTES = 1024 * 1024
 /** Routes that need no API token. */
-const PUBLIC_PATHS = new Set(['/healthz', '/metrics', '/'])
+const PUBLIC_PATHS = new Set(['/healthz', '/metrics', '/', '/openapi.json'])
 
 export interface GatewayDeps {
   config: Config
@@ -39,6 +41,8 @@ export interface GatewayDeps {
   hub: EventHub
   metrics: GatewayMetrics
   logger: Logger
+  /** Open WebSockets and SSE streams per token (shared with the WebSocket server). */
+  streams: StreamCounter
 }
 
 type Env = { Variables: { owner: string | null } }
@@ -67,6 +71,7 @@ export function createApp(deps: GatewayDeps): {
   const store = new JobStore(deps.database.db)
   const app = new Hono<Env>()
   const authRequired = config.apiTokens.size > 0
+  const limiter = new RateLimiter(config.rateLimitRps)
 
   app.onError((err, c) => {
     if (err instanceof ApiError) return c.json(err.toJSON(), err.status)
@@ -127,8 +132,26 @@ export function createApp(deps: GatewayDeps): {
         'send Authorization: Bearer <token> (or ?token= for WebSocket and SSE)',
       )
     c.set('owner', owner)
+    const wait = limiter.take(owner)
+    if (wait > 0) {
+      metrics.rateLimited.inc()
+      return c.json(
+        new ApiError(
+          429,
+          'rate_limited',
+          `over ${config.rateLimitRps} requests per second; retry in ${wait} s`,
+        ).toJSON(),
+        429,
+        {
+          'retry-after': String(wait),
+        },
+      )
+    }
     return next()
   })
+
+  const openapi = JSON.stringify(openApiDocument())
+  app.get('/openapi.json', (c) => c.body(openapi, 200, { 'content-type': 'application/json' }))
 
   app.get('/readyz', async (c) => {
     const check = async (fn: () => Promise<unknown>) => {
@@ -421,6 +444,13 @@ export function createApp(deps: GatewayDeps): {
       throw new ApiError(400, 'invalid_query', 'invalid query: after must be a non-negative integer', [
         { path: 'after', message: 'must be a non-negative integer' },
       ])
+    const streamKey = c.get('owner') ?? 'anonymous'
+    if (authRequired && !deps.streams.acquire(streamKey))
+      throw new ApiError(
+        429,
+        'too_many_streams',
+        `at most ${config.maxStreamsPerToken} open streams per token`,
+      )
     return streamSSE(c, async (stream) => {
       metrics.sseStreams.inc()
       const queued: ProgressEvent[] = []
@@ -454,6 +484,7 @@ export function createApp(deps: GatewayDeps): {
         clearInterval(keepAlive)
         sub.close()
         metrics.sseStreams.dec()
+        if (authRequired) deps.streams.release(streamKey)
       }
     })
   })

@@ -9,6 +9,7 @@ export class GatewayMetrics {
   readonly forwarded: Counter<'transport'>
   readonly dropped: Counter<'transport' | 'reason'>
   readonly submitted: Counter<'type'>
+  readonly rateLimited: Counter
 
   constructor() {
     const registers = [this.registry]
@@ -46,6 +47,11 @@ export class GatewayMetrics {
       name: 'gateway_jobs_submitted_total',
       help: 'Jobs accepted by POST /api/train, by type.',
       labelNames: ['type'],
+      registers,
+    })
+    this.rateLimited = new Counter({
+      name: 'gateway_rate_limited_total',
+      help: 'API requests refused with 429 by the per-token rate limit.',
       registers,
     })
   }

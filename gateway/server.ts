@@ -11,6 +11,7 @@ import { QUEUE_NAME } from '../schema/keys.ts'
 import { createApp, rowSnapshot } from './app.ts'
 import { EventHub } from './hub.ts'
 import { GatewayMetrics } from './metrics.ts'
+import { StreamCounter } from './rate-limit.ts'
 import { attachWebSocket } from './ws.ts'
 
 export interface Gateway {
@@ -54,7 +55,8 @@ export async function startGateway(opts: {
     (err) => logger.warn({ err }, 'event replay failed'),
   )
   await hub.start()
-  const built = createApp({ config, database, redis, queue, s3: opts.s3, hub, metrics, logger })
+  const streams = new StreamCounter(config.maxStreamsPerToken)
+  const built = createApp({ config, database, redis, queue, s3: opts.s3, hub, metrics, logger, streams })
   store = built.store
 
   const open = config.apiTokens.size === 0
@@ -70,7 +72,16 @@ export async function startGateway(opts: {
     )
     ;(s as Server).once('error', reject)
   })
-  const ws = attachWebSocket({ server, hub, store: built.store, metrics, logger, tokens: config.apiTokens })
+  const ws = attachWebSocket({
+    server,
+    hub,
+    store: built.store,
+    metrics,
+    logger,
+    tokens: config.apiTokens,
+    streams,
+    maxStreamsPerToken: config.maxStreamsPerToken,
+  })
   const port = (server.address() as AddressInfo).port
   const url = `http://${hostname}:${port}`
   if (open)

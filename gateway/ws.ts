@@ -9,6 +9,7 @@ import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
 import type { EventHub, Subscription } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import type { StreamCounter } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
 
 /** Close code for a client too slow to take its events (in the private-use range). */
@@ -25,6 +26,8 @@ export interface WsOptions {
   metrics: GatewayMetrics
   logger: Logger
   tokens: Map<string, string>
+  streams: StreamCounter
+  maxStreamsPerToken: number
 }
 
 /** `GET /ws`: subscribe/unsubscribe to any number of jobs over one socket. */
@@ -51,7 +54,16 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
         return
       }
     }
-    wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, owner, url.searchParams.get('jobId')))
+    if (owner !== null && !opts.streams.acquire(owner)) {
+      socket.end(
+        `HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":{"code":"too_many_streams","message":"at most ${opts.maxStreamsPerToken} open streams per token"}}`,
+      )
+      return
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      if (owner !== null) ws.once('close', () => opts.streams.release(owner))
+      onConnection(ws, owner, url.searchParams.get('jobId'))
+    })
   })
 
   function onConnection(ws: WebSocket, owner: string | null, initialJob: string | null): void {
@@ -83,21 +95,29 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       metrics.forwarded.inc({ transport: 'ws' })
     }
 
+    // Subscriptions being set up count against the cap too: they finish asynchronously.
+    const pending = new Set<string>()
     const subscribe = async (jobId: string, after: number | undefined) => {
       if (subs.has(jobId)) subs.get(jobId)?.close()
-      else if (subs.size >= MAX_SUBSCRIPTIONS)
+      else if (pending.has(jobId)) return
+      else if (subs.size + pending.size >= MAX_SUBSCRIPTIONS)
         return notice({
           op: 'error',
           jobId,
           error: { code: 'too_many_subscriptions', message: `at most ${MAX_SUBSCRIPTIONS} jobs per socket` },
         })
-      const row = await store.get(jobId)
-      if (!row || (tokens.size > 0 && row.owner !== owner))
-        return notice({ op: 'error', jobId, error: { code: 'not_found', message: 'no such job' } })
-      notice({ op: 'subscribed', jobId })
-      const sub = await hub.subscribe(jobId, after, deliver)
-      if (ws.readyState !== ws.OPEN) sub.close()
-      else subs.set(jobId, sub)
+      pending.add(jobId)
+      try {
+        const row = await store.get(jobId)
+        if (!row || (tokens.size > 0 && row.owner !== owner))
+          return notice({ op: 'error', jobId, error: { code: 'not_found', message: 'no such job' } })
+        notice({ op: 'subscribed', jobId })
+        const sub = await hub.subscribe(jobId, after, deliver)
+        if (ws.readyState !== ws.OPEN) sub.close()
+        else subs.set(jobId, sub)
+      } finally {
+        pending.delete(jobId)
+      }
     }
     const safely = (jobId: string, p: Promise<unknown>) =>
       p.catch((err: unknown) => {

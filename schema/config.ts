@@ -19,6 +19,10 @@ export interface Config {
   /** name -> token. Empty: no auth, loopback only. */
   apiTokens: Map<string, string>
   metricsToken: string | undefined
+  /** Requests per second each API token may make (burst: twice that). */
+  rateLimitRps: number
+  /** Open WebSockets and SSE streams per API token. */
+  maxStreamsPerToken: number
   gatewayPort: number
   gatewayHost: string | undefined
   metricsPort: number
@@ -57,6 +61,8 @@ export const ENV_VARS = [
   'MODELS_DIR',
   'API_TOKENS',
   'METRICS_TOKEN',
+  'RATE_LIMIT_RPS',
+  'MAX_STREAMS_PER_TOKEN',
   'GATEWAY_PORT',
   'GATEWAY_HOST',
   'METRICS_PORT',
@@ -157,6 +163,8 @@ export function loadConfig(env: Env = process.env): Config {
     modelsDir: path.resolve(raw('MODELS_DIR') ?? '/opt/models'),
     apiTokens,
     metricsToken: raw('METRICS_TOKEN'),
+    rateLimitRps: int('RATE_LIMIT_RPS', 50, 1, 100_000),
+    maxStreamsPerToken: int('MAX_STREAMS_PER_TOKEN', 50, 1, 100_000),
     gatewayPort: int('GATEWAY_PORT', 8080, 0, 65535),
     gatewayHost: raw('GATEWAY_HOST'),
     metricsPort: int('METRICS_PORT', 9464, 0, 65535),

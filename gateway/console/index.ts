@@ -5,6 +5,79 @@ import { Hono } from 'hono'
 
 const dir = path.dirname(fileURLToPath(import.meta.url))
 
-/** The web console: static files served as they are (no build step). */
+/** The files the console may serve, by extension; anything else under /console/ is a 404. */
+export const CONSOLE_CONTENT_TYPES: Readonly<Record<string, string>> = {
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+}
+
+/**
+ * A plain file name of this folder: letters, digits, `_` and `-`, dot-separated, with a served extension.
+ * No slash, no backslash, no leading dot, no `..`: the name cannot leave the folder, even percent-encoded.
+ */
+const ASSET_NAME = /^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$/
+
+/**
+ * The page allows only its own scripts, styles and connections (fetch and the WebSocket), blob: for
+ * downloads made with a token, and cannot be framed.
+ */
+export const CONSOLE_CSP = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self' data: blob:",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ')
+
+const securityHeaders = {
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'x-frame-options': 'DENY',
+}
+
+const notFound = (file: string) => ({ error: { code: 'not_found', message: `no console file "${file}"` } })
+
+async function readAsset(name: string): Promise<Buffer | null> {
+  try {
+    return await readFile(path.join(dir, name))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'EISDIR')
+      return null
+    throw err
+  }
+}
+
+/**
+ * The web console: `GET /` is the page, `GET /console/<file>` its script, styles and icons, served as they
+ * are from this folder (no build step). Read on each request (they are small), so an edit shows on reload;
+ * `no-cache` makes browsers revalidate instead of running a stale script against a newer gateway.
+ */
 export const consoleApp = new Hono()
-consoleApp.get('/', async (c) => c.html(await readFile(path.join(dir, 'index.html'), 'utf8')))
+
+consoleApp.get('/', async (c) => {
+  const html = await readAsset('index.html')
+  if (!html) return c.json(notFound('index.html'), 404)
+  return c.body(new Uint8Array(html), 200, {
+    'content-type': 'text/html; charset=utf-8',
+    'cache-control': 'no-cache',
+    'content-security-policy': CONSOLE_CSP,
+    ...securityHeaders,
+  })
+})
+
+consoleApp.get('/console/:file', async (c) => {
+  const file = c.req.param('file')
+  const type = CONSOLE_CONTENT_TYPES[path.extname(file)]
+  if (!type || !ASSET_NAME.test(file)) return c.json(notFound(file), 404)
+  const body = await readAsset(file)
+  if (!body) return c.json(notFound(file), 404)
+  return c.body(new Uint8Array(body), 200, {
+    'content-type': type,
+    'cache-control': 'no-cache',
+    ...securityHeaders,
+  })
+})

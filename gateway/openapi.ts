@@ -1,0 +1,229 @@
+import { toJsonSchema } from '@valibot/to-json-schema'
+import type * as v from 'valibot'
+import {
+  Artifact,
+  ErrorBody,
+  JobListBody,
+  JobStatusBody,
+  SubmitJobBody,
+  SubmitJobResponse,
+} from '../schema/api.ts'
+import { JOB_STATUSES } from '../schema/common.ts'
+import { ProgressEvent, WsClientMessage } from '../schema/events.ts'
+import { JOB_TYPES, PARAMS_BY_TYPE } from '../schema/params/index.ts'
+
+const schema = (s: v.GenericSchema) => {
+  const { $schema: _drop, ...rest } = toJsonSchema(s, { errorMode: 'ignore' }) as Record<string, unknown>
+  return rest
+}
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` })
+const json = (name: string, description: string) => ({
+  description,
+  content: { 'application/json': { schema: ref(name) } },
+})
+const errors = (...codes: number[]) =>
+  Object.fromEntries(
+    codes.map((c) => [
+      String(c),
+      json(
+        'ErrorBody',
+        {
+          400: 'invalid input: which field and why',
+          401: 'no or bad token',
+          404: 'unknown job (or another owner’s)',
+          409: 'conflict',
+          413: 'body over 1 MB',
+          429: 'rate limited (see Retry-After)',
+          503: 'Redis, Postgres or S3 unavailable',
+        }[c] ?? 'error',
+      ),
+    ]),
+  )
+const jobIdParam = {
+  name: 'jobId',
+  in: 'path',
+  required: true,
+  schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,128}$' },
+}
+
+/** The OpenAPI 3.1 document of the gateway, generated from the valibot schemas in schema/. */
+export function openApiDocument(): Record<string, unknown> {
+  const submit = {
+    summary: 'Submit a job',
+    description: `Params are checked against the type's schema (components: ${JOB_TYPES.map((t) => `Params_${t}`).join(', ')}); unknown keys are rejected. The same jobId twice is one job.`,
+    requestBody: { required: true, content: { 'application/json': { schema: ref('SubmitJobBody') } } },
+    responses: {
+      '202': json('SubmitJobResponse', 'queued'),
+      '200': json('SubmitJobResponse', 'a job with this jobId exists already'),
+      ...errors(400, 401, 409, 413, 429, 503),
+    },
+  }
+  const status = {
+    summary: 'A job: its stored state merged with its latest live progress',
+    parameters: [jobIdParam],
+    responses: { '200': json('JobStatusBody', 'the job'), ...errors(401, 404, 429, 503) },
+  }
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'GPU jobs gateway',
+      version: '0.1.0',
+      description: 'Submit GPU jobs, follow their progress, download their artifacts.',
+    },
+    components: {
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'When API_TOKENS is set; WebSocket and SSE also accept ?token=',
+        },
+      },
+      schemas: {
+        SubmitJobBody: schema(SubmitJobBody),
+        SubmitJobResponse: schema(SubmitJobResponse),
+        JobStatusBody: schema(JobStatusBody),
+        JobListBody: schema(JobListBody),
+        Artifact: schema(Artifact),
+        ErrorBody: schema(ErrorBody),
+        ProgressEvent: schema(ProgressEvent),
+        WsClientMessage: schema(WsClientMessage),
+        ...Object.fromEntries(Object.entries(PARAMS_BY_TYPE).map(([t, s]) => [`Params_${t}`, schema(s)])),
+      },
+    },
+    security: [{ bearer: [] }],
+    paths: {
+      '/api/train': { post: { ...submit, operationId: 'submitJob' } },
+      '/api/jobs': {
+        post: { ...submit, operationId: 'submitJobAlias' },
+        get: {
+          operationId: 'listJobs',
+          summary: 'List jobs, newest first',
+          parameters: [
+            { name: 'status', in: 'query', schema: { type: 'string', enum: [...JOB_STATUSES] } },
+            { name: 'type', in: 'query', schema: { type: 'string', enum: [...JOB_TYPES] } },
+            {
+              name: 'limit',
+              in: 'query',
+              schema: { type: 'integer', minimum: 1, maximum: 500, default: 50 },
+            },
+            { name: 'cursor', in: 'query', schema: { type: 'string' } },
+          ],
+          responses: { '200': json('JobListBody', 'a page of jobs'), ...errors(400, 401, 429, 503) },
+        },
+      },
+      '/api/status/{jobId}': { get: { ...status, operationId: 'getJobStatus' } },
+      '/api/jobs/{jobId}': { get: { ...status, operationId: 'getJob' } },
+      '/api/jobs/{jobId}/cancel': {
+        post: {
+          operationId: 'cancelJob',
+          summary: 'Cancel a queued, retrying or running job (the running process group is killed)',
+          parameters: [jobIdParam],
+          responses: {
+            '202': { description: 'cancelled, or cancellation sent to the host running it' },
+            ...errors(401, 404, 409, 429, 503),
+          },
+        },
+      },
+      '/api/jobs/{jobId}/artifacts': {
+        get: {
+          operationId: 'listArtifacts',
+          summary: "A job's artifacts",
+          parameters: [jobIdParam],
+          responses: {
+            '200': {
+              description: 'the artifacts',
+              content: {
+                'application/json': {
+                  schema: {
+                    type: 'object',
+                    properties: { artifacts: { type: 'array', items: ref('Artifact') } },
+                    required: ['artifacts'],
+                  },
+                },
+              },
+            },
+            ...errors(401, 404, 429),
+          },
+        },
+      },
+      '/api/jobs/{jobId}/artifacts/{path}': {
+        get: {
+          operationId: 'downloadArtifact',
+          summary: 'Download an artifact (Range requests work)',
+          parameters: [
+            jobIdParam,
+            { name: 'path', in: 'path', required: true, schema: { type: 'string' } },
+            { name: 'Range', in: 'header', schema: { type: 'string' } },
+          ],
+          responses: {
+            '200': { description: 'the file' },
+            '206': { description: 'part of the file' },
+            ...errors(401, 404, 429, 503),
+          },
+        },
+      },
+      '/api/jobs/{jobId}/events': {
+        get: {
+          operationId: 'jobEvents',
+          summary:
+            'Server-Sent Events: every event after Last-Event-ID (or ?after=), then live; the current state first otherwise',
+          parameters: [
+            jobIdParam,
+            { name: 'after', in: 'query', schema: { type: 'integer', minimum: 0 } },
+            { name: 'Last-Event-ID', in: 'header', schema: { type: 'string' } },
+          ],
+          responses: {
+            '200': {
+              description: 'event stream of ProgressEvent (event: progress, id: seq)',
+              content: { 'text/event-stream': { schema: ref('ProgressEvent') } },
+            },
+            ...errors(400, 401, 404, 429),
+          },
+        },
+      },
+      '/ws': {
+        get: {
+          operationId: 'websocket',
+          summary:
+            'WebSocket: send WsClientMessage ({op:"subscribe",jobId,after?} / {op:"unsubscribe",jobId}); receive ProgressEvent',
+          parameters: [
+            { name: 'jobId', in: 'query', schema: { type: 'string' } },
+            { name: 'token', in: 'query', schema: { type: 'string' } },
+          ],
+          responses: { '101': { description: 'switching protocols' }, ...errors(401, 429) },
+        },
+      },
+      '/healthz': {
+        get: {
+          operationId: 'healthz',
+          security: [],
+          summary: 'Liveness',
+          responses: { '200': { description: 'alive' } },
+        },
+      },
+      '/readyz': {
+        get: {
+          operationId: 'readyz',
+          summary: 'Readiness: Redis, Postgres and S3 reachable',
+          responses: { '200': { description: 'ready' }, '503': { description: 'a backing service is down' } },
+        },
+      },
+      '/metrics': {
+        get: {
+          operationId: 'metrics',
+          security: [],
+          summary: 'Prometheus metrics (METRICS_TOKEN when set)',
+          responses: { '200': { description: 'text exposition format' } },
+        },
+      },
+      '/openapi.json': {
+        get: {
+          operationId: 'openapi',
+          security: [],
+          summary: 'This document',
+          responses: { '200': { description: 'OpenAPI 3.1' } },
+        },
+      },
+    },
+  }
+}

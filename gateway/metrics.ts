@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { JOB_TYPES } from '../schema/params/index.ts'
 
 /** The gateway's own metrics (`GET /metrics` on the gateway port). No job-id labels. */
 export class GatewayMetrics {
@@ -49,6 +50,15 @@ export class GatewayMetrics {
       labelNames: ['type'],
       registers,
     })
+    // Series exist from the start, so the first event of each kind is counted by rate() and increase().
+    for (const transport of ['ws', 'sse']) this.forwarded.inc({ transport }, 0)
+    for (const [transport, reason] of [
+      ['ws', 'closed'],
+      ['ws', 'slow_client'],
+      ['sse', 'slow_client'],
+    ] as const)
+      this.dropped.inc({ transport, reason }, 0)
+    for (const type of JOB_TYPES) this.submitted.inc({ type }, 0)
     this.rateLimited = new Counter({
       name: 'gateway_rate_limited_total',
       help: 'API requests refused with 429 by the per-token rate limit.',

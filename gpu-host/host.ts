@@ -85,8 +85,12 @@ export class GpuHost {
         ),
     })
     for (const type of JOB_TYPES) {
-      for (const status of ['completed', 'failed', 'cancelled', 'retrying'])
+      // Every series exists from the start, so rate() and increase() count the first job of each kind too.
+      for (const status of ['completed', 'failed', 'cancelled', 'retrying']) {
         this.metrics.jobsTotal.inc({ type, status }, 0)
+        this.metrics.jobDuration.zero({ type, status })
+      }
+      this.metrics.queueWait.zero({ type })
       for (const reason of ERROR_REASONS) this.metrics.jobErrors.inc({ type, reason }, 0)
       for (const counter of [
         this.metrics.attempts,

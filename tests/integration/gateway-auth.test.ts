@@ -182,18 +182,16 @@ describe('limits', () => {
 
   it('caps subscriptions per socket', async () => {
     const ids = Array.from({ length: 201 }, (_, i) => `capjob-${limited.prefix}-${i}`)
-    await limited.database.db
-      .insert(jobs)
-      .values(
-        ids.map((id) => ({
-          id,
-          type: 'train_lora' as const,
-          status: 'queued' as const,
-          params: {},
-          owner: 'bob',
-          outputPrefix: `loras/${id}`,
-        })),
-      )
+    await limited.database.db.insert(jobs).values(
+      ids.map((id) => ({
+        id,
+        type: 'train_lora' as const,
+        status: 'queued' as const,
+        params: {},
+        owner: 'bob',
+        outputPrefix: `loras/${id}`,
+      })),
+    )
     const ws = new WebSocket(`${limited.gateway.url.replace('http', 'ws')}/ws?token=${BOB}`)
     await new Promise((r) => ws.on('open', r))
     const notices: { op: string; error?: { code: string } }[] = []

@@ -189,10 +189,15 @@ export function createApp(deps: GatewayDeps): {
   /** The stored row merged with the newest live event, which Postgres sees only a few times a second. */
   async function statusBody(row: JobRow): Promise<JobStatusBody> {
     const [live, artifacts] = await Promise.all([
-      isTerminal(row.status) ? null : lastEvent(redis, row.id).catch(() => null),
+      lastEvent(redis, row.id).catch(() => null),
       store.artifacts(row.id),
     ])
+    // A finished row is final; its last event may be published a moment after the row is written.
     const fresher = live && live.seq > row.lastSeq && !isTerminal(row.status) ? live : null
+    const finalSeq =
+      live && isTerminal(row.status) && live.status === row.status
+        ? Math.max(live.seq, row.lastSeq)
+        : row.lastSeq
     return {
       jobId: row.id,
       type: row.type,
@@ -210,7 +215,7 @@ export function createApp(deps: GatewayDeps): {
       finishedAt: iso(row.finishedAt),
       updatedAt: row.updatedAt.toISOString(),
       nextAttemptAt: iso(row.nextAttemptAt),
-      seq: fresher?.seq ?? row.lastSeq,
+      seq: fresher?.seq ?? finalSeq,
     }
   }
 

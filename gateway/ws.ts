@@ -95,29 +95,37 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       metrics.forwarded.inc({ transport: 'ws' })
     }
 
-    // Subscriptions being set up count against the cap too: they finish asynchronously.
-    const pending = new Set<string>()
-    const subscribe = async (jobId: string, after: number | undefined) => {
-      if (subs.has(jobId)) subs.get(jobId)?.close()
-      else if (pending.has(jobId)) return
-      else if (subs.size + pending.size >= MAX_SUBSCRIPTIONS)
-        return notice({
+    // Subscriptions being set up count against the cap too: they finish asynchronously. A second
+    // subscribe to the same job waits for the first and then replaces it (a client resuming with a new `after`).
+    const pending = new Map<string, Promise<unknown>>()
+    const setUp = async (jobId: string, after: number | undefined) => {
+      const row = await store.get(jobId)
+      if (!row || (tokens.size > 0 && row.owner !== owner))
+        return notice({ op: 'error', jobId, error: { code: 'not_found', message: 'no such job' } })
+      subs.get(jobId)?.close()
+      subs.delete(jobId)
+      notice({ op: 'subscribed', jobId })
+      const sub = await hub.subscribe(jobId, after, deliver)
+      if (ws.readyState !== ws.OPEN) sub.close()
+      else subs.set(jobId, sub)
+    }
+    const subscribe = (jobId: string, after: number | undefined): Promise<unknown> => {
+      const before = pending.get(jobId)
+      if (!before && !subs.has(jobId) && subs.size + pending.size >= MAX_SUBSCRIPTIONS) {
+        notice({
           op: 'error',
           jobId,
           error: { code: 'too_many_subscriptions', message: `at most ${MAX_SUBSCRIPTIONS} jobs per socket` },
         })
-      pending.add(jobId)
-      try {
-        const row = await store.get(jobId)
-        if (!row || (tokens.size > 0 && row.owner !== owner))
-          return notice({ op: 'error', jobId, error: { code: 'not_found', message: 'no such job' } })
-        notice({ op: 'subscribed', jobId })
-        const sub = await hub.subscribe(jobId, after, deliver)
-        if (ws.readyState !== ws.OPEN) sub.close()
-        else subs.set(jobId, sub)
-      } finally {
-        pending.delete(jobId)
+        return Promise.resolve()
       }
+      const next = (before ?? Promise.resolve()).catch(() => {}).then(() => setUp(jobId, after))
+      pending.set(jobId, next)
+      const clear = () => {
+        if (pending.get(jobId) === next) pending.delete(jobId)
+      }
+      next.then(clear, clear)
+      return next
     }
     const safely = (jobId: string, p: Promise<unknown>) =>
       p.catch((err: unknown) => {

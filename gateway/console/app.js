@@ -86,7 +86,7 @@ const state = {
 
 const authHeaders = () => (state.token ? { authorization: `Bearer ${state.token}` } : {})
 
-async function request(path, { method = 'GET', body } = {}) {
+async function request(path, { method = 'GET', body, retries = 1 } = {}) {
   const headers = { accept: 'application/json', ...authHeaders() }
   if (body !== undefined) headers['content-type'] = 'application/json'
   let res
@@ -94,6 +94,12 @@ async function request(path, { method = 'GET', body } = {}) {
     res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) })
   } catch {
     throw new ApiError(0, 'unreachable', 'The gateway cannot be reached.')
+  }
+  if (res.status === 429 && retries > 0) {
+    // Over the token's rate limit (many jobs finishing at once): wait as told, then once more.
+    const wait = Math.min(5, Number(res.headers.get('retry-after')) || 1)
+    await new Promise((r) => setTimeout(r, wait * 1000))
+    return request(path, { method, body, retries: retries - 1 })
   }
   const text = await res.text()
   let json = null
@@ -320,10 +326,29 @@ function setListNote(text) {
   note.hidden = !text
 }
 
+/**
+ * Shows `state.order`, reusing the rows already there: a refresh moves nothing that has not moved, so
+ * keyboard focus and a screen reader's place in the table survive it.
+ */
 function renderList() {
   const tbody = $('job-rows')
-  rows.clear()
-  tbody.replaceChildren(...state.order.map((id) => buildRow(state.jobs.get(id))))
+  const shown = new Set(state.order)
+  for (const [id, row] of rows)
+    if (!shown.has(id)) {
+      row.tr.remove()
+      rows.delete(id)
+    }
+  let prev = null
+  for (const id of state.order) {
+    const job = state.jobs.get(id)
+    if (!job) continue
+    const existing = rows.get(id)
+    if (existing) updateRow(job)
+    const tr = existing ? existing.tr : buildRow(job)
+    const slot = prev ? prev.nextSibling : tbody.firstChild
+    if (slot !== tr) tbody.insertBefore(tr, slot)
+    prev = tr
+  }
   const f = filters()
   setListNote(
     state.order.length
@@ -378,6 +403,7 @@ function updateRow(job) {
   row.bar.dataset.status = job.status
   row.pct.textContent = pctText(job.progress)
   row.msg.textContent = job.message
+  row.msg.title = job.message
 }
 
 function markCurrentRow() {
@@ -580,6 +606,9 @@ async function downloadWithToken(artifact, name) {
 function renderNewEvents() {
   const d = state.detail
   const tbody = $('d-event-rows')
+  const wrap = tbody.closest('.events-wrap')
+  // Like `tail -f`: stay at the newest event unless the reader has scrolled up.
+  const atBottom = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 24
   const fresh = d.newEvents.sort((a, b) => a.seq - b.seq)
   d.newEvents = []
   const tail = document.createDocumentFragment()
@@ -611,6 +640,7 @@ function renderNewEvents() {
     }
   }
   tbody.append(tail)
+  if (atBottom) wrap.scrollTop = wrap.scrollHeight
   $('d-events-count').textContent = `(${d.seqs.length})`
   const first = d.seqs[0]
   const note = $('d-events-note')

@@ -5,18 +5,17 @@ import { Hono } from 'hono'
 
 const dir = path.dirname(fileURLToPath(import.meta.url))
 
-/** The files the console may serve, by extension; anything else under /console/ is a 404. */
-export const CONSOLE_CONTENT_TYPES: Readonly<Record<string, string>> = {
-  '.js': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.svg': 'image/svg+xml',
-}
-
 /**
- * A plain file name of this folder: letters, digits, `_` and `-`, dot-separated, with a served extension.
- * No slash, no backslash, no leading dot, no `..`: the name cannot leave the folder, even percent-encoded.
+ * The files served under /console/, by name, with their content types. A list rather than "whatever is
+ * in this folder": the folder also holds this module (index.ts, or index.js and its map once built),
+ * which is not for browsers. A name not listed is a 404, so no path can leave the folder.
  */
-const ASSET_NAME = /^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$/
+export const CONSOLE_ASSETS: Readonly<Record<string, string>> = {
+  'app.js': 'text/javascript; charset=utf-8',
+  'stream.js': 'text/javascript; charset=utf-8',
+  'style.css': 'text/css; charset=utf-8',
+  'favicon.svg': 'image/svg+xml',
+}
 
 /**
  * The page allows only its own scripts, styles and connections (fetch and the WebSocket), blob: for
@@ -71,8 +70,8 @@ consoleApp.get('/', async (c) => {
 
 consoleApp.get('/console/:file', async (c) => {
   const file = c.req.param('file')
-  const type = CONSOLE_CONTENT_TYPES[path.extname(file)]
-  if (!type || !ASSET_NAME.test(file)) return c.json(notFound(file), 404)
+  const type = Object.hasOwn(CONSOLE_ASSETS, file) ? CONSOLE_ASSETS[file] : undefined
+  if (!type) return c.json(notFound(file), 404)
   const body = await readAsset(file)
   if (!body) return c.json(notFound(file), 404)
   return c.body(new Uint8Array(body), 200, {

@@ -32,6 +32,7 @@ export interface JobStreamOptions {
   backoff?: { min?: number; max?: number; random?: () => number }
   retrySubscribeMs?: number
   settleMs?: number
+  answerTimeoutMs?: number
 }
 
 export const TERMINAL: Set<string>

@@ -39,6 +39,7 @@ export class JobStream {
    *   backoff?: { min?: number, max?: number, random?: () => number },
    *   retrySubscribeMs?: number,
    *   settleMs?: number,
+   *   answerTimeoutMs?: number,
    * }} opts
    */
   constructor(opts) {
@@ -134,8 +135,21 @@ export class JobStream {
 
   sendSubscribe(jobId, sub) {
     sub.fresh = true
-    if (this.send({ op: 'subscribe', jobId, after: sub.after }))
-      this.inflight.set(jobId, (this.inflight.get(jobId) ?? 0) + 1)
+    if (!this.send({ op: 'subscribe', jobId, after: sub.after })) return
+    this.inflight.set(jobId, (this.inflight.get(jobId) ?? 0) + 1)
+    const socket = this.socket
+    const sentAt = Date.now()
+    setTimeout(() => {
+      // No answer: the gateway ignores a subscribe of a job whose previous one it is still setting up.
+      // Ask again (a duplicate answer or replay is harmless).
+      if (this.socket !== socket || !this.inflight.get(jobId)) return
+      if ((this.answeredAt.get(jobId) ?? -1) >= sentAt) return
+      this.inflight.delete(jobId)
+      const current = this.subs.get(jobId)
+      if (!current) return
+      current.deferred = false
+      this.sendSubscribe(jobId, current)
+    }, this.opts.answerTimeoutMs ?? 3000)
   }
 
   sendWhenSettled(jobId, sub) {

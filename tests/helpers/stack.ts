@@ -191,16 +191,25 @@ export async function postJob(
   return { status: res.status, json: (await res.json()) as Record<string, unknown> }
 }
 
+/** Polls `fn` until it returns something truthy; a throw counts as "not yet" (a row not written yet). */
 export async function waitFor<T>(
   fn: () => Promise<T | undefined | null | false>,
   timeoutMs = 30_000,
   what = 'condition',
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs
+  let lastError: unknown
   for (;;) {
-    const value = await fn()
-    if (value) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    try {
+      const value = await fn()
+      if (value) return value
+    } catch (err) {
+      lastError = err
+    }
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`,
+      )
     await new Promise((r) => setTimeout(r, 50))
   }
 }

@@ -389,6 +389,8 @@ export class GpuHost {
     })
     const row = await this.state.startAttempt(jobId)
     if (!row) return
+    this.metrics.jobsTotal.inc({ type, status: 'failed' })
+    this.metrics.jobErrors.inc({ type, reason: 'invalid_params' })
     const wrote = await this.state.finishAttempt(jobId, row.attempt, {
       status: 'failed',
       progress: 0,
@@ -411,8 +413,6 @@ export class GpuHost {
           { terminal: true },
         ),
       )
-    this.metrics.jobsTotal.inc({ type, status: 'failed' })
-    this.metrics.jobErrors.inc({ type, reason: 'invalid_params' })
   }
 
   private async runAttempt(
@@ -464,17 +464,17 @@ export class GpuHost {
     }
 
     if (entry.cancelRequested) {
+      this.metrics.jobsTotal.inc({ type, status: 'cancelled' })
       await finish('cancelled', row.progress, 'cancelled before it started', {
         error: this.jobError('cancelled', 'cancelled before it started'),
       })
-      this.metrics.jobsTotal.inc({ type, status: 'cancelled' })
       throw new UnrecoverableError('cancelled')
     }
     if (attempt > o.maxAttempts) {
       const message = `gave up after ${o.maxAttempts} attempts (the last ones were interrupted by host failures)`
-      await finish('failed', row.progress, message, { error: this.jobError('crash', message) })
       this.metrics.jobsTotal.inc({ type, status: 'failed' })
       this.metrics.jobErrors.inc({ type, reason: 'crash' })
+      await finish('failed', row.progress, message, { error: this.jobError('crash', message) })
       throw new UnrecoverableError(message)
     }
 
@@ -585,12 +585,13 @@ export class GpuHost {
       }
     }
     if (outcome.ok) {
+      // Metrics first: whoever sees the final event may scrape them at once.
+      this.metrics.jobsTotal.inc({ type, status: 'completed' })
+      this.metrics.jobDuration.observe({ type, status: 'completed' }, seconds)
       await finish('completed', 100, reporter.message || 'completed', {
         result: outcome.result ?? null,
         artifacts: outcome.artifacts,
       })
-      this.metrics.jobsTotal.inc({ type, status: 'completed' })
-      this.metrics.jobDuration.observe({ type, status: 'completed' }, seconds)
       log.info({ attempt, seconds: seconds.toFixed(2), artifacts: outcome.artifacts.length }, 'job completed')
       return outcome.result
     }

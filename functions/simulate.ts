@@ -1,4 +1,5 @@
 import { createRng } from './formats/prng.ts'
+import { startGpuLoad } from './gpu-load.ts'
 import type { HandlerContext } from './sdk/context.ts'
 
 /**
@@ -50,14 +51,25 @@ const round2 = (x: number): number => Math.round(x * 100) / 100
  * await runSimulatedSteps(ctx, { totalSteps: 24, message: (i) => `Sampling frame ${i}/24` })
  */
 export async function runSimulatedSteps(
-  ctx: Pick<HandlerContext, 'signal' | 'progress' | 'engines'>,
-  plan: { totalSteps: number; message: (step: number) => string; endPercent?: number },
+  ctx: Pick<HandlerContext, 'signal' | 'progress' | 'engines'> & Partial<Pick<HandlerContext, 'gpu' | 'log'>>,
+  plan: { totalSteps: number; message: (step: number) => string; endPercent?: number; vramMb?: number },
 ): Promise<void> {
   const { totalSteps, message, endPercent = STEPS_END_PERCENT } = plan
   const stepMs = Math.max(0, ctx.engines.simulateStepMs)
-  for (let step = 1; step <= totalSteps; step++) {
-    await abortableSleep(stepMs, ctx.signal)
-    ctx.progress(round2((step / totalSteps) * endPercent), message(step))
+  const load =
+    ctx.gpu && ctx.log
+      ? await startGpuLoad(
+          { gpu: ctx.gpu, log: ctx.log },
+          { seconds: (totalSteps * stepMs) / 1000 + 1, vramMb: plan.vramMb ?? 2048 },
+        )
+      : null
+  try {
+    for (let step = 1; step <= totalSteps; step++) {
+      await abortableSleep(stepMs, ctx.signal)
+      ctx.progress(round2((step / totalSteps) * endPercent), message(step))
+    }
+  } finally {
+    await load?.stop()
   }
 }
 

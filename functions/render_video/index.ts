@@ -61,7 +61,11 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
     0,
     `queued prompt (simulated): workflow "${workflow.source}", ${frames} frames at ${width}x${height}`,
   )
-  await runSimulatedSteps(ctx, { totalSteps: frames, message: (i) => `Sampling frame ${i}/${frames}` })
+  await runSimulatedSteps(ctx, {
+    totalSteps: frames,
+    message: (i) => `Sampling frame ${i}/${frames}`,
+    vramMb: TYPE_DEFAULTS.render_video.vramMb,
+  })
   throwIfAborted(ctx.signal)
 
   ctx.progress(97, `encoding ${VIDEO_FILE}`)

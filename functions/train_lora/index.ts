@@ -56,6 +56,7 @@ async function simulate(p: TrainLoraParams, dataset: Dataset, ctx: HandlerContex
   const loss = lossCurve({ start: 0.34, floor: 0.07, seed: `${ctx.jobId}:loss` })
   let finalLoss = 0
   await runSimulatedSteps(ctx, {
+    vramMb: TYPE_DEFAULTS.train_lora.vramMb,
     totalSteps,
     message: (step) => {
       finalLoss = Number(loss(step / totalSteps).toFixed(4))

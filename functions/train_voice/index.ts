@@ -53,6 +53,7 @@ async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerConte
   const loss = lossCurve({ start: 1.05, floor: 0.64, rate: 2.5, seed: `${ctx.jobId}:loss` })
   let finalLoss = 0
   await runSimulatedSteps(ctx, {
+    vramMb: TYPE_DEFAULTS.train_voice.vramMb,
     totalSteps,
     message: (step) => {
       finalLoss = Number(loss(step / totalSteps).toFixed(3))

@@ -219,7 +219,8 @@ export class JobState {
             reason: end.error?.reason ?? null,
             message: end.error?.message ?? null,
           })
-          .where(and(eq(jobAttempts.jobId, jobId), eq(jobAttempts.attempt, attempt)))
+          // The first end recorded stands: a host that lost the job to another must not rewrite it.
+          .where(and(eq(jobAttempts.jobId, jobId), eq(jobAttempts.attempt, attempt), isNull(jobAttempts.finishedAt)))
         if (!row) return false
         if (end.artifacts) {
           await tx.delete(jobArtifacts).where(eq(jobArtifacts.jobId, jobId))

@@ -1,0 +1,150 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import * as v from 'valibot'
+import { describe, expect, it } from 'vitest'
+import { SubmitJobBody } from './api.ts'
+import { JobId } from './common.ts'
+import { ConfigError, loadConfig } from './config.ts'
+import { ProgressEvent } from './events.ts'
+import { toFieldIssues } from './issues.ts'
+import { RenderVideoParams, TrainLoraParams, TrainVoiceParams } from './params/index.ts'
+
+describe('JobId', () => {
+  it.each(['abc', 'a-b_c.d', 'x'.repeat(128), '0a', 'a1b2'])('accepts %s', (id) =>
+    expect(v.is(JobId, id)).toBe(true),
+  )
+  it.each(['', 'a:b', 'a b', 'é', 'x'.repeat(129), '12345', '0'])('refuses %j', (id) =>
+    expect(v.is(JobId, id)).toBe(false),
+  )
+})
+
+describe('params', () => {
+  it('fills the documented defaults', () => {
+    expect(v.parse(TrainLoraParams, { baseModel: 'sd15', datasetPath: 'ds' })).toEqual({
+      baseModel: 'sd15',
+      datasetPath: 'ds',
+      epochs: 10,
+      rank: 16,
+      learningRate: 1e-4,
+      resolution: 512,
+      engine: 'simulate',
+    })
+    expect(v.parse(TrainVoiceParams, { speakerName: 'a', datasetPath: 'ds' })).toMatchObject({
+      epochs: 10,
+      language: 'en',
+      engine: 'simulate',
+    })
+    expect(v.parse(RenderVideoParams, {})).toMatchObject({
+      workflow: 'default',
+      inputs: {},
+      width: 512,
+      height: 512,
+      frames: 24,
+      fps: 8,
+      engine: 'simulate',
+    })
+  })
+
+  it('rejects unknown keys and names the field', () => {
+    const r = v.safeParse(TrainLoraParams, { baseModel: 'sd15', datasetPath: 'ds', turbo: 1 })
+    expect(r.success).toBe(false)
+    expect(toFieldIssues(r.issues ?? [], 'params')).toEqual([
+      { path: 'params.turbo', message: 'unknown field' },
+    ])
+  })
+
+  it('accepts an inline ComfyUI graph and refuses a malformed one', () => {
+    const graph = { '1': { class_type: 'KSampler', inputs: { seed: 1 } } }
+    expect(v.is(RenderVideoParams, { workflow: graph })).toBe(true)
+    expect(v.is(RenderVideoParams, { workflow: { '1': { inputs: {} } } })).toBe(false)
+    expect(v.is(RenderVideoParams, { workflow: '../etc/passwd' })).toBe(false)
+  })
+
+  it('describes problems without echoing the value', () => {
+    const r = v.safeParse(SubmitJobBody, { type: 'train_lora', params: {}, priority: 'sk-secret' })
+    const issues = toFieldIssues(r.issues ?? [])
+    expect(issues).toEqual([{ path: 'priority', message: 'must be number' }])
+    expect(JSON.stringify(issues)).not.toContain('secret')
+  })
+})
+
+describe('ProgressEvent', () => {
+  it('has the contract shape', () => {
+    const e = {
+      jobId: 'abc123',
+      status: 'running',
+      progress: 45.3,
+      message: 'Epoch 3/5 - loss=0.34',
+      timestamp: '2025-11-03T12:00:00.000Z',
+      seq: 17,
+      type: 'train_lora',
+      attempt: 1,
+    }
+    expect(v.parse(ProgressEvent, e)).toEqual(e)
+    expect(v.is(ProgressEvent, { ...e, progress: 101 })).toBe(false)
+  })
+})
+
+describe('configuration', () => {
+  it('has defaults for everything', () => {
+    const c = loadConfig({})
+    expect(c).toMatchObject({
+      redisUrl: 'redis://127.0.0.1:6379',
+      gatewayPort: 8080,
+      metricsPort: 9464,
+      gpuSlots: 1,
+      simulateStepMs: 200,
+      killGraceSec: 10,
+      queuePrefix: 'bull',
+    })
+    expect(c.s3.bucket).toBe('gpu-artifacts')
+    expect(c.databaseUrl).toBeUndefined()
+  })
+
+  it('reports every bad value at once, without printing secrets', () => {
+    let error: ConfigError | undefined
+    try {
+      loadConfig({
+        GATEWAY_PORT: 'eighty',
+        GPU_SLOTS: '0',
+        DATABASE_URL: 'mysql://u:hunter2@x/db',
+        LOG_LEVEL: 'loud',
+        API_TOKENS: 'alice',
+      })
+    } catch (err) {
+      error = err as ConfigError
+    }
+    expect(error).toBeInstanceOf(ConfigError)
+    expect(error?.problems.map((p) => p.split(':')[0]).sort()).toEqual([
+      'API_TOKENS',
+      'DATABASE_URL',
+      'GATEWAY_PORT',
+      'GPU_SLOTS',
+      'LOG_LEVEL',
+    ])
+    expect(error?.message).not.toContain('hunter2')
+  })
+
+  it('reads secrets from NAME_FILE and tokens as name:token pairs', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'cfg-'))
+    await writeFile(path.join(dir, 'tokens'), 'alice:tokenAAAA1,bob:tokenBBBB2\n')
+    try {
+      const c = loadConfig({ API_TOKENS_FILE: path.join(dir, 'tokens') })
+      expect([...c.apiTokens.entries()]).toEqual([
+        ['alice', 'tokenAAAA1'],
+        ['bob', 'tokenBBBB2'],
+      ])
+      expect(() => loadConfig({ API_TOKENS_FILE: path.join(dir, 'missing') })).toThrow(
+        /API_TOKENS_FILE: cannot read/,
+      )
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('accepts a Redis Cluster hash tag as the queue prefix', () => {
+    expect(loadConfig({ QUEUE_PREFIX: '{gpu-jobs}' }).queuePrefix).toBe('{gpu-jobs}')
+    expect(() => loadConfig({ QUEUE_PREFIX: 'a:b' })).toThrow(/QUEUE_PREFIX/)
+  })
+})

@@ -1,0 +1,149 @@
+import { randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { JobStore } from '../../gateway/store.ts'
+import { JobState } from '../../gpu-host/state.ts'
+import { type Database, openDatabase } from '../../schema/db/connect.ts'
+import { TEST_DATABASE_URL } from '../helpers/stack.ts'
+
+/** One suite for the state layer, run against every driver: postgres.js and the embedded PGlite. */
+function stateSuite(
+  driver: string,
+  open: () => Promise<{ database: Database; cleanup: () => Promise<void> }>,
+) {
+  describe(`job state on ${driver}`, () => {
+    let database: Database
+    let cleanup: () => Promise<void>
+    let store: JobStore
+    let hostA: JobState
+    let hostB: JobState
+    beforeAll(async () => {
+      ;({ database, cleanup } = await open())
+      store = new JobStore(database.db)
+      hostA = new JobState(database.db, 'host-a')
+      hostB = new JobState(database.db, 'host-b')
+    }, 120_000)
+    afterAll(async () => {
+      await database?.close()
+      await cleanup?.()
+    })
+
+    const newJob = (owner: string | null = null) => ({
+      jobId: `st-${randomUUID()}`,
+      type: 'train_lora' as const,
+      params: { baseModel: 'sd15', datasetPath: 'ds' },
+      owner,
+      priority: undefined,
+      timeoutSec: undefined,
+      maxAttempts: 3,
+      outputPrefix: 'loras/x',
+    })
+    const event = (jobId: string, seq: number, status: 'running' | 'completed' = 'running') => ({
+      jobId,
+      type: 'train_lora' as const,
+      status,
+      progress: status === 'completed' ? 100 : 50,
+      message: status,
+      timestamp: new Date().toISOString(),
+      seq,
+      attempt: 1,
+    })
+
+    it('inserts a job once: the same id again is refused', async () => {
+      const job = newJob()
+      expect(await store.insert(job)).toMatchObject({ id: job.jobId, status: 'queued', attempt: 0 })
+      expect(await store.insert(job)).toBeNull()
+    })
+
+    it('counts attempts, guards writes by attempt, and writes the terminal state exactly once', async () => {
+      const job = newJob()
+      await store.insert(job)
+      const first = await hostA.startAttempt(job.jobId)
+      expect(first).toMatchObject({ status: 'running', attempt: 1, host: 'host-a' })
+      // Host A is presumed dead; host B takes the job as attempt 2.
+      const second = await hostB.startAttempt(job.jobId)
+      expect(second?.attempt).toBe(2)
+      // The stale attempt can no longer write progress or an end.
+      await hostA.progress(job.jobId, 1, event(job.jobId, 5))
+      expect((await store.get(job.jobId))?.progress).toBe(0)
+      expect(
+        await hostA.finishAttempt(job.jobId, 1, { status: 'failed', progress: 10, message: 'late' }),
+      ).toBe(false)
+      await hostB.progress(job.jobId, 2, event(job.jobId, 6))
+      expect((await store.get(job.jobId))?.progress).toBe(50)
+      const artifacts = [
+        {
+          path: 'a.bin',
+          key: 'loras/x/a.bin',
+          size: 3,
+          sha256: 'ab',
+          contentType: 'application/octet-stream',
+        },
+      ]
+      expect(
+        await hostB.finishAttempt(job.jobId, 2, {
+          status: 'completed',
+          progress: 100,
+          message: 'done',
+          result: { ok: true },
+          artifacts,
+        }),
+      ).toBe(true)
+      expect(
+        await hostB.finishAttempt(job.jobId, 2, { status: 'failed', progress: 100, message: 'again' }),
+      ).toBe(false)
+      await hostB.recordEvent(event(job.jobId, 7, 'completed'))
+      const row = await store.get(job.jobId)
+      expect(row).toMatchObject({ status: 'completed', result: { ok: true }, lastSeq: 7 })
+      expect(row?.finishedAt).not.toBeNull()
+      expect((await store.artifacts(job.jobId)).map((a) => a.path)).toEqual(['a.bin'])
+      const attempts = await store.attempts(job.jobId)
+      expect(attempts.map((a) => [a.attempt, a.host, a.outcome])).toEqual([
+        [1, 'host-a', 'interrupted'],
+        [2, 'host-b', 'completed'],
+      ])
+      // A finished job cannot be started or cancelled again.
+      expect(await hostA.startAttempt(job.jobId)).toBeNull()
+      expect(await store.cancel(job.jobId, { code: 'C', reason: 'cancelled', message: 'x' }, 'x')).toBe(false)
+    })
+
+    it('pages a list newest first with a cursor, filtered by owner, status and type', async () => {
+      const owner = `owner-${randomUUID()}`
+      const ids: string[] = []
+      for (let i = 0; i < 5; i++) {
+        const job = newJob(owner)
+        await store.insert(job)
+        ids.push(job.jobId)
+        await new Promise((r) => setTimeout(r, 5))
+      }
+      const seen: string[] = []
+      let cursor: string | undefined
+      for (;;) {
+        const page = await store.list({ owner, limit: 2, cursor })
+        if ('badCursor' in page) throw new Error('bad cursor')
+        seen.push(...page.rows.map((r) => r.id))
+        if (!page.nextCursor) break
+        cursor = page.nextCursor
+      }
+      expect(seen).toEqual([...ids].reverse())
+      const none = await store.list({ owner, status: 'completed', limit: 10 })
+      expect('rows' in none && none.rows).toEqual([])
+      expect(await store.list({ owner, limit: 2, cursor: 'garbage' })).toEqual({ badCursor: true })
+    })
+  })
+}
+
+stateSuite('Postgres (postgres.js)', async () => ({
+  database: await openDatabase({ url: TEST_DATABASE_URL, poolSize: 3 }),
+  cleanup: async () => {},
+}))
+
+stateSuite('PGlite (embedded)', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'pglite-'))
+  return {
+    database: await openDatabase({ pgliteDir: dir }),
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  }
+})

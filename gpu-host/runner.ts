@@ -9,9 +9,12 @@ import { type ArtifactSink, type ChildError, ChildMessage, type ParentMessage } 
 import { terminateGroup } from './process-group.ts'
 
 const here = import.meta.url
-const CHILD_ENTRY = fileURLToPath(new URL(here.endsWith('.ts') ? './child.ts' : './child.js', here))
+/** GPU_JOBS_CHILD_ENTRY: a bundled child for machines without the source tree (the GPU check's .device/). */
+const CHILD_ENTRY =
+  process.env.GPU_JOBS_CHILD_ENTRY ||
+  fileURLToPath(new URL(here.endsWith('.ts') ? './child.ts' : './child.js', here))
 /** Under tsx (development, tests) the child needs the same loader; production runs compiled JS. */
-const CHILD_EXEC_ARGV = here.endsWith('.ts') ? ['--import', 'tsx'] : []
+const CHILD_EXEC_ARGV = CHILD_ENTRY.endsWith('.ts') ? ['--import', 'tsx'] : []
 const STDERR_TAIL_LINES = 40
 
 export type AbortReason = 'cancelled' | 'timeout' | 'shutdown'

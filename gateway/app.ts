@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { GetObjectCommand, HeadBucketCommand, type S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
@@ -8,6 +8,7 @@ import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
 import { type Artifact, type JobStatusBody, SubmitJobBody, type SubmitJobResponse } from '../schema/api.ts'
+import { checkBackends } from '../schema/clients.ts'
 import { isTerminal, JobId, JobStatus } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
 import { DatasetPathError, resolveDatasetPath } from '../schema/dataset-path.ts'
@@ -154,23 +155,7 @@ export function createApp(deps: GatewayDeps): {
   app.get('/openapi.json', (c) => c.body(openapi, 200, { 'content-type': 'application/json' }))
 
   app.get('/readyz', async (c) => {
-    const check = async (fn: () => Promise<unknown>) => {
-      try {
-        await Promise.race([
-          fn(),
-          new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000)),
-        ])
-        return 'ok'
-      } catch (err) {
-        return `down: ${(err as Error).message}`
-      }
-    }
-    const [r, p, s] = await Promise.all([
-      check(() => redis.ping()),
-      check(() => deps.database.ping()),
-      check(() => s3.send(new HeadBucketCommand({ Bucket: config.s3.bucket }))),
-    ])
-    const checks = { redis: r, postgres: p, s3: s }
+    const checks = await checkBackends({ redis, database: deps.database, s3, bucket: config.s3.bucket })
     const ok = Object.values(checks).every((x) => x === 'ok')
     return c.json({ ok, checks }, ok ? 200 : 503)
   })

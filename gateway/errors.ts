@@ -1,3 +1,4 @@
+import { isConnectionError } from '../schema/clients.ts'
 import type { FieldIssue } from '../schema/issues.ts'
 
 /** An error the API reports as `{error: {code, message, issues?}}` with its HTTP status. */
@@ -20,28 +21,4 @@ export class ApiError extends Error {
 }
 
 /** Connection failures of Redis, Postgres or S3: the request gets a 503, the process stays up. */
-export function isBackendDown(err: unknown): boolean {
-  const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } }
-  const code = e?.code ?? e?.cause?.code ?? ''
-  return (
-    [
-      'ECONNREFUSED',
-      'ECONNRESET',
-      'ETIMEDOUT',
-      'EPIPE',
-      'ENOTFOUND',
-      'EHOSTUNREACH',
-      'CONNECT_TIMEOUT',
-      'CONNECTION_CLOSED',
-      'CONNECTION_ENDED',
-      'CONNECTION_DESTROYED',
-      '57P01',
-      '57P03',
-      '08006',
-      '08001',
-    ].includes(code) ||
-    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|ETIMEDOUT/.test(
-      e?.message ?? '',
-    )
-  )
-}
+export const isBackendDown = isConnectionError

@@ -7,7 +7,7 @@ import type { Logger } from 'pino'
 import * as v from 'valibot'
 import { handlerFor } from '../functions/index.ts'
 import type { AnyHandler } from '../functions/sdk/define.ts'
-import { createRedis } from '../schema/clients.ts'
+import { checkBackends, createRedis } from '../schema/clients.ts'
 import type { JobError } from '../schema/common.ts'
 import { ERROR_REASONS } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
@@ -247,24 +247,13 @@ export class GpuHost {
     }
   }
 
-  async readiness(): Promise<Record<string, string>> {
-    const check = async (fn: () => Promise<unknown>) => {
-      try {
-        await Promise.race([
-          fn(),
-          new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2000)),
-        ])
-        return 'ok'
-      } catch (err) {
-        return `down: ${(err as Error).message}`
-      }
-    }
-    const [redis, postgres, s3] = await Promise.all([
-      check(() => this.redis.ping()),
-      check(() => this.opts.database.ping()),
-      check(() => this.opts.s3.client.send(new HeadBucketCommand({ Bucket: this.opts.config.s3.bucket }))),
-    ])
-    return { redis, postgres, s3 }
+  readiness(): Promise<Record<string, string>> {
+    return checkBackends({
+      redis: this.redis,
+      database: this.opts.database,
+      s3: this.opts.s3.client,
+      bucket: this.opts.config.s3.bucket,
+    })
   }
 
   private async sampleQueue(): Promise<void> {

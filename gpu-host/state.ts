@@ -1,5 +1,6 @@
 import { and, eq, inArray, isNull, notInArray, sql } from 'drizzle-orm'
 import type { ArtifactRecord } from '../functions/sdk/context.ts'
+import { isConnectionError } from '../schema/clients.ts'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import { TERMINAL_STATUSES } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
@@ -10,28 +11,7 @@ import type { JobType } from '../schema/params/index.ts'
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Postgres errors worth retrying: the server is down, restarting or unreachable. */
-const transient = (err: unknown): boolean => {
-  const e = err as { code?: string; message?: string; cause?: { code?: string } }
-  const code = e.code ?? e.cause?.code ?? ''
-  return (
-    [
-      'ECONNREFUSED',
-      'ECONNRESET',
-      'ETIMEDOUT',
-      'EPIPE',
-      'ENOTFOUND',
-      'CONNECTION_CLOSED',
-      'CONNECTION_ENDED',
-      'CONNECT_TIMEOUT',
-      'CONNECTION_DESTROYED',
-      '57P01',
-      '57P03',
-      '08006',
-      '08001',
-      '08003',
-    ].includes(code) || /connect|terminat|closed/i.test(e.message ?? '')
-  )
-}
+const transient = isConnectionError
 
 /**
  * The GPU host's writes to Postgres. Every write is guarded by the attempt number, so a host that lost
@@ -220,7 +200,13 @@ export class JobState {
             message: end.error?.message ?? null,
           })
           // The first end recorded stands: a host that lost the job to another must not rewrite it.
-          .where(and(eq(jobAttempts.jobId, jobId), eq(jobAttempts.attempt, attempt), isNull(jobAttempts.finishedAt)))
+          .where(
+            and(
+              eq(jobAttempts.jobId, jobId),
+              eq(jobAttempts.attempt, attempt),
+              isNull(jobAttempts.finishedAt),
+            ),
+          )
         if (!row) return false
         if (end.artifacts) {
           await tx.delete(jobArtifacts).where(eq(jobArtifacts.jobId, jobId))

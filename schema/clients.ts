@@ -1,6 +1,7 @@
-import { S3Client } from '@aws-sdk/client-s3'
+import { HeadBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { Config } from './config.ts'
+import type { Database } from './db/connect.ts'
 
 /**
  * An S3 client for MinIO, AWS or the embedded s3rver. Checksums only when required: s3rver corrupts
@@ -45,4 +46,67 @@ export async function probeRedis(url: string, timeoutMs = 2000): Promise<void> {
   } finally {
     redis.disconnect()
   }
+}
+
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'CONNECT_TIMEOUT',
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+  // Postgres: admin shutdown, cannot connect now, connection failure / does not exist.
+  '57P01',
+  '57P03',
+  '08006',
+  '08001',
+  '08003',
+])
+
+/**
+ * A failure to reach Redis, Postgres or S3 (down, restarting, unreachable), as opposed to a bad query or
+ * request: worth a retry, or a 503.
+ */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { code?: string; message?: string; cause?: { code?: string } } | undefined
+  const code = e?.code ?? e?.cause?.code ?? ''
+  return (
+    CONNECTION_CODES.has(code) ||
+    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|ETIMEDOUT|terminat/.test(
+      e?.message ?? '',
+    )
+  )
+}
+
+/** Readiness of the backing services: `ok`, or `down: <why>` for each, each check bounded by `timeoutMs`. */
+export async function checkBackends(
+  deps: { redis: Redis; database: Pick<Database, 'ping'>; s3: S3Client; bucket: string },
+  timeoutMs = 2000,
+): Promise<{ redis: string; postgres: string; s3: string }> {
+  const check = async (fn: () => Promise<unknown>) => {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      await Promise.race([
+        fn(),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error('timeout')), timeoutMs)
+        }),
+      ])
+      return 'ok'
+    } catch (err) {
+      return `down: ${(err as Error).message}`
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+  const [redis, postgres, s3] = await Promise.all([
+    check(() => deps.redis.ping()),
+    check(() => deps.database.ping()),
+    check(() => deps.s3.send(new HeadBucketCommand({ Bucket: deps.bucket }))),
+  ])
+  return { redis, postgres, s3 }
 }

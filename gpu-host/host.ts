@@ -21,7 +21,7 @@ import { readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
 import { HostMetrics } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
 import { Reporter } from './reporter.ts'
-import { JobProcess, type RunOutcome } from './runner.ts'
+import { ChildSpawn, JobProcess, type RunOutcome } from './runner.ts'
 import { invalidateManifest, publishManifest } from './s3-artifacts.ts'
 import { JobState } from './state.ts'
 
@@ -61,6 +61,8 @@ export class GpuHost {
   private readonly state: JobState
   private readonly running = new Map<string, RunningJob>()
   private slots: Slot[] = []
+  /** One warm, unused job process per slot, forked while the slot is idle. */
+  private readonly spares = new Map<number, ChildSpawn>()
   private worker: Worker | undefined
   private queue: Queue | undefined
   private server: Server | undefined
@@ -121,6 +123,7 @@ export class GpuHost {
     else logger.info({ gpus: gpus?.map((g) => `${g.index}:${g.name}`) }, 'GPUs found')
     this.slots = slotsFor(gpus, config.gpuSlots)
     this.metrics.initSlots(this.slots)
+    for (const slot of this.slots) this.refillSpare(slot)
     await this.sampleGpus()
 
     await this.subscriber.subscribe(CANCEL_CHANNEL)
@@ -189,6 +192,8 @@ export class GpuHost {
       }
       await this.worker.close()
     }
+    await Promise.all([...this.spares.values()].map((spare) => spare.discard()))
+    this.spares.clear()
     await this.queue?.close()
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()))
     this.server?.closeAllConnections()
@@ -303,6 +308,33 @@ export class GpuHost {
   private releaseSlot(slot: Slot): void {
     slot.busy = false
     this.metrics.setBusy(slot, false)
+    this.refillSpare(slot)
+  }
+
+  /** Forks the slot's next job process ahead of time (never while its job runs, to leave it the CPU). */
+  private refillSpare(slot: Slot): void {
+    if (this.closing || this.spares.get(slot.id)?.alive) return
+    try {
+      const spare = new ChildSpawn(slot.cudaVisibleDevices)
+      this.spares.set(slot.id, spare)
+      spare.child.once('exit', () => {
+        if (this.spares.get(slot.id) === spare) this.spares.delete(slot.id)
+      })
+      // Its output before a job adopts it is only Node.js start-up noise.
+      spare.child.stdout?.resume()
+      spare.child.stderr?.resume()
+    } catch (err) {
+      this.opts.logger.warn({ err }, 'could not fork a spare job process')
+    }
+  }
+
+  /** The slot's warm spare, if it is alive and ready; each spare serves one job. */
+  private takeSpare(slot: Slot): ChildSpawn | undefined {
+    const spare = this.spares.get(slot.id)
+    this.spares.delete(slot.id)
+    if (spare?.alive && spare.ready) return spare
+    if (spare) void spare.discard()
+    return undefined
   }
 
   /** Processes that still hold memory on the slot's GPU after the job's group is gone: a leak. */
@@ -504,28 +536,31 @@ export class GpuHost {
         throw outcome
       }
       await mkdir(scratch, { recursive: true })
-      const proc = new JobProcess({
-        job: { jobId, type, params: o.envelope.params, attempt },
-        gpu: slot.gpu,
-        cudaVisibleDevices: slot.cudaVisibleDevices,
-        paths: { scratch, models: config.modelsDir, data: config.dataDir },
-        engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
-        sink: {
-          kind: 's3',
-          endpoint: s3.endpoint,
-          region: config.s3.region,
-          bucket: config.s3.bucket,
-          accessKeyId: config.s3.accessKeyId,
-          secretAccessKey: config.s3.secretAccessKey,
-          prefix: o.outputPrefix,
+      const proc = new JobProcess(
+        {
+          job: { jobId, type, params: o.envelope.params, attempt },
+          gpu: slot.gpu,
+          cudaVisibleDevices: slot.cudaVisibleDevices,
+          paths: { scratch, models: config.modelsDir, data: config.dataDir },
+          engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
+          sink: {
+            kind: 's3',
+            endpoint: s3.endpoint,
+            region: config.s3.region,
+            bucket: config.s3.bucket,
+            accessKeyId: config.s3.accessKeyId,
+            secretAccessKey: config.s3.secretAccessKey,
+            prefix: o.outputPrefix,
+          },
+          timeoutMs: o.timeoutSec * 1000,
+          killGraceMs: config.killGraceSec * 1000,
+          handlerModule: this.opts.handlerModules?.[type],
+          onProgress: (pct, msg) => reporter.report(pct, msg),
+          onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
+          onStarted: (ms) => this.metrics.subprocessStart.observe(ms / 1000),
         },
-        timeoutMs: o.timeoutSec * 1000,
-        killGraceMs: config.killGraceSec * 1000,
-        handlerModule: this.opts.handlerModules?.[type],
-        onProgress: (pct, msg) => reporter.report(pct, msg),
-        onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
-        onStarted: (ms) => this.metrics.subprocessStart.observe(ms / 1000),
-      })
+        this.takeSpare(slot),
+      )
       entry.proc = proc
       void this.state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
       // A cancel that arrived while the process was starting.
@@ -613,7 +648,7 @@ export class GpuHost {
       const nextAttemptAt = new Date(Date.now() + delay)
       this.metrics.retries.inc({ type })
       this.metrics.jobsTotal.inc({ type, status: 'retrying' })
-      await finish(
+      const wrote = await finish(
         'retrying',
         reporter.progress,
         `attempt ${attempt} failed (${e.reason}): ${e.message}; retrying in ${(delay / 1000).toFixed(1)}s`,
@@ -622,6 +657,8 @@ export class GpuHost {
           nextAttemptAt,
         },
       )
+      // Cancelled while this attempt was failing: the row is final already, so no further attempt.
+      if (!wrote || entry.cancelRequested) throw new UnrecoverableError('cancelled')
       log.warn({ attempt, reason: e.reason, delay, stderr: e.stderrTail }, 'attempt failed; will retry')
       await job.moveToDelayed(nextAttemptAt.getTime(), token)
       throw new DelayedError()

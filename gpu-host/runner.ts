@@ -52,6 +52,60 @@ export type RunOutcome =
  * hard timeout both end in SIGTERM to the whole group, a grace period, then SIGKILL; `done` resolves
  * only once /proc shows no process of the group left.
  */
+/**
+ * A forked job process that has loaded its code and waits for a job: the host keeps one per slot (a warm
+ * spare) so a job does not wait for Node.js to start. It has run nothing yet, so it is as fresh as a new
+ * fork (no CUDA context: it has not touched the GPU). Each is used for one job at most.
+ */
+export class ChildSpawn {
+  readonly child: ChildProcess
+  readonly pid: number
+  ready = false
+  readonly readyPromise: Promise<boolean>
+
+  constructor(cudaVisibleDevices: string | undefined, jobId?: string) {
+    this.child = fork(CHILD_ENTRY, [], {
+      detached: true,
+      execArgv: CHILD_EXEC_ARGV,
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      env: {
+        ...process.env,
+        ...(cudaVisibleDevices === undefined ? {} : { CUDA_VISIBLE_DEVICES: cudaVisibleDevices }),
+        ...(jobId === undefined ? {} : { GPU_JOBS_JOB_ID: jobId }),
+        // The host already says it once; each job's log need not repeat it.
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      },
+    })
+    if (this.child.pid === undefined) throw new Error('fork failed: no pid')
+    this.pid = this.child.pid
+    this.readyPromise = new Promise((resolve) => {
+      const onMessage = (raw: unknown) => {
+        if ((raw as { kind?: string })?.kind !== 'ready') return
+        this.ready = true
+        this.child.off('message', onMessage)
+        resolve(true)
+      }
+      this.child.on('message', onMessage)
+      this.child.once('exit', () => resolve(false))
+    })
+  }
+
+  /** Still running (not exited) and able to take a job. */
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null && this.child.connected
+  }
+
+  /** Discards an unused spare: its whole group goes. */
+  async discard(): Promise<void> {
+    await terminateGroup(this.pid, 0)
+  }
+}
+
+/**
+ * One job in a fresh child process with its own process group. `abort()` (cancel, shutdown) and the
+ * hard timeout both end in SIGTERM to the whole group, a grace period, then SIGKILL; `done` resolves
+ * only once /proc shows no process of the group left.
+ */
 export class JobProcess {
   readonly done: Promise<RunOutcome>
   readonly pid: number
@@ -59,23 +113,16 @@ export class JobProcess {
   private abortReason: AbortReason | undefined
   private termination: Promise<{ killed: boolean; gone: boolean }> | undefined
 
-  constructor(private readonly opts: RunJobOptions) {
-    const forkedAt = performance.now()
-    this.child = fork(CHILD_ENTRY, [], {
-      detached: true,
-      execArgv: CHILD_EXEC_ARGV,
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      env: {
-        ...process.env,
-        ...(opts.cudaVisibleDevices === undefined ? {} : { CUDA_VISIBLE_DEVICES: opts.cudaVisibleDevices }),
-        GPU_JOBS_JOB_ID: opts.job.jobId,
-        // The host already says it once; each job's log need not repeat it.
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-      },
-    })
-    if (this.child.pid === undefined) throw new Error('fork failed: no pid')
-    this.pid = this.child.pid
-    this.done = this.supervise(forkedAt)
+  /** Runs the job in `spare` (a warm, unused job process) when given, else in a new fork. */
+  constructor(
+    private readonly opts: RunJobOptions,
+    spare?: ChildSpawn,
+  ) {
+    const startedAt = performance.now()
+    const spawned = spare?.alive ? spare : new ChildSpawn(opts.cudaVisibleDevices, opts.job.jobId)
+    this.child = spawned.child
+    this.pid = spawned.pid
+    this.done = this.supervise(startedAt, spawned)
   }
 
   /** Ends the job: tells the handler why, then SIGTERM, grace, SIGKILL of the whole group. */
@@ -93,7 +140,7 @@ export class JobProcess {
     } else terminate()
   }
 
-  private supervise(forkedAt: number): Promise<RunOutcome> {
+  private supervise(startedAt: number, spawned: ChildSpawn): Promise<RunOutcome> {
     const { opts, child } = this
     const artifacts: ArtifactRecord[] = []
     const stderrTail: string[] = []
@@ -129,6 +176,22 @@ export class JobProcess {
       opts.onLog?.('warn', line, { stream: 'stderr' })
     })
 
+    let startSent = false
+    const sendStart = () => {
+      if (startSent) return
+      startSent = true
+      child.send({
+        kind: 'start',
+        job: opts.job,
+        gpu: opts.gpu,
+        paths: opts.paths,
+        engines: { simulateStepMs: opts.engines.simulateStepMs, comfyuiUrl: opts.engines.comfyuiUrl },
+        sink: opts.sink,
+        handlerModule: opts.handlerModule,
+      } satisfies ParentMessage)
+    }
+    // A warm spare said it was ready before this job existed.
+    if (spawned.ready) sendStart()
     child.on('message', (raw: unknown) => {
       const parsed = v.safeParse(ChildMessage, raw)
       if (!parsed.success) {
@@ -139,18 +202,10 @@ export class JobProcess {
       const msg = parsed.output
       switch (msg.kind) {
         case 'ready':
-          child.send({
-            kind: 'start',
-            job: opts.job,
-            gpu: opts.gpu,
-            paths: opts.paths,
-            engines: { simulateStepMs: opts.engines.simulateStepMs, comfyuiUrl: opts.engines.comfyuiUrl },
-            sink: opts.sink,
-            handlerModule: opts.handlerModule,
-          } satisfies ParentMessage)
+          sendStart()
           break
         case 'started':
-          opts.onStarted?.(performance.now() - forkedAt)
+          opts.onStarted?.(performance.now() - startedAt)
           break
         case 'progress':
           opts.onProgress?.(msg.percent, msg.message)

@@ -6,6 +6,7 @@ import {
   postJob,
   type Stack,
   startStack,
+  waitFor,
   waitStatus,
 } from '../helpers/stack.ts'
 
@@ -48,7 +49,12 @@ describe('cancelling a job that is not running', () => {
     const jobId = await addFixtureJob(slow, 'throws', { maxAttempts: 3 })
     const retrying = await waitStatus(slow, jobId, ['retrying'], 15_000)
     expect(retrying.attempt).toBe(1)
-    expect(await slow.queue.getJobState(jobId)).toBe('delayed')
+    // The row says retrying a moment before BullMQ has moved the job to its delayed set.
+    await waitFor(
+      async () => (await slow.queue.getJobState(jobId)) === 'delayed',
+      5000,
+      'the job to be delayed',
+    )
     const res = await fetch(slow.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
     expect(res.status).toBe(202)
     const body = await getJob(slow, jobId)

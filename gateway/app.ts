@@ -23,13 +23,15 @@ import { emitEvent, lastEvent } from '../schema/progress-log.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
 import { consoleApp } from './console/index.ts'
 import { ApiError, isBackendDown } from './errors.ts'
-import type { EventHub } from './hub.ts'
+import { type EventHub, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { openApiDocument } from './openapi.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
 import { JobStore } from './store.ts'
 
 export const MAX_BODY_BYTES = 1024 * 1024
+/** Longest a cached status body is served when no event of its job arrives (see `cachedStatus`). */
+const STATUS_CACHE_MS = 1000
 /** Routes that need no API token. */
 const PUBLIC_PATHS = new Set(['/healthz', '/metrics', '/', '/openapi.json'])
 
@@ -173,9 +175,10 @@ export function createApp(deps: GatewayDeps): {
 
   /** The stored row merged with the newest live event, which Postgres sees only a few times a second. */
   async function statusBody(row: JobRow): Promise<JobStatusBody> {
+    // Artifacts are recorded when a job completes: an unfinished job has none to look up.
     const [live, artifacts] = await Promise.all([
       lastEvent(redis, row.id).catch(() => null),
-      store.artifacts(row.id),
+      isTerminal(row.status) ? store.artifacts(row.id) : [],
     ])
     // A finished row is final; its last event may be published a moment after the row is written.
     const fresher = live && live.seq > row.lastSeq && !isTerminal(row.status) ? live : null
@@ -328,8 +331,35 @@ export function createApp(deps: GatewayDeps): {
   app.post('/api/train', limit, submit)
   app.post('/api/jobs', limit, submit)
 
-  const status = async (c: import('hono').Context<Env>) =>
-    c.json(await statusBody(await visibleJob(c.req.param('jobId') ?? '', c.get('owner'))))
+  /**
+   * Status bodies, shared by concurrent requests and kept until the job's next event reaches this gateway
+   * (or STATUS_CACHE_MS at most, in case an event is missed): pollers cost one Postgres and one Redis read
+   * per job and event, not per request, and never see a state older than the last event seen here.
+   */
+  const statusCache = new Map<
+    string,
+    { at: number; entry: Promise<{ row: JobRow; body: JobStatusBody } | null> }
+  >()
+  hub.onEvent((event) => statusCache.delete(event.jobId))
+  const cachedStatus = (jobId: string) => {
+    const now = Date.now()
+    const hit = statusCache.get(jobId)
+    if (hit && now - hit.at < STATUS_CACHE_MS) return hit.entry
+    const entry = store.get(jobId).then(async (row) => (row ? { row, body: await statusBody(row) } : null))
+    statusCache.set(jobId, { at: now, entry })
+    if (statusCache.size > 10_000)
+      for (const [id, e] of statusCache) if (now - e.at >= STATUS_CACHE_MS) statusCache.delete(id)
+    entry.catch(() => statusCache.delete(jobId))
+    return entry
+  }
+  const status = async (c: import('hono').Context<Env>) => {
+    const jobId = c.req.param('jobId') ?? ''
+    if (!v.is(JobId, jobId)) throw new ApiError(404, 'not_found', 'no such job')
+    const found = await cachedStatus(jobId)
+    if (!found || (authRequired && found.row.owner !== c.get('owner')))
+      throw new ApiError(404, 'not_found', `no job "${jobId}"`)
+    return c.json(found.body)
+  }
   app.get('/api/status/:jobId', status)
   app.get('/api/jobs/:jobId', status)
 
@@ -395,6 +425,7 @@ export function createApp(deps: GatewayDeps): {
       }
     }
     await redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId }))
+    statusCache.delete(jobId)
     const after = await store.get(jobId)
     return c.json({ jobId, status: after?.status ?? row.status, cancelRequested: true }, 202)
   })
@@ -466,7 +497,7 @@ export function createApp(deps: GatewayDeps): {
             wake = undefined
             continue
           }
-          await stream.writeSSE({ id: String(event.seq), event: 'progress', data: JSON.stringify(event) })
+          await stream.writeSSE({ id: String(event.seq), event: 'progress', data: wireJson(event) })
           metrics.forwarded.inc({ transport: 'sse' })
           if (isTerminal(event.status) && queued.length === 0) done = true
         }

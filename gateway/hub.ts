@@ -3,6 +3,17 @@ import type { ProgressEvent } from '../schema/events.ts'
 import { PROGRESS_PATTERN } from '../schema/keys.ts'
 import { lastEvent, readEvents } from '../schema/progress-log.ts'
 
+/** The JSON text of each event as published: sent to clients as is, never serialised again per client. */
+const wire = new WeakMap<ProgressEvent, string>()
+export const wireJson = (event: ProgressEvent): string => {
+  let json = wire.get(event)
+  if (json === undefined) {
+    json = JSON.stringify(event)
+    wire.set(event, json)
+  }
+  return json
+}
+
 export interface Subscription {
   readonly jobId: string
   /** Seq of the last event delivered. */
@@ -27,7 +38,13 @@ interface Sub {
  */
 export class EventHub {
   private readonly subs = new Map<string, Set<Sub>>()
+  private readonly listeners: ((event: ProgressEvent) => void)[] = []
   private started = false
+
+  /** Calls `fn` with every event this gateway receives, subscribed or not (cache invalidation). */
+  onEvent(fn: (event: ProgressEvent) => void): void {
+    this.listeners.push(fn)
+  }
 
   constructor(
     private readonly subscriber: Redis,
@@ -53,6 +70,8 @@ export class EventHub {
       } catch {
         return
       }
+      wire.set(event, raw)
+      for (const fn of this.listeners) fn(event)
       const set = this.subs.get(event.jobId)
       if (set) for (const sub of set) this.offer(sub, event)
     })

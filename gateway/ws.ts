@@ -7,7 +7,7 @@ import { JobId } from '../schema/common.ts'
 import { type ProgressEvent, WsClientMessage, type WsServerNotice } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
-import type { EventHub, Subscription } from './hub.ts'
+import { type EventHub, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import type { StreamCounter } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
@@ -34,6 +34,7 @@ export interface WsOptions {
 export function attachWebSocket(opts: WsOptions): { close(): void; clients(): number } {
   const { hub, store, metrics, logger, tokens } = opts
   const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 })
+  const forwarded = metrics.forwarded.labels('ws')
 
   opts.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const url = new URL(req.url ?? '/', 'http://localhost')
@@ -91,8 +92,8 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
         ws.close(CLOSE_SLOW_CLIENT, 'client too slow: reconnect and resume with after=<last seq>')
         return
       }
-      ws.send(JSON.stringify(event))
-      metrics.forwarded.inc({ transport: 'ws' })
+      ws.send(wireJson(event))
+      forwarded.inc()
     }
 
     // Subscriptions being set up count against the cap too: they finish asynchronously. A second

@@ -5,6 +5,7 @@
  * time after each kill (from the kill until every job the dead host held runs again elsewhere).
  */
 import { readdir, readFile } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
 import { inArray } from 'drizzle-orm'
 import { jobAttempts, jobEvents, jobs } from '../schema/db/tables.ts'
 import { type HostProcess, startHostProcess } from '../tests/helpers/host-process.ts'
@@ -48,18 +49,21 @@ const MIX: {
   },
 ]
 
-/** Live processes whose environment says they run a job of this run (read from /proc). */
-async function orphanJobProcesses(jobIds: Set<string>): Promise<number[]> {
+const CHILD_ENTRY = fileURLToPath(new URL('../gpu-host/child.ts', import.meta.url))
+
+/**
+ * Live job processes (the child entry of this checkout, whether started for a job or as a warm spare)
+ * once every host of the run has stopped: any is an orphan. Read from /proc; run the soak alone.
+ */
+async function orphanJobProcesses(): Promise<number[]> {
   const pids: number[] = []
   for (const name of await readdir('/proc')) {
     if (!/^\d+$/.test(name)) continue
-    const env = await readFile(`/proc/${name}/environ`, 'utf8').catch(() => '')
-    const m = env.match(/(?:^|\0)GPU_JOBS_JOB_ID=([^\0]+)/)
-    if (m?.[1] && jobIds.has(m[1])) {
-      const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '')
-      if (stat && !['Z', 'X'].includes(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? ''))
-        pids.push(Number(name))
-    }
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')
+    if (!cmdline.includes(CHILD_ENTRY)) continue
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '')
+    if (stat && !['Z', 'X'].includes(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? ''))
+      pids.push(Number(name))
   }
   return pids
 }
@@ -174,7 +178,9 @@ export async function soak(): Promise<BenchResult> {
     h.proc.kill('SIGTERM')
     await h.exited
   }
-  const orphans = await orphanJobProcesses(new Set(ids))
+  // Hosts kill their spares on a clean stop; a killed host's children kill themselves: give them a moment.
+  await sleep(1000)
+  const orphans = await orphanJobProcesses()
   await stack.close()
 
   const rec = summarize(recoveries)

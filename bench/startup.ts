@@ -37,6 +37,12 @@ import {
 const DEFAULT_JOBS = 100
 const JOBS = Number(process.env.BENCH_STARTUP_JOBS ?? DEFAULT_JOBS)
 const WARMUP = 5
+/**
+ * Idle time before each job (BENCH_STARTUP_GAP_MS, default 1000): jobs that arrive while their slot is idle,
+ * as most do, find the slot's warm spare process ready. 0 measures back-to-back jobs, where the spare forked
+ * when the previous job ended is still starting.
+ */
+const GAP_MS = Number(process.env.BENCH_STARTUP_GAP_MS ?? 1000)
 /** The tsx fork (extra baseline c) runs on every n-th round only, to keep the benchmark short. */
 const FORK_TSX_EVERY = 5
 const FIXTURE = path.resolve(BENCH_DIR, '../tests/fixtures/handlers/bench-noop.ts')
@@ -221,6 +227,7 @@ export async function startup(): Promise<BenchResult> {
     // Round-robin, so that whatever else the machine does falls on every method alike.
     for (let i = 0; i < WARMUP + JOBS; i++) {
       const warm = i >= WARMUP
+      if (GAP_MS > 0) await new Promise((r) => setTimeout(r, GAP_MS))
       await ours.once(warm)
       await bullmqT.once(warm)
       await forkT.once(warm)
@@ -280,13 +287,14 @@ export async function startup(): Promise<BenchResult> {
 
   const r = (x: Summary) => rounded(x, 2)
   return {
-    name: JOBS === DEFAULT_JOBS ? 'startup' : `startup-${JOBS}jobs`,
+    name: `startup${JOBS === DEFAULT_JOBS ? '' : `-${JOBS}jobs`}${GAP_MS === 1000 ? '' : `-gap${GAP_MS}ms`}`,
     issue: 'walking skeleton: submit -> handler start latency',
     parameters: {
       jobs: JOBS,
       warmupJobsDiscarded: WARMUP,
       forkTsxRuns,
       mode: 'sequential: each job is submitted only after the previous one has completed; the four methods run round-robin (ours, a, b, c every 5th round)',
+      gapBeforeEachJobMs: GAP_MS,
       gpuSlots: 1,
       simulateStepMs: 0,
       handler: 'tests/fixtures/handlers/bench-noop.ts (returns its start time at once)',

@@ -94,3 +94,25 @@ export function slotsFor(gpus: GpuReading[] | null, virtualSlots: number): Slot[
     busy: false,
   }))
 }
+
+/**
+ * VRAM-aware choice of a slot: the free slot whose GPU has the most free memory, if that is at least
+ * `vramMb`. `noRoom` when slots are free but none has the memory (another process holds it, e.g. ComfyUI
+ * keeping models loaded). Without readings (no nvidia-smi) any free slot will do.
+ */
+export function pickSlot(
+  slots: Slot[],
+  readings: GpuReading[] | null,
+  vramMb: number,
+): { slot: Slot } | { noRoom: true; bestFreeMb: number } | { none: true } {
+  const free = slots.filter((s) => !s.busy)
+  if (free.length === 0) return { none: true }
+  if (!readings || readings.length === 0) return { slot: free[0] as Slot }
+  const withFree = free.map((slot) => {
+    const g = readings.find((r) => r.uuid === slot.gpu.uuid)
+    return { slot, freeMb: g ? g.memoryTotalMb - g.memoryUsedMb : Number.POSITIVE_INFINITY }
+  })
+  withFree.sort((a, b) => b.freeMb - a.freeMb)
+  const best = withFree[0] as { slot: Slot; freeMb: number }
+  return best.freeMb >= vramMb ? { slot: best.slot } : { noRoom: true, bestFreeMb: best.freeMb }
+}

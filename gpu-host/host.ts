@@ -17,7 +17,7 @@ import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { CANCEL_CHANNEL, cancelKey, QUEUE_NAME } from '../schema/keys.ts'
 import { JOB_TYPES, type JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
-import { readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
+import { pickSlot, readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
 import { HostMetrics } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
 import { Reporter } from './reporter.ts'
@@ -28,6 +28,8 @@ import { JobState } from './state.ts'
 /** Lock renewed every 5 s; a host that dies loses its jobs to the stalled check within about 15 s. */
 export const LOCK_DURATION_MS = 10_000
 export const STALLED_INTERVAL_MS = 5_000
+/** How long a job waits before it looks again for a GPU with enough free memory. */
+const VRAM_RETRY_MS = 5_000
 
 export interface GpuHostOptions {
   config: Config
@@ -45,6 +47,8 @@ interface RunningJob {
   cancelRequested: boolean
   proc: JobProcess | undefined
   reporter: Reporter | undefined
+  /** Set once the attempt is recorded as started. */
+  attempt?: number
 }
 
 const backoffDelay = (baseMs: number, attempt: number): number =>
@@ -296,10 +300,10 @@ export class GpuHost {
     }
   }
 
-  private acquireSlot(): Slot {
-    const slot = this.slots.find((s) => !s.busy)
+  private acquireSlot(chosen?: Slot): Slot {
+    const slot = chosen ?? this.slots.find((s) => !s.busy)
     // The worker's concurrency equals the slot count, so a free slot always exists here.
-    if (!slot) throw new Error('no free GPU slot')
+    if (!slot || slot.busy) throw new Error('no free GPU slot')
     slot.busy = true
     this.metrics.setBusy(slot, true)
     return slot
@@ -328,11 +332,14 @@ export class GpuHost {
     }
   }
 
-  /** The slot's warm spare, if it is alive and ready; each spare serves one job. */
+  /**
+   * The slot's warm spare, if it is alive (still starting is fine: it is ahead of a new fork); each spare
+   * serves one job.
+   */
   private takeSpare(slot: Slot): ChildSpawn | undefined {
     const spare = this.spares.get(slot.id)
     this.spares.delete(slot.id)
-    if (spare?.alive && spare.ready) return spare
+    if (spare?.alive) return spare
     if (spare) void spare.discard()
     return undefined
   }
@@ -387,6 +394,22 @@ export class GpuHost {
         outputPrefix,
         envelope,
       })
+    } catch (err) {
+      if (err instanceof DelayedError || err instanceof WaitingError || err instanceof UnrecoverableError)
+        throw err
+      // A fault of the host itself (not of the job): end the attempt so the row does not stay running.
+      const message = `host error: ${(err as Error).message}`
+      this.opts.logger.error({ err, jobId }, message)
+      if (entry.attempt !== undefined)
+        await this.state
+          .finishAttempt(jobId, entry.attempt, {
+            status: 'failed',
+            progress: entry.reporter?.progress ?? 0,
+            message,
+            error: this.jobError('crash', message),
+          })
+          .catch(() => {})
+      throw new UnrecoverableError(message)
     } finally {
       this.running.delete(jobId)
     }
@@ -453,12 +476,22 @@ export class GpuHost {
     const log = logger.child({ jobId, type })
 
     if ((await this.redis.exists(cancelKey(jobId))) === 1) entry.cancelRequested = true
+    // VRAM-aware: take the job only onto a GPU with enough free memory; else put it back for a while,
+    // without counting an attempt (another process may hold the memory, e.g. ComfyUI's loaded models).
+    const readings = this.gpuChecks && !entry.cancelRequested ? await readGpus() : null
+    const room = pickSlot(this.slots, readings, o.handler.gpu.vramMb)
+    if ('noRoom' in room) {
+      log.info({ needMb: o.handler.gpu.vramMb, bestFreeMb: room.bestFreeMb }, 'waiting for GPU memory')
+      await job.moveToDelayed(Date.now() + VRAM_RETRY_MS, token)
+      throw new DelayedError()
+    }
     const row = await this.state.startAttempt(jobId)
     if (!row) {
       log.info('job is already finished (cancelled before it started); skipping')
       return { skipped: true }
     }
     const attempt = row.attempt
+    entry.attempt = attempt
     const reporter = new Reporter(this.redis, this.state, job, { jobId, type, attempt }, (msg, err) =>
       log.warn({ err }, msg),
     )
@@ -511,7 +544,9 @@ export class GpuHost {
 
     const startedAt = performance.now()
     let outcome: RunOutcome
-    const slot = this.acquireSlot()
+    // Chosen again with no await before taking it: a concurrent job may have taken the roomiest GPU meanwhile.
+    const pick = pickSlot(this.slots, readings, o.handler.gpu.vramMb)
+    const slot = this.acquireSlot('slot' in pick ? pick.slot : undefined)
     const scratch = path.join(config.dataDir, 'scratch', `${jobId}-${attempt}`)
     try {
       try {

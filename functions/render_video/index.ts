@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import { RenderVideoParams, TYPE_DEFAULTS } from '../../schema/params/index.ts'
 import { AVI_MAX_BYTES, aviFileSize, encodeAvi } from '../formats/avi.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { defineHandler } from '../sdk/define.ts'
+import { defaultLimits, defineHandler } from '../sdk/define.ts'
 import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { runSimulatedSteps } from '../simulate.ts'
 import { type ResolvedWorkflow, resolveWorkflow } from './workflow.ts'
@@ -20,9 +20,7 @@ export const WORKFLOW_FILE = 'workflow.json'
 export default defineHandler({
   type: 'render_video',
   params: RenderVideoParams,
-  timeoutSec: TYPE_DEFAULTS.render_video.timeoutSec,
-  maxAttempts: TYPE_DEFAULTS.render_video.maxAttempts,
-  gpu: { vramMb: TYPE_DEFAULTS.render_video.vramMb },
+  ...defaultLimits('render_video'),
   async run(job, ctx) {
     const workflow = await resolveWorkflow(job.params, job.jobId)
     if (workflow.unusedInputs.length > 0)

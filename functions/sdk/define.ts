@@ -1,5 +1,5 @@
 import type * as v from 'valibot'
-import type { JobType } from '../../schema/params/index.ts'
+import { type JobType, TYPE_DEFAULTS } from '../../schema/params/index.ts'
 import type { HandlerContext, HandlerJob } from './context.ts'
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
@@ -36,4 +36,13 @@ export function defineHandler<S extends v.GenericSchema, R extends JsonValue>(
   if (!Number.isInteger(def.maxAttempts) || def.maxAttempts < 1)
     throw new Error(`${def.type}: maxAttempts must be >= 1`)
   return Object.freeze(def)
+}
+
+/**
+ * A type's default limits from schema/ (`timeoutSec`, `maxAttempts`, `gpu.vramMb`), to spread into its
+ * `defineHandler({...})`, so the gateway and the handler agree on them.
+ */
+export const defaultLimits = (type: JobType): Pick<AnyHandler, 'timeoutSec' | 'maxAttempts' | 'gpu'> => {
+  const { timeoutSec, maxAttempts, vramMb } = TYPE_DEFAULTS[type]
+  return { timeoutSec, maxAttempts, gpu: { vramMb } }
 }

@@ -4,7 +4,7 @@ import { countByExtension, type Dataset, openDataset } from '../dataset.ts'
 import { sd15LoraModules, sd15LoraTensors } from '../formats/kohya-lora.ts'
 import { encodeSafetensors } from '../formats/safetensors.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { defineHandler } from '../sdk/define.ts'
+import { defaultLimits, defineHandler } from '../sdk/define.ts'
 import { engineNotConfigured, throwIfAborted } from '../sdk/errors.ts'
 import { epochOf, lossCurve, runSimulatedSteps, STEPS_PER_EPOCH } from '../simulate.ts'
 
@@ -26,9 +26,7 @@ const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.bmp']
 export default defineHandler({
   type: 'train_lora',
   params: TrainLoraParams,
-  timeoutSec: TYPE_DEFAULTS.train_lora.timeoutSec,
-  maxAttempts: TYPE_DEFAULTS.train_lora.maxAttempts,
-  gpu: { vramMb: TYPE_DEFAULTS.train_lora.vramMb },
+  ...defaultLimits('train_lora'),
   async run(job, ctx) {
     const dataset = await openDataset(ctx.paths.data, job.params.datasetPath)
     switch (job.params.engine) {

@@ -2,7 +2,7 @@ import { TrainVoiceParams, TYPE_DEFAULTS } from '../../schema/params/index.ts'
 import { countByExtension, type Dataset, openDataset } from '../dataset.ts'
 import { encodeWav, synthesizeVoice } from '../formats/wav.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { defineHandler } from '../sdk/define.ts'
+import { defaultLimits, defineHandler } from '../sdk/define.ts'
 import { engineNotConfigured, throwIfAborted } from '../sdk/errors.ts'
 import { epochOf, lossCurve, runSimulatedSteps, STEPS_PER_EPOCH } from '../simulate.ts'
 
@@ -24,9 +24,7 @@ const AUDIO_EXTENSIONS = ['.wav', '.flac', '.mp3', '.ogg', '.m4a', '.opus']
 export default defineHandler({
   type: 'train_voice',
   params: TrainVoiceParams,
-  timeoutSec: TYPE_DEFAULTS.train_voice.timeoutSec,
-  maxAttempts: TYPE_DEFAULTS.train_voice.maxAttempts,
-  gpu: { vramMb: TYPE_DEFAULTS.train_voice.vramMb },
+  ...defaultLimits('train_voice'),
   async run(job, ctx) {
     const dataset = await openDataset(ctx.paths.data, job.params.datasetPath)
     switch (job.params.engine) {

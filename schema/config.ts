@@ -37,6 +37,8 @@ export interface Config {
   hostId: string
   comfyuiUrl: string | undefined
   logLevel: string
+  /** `pretty` (one readable line per entry) or `json`; unset: pretty on a terminal, JSON otherwise. */
+  logFormat: 'pretty' | 'json' | undefined
 }
 
 export class ConfigError extends Error {
@@ -75,6 +77,7 @@ export const ENV_VARS = [
   'HOST_ID',
   'COMFYUI_URL',
   'LOG_LEVEL',
+  'LOG_FORMAT',
 ] as const
 
 const SECRET_VARS = new Set([
@@ -177,6 +180,7 @@ export function loadConfig(env: Env = process.env): Config {
     hostId: raw('HOST_ID') ?? `${process.env.HOSTNAME ?? 'host'}-${process.pid}`,
     comfyuiUrl: url('COMFYUI_URL', ['http:', 'https:']),
     logLevel: raw('LOG_LEVEL') ?? 'info',
+    logFormat: undefined,
   }
   if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
   // A Redis Cluster hash tag ({name}) keeps all of a queue's keys on one slot, as BullMQ requires there.
@@ -184,6 +188,9 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push('QUEUE_PREFIX: letters, digits, "_" and "-", optionally as a hash tag such as {gpu-jobs}')
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel))
     problems.push('LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent')
+  const logFormat = raw('LOG_FORMAT')
+  if (logFormat === 'pretty' || logFormat === 'json') config.logFormat = logFormat
+  else if (logFormat !== undefined) problems.push('LOG_FORMAT: must be pretty or json')
   if (problems.length > 0) throw new ConfigError(problems)
   return config
 }

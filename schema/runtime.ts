@@ -15,8 +15,41 @@ export function configOrExit(): Config {
   }
 }
 
-export const createLogger = (config: Config, name: string): Logger =>
-  pino({ name, level: config.logLevel, base: { pid: process.pid } })
+const LEVELS: Record<number, string> = {
+  10: 'TRACE',
+  20: 'DEBUG',
+  30: 'INFO',
+  40: 'WARN',
+  50: 'ERROR',
+  60: 'FATAL',
+}
+const OMIT = new Set(['level', 'time', 'msg', 'pid', 'name', 'hostname'])
+
+/** One readable line per log entry: `12:00:01.234 INFO  [gateway] message key=value ...`. */
+export function prettyLine(json: string): string {
+  let entry: Record<string, unknown>
+  try {
+    entry = JSON.parse(json) as Record<string, unknown>
+  } catch {
+    return json
+  }
+  const time = new Date(Number(entry.time)).toISOString().slice(11, 23)
+  const level = (LEVELS[Number(entry.level)] ?? String(entry.level)).padEnd(5)
+  const where = entry.component ?? entry.name
+  const fields = Object.entries(entry)
+    .filter(([k]) => !OMIT.has(k) && k !== 'component')
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+  return `${time} ${level} [${where}] ${String(entry.msg ?? '')}${fields.length ? `  ${fields.join(' ')}` : ''}\n`
+}
+
+/** Logs as JSON lines (for log collectors), or as readable lines on a terminal (LOG_FORMAT). */
+export function createLogger(config: Config, name: string): Logger {
+  const pretty =
+    config.logFormat === 'pretty' || (config.logFormat === undefined && process.stdout.isTTY === true)
+  const options = { name, level: config.logLevel, base: { pid: process.pid } }
+  if (!pretty) return pino(options)
+  return pino(options, { write: (line: string) => process.stdout.write(prettyLine(line)) })
+}
 
 /** Exits 1 with one clear line when Redis is unreachable: the system cannot queue anything without it. */
 export async function redisOrExit(config: Config): Promise<void> {
@@ -32,15 +65,20 @@ export async function redisOrExit(config: Config): Promise<void> {
   }
 }
 
-/** Runs `stop` once on SIGINT/SIGTERM, then exits 0 (a second signal exits at once). */
+/**
+ * Runs `stop` once on SIGINT/SIGTERM, then exits 0. A second signal a while later exits at once; one
+ * within a second of the first is the same Ctrl-C arriving twice (the terminal signals npm, tsx and this
+ * process, and tsx relays it too) and is ignored.
+ */
 export function onShutdown(logger: Logger, stop: () => Promise<void>): void {
-  let stopping = false
+  let firstAt = 0
   const handler = (signal: NodeJS.Signals) => {
-    if (stopping) {
+    if (firstAt > 0) {
+      if (Date.now() - firstAt < 1000) return
       logger.warn({ signal }, 'second signal: exiting now')
       process.exit(130)
     }
-    stopping = true
+    firstAt = Date.now()
     logger.info({ signal }, 'shutting down')
     stop().then(
       () => process.exit(0),

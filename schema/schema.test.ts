@@ -148,3 +148,22 @@ describe('configuration', () => {
     expect(() => loadConfig({ QUEUE_PREFIX: 'a:b' })).toThrow(/QUEUE_PREFIX/)
   })
 })
+
+describe('readable log lines', () => {
+  it('turns a pino JSON line into one readable line with its fields', async () => {
+    const { prettyLine } = await import('./runtime.ts')
+    const line = prettyLine(
+      JSON.stringify({
+        level: 40,
+        time: Date.UTC(2026, 0, 1, 12, 0, 1, 234),
+        pid: 1,
+        name: 'gpu-jobs',
+        component: 'gpu-host',
+        jobId: 'a1',
+        msg: 'job failed',
+      }),
+    )
+    expect(line).toBe('12:00:01.234 WARN  [gpu-host] job failed  jobId=a1\n')
+    expect(() => loadConfig({ LOG_FORMAT: 'xml' })).toThrow(/LOG_FORMAT/)
+  })
+})

@@ -14,7 +14,7 @@ import {
   Registry,
 } from 'prom-client'
 import type { Slot } from '../gpu-host/gpus.ts'
-import { HostMetrics } from '../gpu-host/metrics.ts'
+import { HostMetrics, QUEUE_STATES } from '../gpu-host/metrics.ts'
 import { ERROR_REASONS, JOB_STATUSES } from '../schema/common.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
 import {
@@ -69,16 +69,7 @@ function populatedHostMetrics(): HostMetrics {
     for (const c of [m.attempts, m.retries, m.cancellations, m.timeouts]) c.inc({ type }, 5)
     for (const s of [0.2, 3, 40]) m.queueWait.observe({ type }, s)
   }
-  for (const state of [
-    'waiting',
-    'active',
-    'delayed',
-    'failed',
-    'prioritized',
-    'completed',
-    'waiting-children',
-  ])
-    m.queueJobs.set({ state }, 3)
+  for (const state of QUEUE_STATES) m.queueJobs.set({ state }, 3)
   m.oldestWaiting.set(12)
   for (const s of [0.3, 0.6, 0.7]) m.subprocessStart.observe(s)
   return m

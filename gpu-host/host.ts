@@ -18,7 +18,7 @@ import { CANCEL_CHANNEL, cancelKey, QUEUE_NAME } from '../schema/keys.ts'
 import { JOB_TYPES, type JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
 import { pickSlot, readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
-import { HostMetrics } from './metrics.ts'
+import { HostMetrics, QUEUE_STATES } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
 import { Reporter } from './reporter.ts'
 import { ChildSpawn, JobProcess, type RunOutcome } from './runner.ts'
@@ -268,17 +268,8 @@ export class GpuHost {
   private async sampleQueue(): Promise<void> {
     if (!this.queue) return
     try {
-      const states = [
-        'waiting',
-        'active',
-        'delayed',
-        'failed',
-        'prioritized',
-        'completed',
-        'waiting-children',
-      ] as const
-      const counts = await this.queue.getJobCounts(...states)
-      for (const state of states) this.metrics.queueJobs.set({ state }, counts[state] ?? 0)
+      const counts = await this.queue.getJobCounts(...QUEUE_STATES)
+      for (const state of QUEUE_STATES) this.metrics.queueJobs.set({ state }, counts[state] ?? 0)
       const oldest = [
         ...(await this.queue.getJobs(['wait'], -1, -1)),
         ...(await this.queue.getJobs(['prioritized'], 0, 50)),

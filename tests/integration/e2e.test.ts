@@ -5,7 +5,7 @@ import WebSocket from 'ws'
 import type { JobStatusBody } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import type { JobType } from '../../schema/params/index.ts'
-import { postJob, type Stack, startStack, waitFor } from '../helpers/stack.ts'
+import { postJob, type Stack, startStack, waitStatus } from '../helpers/stack.ts'
 
 let stack: Stack
 beforeAll(async () => {
@@ -182,16 +182,7 @@ describe('other producers', () => {
       { jobId, type: 'train_voice', params: { speakerName: 'bo', datasetPath: 'ds', epochs: 1 } },
       { jobId },
     )
-    const body = await waitFor(
-      async () => {
-        const res = await fetch(stack.url(`/api/status/${jobId}`))
-        if (res.status !== 200) return null
-        const b = (await res.json()) as JobStatusBody
-        return b.status === 'completed' ? b : null
-      },
-      30_000,
-      'external job to complete',
-    )
+    const body = await waitStatus(stack, jobId, ['completed'], 30_000)
     expect(body.artifacts.map((a) => a.key)).toContain(`voices/${jobId}/voice.wav`)
   })
 
@@ -202,16 +193,7 @@ describe('other producers', () => {
       { jobId, type: 'train_lora', params: { baseModel: 'x', datasetPath: 'ds', epochs: 'many' } },
       { jobId },
     )
-    const body = await waitFor(
-      async () => {
-        const res = await fetch(stack.url(`/api/status/${jobId}`))
-        if (res.status !== 200) return null
-        const b = (await res.json()) as JobStatusBody
-        return b.status === 'failed' ? b : null
-      },
-      30_000,
-      'invalid job to fail',
-    )
+    const body = await waitStatus(stack, jobId, ['failed'], 30_000)
     expect(body.error).toMatchObject({ reason: 'invalid_params' })
     expect(body.error?.message).toContain('params.epochs')
     expect(body.attempt).toBe(1)

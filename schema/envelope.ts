@@ -26,6 +26,10 @@ export const JobOptions = {
  *   "artifacts": { "outputPrefix": "loras/abc" } }
  */
 export const JobEnvelope = v.pipe(
+  // The payload as sent (the records below drop keys such as `constructor`): what the gateway refuses at
+  // submission (json-safety.ts) is refused here too, for jobs from other producers.
+  v.unknown(),
+  jsonSafe(),
   v.object({
     jobId: JobId,
     type: JobType,
@@ -34,7 +38,5 @@ export const JobEnvelope = v.pipe(
     owner: v.optional(v.nullable(v.string())),
     ...JobOptions,
   }),
-  // What the gateway refuses at submission (json-safety.ts), refused here too for other producers' jobs.
-  jsonSafe(),
 )
 export type JobEnvelope = v.InferOutput<typeof JobEnvelope>

@@ -14,6 +14,8 @@ import { type Stack, startStack, TEST_REDIS_URL } from '../helpers/stack.ts'
 
 let stack: Stack
 const FIXED_IDS = ['.', '..', '...']
+/** Rows this file writes on purpose; removed afterwards, since other tests list the shared database. */
+const created: string[] = []
 /** Every progress channel a message was published on while this file ran. */
 const published = new Set<string>()
 let subscriber: Redis
@@ -34,6 +36,7 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   subscriber?.disconnect()
+  if (created.length > 0) await stack?.database.db.delete(jobs).where(inArray(jobs.id, created))
   await stack?.close()
 })
 
@@ -497,6 +500,7 @@ describe('POST /api/train refuses bad input and leaves nothing behind', () => {
       const res = await post(JSON.stringify(body))
       expect(res.status, await res.clone().text()).toBe(202)
       const { jobId } = (await res.json()) as { jobId: string }
+      created.push(jobId)
       expect(await stack.queue.getJob(jobId)).toBeDefined()
     }
   })
@@ -508,6 +512,7 @@ describe('POST /api/train refuses bad input and leaves nothing behind', () => {
 
   it('takes the same jobId twice, concurrently, as one job', async () => {
     const jobId = `same-${Date.now()}`
+    created.push(jobId)
     const body = JSON.stringify(lora({}, { jobId }))
     const [a, b] = await Promise.all([post(body), post(body)])
     expect([a.status, b.status].sort()).toEqual([200, 202])
@@ -528,6 +533,7 @@ describe('GET /api/jobs/:jobId/artifacts/<path> refuses bad paths and ranges', (
   const size = content.length
 
   beforeAll(async () => {
+    created.push(jobId)
     await stack.database.db.insert(jobs).values({
       id: jobId,
       type: 'train_lora',

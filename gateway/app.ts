@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, type GetObjectCommandOutput, type S3Client } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
@@ -7,21 +7,21 @@ import { streamSSE } from 'hono/streaming'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
-import { type Artifact, type JobStatusBody, SubmitJobBody, type SubmitJobResponse } from '../schema/api.ts'
+import type { Artifact, JobStatusBody, SubmitJobResponse } from '../schema/api.ts'
 import { checkBackends } from '../schema/clients.ts'
 import { isTerminal, JobId, JobStatus } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
-import { DatasetPathError, resolveDatasetPath } from '../schema/dataset-path.ts'
 import type { Database } from '../schema/db/connect.ts'
 import type { JobArtifactRow, JobRow } from '../schema/db/tables.ts'
 import type { JobEnvelope } from '../schema/envelope.ts'
 import type { ProgressEvent } from '../schema/events.ts'
-import { toFieldIssues } from '../schema/issues.ts'
 import { CANCEL_CHANNEL, cancelKey } from '../schema/keys.ts'
-import { JobType, outputPrefixFor, PARAMS_BY_TYPE, TYPE_DEFAULTS } from '../schema/params/index.ts'
+import { JobType, outputPrefixFor, TYPE_DEFAULTS } from '../schema/params/index.ts'
 import { emitEvent, lastEvent } from '../schema/progress-log.ts'
+import { checkSubmission } from '../schema/submission.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
 import { consoleApp } from './console/index.ts'
+import { artifactPathOf, attachmentDisposition, byteRange } from './downloads.ts'
 import { ApiError, isBackendDown } from './errors.ts'
 import { type EventHub, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
@@ -223,36 +223,10 @@ export function createApp(deps: GatewayDeps): {
     } catch {
       throw new ApiError(400, 'invalid_json', 'the body must be valid JSON')
     }
-    const body = v.safeParse(SubmitJobBody, raw)
-    if (!body.success) {
-      const issues = toFieldIssues(body.issues)
-      throw new ApiError(
-        400,
-        'invalid_request',
-        `invalid request: ${issues[0]?.path} ${issues[0]?.message}`,
-        issues,
-      )
-    }
-    const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body.output
-    const params = v.safeParse(PARAMS_BY_TYPE[type], body.output.params)
-    if (!params.success) {
-      const issues = toFieldIssues(params.issues, 'params')
-      throw new ApiError(
-        400,
-        'invalid_params',
-        `invalid params: ${issues[0]?.path} ${issues[0]?.message}`,
-        issues,
-      )
-    }
-    if ('datasetPath' in params.output) {
-      try {
-        await resolveDatasetPath(config.dataDir, params.output.datasetPath)
-      } catch (err) {
-        if (!(err instanceof DatasetPathError)) throw err
-        const issues = [{ path: 'params.datasetPath', message: err.message }]
-        throw new ApiError(400, 'invalid_params', `invalid params: params.datasetPath ${err.message}`, issues)
-      }
-    }
+    const checked = await checkSubmission(raw, { dataDir: config.dataDir })
+    if (!checked.ok) throw new ApiError(400, checked.code, checked.message, checked.issues)
+    const { body } = checked
+    const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body
     const owner = c.get('owner')
     const jobId = requestedId ?? randomUUID()
     const outputPrefix = outputPrefixFor(type, jobId)
@@ -265,7 +239,7 @@ export function createApp(deps: GatewayDeps): {
     const inserted = await store.insert({
       jobId,
       type,
-      params: body.output.params,
+      params: body.params,
       owner,
       priority,
       timeoutSec,
@@ -281,7 +255,7 @@ export function createApp(deps: GatewayDeps): {
     const envelope: JobEnvelope = {
       jobId,
       type,
-      params: body.output.params,
+      params: body.params,
       artifacts: { outputPrefix },
       owner,
       ...(priority === undefined ? {} : { priority }),
@@ -437,18 +411,48 @@ export function createApp(deps: GatewayDeps): {
 
   app.get('/api/jobs/:jobId/artifacts/*', async (c) => {
     const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
-    const prefix = `/api/jobs/${encodeURIComponent(row.id)}/artifacts/`
-    const rel = decodeURIComponent(new URL(c.req.url).pathname.slice(prefix.length))
+    const rel = artifactPathOf(new URL(c.req.url).pathname)
+    if (rel === null)
+      throw new ApiError(400, 'invalid_path', 'invalid path: path has malformed percent-encoding', [
+        { path: 'path', message: 'has malformed percent-encoding' },
+      ])
     const artifact = (await store.artifacts(row.id)).find((a) => a.path === rel)
-    if (!artifact) throw new ApiError(404, 'not_found', `job ${row.id} has no artifact "${rel}"`)
-    const range = c.req.header('range')
-    const obj = await s3.send(
-      new GetObjectCommand({ Bucket: config.s3.bucket, Key: artifact.key, Range: range }),
-    )
+    if (!artifact) throw new ApiError(404, 'not_found', `job ${row.id} has no artifact at that path`)
+    const unsatisfiable = () =>
+      c.json(
+        {
+          error: {
+            code: 'range_not_satisfiable',
+            message: `the Range header asks for no byte of this ${artifact.size}-byte file`,
+          },
+        },
+        416,
+        { 'content-range': `bytes */${artifact.size}` },
+      )
+    const range = byteRange(c.req.header('range'), artifact.size)
+    if (range.kind === 'unsatisfiable') return unsatisfiable()
+    let obj: GetObjectCommandOutput
+    try {
+      obj = await s3.send(
+        new GetObjectCommand({
+          Bucket: config.s3.bucket,
+          Key: artifact.key,
+          // The range as parsed here, never the client's text: every backend then answers the same.
+          Range: range.kind === 'partial' ? `bytes=${range.start}-${range.end}` : undefined,
+        }),
+      )
+    } catch (err) {
+      const name = (err as Error).name
+      if (name === 'NoSuchKey' || name === 'NotFound')
+        throw new ApiError(404, 'not_found', `job ${row.id} has no stored file at that path`)
+      // The object is shorter than its row says (it should not be): answer as for any range past the end.
+      if (name === 'InvalidRange') return unsatisfiable()
+      throw err
+    }
     const headers: Record<string, string> = {
       'content-type': artifact.contentType,
       'accept-ranges': 'bytes',
-      'content-disposition': `attachment; filename="${rel.split('/').pop()?.replace(/"/g, '') ?? 'artifact'}"`,
+      'content-disposition': attachmentDisposition(rel.split('/').pop() ?? ''),
       'x-checksum-sha256': artifact.sha256,
     }
     if (obj.ContentLength !== undefined) headers['content-length'] = String(obj.ContentLength)

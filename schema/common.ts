@@ -1,15 +1,31 @@
 import * as v from 'valibot'
 
 /**
- * A job id: 1-128 characters of `[A-Za-z0-9_.-]`, not all digits.
+ * Ids BullMQ or the artifact layout cannot take although their characters are allowed: all digits (BullMQ
+ * reserves numeric ids for its own counter) and only dots (`.` and `..` are path segments: the job's
+ * `loras/<jobId>/` prefix would be the type's folder or the bucket root, and its status URL unreachable).
+ */
+export const RESERVED_JOB_ID = /^(?:\d+|\.+)$/
+/** The JobId check on top of its characters; json-schema.ts writes it as `not: {pattern: RESERVED_JOB_ID}`. */
+export const isUsableJobId = (id: string): boolean => !RESERVED_JOB_ID.test(id)
+
+/**
+ * A job id: 1-128 characters of `[A-Za-z0-9_.-]`, not all digits and not only dots.
  * BullMQ refuses `:` in custom ids and reserves numeric ones for its own counter.
+ *
+ * @example v.is(JobId, 'lora-42') // true; '..' and '123' are not job ids
  */
 export const JobId = v.pipe(
   v.string(),
   v.minLength(1, 'must not be empty'),
   v.maxLength(128, 'must be at most 128 characters'),
   v.regex(/^[A-Za-z0-9_.-]+$/, 'may contain only letters, digits, "_", "." and "-"'),
-  v.check((id) => !/^\d+$/.test(id), 'must not be all digits (BullMQ reserves numeric ids)'),
+  // One check, so that the JSON Schema can say the same with `not: {pattern}` (see json-schema.ts).
+  v.check(isUsableJobId, (issue) =>
+    /^\d/.test(String(issue.input))
+      ? 'must not be all digits (BullMQ reserves numeric ids)'
+      : 'must not be only dots (it would be a path segment, not a folder of its own)',
+  ),
 )
 export type JobId = v.InferOutput<typeof JobId>
 

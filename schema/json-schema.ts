@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { toJsonSchema } from '@valibot/to-json-schema'
 import type * as v from 'valibot'
 import { JobStatusBody, SubmitJobBody } from './api.ts'
+import { isUsableJobId, RESERVED_JOB_ID } from './common.ts'
 import { JobEnvelope } from './envelope.ts'
 import { ProgressEvent } from './events.ts'
 import { PARAMS_BY_TYPE } from './params/index.ts'
@@ -29,7 +30,15 @@ export function jsonSchemas(): Record<string, unknown> {
       name,
       {
         $id: `https://gpu-jobs.local/schema/${name}.schema.json`,
-        ...toJsonSchema(schema, { errorMode: 'ignore' }),
+        ...toJsonSchema(schema, {
+          errorMode: 'ignore',
+          // Checks have no JSON Schema form of their own; this one has an exact one.
+          overrideAction: ({ valibotAction, jsonSchema }) =>
+            valibotAction.type === 'check' &&
+            (valibotAction as v.CheckAction<string, undefined>).requirement === isUsableJobId
+              ? { ...jsonSchema, not: { pattern: RESERVED_JOB_ID.source } }
+              : undefined,
+        }),
       },
     ]),
   )

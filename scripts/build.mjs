@@ -3,7 +3,7 @@
 // (dist/gateway/main.js, dist/gpu-host/main.js, dist/gpu-host/child.js, ...), then the files the code
 // loads at run time relative to its own file are copied beside the emitted JavaScript:
 //   schema/migrations/**                     -> dist/schema/migrations/**   (required)
-//   functions/render_video/workflows/*.json  -> dist/functions/render_video/workflows/
+//   schema/workflows/*.json                  -> dist/schema/workflows/
 // plus any other non-TypeScript file under the source folders (web console assets and the like), so a
 // new asset does not need a change here. Tests and fixtures are never copied.
 //
@@ -28,7 +28,7 @@ const sourceRoots = ['schema', 'functions', 'gateway', 'gpu-host', 'bin']
 /** Assets that must be present in dist/ after the build (when their source exists). */
 const requiredAssets = [
   { from: 'schema/migrations', required: true },
-  { from: 'functions/render_video/workflows', required: false },
+  { from: 'schema/workflows', required: false },
 ]
 const skipDirs = new Set(['node_modules', 'fixtures', '__fixtures__', '__snapshots__', 'test-output', 'data'])
 

@@ -129,7 +129,7 @@ describe('render_video (simulate)', () => {
   })
 
   it.each([
-    ['an unknown template', { workflow: 'no_such_template' }, /no template "no_such_template".*default/],
+    ['an unknown template', { workflow: 'no_such_template' }, /params\.workflow no such template.*default/],
     ['a template name that is a path', { workflow: '../secrets' }, /invalid params/],
     ['a mistyped input', { inputs: { steps: 'many' } }, /params\.inputs\.steps/],
     [
@@ -144,7 +144,7 @@ describe('render_video (simulate)', () => {
     [
       'an inline graph with a dangling link',
       { workflow: { ...inlineGraph, '4': { class_type: 'SaveImage', inputs: { images: ['99', 0] } } } },
-      /links to node 99/,
+      /params\.workflow\.4\.inputs\.images links to a node that is not in the graph/,
     ],
     [
       'a video too big for an uncompressed AVI',

@@ -92,7 +92,7 @@ Options:
                          --param values are merged over it
       --job-id <id>      your own job id (1-128 of A-Z a-z 0-9 _ . -, not all digits); submitting
                          the same id again returns the existing job
-      --priority <n>     BullMQ priority, 1 (highest) to 2097152
+      --priority <n>     BullMQ priority, 1 (highest) to 2097151
       --timeout <dur>    hard timeout of one attempt: seconds, or 90s, 30m, 2h, 1d
       --max-attempts <n> attempts before the job fails (1-20)
   -f, --follow           then follow the job like "gpu-jobs follow" (and exit with its exit code)

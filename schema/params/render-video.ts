@@ -11,7 +11,7 @@ export const ComfyGraph = v.pipe(
 )
 export type ComfyGraph = v.InferOutput<typeof ComfyGraph>
 
-/** A workflow template kept in the repo (`functions/render_video/workflows/<name>.json`). */
+/** A workflow template kept in the repo (`schema/workflows/<name>.json`, see schema/workflow.ts). */
 export const WorkflowName = v.pipe(
   v.string(),
   v.regex(/^[a-z0-9_-]{1,64}$/, 'must be a workflow template name'),

@@ -40,11 +40,11 @@ describe('production build (scripts/build.mjs, tsconfig.build.json)', () => {
     expect(files).toContain('schema/migrations/meta/_journal.json')
     const migrations = files.filter((f) => f.startsWith('schema/migrations/') && f.endsWith('.sql'))
     expect(migrations.length).toBeGreaterThan(0)
-    if (existsSync(path.join(repoRoot, 'functions/render_video/workflows'))) {
-      const sources = (await readdir(path.join(repoRoot, 'functions/render_video/workflows'))).filter((f) =>
+    if (existsSync(path.join(repoRoot, 'schema/workflows'))) {
+      const sources = (await readdir(path.join(repoRoot, 'schema/workflows'))).filter((f) =>
         f.endsWith('.json'),
       )
-      for (const f of sources) expect(files).toContain(`functions/render_video/workflows/${f}`)
+      for (const f of sources) expect(files).toContain(`schema/workflows/${f}`)
     }
   })
 

@@ -22,7 +22,7 @@ import { HostMetrics, QUEUE_STATES } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
 import { Reporter } from './reporter.ts'
 import { ChildSpawn, JobProcess, type RunOutcome } from './runner.ts'
-import { invalidateManifest, publishManifest } from './s3-artifacts.ts'
+import { invalidateManifest, publishManifest, S3ArtifactStore } from './s3-artifacts.ts'
 import { JobState } from './state.ts'
 
 /** Lock renewed every 5 s; a host that dies loses its jobs to the stalled check within about 15 s. */
@@ -569,15 +569,7 @@ export class GpuHost {
           cudaVisibleDevices: slot.cudaVisibleDevices,
           paths: { scratch, models: config.modelsDir, data: config.dataDir },
           engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
-          sink: {
-            kind: 's3',
-            endpoint: s3.endpoint,
-            region: config.s3.region,
-            bucket: config.s3.bucket,
-            accessKeyId: config.s3.accessKeyId,
-            secretAccessKey: config.s3.secretAccessKey,
-            prefix: o.outputPrefix,
-          },
+          artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, o.outputPrefix),
           timeoutMs: o.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,
           handlerModule: this.opts.handlerModules?.[type],

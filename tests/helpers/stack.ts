@@ -13,6 +13,7 @@ import S3rver from 's3rver'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { GpuHost } from '../../gpu-host/host.ts'
 import { groupMembers } from '../../gpu-host/process-group.ts'
+import type { ReconcilerOptions } from '../../gpu-host/reconciler.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
 import { createRedis, createS3Client } from '../../schema/clients.ts'
 import { type Config, loadConfig } from '../../schema/config.ts'
@@ -107,6 +108,11 @@ export async function startStack(
     databaseUrl?: string
     /** Keep this s3rver (tests that stop and restart S3 pass their own). */
     s3?: S3Server
+    /**
+     * The host's reconciler (default: off, since test stacks share one database across queue prefixes and
+     * each would take the others' rows for lost); tests of lost jobs give it a database of their own.
+     */
+    reconciler?: ReconcilerOptions
   } = {},
 ): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? TEST_REDIS_URL
@@ -140,6 +146,7 @@ export async function startStack(
     s3: { client: s3client, endpoint: s3.endpoint },
     logger,
     handlerModules: opts.handlerModules,
+    reconciler: opts.reconciler ?? { enabled: false },
   })
   if (opts.withHost !== false) await host.start()
   else

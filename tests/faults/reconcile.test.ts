@@ -4,12 +4,10 @@
  * is published and recorded; a row written within the grace period, or held by another host's lock, is
  * left alone; a concurrent write wins.
  */
-import { randomUUID } from 'node:crypto'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import { eq } from 'drizzle-orm'
 import type { Redis } from 'ioredis'
-import postgres from 'postgres'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Reconciler } from '../../gpu-host/reconciler.ts'
 import { JobState } from '../../gpu-host/state.ts'
@@ -19,12 +17,12 @@ import type { ProgressEvent } from '../../schema/events.ts'
 import { eventLogKey, QUEUE_NAME, seqKey } from '../../schema/keys.ts'
 import {
   attemptsOf,
+  isolatedDatabase,
   keysUnder,
   postJob,
   quietLogger,
   type Stack,
   startStack,
-  TEST_DATABASE_URL,
   waitFor,
   waitStatus,
 } from '../helpers/stack.ts'
@@ -34,17 +32,14 @@ let subscriber: Redis
 const published: ProgressEvent[] = []
 // A database of its own: the reconciler takes every unfinished row of its database as one of its queue's
 // (one database per queue), and the other tests share theirs across queue prefixes.
-const dbName = `gpu_jobs_reconcile_${randomUUID().slice(0, 8)}`
-const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} })
+let db: Awaited<ReturnType<typeof isolatedDatabase>> | undefined
 
 beforeAll(async () => {
-  await admin.unsafe(`create database ${dbName}`)
-  const url = new URL(TEST_DATABASE_URL)
-  url.pathname = `/${dbName}`
+  db = await isolatedDatabase()
   // The host is started by the test, after the loss.
   stack = await startStack({
     withHost: false,
-    databaseUrl: url.toString(),
+    databaseUrl: db.url,
     reconciler: { intervalMs: 200, graceMs: 300 },
   })
   subscriber = createRedis(stack.config.redisUrl)
@@ -58,8 +53,7 @@ afterAll(async () => {
   subscriber?.disconnect()
   await stack?.host.close()
   await stack?.close()
-  await admin.unsafe(`drop database if exists ${dbName} with (force)`)
-  await admin.end()
+  await db?.drop()
 })
 
 /** What Redis data loss does to one job: its BullMQ job and its event keys are gone. */

@@ -9,6 +9,7 @@ import { Queue } from 'bullmq'
 import { asc, eq } from 'drizzle-orm'
 import type { Redis } from 'ioredis'
 import pino from 'pino'
+import postgres from 'postgres'
 import S3rver from 's3rver'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { GpuHost } from '../../gpu-host/host.ts'
@@ -26,6 +27,25 @@ import type { JobType } from '../../schema/params/index.ts'
 export const TEST_DATABASE_URL =
   process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+/**
+ * A database of its own on the tests' Postgres server (migrated when a stack opens it), for a stack whose
+ * GPU host runs the reconciler: it takes every unfinished row of its database for one of its own queue.
+ */
+export async function isolatedDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `gpu_jobs_iso_${randomUUID().slice(0, 8)}`
+  const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} })
+  await admin.unsafe(`create database ${name}`)
+  const url = new URL(TEST_DATABASE_URL)
+  url.pathname = `/${name}`
+  return {
+    url: url.toString(),
+    drop: async () => {
+      await admin.unsafe(`drop database if exists ${name} with (force)`)
+      await admin.end()
+    },
+  }
+}
 
 export interface S3Server {
   endpoint: string

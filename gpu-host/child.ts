@@ -10,12 +10,10 @@ import { handlerFor } from '../functions/index.ts'
 import type { HandlerContext } from '../functions/sdk/context.ts'
 import type { AnyHandler } from '../functions/sdk/define.ts'
 import { NonRetryableError, RetryableError } from '../functions/sdk/errors.ts'
-import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { createModelCache } from '../functions/sdk/models.ts'
-import { createS3Client } from '../schema/clients.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import { HostArtifactStore } from './child-artifacts.ts'
 import { type ChildError, type ChildMessage, ParentMessage } from './ipc.ts'
-import { S3ArtifactStore } from './s3-artifacts.ts'
 
 const send = (msg: ChildMessage): Promise<void> =>
   new Promise((resolve) => {
@@ -25,6 +23,7 @@ const send = (msg: ChildMessage): Promise<void> =>
 
 const controller = new AbortController()
 let started = false
+let artifacts: HostArtifactStore | undefined
 
 const abortReason = (reason: string): Error =>
   Object.assign(new Error(`job ${reason}`), { name: 'AbortError', reason })
@@ -78,11 +77,8 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
       reason: 'invalid_params',
     })
   await mkdir(msg.paths.scratch, { recursive: true })
-  const sink = msg.sink
-  const artifacts =
-    sink.kind === 's3'
-      ? new S3ArtifactStore(createS3Client({ ...sink }), sink.bucket, sink.prefix)
-      : new DirectoryArtifactStore(sink.dir, sink.prefix)
+  const store = new HostArtifactStore(msg.paths.scratch, send)
+  artifacts = store
   const log =
     (level: 'debug' | 'info' | 'warn' | 'error') =>
     (text: string, fields?: Record<string, unknown>): void => {
@@ -99,18 +95,18 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
     },
     log: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
     artifacts: {
-      put: async (p, body, opts) => {
-        const record = await artifacts.put(p, body, opts).catch((err: unknown) => {
+      put: (p, body, opts) =>
+        store.put(p, body, opts).catch((err: unknown) => {
           // Storage trouble is worth another attempt; a bad path is the handler's bug and is not.
-          if (err instanceof Error && err.message.startsWith('invalid artifact path')) throw err
-          throw new RetryableError(`could not store artifact "${p}": ${(err as Error).message}`, {
-            reason: 'storage',
-            cause: err,
-          })
-        })
-        await send({ kind: 'artifact', record })
-        return record
-      },
+          if (err instanceof NonRetryableError || err instanceof RetryableError) throw err
+          throw new RetryableError(
+            `could not store artifact ${JSON.stringify(p)}: ${(err as Error).message}`,
+            {
+              reason: 'storage',
+              cause: err,
+            },
+          )
+        }),
     },
     paths: msg.paths,
     gpu: msg.gpu,
@@ -136,6 +132,10 @@ process.on('message', (raw: unknown) => {
   const msg = parsed.output
   if (msg.kind === 'abort') {
     controller.abort(abortReason(msg.reason))
+    return
+  }
+  if (msg.kind === 'artifact-stored' || msg.kind === 'artifact-refused') {
+    artifacts?.onReply(msg)
     return
   }
   if (started) return

@@ -20,9 +20,16 @@ import { emitEvent } from '../schema/progress-log.ts'
 import { pickSlot, readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
 import { HostMetrics, QUEUE_STATES } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
+import { RECONCILE_ACTIONS, Reconciler, type ReconcilerOptions } from './reconciler.ts'
 import { Reporter } from './reporter.ts'
 import { ChildSpawn, JobProcess, type RunOutcome } from './runner.ts'
-import { invalidateManifest, publishManifest } from './s3-artifacts.ts'
+import {
+  invalidateManifest,
+  outputPrefixProblem,
+  publishManifest,
+  removeUncovered,
+  S3ArtifactStore,
+} from './s3-artifacts.ts'
 import { JobState } from './state.ts'
 
 /** Lock renewed every 5 s; a host that dies loses its jobs to the stalled check within about 15 s. */
@@ -36,6 +43,8 @@ export interface GpuHostOptions {
   database: Database
   s3: { client: S3Client; endpoint: string }
   logger: Logger
+  /** Interval and grace of the reconciler (tests make them short). */
+  reconciler?: ReconcilerOptions
   /** Test fixtures: run this module's default handler for a type instead of the registry's. */
   handlerModules?: Partial<Record<JobType, string>>
   version?: string
@@ -71,6 +80,7 @@ export class GpuHost {
   private queue: Queue | undefined
   private server: Server | undefined
   private samplers: NodeJS.Timeout[] = []
+  private reconciler: Reconciler | undefined
   private closing = false
   private gpuChecks = false
 
@@ -98,6 +108,7 @@ export class GpuHost {
       }
       this.metrics.queueWait.zero({ type })
       for (const reason of ERROR_REASONS) this.metrics.jobErrors.inc({ type, reason }, 0)
+      for (const action of RECONCILE_ACTIONS) this.metrics.reconciled.inc({ type, action }, 0)
       for (const counter of [
         this.metrics.attempts,
         this.metrics.retries,
@@ -170,6 +181,22 @@ export class GpuHost {
       setInterval(() => void this.sampleGpus(), 5000),
     )
     for (const t of this.samplers) t.unref()
+    this.reconciler = new Reconciler(
+      {
+        redis: this.redis,
+        queue: this.queue,
+        state: this.state,
+        s3: this.opts.s3.client,
+        bucket: config.s3.bucket,
+        queuePrefix: config.queuePrefix,
+        hostId: config.hostId,
+        metrics: this.metrics,
+        logger,
+        isLocal: (jobId) => this.running.has(jobId),
+      },
+      this.opts.reconciler,
+    )
+    this.reconciler.start()
     void this.worker.run().catch((err: unknown) => logger.error({ err }, 'worker stopped'))
     logger.info(
       { host: config.hostId, slots: this.slots.length, metrics: `http://127.0.0.1:${this.port}/metrics` },
@@ -186,6 +213,7 @@ export class GpuHost {
     this.closing = true
     const { config, logger } = this.opts
     for (const t of this.samplers) clearInterval(t)
+    await this.reconciler?.stop()
     if (this.worker) {
       await this.worker.pause(true)
       const deadline = Date.now() + config.shutdownGraceSec * 1000
@@ -349,6 +377,24 @@ export class GpuHost {
     }
   }
 
+  /**
+   * A job that ends cancelled or failed for good keeps no partial output: the files under its prefix that
+   * no manifest covers are removed, before the final state is stored and announced. A failure here is
+   * logged; the reconciler sweeps such jobs again.
+   */
+  private async dropPartialOutput(prefix: string, log: Logger): Promise<void> {
+    const { s3, config } = this.opts
+    try {
+      const removed = await removeUncovered(s3.client, config.s3.bucket, prefix)
+      if (removed > 0) log.info({ removed, prefix }, 'removed partial artifacts of an unfinished job')
+    } catch (err) {
+      log.warn(
+        { err: (err as Error).message, prefix },
+        'could not remove partial artifacts; the reconciler retries',
+      )
+    }
+  }
+
   private jobError(reason: JobError['reason'], message: string, code = reason.toUpperCase()): JobError {
     return { code, reason, message }
   }
@@ -370,9 +416,15 @@ export class GpuHost {
       await this.failInvalid(job, (err as Error).message)
       throw new UnrecoverableError((err as Error).message)
     }
+    // Any producer can send any prefix: only the type's own folder for this jobId is written to.
+    const prefixProblem = outputPrefixProblem(type, jobId, envelope.artifacts?.outputPrefix)
+    if (prefixProblem) {
+      await this.failInvalid(job, `invalid job payload: ${prefixProblem}`)
+      throw new UnrecoverableError(prefixProblem)
+    }
     const maxAttempts = envelope.maxAttempts ?? handler.maxAttempts
     const timeoutSec = envelope.timeoutSec ?? handler.timeoutSec
-    const outputPrefix = envelope.artifacts?.outputPrefix ?? outputPrefixFor(type, jobId)
+    const outputPrefix = outputPrefixFor(type, jobId)
     await this.state.ensureJob({ ...envelope, maxAttempts, outputPrefix })
 
     const entry: RunningJob = { jobId, type, cancelRequested: false, proc: undefined, reporter: undefined }
@@ -510,6 +562,7 @@ export class GpuHost {
 
     if (entry.cancelRequested) {
       this.metrics.jobsTotal.inc({ type, status: 'cancelled' })
+      await this.dropPartialOutput(o.outputPrefix, log)
       await finish('cancelled', row.progress, 'cancelled before it started', {
         error: this.jobError('cancelled', 'cancelled before it started'),
       })
@@ -519,6 +572,7 @@ export class GpuHost {
       const message = `gave up after ${o.maxAttempts} attempts (the last ones were interrupted by host failures)`
       this.metrics.jobsTotal.inc({ type, status: 'failed' })
       this.metrics.jobErrors.inc({ type, reason: 'crash' })
+      await this.dropPartialOutput(o.outputPrefix, log)
       await finish('failed', row.progress, message, { error: this.jobError('crash', message) })
       throw new UnrecoverableError(message)
     }
@@ -569,15 +623,7 @@ export class GpuHost {
           cudaVisibleDevices: slot.cudaVisibleDevices,
           paths: { scratch, models: config.modelsDir, data: config.dataDir },
           engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
-          sink: {
-            kind: 's3',
-            endpoint: s3.endpoint,
-            region: config.s3.region,
-            bucket: config.s3.bucket,
-            accessKeyId: config.s3.accessKeyId,
-            secretAccessKey: config.s3.secretAccessKey,
-            prefix: o.outputPrefix,
-          },
+          artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, o.outputPrefix),
           timeoutMs: o.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,
           handlerModule: this.opts.handlerModules?.[type],
@@ -664,6 +710,7 @@ export class GpuHost {
     if (e.reason === 'cancelled') {
       this.metrics.cancellations.inc({ type })
       this.metrics.jobsTotal.inc({ type, status: 'cancelled' })
+      await this.dropPartialOutput(o.outputPrefix, log)
       await finish('cancelled', reporter.progress, 'cancelled', { error })
       log.info({ attempt }, 'job cancelled')
       throw new UnrecoverableError('cancelled')
@@ -684,12 +731,16 @@ export class GpuHost {
         },
       )
       // Cancelled while this attempt was failing: the row is final already, so no further attempt.
-      if (!wrote || entry.cancelRequested) throw new UnrecoverableError('cancelled')
+      if (!wrote || entry.cancelRequested) {
+        await this.dropPartialOutput(o.outputPrefix, log)
+        throw new UnrecoverableError('cancelled')
+      }
       log.warn({ attempt, reason: e.reason, delay, stderr: e.stderrTail }, 'attempt failed; will retry')
       await job.moveToDelayed(nextAttemptAt.getTime(), token)
       throw new DelayedError()
     }
     this.metrics.jobsTotal.inc({ type, status: 'failed' })
+    await this.dropPartialOutput(o.outputPrefix, log)
     await finish('failed', reporter.progress, `failed (${e.reason}): ${e.message}`, { error })
     log.warn({ attempt, reason: e.reason, stderr }, 'job failed')
     throw new UnrecoverableError(`${e.reason}: ${e.message}`)

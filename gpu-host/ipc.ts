@@ -2,20 +2,13 @@ import * as v from 'valibot'
 import { ErrorReason } from '../schema/common.ts'
 import { JobType } from '../schema/params/index.ts'
 
-/** Where the child stores artifacts: straight to S3, or to a folder (`npm run job`). */
-export const ArtifactSink = v.variant('kind', [
-  v.object({
-    kind: v.literal('s3'),
-    endpoint: v.string(),
-    region: v.string(),
-    bucket: v.string(),
-    accessKeyId: v.string(),
-    secretAccessKey: v.string(),
-    prefix: v.string(),
-  }),
-  v.object({ kind: v.literal('dir'), dir: v.string(), prefix: v.string() }),
-])
-export type ArtifactSink = v.InferOutput<typeof ArtifactSink>
+export const ArtifactRecordSchema = v.object({
+  path: v.string(),
+  key: v.string(),
+  size: v.number(),
+  sha256: v.string(),
+  contentType: v.string(),
+})
 
 /** Host -> child. */
 export const ParentMessage = v.variant('kind', [
@@ -30,21 +23,21 @@ export const ParentMessage = v.variant('kind', [
     }),
     paths: v.object({ scratch: v.string(), models: v.string(), data: v.string() }),
     engines: v.object({ simulateStepMs: v.number(), comfyuiUrl: v.optional(v.string()) }),
-    sink: ArtifactSink,
     /** A module whose default export is the handler to run instead of the registry's (test fixtures). */
     handlerModule: v.optional(v.string()),
   }),
   v.object({ kind: v.literal('abort'), reason: v.picklist(['cancelled', 'timeout', 'shutdown']) }),
+  /** The host stored the artifact of request `id`. */
+  v.object({ kind: v.literal('artifact-stored'), id: v.number(), record: ArtifactRecordSchema }),
+  /** The host did not store it: a bad path (not retryable) or storage trouble (retryable). */
+  v.object({
+    kind: v.literal('artifact-refused'),
+    id: v.number(),
+    message: v.string(),
+    retryable: v.boolean(),
+  }),
 ])
 export type ParentMessage = v.InferOutput<typeof ParentMessage>
-
-export const ArtifactRecordSchema = v.object({
-  path: v.string(),
-  key: v.string(),
-  size: v.number(),
-  sha256: v.string(),
-  contentType: v.string(),
-})
 
 export const ChildError = v.object({
   name: v.string(),
@@ -70,7 +63,18 @@ export const ChildMessage = v.variant('kind', [
     msg: v.pipe(v.string(), v.maxLength(10_000)),
     fields: v.optional(v.record(v.string(), v.unknown())),
   }),
-  v.object({ kind: v.literal('artifact'), record: ArtifactRecordSchema }),
+  /**
+   * Store the file `file` (inside the job's scratch dir) as artifact `path`: the host streams it to the
+   * sink (S3), hashes it, and answers `artifact-stored` or `artifact-refused` with the same `id`. The job
+   * process holds no storage credential.
+   */
+  v.object({
+    kind: v.literal('artifact'),
+    id: v.number(),
+    path: v.pipe(v.string(), v.maxLength(4096)),
+    file: v.pipe(v.string(), v.maxLength(4096)),
+    contentType: v.optional(v.pipe(v.string(), v.maxLength(255))),
+  }),
   v.object({ kind: v.literal('result'), result: v.unknown() }),
   v.object({ kind: v.literal('error'), error: ChildError }),
 ])

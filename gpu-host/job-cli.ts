@@ -8,6 +8,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import * as v from 'valibot'
 import { handlerFor } from '../functions/index.ts'
+import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { loadConfig } from '../schema/config.ts'
 import { JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { readGpus, slotsFor } from './gpus.ts'
@@ -46,13 +47,13 @@ const slot = slotsFor(await readGpus(), 1)[0]
 const timeoutSec = values.timeout ? Number(values.timeout) : handler.timeoutSec
 const started = Date.now()
 
-const proc = new JobProcess({
+const proc: JobProcess = new JobProcess({
   job: { jobId, type, params, attempt: 1 },
   gpu: slot?.gpu ?? { index: null, uuid: null, name: null, vramTotalMb: null },
   cudaVisibleDevices: slot?.cudaVisibleDevices,
   paths: { scratch: path.join(out, '.scratch'), models: config.modelsDir, data: config.dataDir },
   engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
-  sink: { kind: 'dir', dir: out, prefix: outputPrefixFor(type, jobId) },
+  artifacts: new DirectoryArtifactStore(out, outputPrefixFor(type, jobId)),
   timeoutMs: timeoutSec * 1000,
   killGraceMs: config.killGraceSec * 1000,
   onProgress: (pct, msg) => process.stdout.write(`[${pct.toFixed(1).padStart(5)}%] ${msg ?? ''}\n`),

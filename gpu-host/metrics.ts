@@ -43,6 +43,7 @@ export class HostMetrics {
   readonly memTotal: Gauge<'gpu' | 'UUID' | 'Hostname'>
   readonly memLeaks: Counter<'gpu' | 'UUID' | 'Hostname'>
   readonly oldestProgressAge: Gauge<'type'>
+  readonly reconciled: Counter<'type' | 'action'>
 
   constructor(opts: {
     version: string
@@ -196,6 +197,12 @@ export class HostMetrics {
       name: 'gpu_worker_timeouts_total',
       help: 'Attempts killed by their hard timeout.',
       labelNames: ['type'],
+      registers,
+    })
+    this.reconciled = new Counter({
+      name: 'gpu_worker_jobs_reconciled_total',
+      help: 'Unfinished jobs whose BullMQ job was gone (Redis data lost), by type and action: requeued (added again from the job row) or failed (reason lost, no attempt left).',
+      labelNames: ['type', 'action'],
       registers,
     })
     new Gauge({

@@ -1,11 +1,17 @@
 import { type ChildProcess, fork } from 'node:child_process'
+import { constants } from 'node:fs'
+import { type FileHandle, open, readlink, realpath } from 'node:fs/promises'
+import path from 'node:path'
+import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import * as v from 'valibot'
-import type { ArtifactRecord, GpuInfo } from '../functions/sdk/context.ts'
+import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
+import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
 import type { ErrorReason } from '../schema/common.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import type { JobType } from '../schema/params/index.ts'
-import { type ArtifactSink, type ChildError, ChildMessage, type ParentMessage } from './ipc.ts'
+import { jobEnv } from './child-env.ts'
+import { type ChildError, ChildMessage, type ParentMessage } from './ipc.ts'
 import { terminateGroup } from './process-group.ts'
 
 const here = import.meta.url
@@ -26,7 +32,11 @@ export interface RunJobOptions {
   cudaVisibleDevices: string | undefined
   paths: { scratch: string; models: string; data: string }
   engines: { simulateStepMs: number; comfyuiUrl?: string | undefined }
-  sink: ArtifactSink
+  /**
+   * Where the job's artifacts go (S3 on a host, a folder for `npm run job`). It lives in this process: the
+   * job process asks over IPC and never holds the store's credentials.
+   */
+  artifacts: ArtifactStore
   timeoutMs: number
   killGraceMs: number
   handlerModule?: string | undefined
@@ -68,13 +78,11 @@ export class ChildSpawn {
       detached: true,
       execArgv: CHILD_EXEC_ARGV,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      env: {
-        ...process.env,
-        ...(cudaVisibleDevices === undefined ? {} : { CUDA_VISIBLE_DEVICES: cudaVisibleDevices }),
-        ...(jobId === undefined ? {} : { GPU_JOBS_JOB_ID: jobId }),
-        // The host already says it once; each job's log need not repeat it.
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-      },
+      // An allow-list, not the host's environment: a job never sees the host's credentials.
+      env: jobEnv(process.env, {
+        CUDA_VISIBLE_DEVICES: cudaVisibleDevices,
+        GPU_JOBS_JOB_ID: jobId,
+      }),
     })
     if (this.child.pid === undefined) throw new Error('fork failed: no pid')
     this.pid = this.child.pid
@@ -112,6 +120,11 @@ export class JobProcess {
   private readonly child: ChildProcess
   private abortReason: AbortReason | undefined
   private termination: Promise<{ killed: boolean; gone: boolean }> | undefined
+  /** Artifact uploads in flight, and the file streams they read (destroyed when the attempt is ended). */
+  private readonly uploads = new Set<Promise<void>>()
+  private readonly sources = new Set<Readable>()
+  /** The job process asked for an artifact path outside its prefix: the attempt fails, not retryable. */
+  private refusedPath: ChildError | undefined
 
   /** Runs the job in `spare` (a warm, unused job process) when given, else in a new fork. */
   constructor(
@@ -138,6 +151,71 @@ export class JobProcess {
       // A child that stopped reading IPC must not delay the kill.
       setTimeout(terminate, 200).unref()
     } else terminate()
+  }
+
+  private track(upload: Promise<void>): void {
+    this.uploads.add(upload)
+    void upload.finally(() => this.uploads.delete(upload))
+  }
+
+  private reply(msg: ParentMessage): void {
+    if (this.child.connected) this.child.send(msg, () => {})
+  }
+
+  /**
+   * Stores one artifact the job process asked for: the path is checked again here (the job process is
+   * not trusted), the file must be a regular file inside the job's scratch dir, and the store streams and
+   * hashes it, so size and sha256 are the host's own.
+   */
+  private async storeArtifact(
+    msg: Extract<ChildMessage, { kind: 'artifact' }>,
+    records: ArtifactRecord[],
+  ): Promise<void> {
+    let rel: string
+    try {
+      rel = checkArtifactPath(msg.path)
+    } catch (err) {
+      const message = (err as Error).message
+      this.refusedPath ??= {
+        name: 'NonRetryableError',
+        message,
+        code: 'INVALID_ARTIFACT_PATH',
+        reason: 'non_retryable',
+        retryable: false,
+      }
+      return this.reply({ kind: 'artifact-refused', id: msg.id, message, retryable: false })
+    }
+    let file: FileHandle
+    try {
+      file = await openInside(this.opts.paths.scratch, msg.file)
+    } catch (err) {
+      return this.reply({
+        kind: 'artifact-refused',
+        id: msg.id,
+        message: `artifact ${JSON.stringify(rel)}: ${(err as Error).message}`,
+        retryable: false,
+      })
+    }
+    const source = file.createReadStream()
+    this.sources.add(source)
+    try {
+      const record = await this.opts.artifacts.put(rel, source, {
+        ...(msg.contentType ? { contentType: msg.contentType } : {}),
+      })
+      records.push(record)
+      this.opts.onArtifact?.(record)
+      this.reply({ kind: 'artifact-stored', id: msg.id, record })
+    } catch (err) {
+      this.reply({
+        kind: 'artifact-refused',
+        id: msg.id,
+        message: `could not store artifact ${JSON.stringify(rel)}: ${(err as Error).message}`,
+        retryable: true,
+      })
+    } finally {
+      this.sources.delete(source)
+      await file.close().catch(() => {})
+    }
   }
 
   private supervise(startedAt: number, spawned: ChildSpawn): Promise<RunOutcome> {
@@ -186,7 +264,6 @@ export class JobProcess {
         gpu: opts.gpu,
         paths: opts.paths,
         engines: { simulateStepMs: opts.engines.simulateStepMs, comfyuiUrl: opts.engines.comfyuiUrl },
-        sink: opts.sink,
         handlerModule: opts.handlerModule,
       } satisfies ParentMessage)
     }
@@ -214,8 +291,7 @@ export class JobProcess {
           opts.onLog?.(msg.level, msg.msg, msg.fields)
           break
         case 'artifact':
-          artifacts.push(msg.record)
-          opts.onArtifact?.(msg.record)
+          this.track(this.storeArtifact(msg, artifacts))
           break
         case 'result':
           result = { value: msg.result }
@@ -238,7 +314,14 @@ export class JobProcess {
         clearTimeout(timer)
         // The child is gone; grandchildren it left behind must go too before the slot is reused.
         const termination = this.termination ?? terminateGroup(this.pid, opts.killGraceMs)
-        void termination.then(({ gone }) => {
+        // Uploads of an attempt that did not end well are cut off; those of one that did may finish.
+        if (this.abortReason || exitCode !== 0)
+          for (const source of this.sources) source.destroy(new Error('the job process ended'))
+        const settled = termination.then(async (t) => {
+          while (this.uploads.size > 0) await Promise.allSettled([...this.uploads])
+          return t
+        })
+        void settled.then(({ gone }) => {
           const base = { artifacts, pid: this.pid, groupGone: gone }
           const fail = (e: ChildError): RunOutcome => ({
             ok: false,
@@ -262,6 +345,7 @@ export class JobProcess {
               }),
             )
           }
+          if (this.refusedPath) return resolve(fail(this.refusedPath))
           if (protocolError)
             return resolve(
               fail({
@@ -291,5 +375,24 @@ export class JobProcess {
         })
       })
     })
+  }
+}
+
+/**
+ * Opens `file` for reading only if it is a regular file inside `dir`. The check is made on the opened
+ * descriptor (/proc/self/fd), so a symlink swapped in after a check cannot point the host elsewhere; a
+ * FIFO cannot block the open (O_NONBLOCK).
+ */
+async function openInside(dir: string, file: string): Promise<FileHandle> {
+  const root = await realpath(dir)
+  const handle = await open(path.resolve(dir, file), constants.O_RDONLY | constants.O_NONBLOCK)
+  try {
+    const real = await readlink(`/proc/self/fd/${handle.fd}`).catch(() => realpath(path.resolve(dir, file)))
+    if (!real.startsWith(root + path.sep)) throw new Error("the file is not inside the job's scratch dir")
+    if (!(await handle.stat()).isFile()) throw new Error('not a regular file')
+    return handle
+  } catch (err) {
+    await handle.close().catch(() => {})
+    throw err
   }
 }

@@ -1,5 +1,6 @@
 import {
   DeleteObjectsCommand,
+  GetObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   type S3Client,
@@ -12,6 +13,37 @@ import {
   MANIFEST_NAME,
 } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactBody, ArtifactRecord, ArtifactStore } from '../functions/sdk/context.ts'
+import { type JobType, outputPrefixFor } from '../schema/params/index.ts'
+
+/**
+ * Why `given` (an envelope's `artifacts.outputPrefix`, from any producer) cannot be the job's prefix, or
+ * undefined when it can: it must be exactly the type's prefix for the job id (`loras/<jobId>`), and that
+ * must be a plain folder name (a jobId `.` or `..` would put keys beside other jobs' or at the root).
+ */
+export function outputPrefixProblem(
+  type: JobType,
+  jobId: string,
+  given: string | undefined,
+): string | undefined {
+  const expected = outputPrefixFor(type, jobId)
+  if (!isPlainPrefix(expected))
+    return `jobId ${JSON.stringify(jobId.slice(0, 128))} cannot name a folder of artifacts`
+  if (given !== undefined && given !== expected)
+    return `artifacts.outputPrefix must be "${expected}" (the type's prefix and the jobId), not ${JSON.stringify(given.slice(0, 200))}`
+  return undefined
+}
+
+/** `a/b`: no empty, `.` or `..` segment, no backslash or NUL. */
+const isPlainPrefix = (prefix: string): boolean =>
+  prefix
+    .split('/')
+    .every((s) => s !== '' && s !== '.' && s !== '..' && !s.includes('\\') && !s.includes('\0'))
+
+/** Guards every list and delete: a prefix that is not a plain folder is never touched. */
+function plainPrefix(prefix: string): string {
+  if (!isPlainPrefix(prefix)) throw new Error(`refusing to touch artifact prefix ${JSON.stringify(prefix)}`)
+  return prefix
+}
 
 /** Streams artifacts straight from the job's process to S3 (multipart for large files). */
 export class S3ArtifactStore implements ArtifactStore {
@@ -23,7 +55,7 @@ export class S3ArtifactStore implements ArtifactStore {
 
   async put(p: string, body: ArtifactBody, opts: { contentType?: string } = {}): Promise<ArtifactRecord> {
     const rel = checkArtifactPath(p)
-    const key = `${this.prefix}/${rel}`
+    const key = `${plainPrefix(this.prefix)}/${rel}`
     const contentType = opts.contentType ?? contentTypeFor(rel)
     const { stream, digest } = hashedStream(body)
     await new Upload({
@@ -52,9 +84,13 @@ async function listKeys(s3: S3Client, bucket: string, prefix: string): Promise<s
   let token: string | undefined
   do {
     const page = await s3.send(
-      new ListObjectsV2Command({ Bucket: bucket, Prefix: `${prefix}/`, ContinuationToken: token }),
+      new ListObjectsV2Command({
+        Bucket: bucket,
+        Prefix: `${plainPrefix(prefix)}/`,
+        ContinuationToken: token,
+      }),
     )
-    for (const obj of page.Contents ?? []) if (obj.Key) keys.push(obj.Key)
+    for (const obj of page.Contents ?? []) if (obj.Key?.startsWith(`${prefix}/`)) keys.push(obj.Key)
     token = page.IsTruncated ? page.NextContinuationToken : undefined
   } while (token)
   return keys
@@ -71,7 +107,33 @@ async function deleteKeys(s3: S3Client, bucket: string, keys: string[]): Promise
 
 /** Removes the manifest before an attempt starts, so a half-written output is never taken as complete. */
 export async function invalidateManifest(s3: S3Client, bucket: string, prefix: string): Promise<void> {
-  await deleteKeys(s3, bucket, [manifestKey(prefix)])
+  await deleteKeys(s3, bucket, [manifestKey(plainPrefix(prefix))])
+}
+
+/** The keys a job's manifest lists, or null when it has none. */
+async function manifestFiles(s3: S3Client, bucket: string, prefix: string): Promise<Set<string> | null> {
+  try {
+    const obj = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: manifestKey(prefix) }))
+    const manifest = JSON.parse((await obj.Body?.transformToString()) ?? '') as Partial<Manifest>
+    return new Set((manifest.files ?? []).map((f) => f.key))
+  } catch (err) {
+    if ((err as { name?: string }).name === 'NoSuchKey') return null
+    throw err
+  }
+}
+
+/**
+ * Removes the files under a job's prefix that no manifest covers: partial output of an attempt that was
+ * cancelled or failed for good (or of an earlier attempt of a job cancelled while waiting to retry).
+ * What a manifest lists, and the manifest itself, stay. Returns how many files went.
+ */
+export async function removeUncovered(s3: S3Client, bucket: string, prefix: string): Promise<number> {
+  const keys = await listKeys(s3, bucket, prefix)
+  if (keys.length === 0) return 0
+  const covered = (await manifestFiles(s3, bucket, prefix)) ?? new Set<string>()
+  const stale = keys.filter((k) => !covered.has(k) && k !== manifestKey(prefix))
+  if (stale.length > 0) await deleteKeys(s3, bucket, stale)
+  return stale.length
 }
 
 /**

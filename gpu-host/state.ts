@@ -1,4 +1,4 @@
-import { and, eq, inArray, isNull, notInArray, sql } from 'drizzle-orm'
+import { and, asc, eq, gt, inArray, isNull, lt, notInArray, sql } from 'drizzle-orm'
 import type { ArtifactRecord } from '../functions/sdk/context.ts'
 import { isConnectionError } from '../schema/clients.ts'
 import type { JobError, JobStatus } from '../schema/common.ts'
@@ -238,6 +238,100 @@ export class JobState {
         .set({ lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})` })
         .where(eq(jobs.id, event.jobId))
     })
+  }
+
+  /**
+   * Rows that are not finished (queued, retrying, running) and that nobody has written for `graceMs`,
+   * oldest first: the reconciler's candidates. The grace keeps it clear of a gateway that has written
+   * the row and is about to add the BullMQ job.
+   */
+  staleUnfinished(graceMs: number, limit: number): Promise<JobRow[]> {
+    return this.retry('stale jobs', () =>
+      this.db
+        .select()
+        .from(jobs)
+        .where(
+          and(
+            notInArray(jobs.status, [...TERMINAL_STATUSES]),
+            lt(jobs.updatedAt, sql`now() - make_interval(secs => ${graceMs / 1000})`),
+          ),
+        )
+        .orderBy(asc(jobs.updatedAt))
+        .limit(limit),
+    )
+  }
+
+  /**
+   * The reconciler's write for a job the queue lost: `queued` or `retrying` again (to be re-added), or
+   * `failed` with reason `lost`. Guarded: only if the row still has the status and attempt it was read
+   * with and nobody wrote it within `graceMs`, so a concurrent host or gateway write wins cleanly.
+   * An attempt left open (its host is gone with the queue's data) is closed. Returns whether it wrote.
+   */
+  markLost(
+    row: Pick<JobRow, 'id' | 'status' | 'attempt'>,
+    graceMs: number,
+    end: { status: 'queued' | 'retrying' | 'failed'; message: string; error?: JobError },
+  ): Promise<boolean> {
+    const now = new Date()
+    const failed = end.status === 'failed'
+    return this.retry('reconcile job', () =>
+      this.db.transaction(async (tx) => {
+        const [written] = await tx
+          .update(jobs)
+          .set({
+            status: end.status,
+            message: end.message,
+            updatedAt: now,
+            ...(failed ? { error: end.error, finishedAt: now, nextAttemptAt: null } : {}),
+          })
+          .where(
+            and(
+              eq(jobs.id, row.id),
+              eq(jobs.status, row.status),
+              eq(jobs.attempt, row.attempt),
+              lt(jobs.updatedAt, sql`now() - make_interval(secs => ${graceMs / 1000})`),
+            ),
+          )
+          .returning({ id: jobs.id })
+        if (!written) return false
+        await tx
+          .update(jobAttempts)
+          .set({
+            finishedAt: now,
+            outcome: failed ? 'failed' : 'interrupted',
+            reason: 'lost',
+            message: 'the queue lost this job (Redis data lost)',
+          })
+          .where(and(eq(jobAttempts.jobId, row.id), isNull(jobAttempts.finishedAt)))
+        return true
+      }),
+    )
+  }
+
+  /**
+   * Jobs that ended cancelled or failed after `since` and at least `graceMs` ago, oldest first: the
+   * reconciler removes their partial artifacts (e.g. of a job the gateway cancelled while it waited to
+   * retry, which no host was running).
+   */
+  endedUnfinished(
+    since: Date,
+    graceMs: number,
+    limit: number,
+  ): Promise<{ id: string; outputPrefix: string; finishedAt: Date | null }[]> {
+    return this.retry('ended jobs', () =>
+      this.db
+        .select({ id: jobs.id, outputPrefix: jobs.outputPrefix, finishedAt: jobs.finishedAt })
+        .from(jobs)
+        .where(
+          and(
+            inArray(jobs.status, ['cancelled', 'failed']),
+            gt(jobs.finishedAt, since),
+            lt(jobs.finishedAt, sql`now() - make_interval(secs => ${graceMs / 1000})`),
+          ),
+        )
+        .orderBy(asc(jobs.finishedAt))
+        .limit(limit),
+    )
   }
 
   getJob(jobId: string): Promise<JobRow | undefined> {

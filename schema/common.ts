@@ -48,6 +48,8 @@ export const ERROR_REASONS = [
   'non_retryable',
   'shutdown',
   'storage',
+  // The queue lost the job (Redis data loss) and it had no attempt left; see gpu-host/reconciler.ts.
+  'lost',
 ] as const
 export const ErrorReason = v.picklist(ERROR_REASONS)
 export type ErrorReason = v.InferOutput<typeof ErrorReason>

@@ -1,8 +1,11 @@
 import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+import { createReadStream, createWriteStream } from 'node:fs'
+import { copyFile, link, mkdir, realpath } from 'node:fs/promises'
 import path from 'node:path'
 import { PassThrough, Readable, Transform } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import type { ArtifactBody } from './context.ts'
+import { NonRetryableError } from './errors.ts'
 
 const CONTENT_TYPES: Record<string, string> = {
   '.safetensors': 'application/octet-stream',
@@ -26,8 +29,12 @@ export const contentTypeFor = (file: string): string =>
 export const MANIFEST_NAME = 'manifest.json'
 
 /**
- * Checks an artifact path: relative, forward slashes, no `..`, no empty or hidden-dot segments, not the
- * manifest's name. Returns it normalised.
+ * Checks an artifact path: relative, forward slashes, no `..` or `.` segments, no empty segments, no
+ * backslash or NUL, at most 512 characters, not the manifest's name. Returns it unchanged. The one home
+ * of the rule: the child checks it before spooling, and the host again before storing (a job process is
+ * not trusted), so a key never leaves `<prefix>/<jobId>/`.
+ *
+ * @throws NonRetryableError naming the path (a retry would send the same path)
  */
 export function checkArtifactPath(p: string): string {
   const segments = p.split('/')
@@ -38,7 +45,10 @@ export function checkArtifactPath(p: string): string {
     segments.some((s) => s === '' || s === '.' || s === '..' || s.includes('\\') || s.includes('\0')) ||
     p === MANIFEST_NAME
   )
-    throw new Error(`invalid artifact path "${p}": use a relative path without "..", not "${MANIFEST_NAME}"`)
+    throw new NonRetryableError(
+      `invalid artifact path ${JSON.stringify(p.slice(0, 200))}: use a relative path with "/" between names, without "..", ".", empty names, backslashes or NUL, and not "${MANIFEST_NAME}"`,
+      { reason: 'non_retryable', code: 'INVALID_ARTIFACT_PATH' },
+    )
   return p
 }
 
@@ -73,4 +83,29 @@ export function hashedStream(body: ArtifactBody): {
       return { size, sha256 }
     },
   }
+}
+
+/** Whether `file` resolves (symlinks followed) inside `dir`. */
+export async function isInside(dir: string, file: string): Promise<boolean> {
+  try {
+    const [root, real] = await Promise.all([realpath(dir), realpath(file)])
+    return real.startsWith(root + path.sep)
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Writes `body` to the file `target`, streaming (a multi-GB checkpoint is never held in memory). A file
+ * body is hard-linked when it can be (same file system: no copy), else copied.
+ */
+export async function spoolArtifact(body: ArtifactBody, target: string): Promise<void> {
+  await mkdir(path.dirname(target), { recursive: true })
+  if (!(body instanceof Readable) && typeof body === 'object' && 'file' in body) {
+    await link(body.file, target).catch(() => copyFile(body.file, target))
+    return
+  }
+  const source =
+    body instanceof Readable ? body : Readable.from([typeof body === 'string' ? Buffer.from(body) : body])
+  await pipeline(source, createWriteStream(target))
 }

@@ -3,6 +3,8 @@ import {
   addFixtureJob,
   FIXTURE_DISPATCH,
   getJob,
+  isolatedDatabase,
+  keysUnder,
   postJob,
   type Stack,
   startStack,
@@ -13,18 +15,24 @@ import {
 describe('cancelling a job that is not running', () => {
   let idle: Stack
   let slow: Stack
+  let slowDb: Awaited<ReturnType<typeof isolatedDatabase>> | undefined
   beforeAll(async () => {
+    // The slow stack's host runs the reconciler (it sweeps ended jobs' partial files), on a database of its own.
+    slowDb = await isolatedDatabase()
     // No GPU host: submitted jobs stay queued.
     idle = await startStack({ withHost: false })
     // A long backoff keeps a failed job in `retrying` long enough to cancel it.
     slow = await startStack({
       handlerModules: { train_lora: FIXTURE_DISPATCH },
       env: { RETRY_BACKOFF_MS: '60000' },
+      databaseUrl: slowDb.url,
+      reconciler: { intervalMs: 200, graceMs: 200 },
     })
   })
   afterAll(async () => {
     await idle?.close()
     await slow?.close()
+    await slowDb?.drop()
   })
 
   it('removes a queued job from the queue and marks it cancelled', async () => {
@@ -45,7 +53,7 @@ describe('cancelling a job that is not running', () => {
     expect((await fetch(idle.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBe(409)
   })
 
-  it('removes a retrying job from the delayed set and it never runs again', async () => {
+  it('removes a retrying job from the delayed set and it never runs again; its partial files go', async () => {
     const jobId = await addFixtureJob(slow, 'throws', { maxAttempts: 3 })
     const retrying = await waitStatus(slow, jobId, ['retrying'], 15_000)
     expect(retrying.attempt).toBe(1)
@@ -61,5 +69,12 @@ describe('cancelling a job that is not running', () => {
     expect(body).toMatchObject({ status: 'cancelled', attempt: 1 })
     expect(body.nextAttemptAt).toBeNull()
     expect(await slow.queue.getJob(jobId)).toBeUndefined()
+    // Attempt 1 left a file and no host runs the job any more: the reconciler's sweep removes it.
+    expect(await keysUnder(slow, `loras/${jobId}`)).toEqual([`loras/${jobId}/attempt-1.txt`])
+    await waitFor(
+      async () => (await keysUnder(slow, `loras/${jobId}`)).length === 0,
+      15_000,
+      'the partial files of the cancelled job to be removed',
+    )
   })
 })

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto'
+import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   addFixtureJob,
@@ -123,6 +125,14 @@ describe('retries', () => {
     expect(body.artifacts.map((a) => a.path).sort()).toEqual(['attempt-2.txt', 'out.txt'])
   })
 
+  it('a job that fails for good leaves no partial artifacts', async () => {
+    const jobId = await submit('throws', { maxAttempts: 2 })
+    const body = await waitStatus(stack, jobId, ['failed'], 15_000)
+    expect(body.attempt).toBe(2)
+    // Both attempts wrote attempt-<n>.txt before throwing.
+    expect(await keysUnder(stack, `loras/${jobId}`)).toEqual([])
+  })
+
   it('fails at once on a non-retryable error', async () => {
     const jobId = await submit('throws-non-retryable', { maxAttempts: 3 })
     const body = await waitStatus(stack, jobId, ['failed'], 15_000)
@@ -178,6 +188,24 @@ describe('cancellation', () => {
     expect(await stack.queue.getJob(jobId).then((j) => j?.attemptsMade ?? 0)).toBeLessThanOrEqual(1)
   })
 
+  it('a cancelled running job leaves no partial artifacts (no manifest covers them)', async () => {
+    const jobId = await submit(
+      'writes-artifacts',
+      { maxAttempts: 3 },
+      {
+        artifacts: [{ path: 'partial.bin', body: 'half a checkpoint' }],
+        holdMs: 30_000,
+      },
+    )
+    const prefix = `loras/${jobId}`
+    await waitFor(async () => (await keysUnder(stack, prefix)).length > 0, 15_000, 'the partial file')
+    expect((await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBe(202)
+    // The files go before the final state is stored, so they are gone when the job shows cancelled.
+    const body = await waitStatus(stack, jobId, ['cancelled', 'failed', 'completed'], 15_000)
+    expect(body.status).toBe('cancelled')
+    expect(await keysUnder(stack, prefix)).toEqual([])
+  })
+
   it('answers 409 for a finished job and 404 for an unknown one', async () => {
     const jobId = await submit('ok', {}, { steps: 1, stepMs: 1 })
     await waitStatus(stack, jobId, ['completed'], 15_000)
@@ -186,4 +214,62 @@ describe('cancellation', () => {
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('conflict')
     expect((await fetch(stack.url('/api/jobs/no-such-job/cancel'), { method: 'POST' })).status).toBe(404)
   })
+})
+
+describe('artifact keys stay under <prefix>/<jobId>/', () => {
+  const bucketKeys = async () =>
+    (
+      (await stack.s3.client.send(new ListObjectsV2Command({ Bucket: stack.config.s3.bucket }))).Contents ??
+      []
+    ).map((o) => o.Key ?? '')
+
+  it.each([
+    ['the type root', (_id: string) => 'loras'],
+    ["another job's folder", (_id: string) => 'loras/someone-else'],
+    ['another type', (id: string) => `voices/${id}`],
+    ['an escape', (id: string) => `loras/${id}/../..`],
+  ])(
+    'an envelope outputPrefix of %s fails the job (invalid_params), nothing is written',
+    async (_label, prefixOf) => {
+      const jobId = `fx-prefix-${randomUUID().slice(0, 8)}`
+      const before = await bucketKeys()
+      await stack.queue.add(
+        'train_lora',
+        {
+          jobId,
+          type: 'train_lora',
+          params: { mode: 'writes-artifacts', artifacts: [{ path: 'x.txt' }] },
+          artifacts: { outputPrefix: prefixOf(jobId) },
+        },
+        { jobId },
+      )
+      const body = await waitStatus(stack, jobId, ['failed', 'completed'], 15_000)
+      expect(body.error).toMatchObject({ reason: 'invalid_params' })
+      expect(body.error?.message).toContain('artifacts.outputPrefix')
+      expect(await bucketKeys()).toEqual(before)
+    },
+  )
+
+  it.each(['.', '..'])(
+    'a jobId %j from a foreign producer writes nothing beside other jobs or at the root',
+    async (jobId) => {
+      const before = await bucketKeys()
+      await stack.queue.add(
+        'train_lora',
+        {
+          jobId,
+          type: 'train_lora',
+          params: { mode: 'writes-artifacts', artifacts: [{ path: 'manifest2.json' }] },
+        },
+        { jobId },
+      )
+      await waitFor(
+        async () => (await stack.queue.getJobState(jobId)) === 'failed',
+        15_000,
+        'the job to be refused',
+      )
+      expect(await bucketKeys()).toEqual(before)
+      await stack.queue.remove(jobId)
+    },
+  )
 })

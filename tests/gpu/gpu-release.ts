@@ -7,6 +7,7 @@
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { DirectoryArtifactStore } from '../../functions/sdk/local-artifacts.ts'
 import { readGpus, slotsFor } from '../../gpu-host/gpus.ts'
 import { groupMembers } from '../../gpu-host/process-group.ts'
 import { JobProcess } from '../../gpu-host/runner.ts'
@@ -40,7 +41,7 @@ async function runCase(how: 'timeout' | 'cancel'): Promise<boolean> {
     cudaVisibleDevices: slot.cudaVisibleDevices,
     paths: { scratch: path.join(out, 'scratch'), models: out, data: out },
     engines: { simulateStepMs: 0 },
-    sink: { kind: 'dir', dir: out, prefix: 'checks' },
+    artifacts: new DirectoryArtifactStore(out, 'checks'),
     timeoutMs: how === 'timeout' ? 20_000 : 600_000,
     killGraceMs: 2000,
     handlerModule: HANDLER,

@@ -9,10 +9,12 @@ import { Queue } from 'bullmq'
 import { asc, eq } from 'drizzle-orm'
 import type { Redis } from 'ioredis'
 import pino from 'pino'
+import postgres from 'postgres'
 import S3rver from 's3rver'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { GpuHost } from '../../gpu-host/host.ts'
 import { groupMembers } from '../../gpu-host/process-group.ts'
+import type { ReconcilerOptions } from '../../gpu-host/reconciler.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
 import { createRedis, createS3Client } from '../../schema/clients.ts'
 import { type Config, loadConfig } from '../../schema/config.ts'
@@ -25,6 +27,25 @@ import type { JobType } from '../../schema/params/index.ts'
 export const TEST_DATABASE_URL =
   process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+/**
+ * A database of its own on the tests' Postgres server (migrated when a stack opens it), for a stack whose
+ * GPU host runs the reconciler: it takes every unfinished row of its database for one of its own queue.
+ */
+export async function isolatedDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `gpu_jobs_iso_${randomUUID().slice(0, 8)}`
+  const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} })
+  await admin.unsafe(`create database ${name}`)
+  const url = new URL(TEST_DATABASE_URL)
+  url.pathname = `/${name}`
+  return {
+    url: url.toString(),
+    drop: async () => {
+      await admin.unsafe(`drop database if exists ${name} with (force)`)
+      await admin.end()
+    },
+  }
+}
 
 export interface S3Server {
   endpoint: string
@@ -107,6 +128,11 @@ export async function startStack(
     databaseUrl?: string
     /** Keep this s3rver (tests that stop and restart S3 pass their own). */
     s3?: S3Server
+    /**
+     * The host's reconciler (default: off, since test stacks share one database across queue prefixes and
+     * each would take the others' rows for lost); tests of lost jobs give it a database of their own.
+     */
+    reconciler?: ReconcilerOptions
   } = {},
 ): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? TEST_REDIS_URL
@@ -140,6 +166,7 @@ export async function startStack(
     s3: { client: s3client, endpoint: s3.endpoint },
     logger,
     handlerModules: opts.handlerModules,
+    reconciler: opts.reconciler ?? { enabled: false },
   })
   if (opts.withHost !== false) await host.start()
   else

@@ -107,6 +107,13 @@ describe.skipIf(!version)(`promtool check metrics on live /metrics (${version ??
   it('GPU host: only prom-client default metrics draw lint warnings', async () => {
     expect(hostMetrics).toMatch(/^gpu_worker_jobs_total\{type="train_lora",status="completed"\} 1$/m)
     expect(hostMetrics).toMatch(/^gpu_worker_job_duration_seconds_bucket\{/m)
+    // Zero-initialised, so its first increase shows: jobs the queue lost (gpu-host/reconciler.ts).
+    expect(hostMetrics).toMatch(
+      /^gpu_worker_jobs_reconciled_total\{type="train_lora",action="requeued"\} 0$/m,
+    )
+    expect(hostMetrics).toMatch(
+      /^gpu_worker_jobs_reconciled_total\{type="render_video",action="failed"\} 0$/m,
+    )
     expectOnlyDefaultMetricWarnings(await checkMetrics(hostMetrics), /^gpu_worker_/)
   })
 

@@ -13,6 +13,7 @@ import { ERROR_REASONS } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
 import type { Database } from '../schema/db/connect.ts'
 import { JobEnvelope } from '../schema/envelope.ts'
+import { findUnsafeJson } from '../schema/json-safety.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { CANCEL_CHANNEL, cancelKey, QUEUE_NAME } from '../schema/keys.ts'
 import { JOB_TYPES, type JobType, outputPrefixFor } from '../schema/params/index.ts'
@@ -463,8 +464,10 @@ export class GpuHost {
     const jobId = job.id
     this.opts.logger.warn({ jobId, name: job.name }, message)
     if (!type || !jobId) return
+    // Params Postgres cannot store (NUL, lone surrogates, too deep) are left out of the row: the failure
+    // must be recorded, and the message already says what was wrong with them.
     const params =
-      typeof job.data?.params === 'object' && job.data.params
+      typeof job.data?.params === 'object' && job.data.params && findUnsafeJson(job.data.params) === null
         ? (job.data.params as Record<string, unknown>)
         : {}
     await this.state.ensureJob({

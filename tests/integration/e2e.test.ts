@@ -198,4 +198,16 @@ describe('other producers', () => {
     expect(body.error?.message).toContain('params.epochs')
     expect(body.attempt).toBe(1)
   })
+
+  it('fails a queue payload with strings Postgres cannot store as invalid, not as a store error', async () => {
+    const jobId = `nul-${Date.now()}`
+    await stack.queue.add(
+      'train_lora',
+      { jobId, type: 'train_lora', params: { baseModel: 'x\u0000', datasetPath: 'ds\ud800' } },
+      { jobId },
+    )
+    const body = await waitStatus(stack, jobId, ['failed'], 30_000)
+    expect(body.error).toMatchObject({ reason: 'invalid_params' })
+    expect(body.params).toEqual({})
+  })
 })

@@ -59,7 +59,7 @@ if (!endpoint) {
   await mkdir(dir, { recursive: true })
   s3rver = new S3rver({
     address: '127.0.0.1',
-    port: Number(process.env.S3RVER_PORT ?? 9000),
+    port: config.s3rverPort,
     directory: dir,
     silent: true,
   })

@@ -26,6 +26,10 @@ export interface Config {
   gatewayPort: number
   gatewayHost: string | undefined
   metricsPort: number
+  /** Bind address of the GPU host's /metrics, /healthz, /readyz: loopback unless configured. */
+  metricsHost: string
+  /** Port of the embedded S3 server of `npm start` (used only without S3_ENDPOINT). */
+  s3rverPort: number
   gpuSlots: number
   simulateStepMs: number
   killGraceSec: number
@@ -68,6 +72,8 @@ export const ENV_VARS = [
   'GATEWAY_PORT',
   'GATEWAY_HOST',
   'METRICS_PORT',
+  'METRICS_HOST',
+  'S3RVER_PORT',
   'GPU_SLOTS',
   'SIMULATE_STEP_MS',
   'KILL_GRACE_SEC',
@@ -171,6 +177,8 @@ export function loadConfig(env: Env = process.env): Config {
     gatewayPort: int('GATEWAY_PORT', 8080, 0, 65535),
     gatewayHost: raw('GATEWAY_HOST'),
     metricsPort: int('METRICS_PORT', 9464, 0, 65535),
+    metricsHost: raw('METRICS_HOST') ?? '127.0.0.1',
+    s3rverPort: int('S3RVER_PORT', 9000, 0, 65535),
     gpuSlots: int('GPU_SLOTS', 1, 1, 64),
     simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
     killGraceSec: int('KILL_GRACE_SEC', 10, 0, 3600),
@@ -182,6 +190,8 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: raw('LOG_LEVEL') ?? 'info',
     logFormat: undefined,
   }
+  if (!/^[A-Za-z0-9.:-]+$/.test(config.metricsHost))
+    problems.push('METRICS_HOST: must be an IP address or a host name')
   if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
   // A Redis Cluster hash tag ({name}) keeps all of a queue's keys on one slot, as BullMQ requires there.
   if (!/^(\{[A-Za-z0-9_-]+\}|[A-Za-z0-9_-]+)$/.test(config.queuePrefix))

@@ -319,6 +319,8 @@ describe.skipIf(!cli)(suiteName, () => {
       expect(get(env, 'S3_ENDPOINT')).toBe('http://minio:9000')
       expect(get(env, 'MODELS_DIR')).toBe('/opt/models')
       expect(String(get(env, 'GATEWAY_HOST'))).toBe('0.0.0.0')
+      // The GPU host's /metrics binds loopback unless told: Prometheus scrapes it from another container.
+      expect(String(get(env, 'METRICS_HOST'))).toBe('0.0.0.0')
     }
   })
 

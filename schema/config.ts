@@ -4,6 +4,8 @@ import path from 'node:path'
 /** Configuration of the gateway and the GPU host, read once from the environment at start. */
 export interface Config {
   redisUrl: string
+  /** REDIS_URL was not given: `npm start` may then run its embedded Redis at the default address. */
+  redisDefault: boolean
   /** Unset: embedded PGlite under `dataDir` (all-in-one mode only). */
   databaseUrl: string | undefined
   s3: {
@@ -160,6 +162,7 @@ export function loadConfig(env: Env = process.env): Config {
   const dataDir = path.resolve(raw('DATA_DIR') ?? './data')
   const config: Config = {
     redisUrl: url('REDIS_URL', ['redis:', 'rediss:'], 'redis://127.0.0.1:6379') ?? '',
+    redisDefault: raw('REDIS_URL') === undefined,
     databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
     s3: {
       endpoint: url('S3_ENDPOINT', ['http:', 'https:']),

@@ -66,16 +66,21 @@ export function createLogger(config: Config, name: string): Logger {
   return pino(options, { write: (line: string) => process.stdout.write(prettyLine(line)) })
 }
 
+/** The one line that says Redis is unreachable and what to do about it. */
+export function redisUnreachableMessage(config: Config, err: unknown): string {
+  const where = new URL(config.redisUrl)
+  return (
+    `Redis is not reachable at ${where.hostname}:${where.port || 6379} (${(err as Error).message.split('\n')[0]}). ` +
+    'Start one (e.g. `redis-server --daemonize yes` or `docker run -p 6379:6379 redis:7`) or set REDIS_URL.\n'
+  )
+}
+
 /** Exits 1 with one clear line when Redis is unreachable: the system cannot queue anything without it. */
 export async function redisOrExit(config: Config): Promise<void> {
   try {
     await probeRedis(config.redisUrl)
   } catch (err) {
-    const where = new URL(config.redisUrl)
-    process.stderr.write(
-      `Redis is not reachable at ${where.hostname}:${where.port || 6379} (${(err as Error).message.split('\n')[0]}). ` +
-        'Start one (e.g. `redis-server --daemonize yes` or `docker run -p 6379:6379 redis:7`) or set REDIS_URL.\n',
-    )
+    process.stderr.write(redisUnreachableMessage(config, err))
     process.exit(1)
   }
 }

@@ -214,3 +214,59 @@ describe('Ctrl-C on npm start', () => {
     expect(p.output()).not.toContain('second signal')
   })
 })
+
+// A machine with redis-server installed but not running: a fresh network namespace (nothing listens on
+// 127.0.0.1:6379 there, whatever this machine runs) with its own loopback.
+const canIsolate =
+  spawnSync('unshare', ['-n', 'sh', '-c', 'ip link set lo up'], { stdio: 'ignore' }).status === 0 &&
+  spawnSync('sh', ['-c', 'command -v redis-server'], { stdio: 'ignore' }).status === 0
+
+describe.skipIf(!canIsolate)(
+  `npm start with REDIS_URL unset and no Redis answering${canIsolate ? '' : ' (skipped: needs unshare -n as root and redis-server)'}`,
+  () => {
+    const isolated = (env: Record<string, string | undefined>) =>
+      launch(
+        'unshare',
+        ['-n', 'sh', '-c', `ip link set lo up && exec "${process.execPath}" --import tsx start.ts`],
+        {
+          ...env,
+          REDIS_URL: undefined,
+        },
+      )
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+
+    it('runs redis-server under DATA_DIR/redis (AOF) and stops it with Ctrl-C', async () => {
+      const env = await instanceEnv()
+      const p = isolated(env)
+      await ready(p)
+      expect(p.output()).toContain('embedded Redis at redis://127.0.0.1:6379')
+      const dir = path.join(env.DATA_DIR as string, 'redis')
+      const pid = Number((await readFile(path.join(dir, 'redis.pid'), 'utf8')).trim())
+      expect(alive(pid)).toBe(true)
+      expect(existsSync(path.join(dir, 'appendonlydir'))).toBe(true)
+      process.kill(-(p.child.pid as number), 'SIGINT')
+      expect(await p.exit, p.output()).toEqual({ code: 0, signal: null })
+      await waitFor(async () => !alive(pid), 10_000, 'redis-server to stop')
+    })
+
+    it('kills its redis-server when npm start itself is killed', async () => {
+      const env = await instanceEnv()
+      const p = isolated(env)
+      await ready(p)
+      const pid = Number(
+        (await readFile(path.join(env.DATA_DIR as string, 'redis', 'redis.pid'), 'utf8')).trim(),
+      )
+      expect(alive(pid)).toBe(true)
+      p.child.kill('SIGKILL')
+      await p.exit
+      await waitFor(async () => !alive(pid), 10_000, 'redis-server to go with npm start')
+    })
+  },
+)

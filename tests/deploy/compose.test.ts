@@ -38,7 +38,7 @@ const NO_HEALTHCHECK: Record<string, string> = {
   'dcgm-exporter': 'distroless image: no shell or HTTP client inside; Prometheus watches up{job="dcgm"}',
 }
 /** Variables the code may read that nobody configures: the OS, the container runtime or the host sets them. */
-const RUNTIME_PROVIDED = new Set(['HOSTNAME', 'CUDA_VISIBLE_DEVICES', 'NVIDIA_VISIBLE_DEVICES'])
+const RUNTIME_PROVIDED = new Set(['HOSTNAME', 'PATH', 'CUDA_VISIBLE_DEVICES', 'NVIDIA_VISIBLE_DEVICES'])
 
 /** Stand-ins for the secrets that .env.example leaves empty on purpose (compose refuses to run without them). */
 const TEST_SECRETS = {

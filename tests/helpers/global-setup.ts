@@ -120,21 +120,28 @@ async function embeddedPostgres(): Promise<{ url: string; stop(): Promise<void> 
 
 export default async function setup(): Promise<() => Promise<void>> {
   const stops: (() => Promise<void>)[] = []
-  if (!process.env.TEST_REDIS_URL) {
-    const redis = await privateRedis()
-    stops.push(redis.stop)
-    process.env.TEST_REDIS_URL = redis.url
-  }
-  if (!process.env.TEST_DATABASE_URL) {
-    const local = await localPostgres()
-    if (local) process.env.TEST_DATABASE_URL = local
-    else {
-      const pg = await embeddedPostgres()
-      stops.push(pg.stop)
-      process.env.TEST_DATABASE_URL = pg.url
-    }
-  }
-  return async () => {
+  const teardown = async () => {
     for (const stop of stops.reverse()) await stop().catch(() => {})
   }
+  try {
+    if (!process.env.TEST_REDIS_URL) {
+      const redis = await privateRedis()
+      stops.push(redis.stop)
+      process.env.TEST_REDIS_URL = redis.url
+    }
+    if (!process.env.TEST_DATABASE_URL) {
+      const local = await localPostgres()
+      if (local) process.env.TEST_DATABASE_URL = local
+      else {
+        const pg = await embeddedPostgres()
+        stops.push(pg.stop)
+        process.env.TEST_DATABASE_URL = pg.url
+      }
+    }
+  } catch (err) {
+    // vitest runs no teardown for a setup that failed: stop what was already started.
+    await teardown()
+    throw err
+  }
+  return teardown
 }

@@ -8,6 +8,9 @@ export default defineConfig({
     hookTimeout: 60_000,
     // Integration tests fork real processes and share one Redis and Postgres: keep them apart in time.
     fileParallelism: false,
+    // Starts what the run lacks (a private Redis, a Postgres database) unless TEST_REDIS_URL and
+    // TEST_DATABASE_URL name them.
+    globalSetup: ['tests/helpers/global-setup.ts'],
     pool: 'forks',
   },
 })

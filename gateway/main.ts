@@ -2,7 +2,8 @@
 import { createS3Client } from '../schema/clients.ts'
 import { openDatabase } from '../schema/db/connect.ts'
 import { configOrExit, createLogger, onShutdown, redisOrExit } from '../schema/runtime.ts'
-import { startGateway } from './server.ts'
+import { assertPortsFree, exitOnStartupError, type PortUse } from '../schema/startup.ts'
+import { gatewayHostname, startGateway } from './server.ts'
 
 const config = configOrExit()
 const logger = createLogger(config, 'gateway')
@@ -12,6 +13,10 @@ if (!config.databaseUrl || !config.s3.endpoint) {
   )
   process.exit(2)
 }
+const ports: PortUse[] = [
+  { variable: 'GATEWAY_PORT', host: gatewayHostname(config), port: config.gatewayPort, what: 'the gateway' },
+]
+await assertPortsFree(ports).catch((err: unknown) => exitOnStartupError(err, ports))
 await redisOrExit(config)
 const database = await openDatabase({ url: config.databaseUrl })
 const gateway = await startGateway({
@@ -19,7 +24,7 @@ const gateway = await startGateway({
   database,
   s3: createS3Client({ ...config.s3, endpoint: config.s3.endpoint }),
   logger,
-})
+}).catch((err: unknown) => exitOnStartupError(err, ports))
 onShutdown(logger, async () => {
   await gateway.close()
   await database.close()

@@ -20,6 +20,11 @@ export interface Gateway {
   close(): Promise<void>
 }
 
+/** Where the gateway listens: loopback without API tokens (anyone who reaches it could run jobs). */
+export function gatewayHostname(config: Config): string {
+  return config.apiTokens.size === 0 ? '127.0.0.1' : (config.gatewayHost ?? '0.0.0.0')
+}
+
 /**
  * Starts the gateway on `config.gatewayPort` (0: any free port). Without API tokens it binds to loopback
  * only, whatever GATEWAY_HOST says, since anyone who can reach it could run and cancel jobs.
@@ -60,7 +65,7 @@ export async function startGateway(opts: {
   store = built.store
 
   const open = config.apiTokens.size === 0
-  const hostname = open ? '127.0.0.1' : (config.gatewayHost ?? '0.0.0.0')
+  const hostname = gatewayHostname(config)
   if (open && config.gatewayHost && config.gatewayHost !== '127.0.0.1')
     logger.warn(
       { requested: config.gatewayHost },

@@ -175,7 +175,7 @@ export class GpuHost {
     this.server = createServer((req, res) => void this.serveHttp(req.url ?? '/', res))
     await new Promise<void>((resolve, reject) => {
       this.server?.once('error', reject)
-      this.server?.listen(config.metricsPort, resolve)
+      this.server?.listen(config.metricsPort, config.metricsHost, resolve)
     })
     this.samplers.push(
       setInterval(() => void this.sampleQueue(), 5000),
@@ -200,7 +200,11 @@ export class GpuHost {
     this.reconciler.start()
     void this.worker.run().catch((err: unknown) => logger.error({ err }, 'worker stopped'))
     logger.info(
-      { host: config.hostId, slots: this.slots.length, metrics: `http://127.0.0.1:${this.port}/metrics` },
+      {
+        host: config.hostId,
+        slots: this.slots.length,
+        metrics: `http://${config.metricsHost.includes(':') ? `[${config.metricsHost}]` : config.metricsHost}:${this.port}/metrics`,
+      },
       'GPU host started',
     )
   }

@@ -2,6 +2,7 @@
 import { createS3Client } from '../schema/clients.ts'
 import { openDatabase } from '../schema/db/connect.ts'
 import { configOrExit, createLogger, onShutdown, redisOrExit } from '../schema/runtime.ts'
+import { assertPortsFree, exitOnStartupError, type PortUse } from '../schema/startup.ts'
 import { GpuHost } from './host.ts'
 
 const config = configOrExit()
@@ -12,6 +13,15 @@ if (!config.databaseUrl || !config.s3.endpoint) {
   )
   process.exit(2)
 }
+const ports: PortUse[] = [
+  {
+    variable: 'METRICS_PORT',
+    host: config.metricsHost,
+    port: config.metricsPort,
+    what: 'the GPU host /metrics',
+  },
+]
+await assertPortsFree(ports).catch((err: unknown) => exitOnStartupError(err, ports))
 await redisOrExit(config)
 const database = await openDatabase({ url: config.databaseUrl, poolSize: 5 })
 const host = new GpuHost({
@@ -23,7 +33,7 @@ const host = new GpuHost({
   },
   logger,
 })
-await host.start()
+await host.start().catch((err: unknown) => exitOnStartupError(err, ports))
 onShutdown(logger, async () => {
   await host.close()
   await database.close()

@@ -4,6 +4,8 @@ import path from 'node:path'
 /** Configuration of the gateway and the GPU host, read once from the environment at start. */
 export interface Config {
   redisUrl: string
+  /** REDIS_URL was not given: `npm start` may then run its embedded Redis at the default address. */
+  redisDefault: boolean
   /** Unset: embedded PGlite under `dataDir` (all-in-one mode only). */
   databaseUrl: string | undefined
   s3: {
@@ -26,6 +28,10 @@ export interface Config {
   gatewayPort: number
   gatewayHost: string | undefined
   metricsPort: number
+  /** Bind address of the GPU host's /metrics, /healthz, /readyz: loopback unless configured. */
+  metricsHost: string
+  /** Port of the embedded S3 server of `npm start` (used only without S3_ENDPOINT). */
+  s3rverPort: number
   gpuSlots: number
   simulateStepMs: number
   killGraceSec: number
@@ -68,6 +74,8 @@ export const ENV_VARS = [
   'GATEWAY_PORT',
   'GATEWAY_HOST',
   'METRICS_PORT',
+  'METRICS_HOST',
+  'S3RVER_PORT',
   'GPU_SLOTS',
   'SIMULATE_STEP_MS',
   'KILL_GRACE_SEC',
@@ -154,6 +162,7 @@ export function loadConfig(env: Env = process.env): Config {
   const dataDir = path.resolve(raw('DATA_DIR') ?? './data')
   const config: Config = {
     redisUrl: url('REDIS_URL', ['redis:', 'rediss:'], 'redis://127.0.0.1:6379') ?? '',
+    redisDefault: raw('REDIS_URL') === undefined,
     databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
     s3: {
       endpoint: url('S3_ENDPOINT', ['http:', 'https:']),
@@ -171,6 +180,8 @@ export function loadConfig(env: Env = process.env): Config {
     gatewayPort: int('GATEWAY_PORT', 8080, 0, 65535),
     gatewayHost: raw('GATEWAY_HOST'),
     metricsPort: int('METRICS_PORT', 9464, 0, 65535),
+    metricsHost: raw('METRICS_HOST') ?? '127.0.0.1',
+    s3rverPort: int('S3RVER_PORT', 9000, 0, 65535),
     gpuSlots: int('GPU_SLOTS', 1, 1, 64),
     simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
     killGraceSec: int('KILL_GRACE_SEC', 10, 0, 3600),
@@ -182,6 +193,8 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: raw('LOG_LEVEL') ?? 'info',
     logFormat: undefined,
   }
+  if (!/^[A-Za-z0-9.:-]+$/.test(config.metricsHost))
+    problems.push('METRICS_HOST: must be an IP address or a host name')
   if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
   // A Redis Cluster hash tag ({name}) keeps all of a queue's keys on one slot, as BullMQ requires there.
   if (!/^(\{[A-Za-z0-9_-]+\}|[A-Za-z0-9_-]+)$/.test(config.queuePrefix))

@@ -25,7 +25,21 @@ const LEVELS: Record<number, string> = {
 }
 const OMIT = new Set(['level', 'time', 'msg', 'pid', 'name', 'hostname'])
 
-/** One readable line per log entry: `12:00:01.234 INFO  [gateway] message key=value ...`. */
+// C0 controls, DEL, C1 controls (ESC's 8-bit twin CSI is U+009B) and the Unicode line/paragraph separators:
+// any of them in a logged string could end the line or drive the terminal and so forge a log entry.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point here
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g
+const SHORT: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/** Writes control characters as visible escapes (`\n`, `\u001b`), so one entry stays one line of plain text. */
+export function escapeControl(text: string): string {
+  return text.replace(CONTROL, (c) => SHORT[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+/**
+ * One readable line per log entry: `12:00:01.234 INFO  [gateway] message key=value ...`. Message, keys and
+ * values are escaped with `escapeControl` (they can carry client input).
+ */
 export function prettyLine(json: string): string {
   let entry: Record<string, unknown>
   try {
@@ -35,11 +49,12 @@ export function prettyLine(json: string): string {
   }
   const time = new Date(Number(entry.time)).toISOString().slice(11, 23)
   const level = (LEVELS[Number(entry.level)] ?? String(entry.level)).padEnd(5)
-  const where = entry.component ?? entry.name
+  const where = escapeControl(String(entry.component ?? entry.name))
   const fields = Object.entries(entry)
     .filter(([k]) => !OMIT.has(k) && k !== 'component')
-    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
-  return `${time} ${level} [${where}] ${String(entry.msg ?? '')}${fields.length ? `  ${fields.join(' ')}` : ''}\n`
+    .map(([k, v]) => escapeControl(`${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`))
+  const msg = escapeControl(String(entry.msg ?? ''))
+  return `${time} ${level} [${where}] ${msg}${fields.length ? `  ${fields.join(' ')}` : ''}\n`
 }
 
 /** Logs as JSON lines (for log collectors), or as readable lines on a terminal (LOG_FORMAT). */
@@ -51,16 +66,21 @@ export function createLogger(config: Config, name: string): Logger {
   return pino(options, { write: (line: string) => process.stdout.write(prettyLine(line)) })
 }
 
+/** The one line that says Redis is unreachable and what to do about it. */
+export function redisUnreachableMessage(config: Config, err: unknown): string {
+  const where = new URL(config.redisUrl)
+  return (
+    `Redis is not reachable at ${where.hostname}:${where.port || 6379} (${(err as Error).message.split('\n')[0]}). ` +
+    'Start one (e.g. `redis-server --daemonize yes` or `docker run -p 6379:6379 redis:7`) or set REDIS_URL.\n'
+  )
+}
+
 /** Exits 1 with one clear line when Redis is unreachable: the system cannot queue anything without it. */
 export async function redisOrExit(config: Config): Promise<void> {
   try {
     await probeRedis(config.redisUrl)
   } catch (err) {
-    const where = new URL(config.redisUrl)
-    process.stderr.write(
-      `Redis is not reachable at ${where.hostname}:${where.port || 6379} (${(err as Error).message.split('\n')[0]}). ` +
-        'Start one (e.g. `redis-server --daemonize yes` or `docker run -p 6379:6379 redis:7`) or set REDIS_URL.\n',
-    )
+    process.stderr.write(redisUnreachableMessage(config, err))
     process.exit(1)
   }
 }

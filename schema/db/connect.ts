@@ -15,6 +15,9 @@ export interface Database {
   close(): Promise<void>
 }
 
+/** Advisory lock key that serialises migrations across processes (any fixed bigint: "gpujobs" in ASCII). */
+const MIGRATION_LOCK_KEY = '29115572200366707'
+
 export const MIGRATIONS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'migrations')
 
 /**
@@ -37,11 +40,19 @@ export async function openDatabase(opts: {
       idle_timeout: 30,
     })
     const db = drizzle(client, { schema: tables })
+    // Gateways and hosts that start together would all create the same tables at once (and one would fail
+    // on "duplicate key ... pg_type_typname_nsp_index"): migrate on a connection of its own that holds a
+    // session advisory lock, so they take turns and the later ones find nothing left to do. Ending that
+    // connection releases the lock, even when a migration fails.
+    const migrator = postgres(opts.url, { max: 1, onnotice: () => {}, connect_timeout: 5 })
     try {
-      await migrate(db, { migrationsFolder: MIGRATIONS_DIR })
+      await migrator`select pg_advisory_lock(${MIGRATION_LOCK_KEY}::bigint)`
+      await migrate(drizzle(migrator), { migrationsFolder: MIGRATIONS_DIR })
     } catch (err) {
       await client.end({ timeout: 1 })
       throw err
+    } finally {
+      await migrator.end({ timeout: 5 })
     }
     return {
       db: db as unknown as Db,

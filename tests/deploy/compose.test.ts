@@ -38,7 +38,7 @@ const NO_HEALTHCHECK: Record<string, string> = {
   'dcgm-exporter': 'distroless image: no shell or HTTP client inside; Prometheus watches up{job="dcgm"}',
 }
 /** Variables the code may read that nobody configures: the OS, the container runtime or the host sets them. */
-const RUNTIME_PROVIDED = new Set(['HOSTNAME', 'CUDA_VISIBLE_DEVICES', 'NVIDIA_VISIBLE_DEVICES'])
+const RUNTIME_PROVIDED = new Set(['HOSTNAME', 'PATH', 'CUDA_VISIBLE_DEVICES', 'NVIDIA_VISIBLE_DEVICES'])
 
 /** Stand-ins for the secrets that .env.example leaves empty on purpose (compose refuses to run without them). */
 const TEST_SECRETS = {
@@ -319,6 +319,8 @@ describe.skipIf(!cli)(suiteName, () => {
       expect(get(env, 'S3_ENDPOINT')).toBe('http://minio:9000')
       expect(get(env, 'MODELS_DIR')).toBe('/opt/models')
       expect(String(get(env, 'GATEWAY_HOST'))).toBe('0.0.0.0')
+      // The GPU host's /metrics binds loopback unless told: Prometheus scrapes it from another container.
+      expect(String(get(env, 'METRICS_HOST'))).toBe('0.0.0.0')
     }
   })
 

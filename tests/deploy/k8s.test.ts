@@ -53,6 +53,20 @@ function volumeFor(deployment: YamlMap, mountPath: string): YamlMap | undefined 
   return isMap(vol) ? vol : undefined
 }
 
+/** The variables a container gets: its `envFrom` ConfigMap (this one, when it references it), then `env`. */
+function containerEnv(c: YamlMap, config: YamlMap | undefined): Map<string, string> {
+  const env = new Map<string, string>()
+  const configName = get(config, 'metadata', 'name')
+  for (const from of list(get(c, 'envFrom')))
+    if (get(from, 'configMapRef', 'name') === configName)
+      for (const [k, v] of Object.entries((get(config, 'data') as YamlMap) ?? {})) env.set(k, String(v))
+  for (const e of list(get(c, 'env'))) {
+    const value = get(e, 'value')
+    if (value !== undefined) env.set(String(get(e, 'name')), String(value))
+  }
+  return env
+}
+
 /** A probe's port resolved to a number through the container's named ports. */
 function probePort(c: YamlMap, probe: string): number | undefined {
   const port = get(c, probe, 'httpGet', 'port')
@@ -154,6 +168,9 @@ describe('Kubernetes manifests (infra/k8s)', () => {
       expect(get(c, 'livenessProbe', 'httpGet', 'path'), name).toBe('/healthz')
       expect(probePort(c, 'readinessProbe'), name).toBe(9464)
       expect(probePort(c, 'livenessProbe'), name).toBe(9464)
+      // /metrics and the probes bind loopback unless METRICS_HOST says otherwise: kubelet and Prometheus
+      // come from outside the pod.
+      expect(containerEnv(c, configMap).get('METRICS_HOST'), name).toBe('0.0.0.0')
     }
   })
 

@@ -23,7 +23,10 @@ import { jobAttempts } from '../../schema/db/tables.ts'
 import { QUEUE_NAME } from '../../schema/keys.ts'
 import type { JobType } from '../../schema/params/index.ts'
 
-/** Postgres of the tests: TEST_DATABASE_URL, or the local server's `gpu_jobs_test` database (.ci/run makes it). */
+/**
+ * Postgres and Redis of the tests: TEST_DATABASE_URL and TEST_REDIS_URL, which the globalSetup
+ * (tests/helpers/global-setup.ts) fills in when unset; the fall-backs only serve a file run without it.
+ */
 export const TEST_DATABASE_URL =
   process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'

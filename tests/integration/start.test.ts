@@ -4,7 +4,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { waitFor } from '../helpers/stack.ts'
+import { TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 
 const freePort = () =>
   new Promise<number>((resolve) => {
@@ -67,6 +67,7 @@ describe('npm start (all-in-one, embedded Postgres and S3)', () => {
       S3RVER_PORT: String(s3Port),
       SIMULATE_STEP_MS: '5',
       QUEUE_PREFIX: `start-${gatewayPort}`,
+      REDIS_URL: TEST_REDIS_URL,
     })
     await waitFor(
       async () => p.output().includes('ready: submit a job'),

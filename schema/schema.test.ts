@@ -128,12 +128,12 @@ describe('configuration', () => {
 
   it('reads secrets from NAME_FILE and tokens as name:token pairs', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'cfg-'))
-    await writeFile(path.join(dir, 'tokens'), 'alice:tokenAAAA1,bob:tokenBBBB2\n')
+    await writeFile(path.join(dir, 'tokens'), 'alice:tokenAAAA1-16chars,bob:tokenBBBB2-16chars\n')
     try {
       const c = loadConfig({ API_TOKENS_FILE: path.join(dir, 'tokens') })
       expect([...c.apiTokens.entries()]).toEqual([
-        ['alice', 'tokenAAAA1'],
-        ['bob', 'tokenBBBB2'],
+        ['alice', 'tokenAAAA1-16chars'],
+        ['bob', 'tokenBBBB2-16chars'],
       ])
       expect(() => loadConfig({ API_TOKENS_FILE: path.join(dir, 'missing') })).toThrow(
         /API_TOKENS_FILE: cannot read/,

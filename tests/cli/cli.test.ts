@@ -531,7 +531,7 @@ describe('with API tokens', () => {
   let authed: Stack
   beforeAll(async () => {
     authed = await startStack({
-      env: { API_TOKENS: 'alice:alice-token-1,bob:bob-token-22' },
+      env: { API_TOKENS: 'alice:alice-token-0000001,bob:bob-token-00000022' },
       withHost: false,
     })
   })
@@ -545,7 +545,7 @@ describe('with API tokens', () => {
     expect(none.code).toBe(EXIT.error)
     expect(none.err).toMatch(/^error: unauthorized: .+\nset GPU_JOBS_TOKEN to a valid API token\n$/)
 
-    const env = { GPU_JOBS_TOKEN: 'alice-token-1' }
+    const env = { GPU_JOBS_TOKEN: 'alice-token-0000001' }
     const id = (await cli(u, ['submit', 'train_lora', ...lora(1)], { env })).out.trim()
     expect(id).toMatch(/^[0-9a-f-]{36}$/)
     // No GPU host here: the job stays queued while both transports follow it.
@@ -555,7 +555,7 @@ describe('with API tokens', () => {
     expect(ws.out.lines[0]).toMatch(/#1 queued +0%/)
 
     // Bob cannot see it.
-    const bob = await cli(u, ['status', id], { env: { GPU_JOBS_TOKEN: 'bob-token-22' } })
+    const bob = await cli(u, ['status', id], { env: { GPU_JOBS_TOKEN: 'bob-token-00000022' } })
     expect(bob.err).toBe(`error: not_found: no job "${id}"\n`)
 
     const cancelled = await cli(u, ['cancel', id], { env })

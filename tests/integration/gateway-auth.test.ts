@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
+import type { JobStatusBody } from '../../schema/api.ts'
 import { jobs } from '../../schema/db/tables.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
-import { type Stack, startStack, waitStatus } from '../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 const ALICE = 'alice-token-0001'
 const BOB = 'bob-token-0002-xy'
@@ -26,11 +27,14 @@ beforeAll(async () => {
   expect(res.status).toBe(202)
   aliceJob = ((await res.json()) as { jobId: string }).jobId
   stack.url = (p: string) => `${stack.gateway.url}${p}`
-  const done = await waitStatus(
-    { ...stack, url: (p) => `${stack.gateway.url}${p}${p.includes('?') ? '&' : '?'}token=${ALICE}` },
-    aliceJob,
-    ['completed'],
+  // ?token= is not accepted on REST routes: poll with the header.
+  const done = await waitFor(
+    async () => {
+      const body = (await (await call(`/api/status/${aliceJob}`, ALICE)).json()) as JobStatusBody
+      return body.status === 'completed' ? body : null
+    },
     30_000,
+    'alice’s job to complete',
   )
   aliceFile = done.artifacts[0]?.url ?? ''
 })

@@ -160,7 +160,7 @@ afterAll(async () => {
 describe('gpu-jobs submit', () => {
   it('builds typed, nested params from --param and prints the job id', async () => {
     const jobId = `cli-nested-${randomUUID().slice(0, 8)}`
-    const r = await cli(url, [
+    const args = [
       'submit',
       'render_video',
       '--param',
@@ -183,7 +183,8 @@ describe('gpu-jobs submit', () => {
       '10m',
       '--max-attempts',
       '2',
-    ])
+    ]
+    const r = await cli(url, args)
     expect(r.err).toBe('')
     expect(r.code).toBe(EXIT.ok)
     expect(r.out).toBe(`${jobId}\n`)
@@ -197,11 +198,14 @@ describe('gpu-jobs submit', () => {
     })
     expect(job.maxAttempts).toBe(2)
 
-    // The same id again: the existing job, said so on stderr.
-    const again = await cli(url, ['submit', 'render_video', '-p', 'frames=4', '--job-id', jobId])
+    // The same request again: the existing job, said so on stderr; the same id with another body: 409.
+    const again = await cli(url, args)
     expect(again.code).toBe(EXIT.ok)
     expect(again.out).toBe(`${jobId}\n`)
     expect(again.err).toMatch(/already exists/)
+    const other = await cli(url, ['submit', 'render_video', '-p', 'frames=4', '--job-id', jobId])
+    expect(other.code).toBe(EXIT.error)
+    expect(other.err).toMatch(/conflict/)
   })
 
   it('merges --param over --params (inline or @file) and sends numbers as numbers', async () => {

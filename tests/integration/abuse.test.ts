@@ -137,6 +137,26 @@ describe('without API tokens: cross-site requests and DNS rebinding', () => {
     expect(res.json.error?.code).toBe('unsupported_media_type')
   })
 
+  it('a submit whose add BullMQ refuses leaves no row, no event stream and no published event', async () => {
+    const jobId = `refused-${randomUUID().slice(0, 8)}`
+    const seen: string[] = []
+    const sub = stack.redis.duplicate()
+    await sub.subscribe(`progress:${jobId}`)
+    sub.on('message', (_ch, msg) => seen.push(msg))
+    // Over BullMQ's priority maximum (2 097 151); refused by the schema or by BullMQ, never queued.
+    const res = await raw(stack.url('/api/train'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ...LORA, jobId, priority: 2_097_152 }),
+    })
+    expect(res.status).not.toBe(202)
+    await new Promise((r) => setTimeout(r, 200))
+    sub.disconnect()
+    expect(await rowsOf(stack, jobId)).toHaveLength(0)
+    expect(await stack.redis.exists(`gpu-jobs:{${jobId}}:events`, `gpu-jobs:{${jobId}}:seq`)).toBe(0)
+    expect(seen).toEqual([])
+  })
+
   it('answers health and readiness whatever the Host (probes use an IP)', async () => {
     for (const path of ['/healthz', '/readyz'])
       expect((await raw(stack.url(path), { headers: { host: '10.1.2.3:8080' } })).status, path).toBe(200)

@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto'
+import { isDeepStrictEqual } from 'node:util'
 import { GetObjectCommand, type GetObjectCommandOutput, type S3Client } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
-import { Hono } from 'hono'
-import { bodyLimit } from 'hono/body-limit'
+import { type Context, Hono } from 'hono'
 import { streamSSE } from 'hono/streaming'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
-import type { Artifact, JobStatusBody, SubmitJobResponse } from '../schema/api.ts'
+import type { Artifact, JobStatusBody, JobSummary, SubmitJobBody, SubmitJobResponse } from '../schema/api.ts'
 import { checkBackends } from '../schema/clients.ts'
 import { isTerminal, JobId, JobStatus } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
@@ -15,29 +15,47 @@ import type { Database } from '../schema/db/connect.ts'
 import type { JobArtifactRow, JobRow } from '../schema/db/tables.ts'
 import type { JobEnvelope } from '../schema/envelope.ts'
 import type { ProgressEvent } from '../schema/events.ts'
-import { CANCEL_CHANNEL, cancelKey } from '../schema/keys.ts'
+import { CANCEL_CHANNEL, cancelKey, eventLogKey, seqKey } from '../schema/keys.ts'
 import { JobType, outputPrefixFor, TYPE_DEFAULTS } from '../schema/params/index.ts'
-import { emitEvent, lastEvent } from '../schema/progress-log.ts'
+import { emitEvent, emitFirstEvent, lastEvent } from '../schema/progress-log.ts'
 import { checkSubmission } from '../schema/submission.ts'
-import { presentedToken, tokenOwner } from './auth.ts'
 import { consoleApp } from './console/index.ts'
 import { artifactPathOf, attachmentDisposition, byteRange } from './downloads.ts'
-import { ApiError, isBackendDown } from './errors.ts'
+import { ApiError, BackendUnavailableError, isBackendDown, onBackend } from './errors.ts'
 import { type EventHub, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import { auth } from './middleware/auth.ts'
+import { jsonBody } from './middleware/body.ts'
+import { errorHandler, notFound } from './middleware/errors.ts'
+import { originGuard, originPolicy } from './middleware/origin.ts'
+import {
+  AUTH_FAILURE_BURST,
+  AUTH_FAILURES_PER_SEC,
+  authFailureLimit,
+  rateLimit,
+} from './middleware/rate-limit.ts'
 import { openApiDocument } from './openapi.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
-import { JobStore } from './store.ts'
+import { isNotQueued, JobStore, NOT_QUEUED } from './store.ts'
 
 export const MAX_BODY_BYTES = 1024 * 1024
 /** Longest a cached status body is served when no event of its job arrives (see `cachedStatus`). */
 const STATUS_CACHE_MS = 1000
 /** Routes that need no API token. */
-const PUBLIC_PATHS = new Set(['/healthz', '/metrics', '/', '/openapi.json'])
+const PUBLIC_PATHS = new Set(['/healthz', '/readyz', '/', '/openapi.json'])
+/** Routes that answer probes and scrapers, which call by IP: no Host/Origin rule (they carry no job data). */
+const PROBE_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
+/** The SSE route: with the WebSocket, the only place `?token=` is accepted (EventSource sends no header). */
+const SSE_PATH = /^\/api\/jobs\/[^/]+\/events$/
+/** How long the gateway keeps trying to clean up a submit whose add had an unknown outcome. */
+const RECONCILE_FOR_MS = 10 * 60_000
+/** The 503 rule of a submit (README "Security"). */
+const NOTHING_QUEUED = 'nothing was queued; send the same request again'
 
 export interface GatewayDeps {
   config: Config
   database: Database
+  /** Commands (fail fast: schema/clients.ts FAIL_FAST_REDIS). */
   redis: Redis
   queue: Queue
   s3: S3Client
@@ -47,8 +65,6 @@ export interface GatewayDeps {
   /** Open WebSockets and SSE streams per token (shared with the WebSocket server). */
   streams: StreamCounter
 }
-
-type Env = { Variables: { owner: string | null } }
 
 const iso = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null)
 
@@ -64,37 +80,30 @@ export const rowSnapshot = (row: JobRow): ProgressEvent => ({
   attempt: row.attempt,
 })
 
+/**
+ * With API tokens a jobId the client chooses is scoped to its token: `<name>.<jobId>` (an id that starts
+ * with `<name>.` already, or that this token owns already, is kept). Two tokens never compete for an id, so a submit tells nothing about
+ * another token's jobs. Names cannot contain "." (schema/config.ts), so scoped ids never collide.
+ */
+export function scopedJobId(owner: string | null, requested: string): string {
+  if (owner === null) return requested
+  const prefix = `${owner}.`
+  return requested.startsWith(prefix) ? requested : `${prefix}${requested}`
+}
+
 /** The Hono app of the gateway: REST API, SSE, health and metrics (WebSocket is attached in server.ts). */
 export function createApp(deps: GatewayDeps): {
-  app: Hono<Env>
+  app: Hono
   store: JobStore
   statusBody: (row: JobRow) => Promise<JobStatusBody>
 } {
   const { config, redis, queue, s3, hub, metrics, logger } = deps
   const store = new JobStore(deps.database.db)
-  const app = new Hono<Env>()
+  const app = new Hono()
   const authRequired = config.apiTokens.size > 0
-  const limiter = new RateLimiter(config.rateLimitRps)
 
-  app.onError((err, c) => {
-    if (err instanceof ApiError) return c.json(err.toJSON(), err.status)
-    if (isBackendDown(err)) {
-      logger.warn({ err: (err as Error).message, path: c.req.path }, 'backing service unavailable')
-      return c.json(
-        new ApiError(
-          503,
-          'unavailable',
-          'a backing service (Redis, Postgres or S3) is unavailable; retry shortly',
-        ).toJSON(),
-        503,
-      )
-    }
-    logger.error({ err, path: c.req.path }, 'unhandled error')
-    return c.json({ error: { code: 'internal', message: 'internal error' } }, 500)
-  })
-  app.notFound((c) =>
-    c.json(new ApiError(404, 'not_found', `no route ${c.req.method} ${c.req.path}`).toJSON(), 404),
-  )
+  app.onError(errorHandler({ logger }))
+  app.notFound(notFound)
 
   app.use(async function requestMetrics(c, next) {
     const start = performance.now()
@@ -105,61 +114,53 @@ export function createApp(deps: GatewayDeps): {
       (performance.now() - start) / 1000,
     )
   })
+  // The cross-cutting rules, in order: cross-site refusal, wrong-token throttle (before auth, per client
+  // address), auth, then the per-token request rate.
+  app.use(originGuard({ policy: originPolicy(config), exempt: (p) => PROBE_PATHS.has(p) }))
+  app.use(
+    authFailureLimit({
+      limiter: new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST),
+      onLimited: () => metrics.rateLimited.inc(),
+    }),
+  )
+  app.use(
+    auth({
+      tokens: config.apiTokens,
+      metricsToken: config.metricsToken,
+      // The console's page and assets carry no data: the API calls it makes are authorised like any other.
+      isPublic: (p) => PUBLIC_PATHS.has(p) || p.startsWith('/console/'),
+      acceptsQueryToken: (p) => SSE_PATH.test(p),
+    }),
+  )
+  app.use(
+    rateLimit({
+      limiter: new RateLimiter(config.rateLimitRps),
+      key: (c) => c.get('owner'),
+      describe: `over ${config.rateLimitRps} requests per second`,
+      onLimited: () => metrics.rateLimited.inc(),
+    }),
+  )
 
   app.get('/healthz', (c) => c.json({ ok: true }))
-  // The console's page and assets carry no data: the API calls it makes are authorised like any other.
   app.route('/', consoleApp)
-  app.get('/metrics', async (c) => {
-    if (
-      config.metricsToken &&
-      tokenOwner(
-        new Map([['metrics', config.metricsToken]]),
-        presentedToken(c.req.header('authorization'), undefined),
-      ) === null
-    )
-      throw new ApiError(401, 'unauthorized', 'METRICS_TOKEN is set: send Authorization: Bearer <token>')
-    return c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType })
-  })
-
-  app.use('*', async function auth(c, next) {
-    c.set('owner', null)
-    if (!authRequired || PUBLIC_PATHS.has(c.req.path) || c.req.path.startsWith('/console/')) return next()
-    const owner = tokenOwner(
-      config.apiTokens,
-      presentedToken(c.req.header('authorization'), c.req.query('token')),
-    )
-    if (owner === null)
-      throw new ApiError(
-        401,
-        'unauthorized',
-        'send Authorization: Bearer <token> (or ?token= for WebSocket and SSE)',
-      )
-    c.set('owner', owner)
-    const wait = limiter.take(owner)
-    if (wait > 0) {
-      metrics.rateLimited.inc()
-      return c.json(
-        new ApiError(
-          429,
-          'rate_limited',
-          `over ${config.rateLimitRps} requests per second; retry in ${wait} s`,
-        ).toJSON(),
-        429,
-        {
-          'retry-after': String(wait),
-        },
-      )
-    }
-    return next()
-  })
+  app.get('/metrics', async (c) =>
+    c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }),
+  )
 
   const openapi = JSON.stringify(openApiDocument())
   app.get('/openapi.json', (c) => c.body(openapi, 200, { 'content-type': 'application/json' }))
 
+  // Public (Kubernetes probes send no token): says which backend is down, not why (that is logged).
   app.get('/readyz', async (c) => {
     const checks = await checkBackends({ redis, database: deps.database, s3, bucket: config.s3.bucket })
-    const ok = Object.values(checks).every((x) => x === 'ok')
-    return c.json({ ok, checks }, ok ? 200 : 503)
+    const down = Object.entries(checks).filter(([, x]) => x !== 'ok')
+    if (down.length) logger.warn({ checks }, 'not ready')
+    const brief = {
+      redis: checks.redis === 'ok' ? 'ok' : 'down',
+      postgres: checks.postgres === 'ok' ? 'ok' : 'down',
+      s3: checks.s3 === 'ok' ? 'ok' : 'down',
+    }
+    return c.json({ ok: down.length === 0, checks: brief }, down.length === 0 ? 200 : 503)
   })
 
   const artifactUrl = (jobId: string, path: string) =>
@@ -216,7 +217,49 @@ export function createApp(deps: GatewayDeps): {
     return row
   }
 
-  const submit = async (c: import('hono').Context<Env>) => {
+  /**
+   * Makes sure Redis holds nothing of a submit that answered 503 (its add may have landed): the BullMQ
+   * job removed (a host that took it meanwhile skips it: its row is a cancelled tombstone), its event
+   * keys deleted, then the tombstone row. Throws a 503 while Redis cannot confirm it.
+   */
+  async function clearNotQueued(jobId: string): Promise<void> {
+    await onBackend('Redis', async () => {
+      await queue.remove(jobId)
+      if ((await queue.getJobState(jobId)) !== 'unknown')
+        throw new BackendUnavailableError(
+          'Redis',
+          'an earlier submit of this jobId is being undone; retry shortly',
+        )
+      await redis.del(seqKey(jobId), eventLogKey(jobId))
+    })
+    await store.removeNotQueued(jobId)
+  }
+  const reconcileLater = (jobId: string, until = Date.now() + RECONCILE_FOR_MS) => {
+    setTimeout(() => {
+      clearNotQueued(jobId).then(
+        () => logger.info({ jobId }, 'unqueued submit cleaned up'),
+        (err: unknown) => {
+          if (Date.now() < until) reconcileLater(jobId, until)
+          else logger.error({ jobId, err: (err as Error).message }, 'could not clean up an unqueued submit')
+        },
+      )
+    }, 1000).unref()
+  }
+
+  type Request = Pick<SubmitJobBody, 'type' | 'params'> & {
+    priority: number | undefined
+    timeoutSec: number | undefined
+    maxAttempts: number
+  }
+  /** Whether a stored job is the one this request asks for (the same jobId resubmitted). */
+  const sameRequest = (row: JobRow, req: Request): boolean =>
+    row.type === req.type &&
+    isDeepStrictEqual(row.params, JSON.parse(JSON.stringify(req.params))) &&
+    (row.priority ?? undefined) === req.priority &&
+    (row.timeoutSec ?? undefined) === req.timeoutSec &&
+    row.maxAttempts === req.maxAttempts
+
+  const submit = async (c: Context) => {
     let raw: unknown
     try {
       raw = await c.req.json()
@@ -227,29 +270,54 @@ export function createApp(deps: GatewayDeps): {
     if (!checked.ok) throw new ApiError(400, checked.code, checked.message, checked.issues)
     const { body } = checked
     const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body
+    // Quota: what one job may hold in Redis and Postgres (after the safety checks: stringify recurses).
+    if (Buffer.byteLength(JSON.stringify(body.params)) > config.maxParamsBytes) {
+      const message = `must be at most ${config.maxParamsBytes} bytes as JSON (MAX_PARAMS_BYTES)`
+      throw new ApiError(413, 'too_large', `params ${message}`, [{ path: 'params', message }])
+    }
     const owner = c.get('owner')
-    const jobId = requestedId ?? randomUUID()
+    // An id this token owns already (one the API generated for it) is kept: resubmitting it is idempotent.
+    const owned =
+      requestedId !== undefined && owner !== null && (await store.get(requestedId))?.owner === owner
+    const jobId =
+      requestedId === undefined ? randomUUID() : owned ? requestedId : scopedJobId(owner, requestedId)
+    if (!v.is(JobId, jobId)) {
+      const message = `must be at most ${128 - (owner?.length ?? 0) - 1} characters with this token (ids are scoped as <name>.<jobId>)`
+      throw new ApiError(400, 'invalid_request', `invalid request: jobId ${message}`, [
+        { path: 'jobId', message },
+      ])
+    }
     const outputPrefix = outputPrefixFor(type, jobId)
     const defaults = TYPE_DEFAULTS[type]
     const urls = {
       statusUrl: `/api/status/${encodeURIComponent(jobId)}`,
       streamUrl: `/ws?jobId=${encodeURIComponent(jobId)}`,
     }
-    // Params as the client sent them (validated); the host applies defaults again when it parses them.
-    const inserted = await store.insert({
-      jobId,
+    const request: Request = {
       type,
       params: body.params,
-      owner,
       priority,
       timeoutSec,
       maxAttempts: maxAttempts ?? defaults.maxAttempts,
-      outputPrefix,
-    })
-    if (!inserted) {
-      const existing = await store.get(jobId)
-      if (!existing || (authRequired && existing.owner !== owner))
-        throw new ApiError(409, 'conflict', `jobId "${jobId}" is already taken`)
+    }
+    // Params as the client sent them (validated); the host applies defaults again when it parses them.
+    const newJob = { jobId, owner, outputPrefix, ...request }
+    let claimed = await store.claim(newJob, config.maxQueuedJobsPerToken)
+    if ('existing' in claimed && isNotQueued(claimed.existing) && claimed.existing.owner === owner) {
+      // A resubmit after a 503: undo what may be left of the first try, then submit afresh.
+      await clearNotQueued(jobId)
+      claimed = await store.claim(newJob, config.maxQueuedJobsPerToken)
+    }
+    if ('overQuota' in claimed)
+      throw new ApiError(
+        429,
+        'quota_exceeded',
+        `at most ${config.maxQueuedJobsPerToken} unfinished jobs per token (MAX_QUEUED_JOBS_PER_TOKEN); wait for some to finish or cancel some`,
+      )
+    if ('existing' in claimed) {
+      const existing = claimed.existing
+      if (existing.owner !== owner || !sameRequest(existing, request))
+        throw new ApiError(409, 'conflict', `jobId "${jobId}" is already used by a different request`)
       return c.json({ jobId, status: existing.status, ...urls } satisfies SubmitJobResponse, 200)
     }
     const envelope: JobEnvelope = {
@@ -262,9 +330,36 @@ export function createApp(deps: GatewayDeps): {
       ...(timeoutSec === undefined ? {} : { timeoutSec }),
       ...(maxAttempts === undefined ? {} : { maxAttempts }),
     }
+    // The add first: a refused add leaves nothing in Redis. The rule for the client: a 503 means nothing
+    // was queued and the same request may be sent again.
     try {
-      // The queued event first, so that its seq comes before anything a host emits.
-      const event = await emitEvent(redis, {
+      await queue.add(type, envelope, {
+        jobId,
+        ...(priority === undefined ? {} : { priority }),
+        removeOnComplete: { age: 7 * 86_400, count: 10_000 },
+        removeOnFail: { age: 30 * 86_400, count: 50_000 },
+      })
+    } catch (err) {
+      const unsent = /enableOfflineQueue/.test((err as Error | undefined)?.message ?? '')
+      if (unsent || !isBackendDown(err)) {
+        // Never sent (Redis disconnected), or refused by BullMQ: nothing is in Redis, so no row either.
+        await store.remove(jobId).catch(() => {})
+        if (unsent) throw new BackendUnavailableError('Redis', NOTHING_QUEUED, { cause: err })
+        throw err
+      }
+      // Sent, but no answer: the add may land later. The row becomes a tombstone that no host runs, and
+      // what Redis holds of it is removed as soon as Redis answers.
+      await store
+        .cancel(jobId, NOT_QUEUED, 'not queued')
+        .catch((e: unknown) =>
+          logger.error({ jobId, err: (e as Error).message }, 'could not mark an unqueued submit'),
+        )
+      reconcileLater(jobId)
+      throw new BackendUnavailableError('Redis', NOTHING_QUEUED, { cause: err })
+    }
+    // Then the queued event, unless a host already emitted the job's first event (seq order holds).
+    try {
+      const event = await emitFirstEvent(redis, {
         jobId,
         type,
         status: 'queued',
@@ -273,37 +368,18 @@ export function createApp(deps: GatewayDeps): {
         attempt: 0,
         timestamp: new Date().toISOString(),
       })
-      await queue.add(type, envelope, {
-        jobId,
-        ...(priority === undefined ? {} : { priority }),
-        removeOnComplete: { age: 7 * 86_400, count: 10_000 },
-        removeOnFail: { age: 30 * 86_400, count: 50_000 },
-      })
-      void store.progressSeq(jobId, event.seq).catch(() => {})
+      if (event) await store.recordEvent(event)
     } catch (err) {
-      // Not queued: no row either, so nothing is left half-submitted.
-      await store.remove(jobId).catch(() => {})
-      throw err
+      logger.warn({ jobId, err: (err as Error).message }, 'job queued, but its queued event was not recorded')
     }
     metrics.submitted.inc({ type })
     logger.info({ jobId, type, owner }, 'job queued')
     return c.json({ jobId, status: 'queued', ...urls } satisfies SubmitJobResponse, 202)
   }
 
-  const limit = bodyLimit({
-    maxSize: MAX_BODY_BYTES,
-    // The rest of the body is not read: the connection cannot be reused, so say it closes.
-    onError: (c) =>
-      c.json(
-        new ApiError(413, 'too_large', `the body must be at most ${MAX_BODY_BYTES} bytes`).toJSON(),
-        413,
-        {
-          connection: 'close',
-        },
-      ),
-  })
-  app.post('/api/train', limit, submit)
-  app.post('/api/jobs', limit, submit)
+  const body = jsonBody({ maxBytes: MAX_BODY_BYTES })
+  app.post('/api/train', body, submit)
+  app.post('/api/jobs', body, submit)
 
   /**
    * Status bodies, shared by concurrent requests and kept until the job's next event reaches this gateway
@@ -326,7 +402,7 @@ export function createApp(deps: GatewayDeps): {
     entry.catch(() => statusCache.delete(jobId))
     return entry
   }
-  const status = async (c: import('hono').Context<Env>) => {
+  const status = async (c: Context) => {
     const jobId = c.req.param('jobId') ?? ''
     if (!v.is(JobId, jobId)) throw new ApiError(404, 'not_found', 'no such job')
     const found = await cachedStatus(jobId)
@@ -365,7 +441,25 @@ export function createApp(deps: GatewayDeps): {
       throw new ApiError(400, 'invalid_query', 'invalid query: cursor is not one this API gave out', [
         { path: 'cursor', message: 'unknown cursor' },
       ])
-    return c.json({ jobs: await Promise.all(page.rows.map(statusBody)), nextCursor: page.nextCursor })
+    const jobs = page.rows.map(
+      (row): JobSummary => ({
+        jobId: row.id,
+        type: row.type,
+        status: row.status,
+        progress: row.progress,
+        message: row.message,
+        attempt: row.attempt,
+        maxAttempts: row.maxAttempts,
+        error: row.error ?? null,
+        createdAt: row.createdAt.toISOString(),
+        startedAt: iso(row.startedAt),
+        finishedAt: iso(row.finishedAt),
+        updatedAt: row.updatedAt.toISOString(),
+        nextAttemptAt: iso(row.nextAttemptAt),
+        seq: row.lastSeq,
+      }),
+    )
+    return c.json({ jobs, nextCursor: page.nextCursor })
   })
 
   app.post('/api/jobs/:jobId/cancel', async (c) => {
@@ -373,7 +467,7 @@ export function createApp(deps: GatewayDeps): {
     if (isTerminal(row.status)) throw new ApiError(409, 'conflict', `job is already ${row.status}`)
     const jobId = row.id
     // Every host learns of it: a host about to start the job refuses, the one running it kills it.
-    await redis.set(cancelKey(jobId), '1', 'EX', 7 * 86_400)
+    await onBackend('Redis', () => redis.set(cancelKey(jobId), '1', 'EX', 7 * 86_400))
     const removed = await queue.remove(jobId).catch(() => 0)
     if (removed === 1 || row.status === 'queued' || row.status === 'retrying') {
       const fresh = await store.get(jobId)
@@ -381,27 +475,35 @@ export function createApp(deps: GatewayDeps): {
         const error = { code: 'CANCELLED', reason: 'cancelled' as const, message: 'cancelled by request' }
         // The row first, then the event: whoever sees the event finds the final state stored.
         if (await store.cancel(jobId, error, 'cancelled')) {
-          const event = await emitEvent(
-            redis,
-            {
-              jobId,
-              type: row.type,
-              status: 'cancelled',
-              progress: fresh.progress,
-              message: 'cancelled',
-              attempt: fresh.attempt,
-              timestamp: new Date().toISOString(),
-            },
-            { terminal: true },
+          const event = await onBackend('Redis', () =>
+            emitEvent(
+              redis,
+              {
+                jobId,
+                type: row.type,
+                status: 'cancelled',
+                progress: fresh.progress,
+                message: 'cancelled',
+                attempt: fresh.attempt,
+                timestamp: new Date().toISOString(),
+              },
+              { terminal: true },
+            ),
           )
-          await store.progressSeq(jobId, event.seq)
+          await store.recordEvent(event)
         }
       }
     }
-    await redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId }))
+    await onBackend('Redis', () => redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId })))
     statusCache.delete(jobId)
     const after = await store.get(jobId)
     return c.json({ jobId, status: after?.status ?? row.status, cancelRequested: true }, 202)
+  })
+
+  // A stream cannot turn into a 503 once it has started: check that Redis answers before opening one.
+  app.use('/api/jobs/:jobId/events', async function redisBeforeStream(_c, next) {
+    await onBackend('Redis', () => redis.ping(), 'no live events now; retry shortly')
+    return next()
   })
 
   app.get('/api/jobs/:jobId/artifacts', async (c) => {

@@ -5,10 +5,12 @@ import type { FieldIssue } from '../schema/issues.ts'
 export class ApiError extends Error {
   override name = 'ApiError'
   constructor(
-    readonly status: 400 | 401 | 403 | 404 | 409 | 413 | 429 | 503,
+    readonly status: 400 | 401 | 403 | 404 | 409 | 413 | 415 | 429 | 503,
     readonly code: string,
     message: string,
     readonly issues?: FieldIssue[],
+    /** Extra response headers (Retry-After). */
+    readonly headers?: Record<string, string>,
   ) {
     super(message)
   }
@@ -20,5 +22,64 @@ export class ApiError extends Error {
   }
 }
 
+export type Backend = 'Redis' | 'Postgres' | 'S3'
+
+/**
+ * A backing service could not be reached: a 503 `backend_unavailable` that names it. `detail` says what
+ * it means for the request (for a submit: that nothing was queued).
+ */
+export class BackendUnavailableError extends ApiError {
+  override name = 'BackendUnavailableError'
+  constructor(
+    readonly backend: Backend,
+    detail = 'retry shortly',
+    options?: { cause?: unknown },
+  ) {
+    super(503, 'backend_unavailable', `${backend} is unavailable; ${detail}`, undefined, {
+      'retry-after': '2',
+    })
+    if (options?.cause !== undefined) this.cause = options.cause
+  }
+}
+
 /** Connection failures of Redis, Postgres or S3: the request gets a 503, the process stays up. */
 export const isBackendDown = isConnectionError
+
+/**
+ * Which backing service a connection error came from, by its shape, for errors that no call site
+ * tagged: the AWS SDK's carry `$metadata`, ioredis' say so in their message, the rest are postgres.js'.
+ */
+export function backendOf(err: unknown): Backend {
+  const e = err as { $metadata?: unknown; message?: string; name?: string } | undefined
+  if (e?.$metadata !== undefined) return 'S3'
+  if (
+    /enableOfflineQueue|Command timed out|Connection is closed|MaxRetriesPerRequest/.test(e?.message ?? '') ||
+    e?.name === 'MaxRetriesPerRequestError'
+  )
+    return 'Redis'
+  return 'Postgres'
+}
+
+/**
+ * Runs `fn`, turning a connection failure into a `BackendUnavailableError` for `backend`.
+ *
+ * @example await onBackend('Redis', () => redis.set(key, '1'))
+ */
+export async function onBackend<T>(backend: Backend, fn: () => Promise<T>, detail?: string): Promise<T> {
+  try {
+    return await fn()
+  } catch (err) {
+    if (isBackendDown(err) && !(err instanceof ApiError))
+      throw new BackendUnavailableError(backend, detail, { cause: err })
+    throw err
+  }
+}
+
+/**
+ * The raw HTTP/1.1 answer of an `ApiError` on an upgrade socket (the WebSocket upgrade has no Hono
+ * context).
+ */
+export function rawHttpError(err: ApiError, reason: string): string {
+  const body = JSON.stringify(err.toJSON())
+  return `HTTP/1.1 ${err.status} ${reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+}

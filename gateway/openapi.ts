@@ -30,12 +30,14 @@ const errors = (...codes: number[]) =>
         {
           400: 'invalid input: which field and why',
           401: 'no or bad token',
+          403: 'cross-site request (foreign Origin or Host; see ALLOWED_ORIGINS)',
           404: 'unknown job (or another owner’s)',
-          409: 'conflict',
-          413: 'body over 1 MB',
+          409: 'conflict (for a submit: the jobId exists with a different request)',
+          413: 'body over 1 MB, or params over MAX_PARAMS_BYTES',
+          415: 'body is not JSON (content-type: application/json)',
           416: 'Range malformed or past the end of the file (content-range: bytes */<size>)',
-          429: 'rate limited (see Retry-After)',
-          503: 'Redis, Postgres or S3 unavailable',
+          429: 'rate limited (see Retry-After), or over MAX_QUEUED_JOBS_PER_TOKEN (quota_exceeded)',
+          503: 'backend_unavailable: Redis, Postgres or S3 (named) is down; for a submit, nothing was queued',
         }[c] ?? 'error',
       ),
     ]),
@@ -56,7 +58,7 @@ export function openApiDocument(): Record<string, unknown> {
     responses: {
       '202': json('SubmitJobResponse', 'queued'),
       '200': json('SubmitJobResponse', 'a job with this jobId exists already'),
-      ...errors(400, 401, 409, 413, 429, 503),
+      ...errors(400, 401, 403, 409, 413, 415, 429, 503),
     },
   }
   const status = {
@@ -76,7 +78,7 @@ export function openApiDocument(): Record<string, unknown> {
         bearer: {
           type: 'http',
           scheme: 'bearer',
-          description: 'When API_TOKENS is set; WebSocket and SSE also accept ?token=',
+          description: 'When API_TOKENS is set; only WebSocket and SSE also accept ?token=',
         },
       },
       schemas: {
@@ -98,7 +100,8 @@ export function openApiDocument(): Record<string, unknown> {
         post: { ...submit, operationId: 'submitJobAlias' },
         get: {
           operationId: 'listJobs',
-          summary: 'List jobs, newest first',
+          summary:
+            'List jobs, newest first: summaries (no params, result or artifacts; see the status route)',
           parameters: [
             { name: 'status', in: 'query', schema: { type: 'string', enum: [...JOB_STATUSES] } },
             { name: 'type', in: 'query', schema: { type: 'string', enum: [...JOB_TYPES] } },
@@ -205,8 +208,12 @@ export function openApiDocument(): Record<string, unknown> {
       '/readyz': {
         get: {
           operationId: 'readyz',
+          security: [],
           summary: 'Readiness: Redis, Postgres and S3 reachable',
-          responses: { '200': { description: 'ready' }, '503': { description: 'a backing service is down' } },
+          responses: {
+            '200': { description: 'ready' },
+            '503': { description: 'a backing service is down: `checks` says which (ok or down), not why' },
+          },
         },
       },
       '/metrics': {

@@ -24,6 +24,14 @@ export class RateLimiter {
     return Math.max(1, Math.ceil((1 - b.tokens) / this.rate))
   }
 
+  /** The seconds to wait before `key` may take one (0: now), without taking it. */
+  wait(key: string, now = Date.now()): number {
+    const b = this.buckets.get(key)
+    if (!b) return 0
+    const tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 1000) * this.rate)
+    return tokens >= 1 ? 0 : Math.max(1, Math.ceil((1 - tokens) / this.rate))
+  }
+
   private prune(now: number): void {
     for (const [key, b] of this.buckets) if (now - b.at > 60_000) this.buckets.delete(key)
   }

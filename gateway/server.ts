@@ -4,13 +4,14 @@ import type { S3Client } from '@aws-sdk/client-s3'
 import { serve } from '@hono/node-server'
 import { Queue } from 'bullmq'
 import type { Logger } from 'pino'
-import { createRedis } from '../schema/clients.ts'
+import { createRedis, FAIL_FAST_REDIS } from '../schema/clients.ts'
 import type { Config } from '../schema/config.ts'
 import type { Database } from '../schema/db/connect.ts'
 import { QUEUE_NAME } from '../schema/keys.ts'
 import { createApp, rowSnapshot } from './app.ts'
 import { EventHub } from './hub.ts'
 import { GatewayMetrics } from './metrics.ts'
+import { originPolicy } from './middleware/origin.ts'
 import { StreamCounter } from './rate-limit.ts'
 import { attachWebSocket } from './ws.ts'
 
@@ -36,23 +37,28 @@ export async function startGateway(opts: {
   logger: Logger
 }): Promise<Gateway> {
   const { config, database, logger } = opts
-  const redis = createRedis(config.redisUrl)
+  // Requests never wait for Redis: commands and queue adds fail fast when it is down (a 503 at once).
+  // The hub's replay reads may wait a little for a reconnect (they are idempotent, and a subscriber's
+  // catch-up after a Redis restart must not fail because this connection is a moment behind).
+  const redis = createRedis(config.redisUrl, FAIL_FAST_REDIS)
+  const queueConnection = createRedis(config.redisUrl, FAIL_FAST_REDIS)
+  const reader = createRedis(config.redisUrl, { commandTimeout: FAIL_FAST_REDIS.commandTimeout })
   const subscriber = createRedis(config.redisUrl)
-  const queueConnection = createRedis(config.redisUrl)
   for (const [name, r] of [
     ['redis', redis],
+    ['reader', reader],
     ['subscriber', subscriber],
     ['queue', queueConnection],
   ] as const)
     r.on('error', (err) => logger.warn({ err: err.message, connection: name }, 'redis error'))
-  await Promise.all([redis.connect(), subscriber.connect(), queueConnection.connect()])
+  await Promise.all([redis.connect(), reader.connect(), subscriber.connect(), queueConnection.connect()])
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix: config.queuePrefix })
   queue.on('error', (err) => logger.warn({ err: err.message }, 'queue error'))
   const metrics = new GatewayMetrics()
   let store: import('./store.ts').JobStore | undefined
   const hub = new EventHub(
     subscriber,
-    redis,
+    reader,
     async (jobId) => {
       const row = await store?.get(jobId)
       return row ? rowSnapshot(row) : null
@@ -86,6 +92,7 @@ export async function startGateway(opts: {
     tokens: config.apiTokens,
     streams,
     maxStreamsPerToken: config.maxStreamsPerToken,
+    origin: originPolicy(config),
   })
   const port = (server.address() as AddressInfo).port
   const url = `http://${hostname}:${port}`
@@ -102,6 +109,7 @@ export async function startGateway(opts: {
       await hub.close()
       await queue.close()
       subscriber.disconnect()
+      reader.disconnect()
       await redis.quit().catch(() => redis.disconnect())
     },
   }

@@ -7,8 +7,10 @@ import { JobId } from '../schema/common.ts'
 import { type ProgressEvent, WsClientMessage, type WsServerNotice } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
+import { rawHttpError } from './errors.ts'
 import { type EventHub, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import { checkOrigin, type OriginPolicy } from './middleware/origin.ts'
 import type { StreamCounter } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
 
@@ -28,6 +30,7 @@ export interface WsOptions {
   tokens: Map<string, string>
   streams: StreamCounter
   maxStreamsPerToken: number
+  origin: OriginPolicy
 }
 
 /** `GET /ws`: subscribe/unsubscribe to any number of jobs over one socket. */
@@ -42,6 +45,8 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       socket.destroy()
       return
     }
+    const refused = checkOrigin(req.headers, opts.origin)
+    if (refused) return void socket.end(rawHttpError(refused, 'Forbidden'))
     let owner: string | null = null
     if (tokens.size > 0) {
       owner = tokenOwner(

@@ -4,7 +4,8 @@ import { isConnectionError } from '../schema/clients.ts'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import { TERMINAL_STATUSES } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
-import { type JobRow, jobArtifacts, jobAttempts, jobEvents, jobs } from '../schema/db/tables.ts'
+import { recordJobEvent } from '../schema/db/events.ts'
+import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import type { JobType } from '../schema/params/index.ts'
 
@@ -220,24 +221,7 @@ export class JobState {
 
   /** Keeps a status change in the job's history and moves the row's seq forward. */
   recordEvent(event: ProgressEvent): Promise<void> {
-    return this.retry('event', async () => {
-      await this.db
-        .insert(jobEvents)
-        .values({
-          jobId: event.jobId,
-          seq: event.seq,
-          status: event.status,
-          progress: event.progress,
-          message: event.message,
-          attempt: event.attempt,
-          at: new Date(event.timestamp),
-        })
-        .onConflictDoNothing()
-      await this.db
-        .update(jobs)
-        .set({ lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})` })
-        .where(eq(jobs.id, event.jobId))
-    })
+    return this.retry('event', () => recordJobEvent(this.db, event))
   }
 
   /**

@@ -53,7 +53,14 @@ export const JobStatusBody = v.object({
 })
 export type JobStatusBody = v.InferOutput<typeof JobStatusBody>
 
-export const JobListBody = v.object({ jobs: v.array(JobStatusBody), nextCursor: v.nullable(v.string()) })
+/**
+ * One job in `GET /api/jobs`: the status body without `params`, `result` and `artifacts` (which can be
+ * large; a list of 500 must stay small), from the stored state. `GET /api/status/:jobId` has the rest.
+ */
+export const JobSummary = v.omit(JobStatusBody, ['params', 'result', 'artifacts'])
+export type JobSummary = v.InferOutput<typeof JobSummary>
+
+export const JobListBody = v.object({ jobs: v.array(JobSummary), nextCursor: v.nullable(v.string()) })
 export type JobListBody = v.InferOutput<typeof JobListBody>
 
 export const ErrorBody = v.object({

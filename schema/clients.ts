@@ -31,6 +31,19 @@ export const createRedis = (url: string, opts: RedisOptions = {}): Redis =>
     ...opts,
   })
 
+/**
+ * Options for a connection whose commands must fail fast when Redis is down, never wait for it: nothing is
+ * queued while disconnected (so a command the caller gave up on is never sent later), nothing unanswered
+ * is resent after a reconnect, and a command with no answer within `commandTimeout` fails. The gateway's
+ * command and queue connections use it (BullMQ's Queue, unlike its Worker, works with it); a command that
+ * timed out may still have run: the caller decides what an unknown outcome means.
+ */
+export const FAIL_FAST_REDIS: RedisOptions = {
+  enableOfflineQueue: false,
+  autoResendUnfulfilledCommands: false,
+  commandTimeout: 2000,
+}
+
 /** Checks that Redis answers within `timeoutMs`; throws a short, clear error otherwise. */
 export async function probeRedis(url: string, timeoutMs = 2000): Promise<void> {
   const redis = new Redis(url, {
@@ -76,7 +89,7 @@ export function isConnectionError(err: unknown): boolean {
   const code = e?.code ?? e?.cause?.code ?? ''
   return (
     CONNECTION_CODES.has(code) ||
-    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|ETIMEDOUT|terminat/.test(
+    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|Command timed out|ETIMEDOUT|terminat/.test(
       e?.message ?? '',
     )
   )

@@ -25,6 +25,12 @@ export interface Config {
   rateLimitRps: number
   /** Open WebSockets and SSE streams per API token. */
   maxStreamsPerToken: number
+  /** Unfinished (queued, running, retrying) jobs per API token; over it a submit gets 429. */
+  maxQueuedJobsPerToken: number
+  /** Largest `params` of one job, as JSON bytes; over it a submit gets 413. */
+  maxParamsBytes: number
+  /** Origins (`scheme://host[:port]`) besides the gateway's own that browsers may call it from. */
+  allowedOrigins: Set<string>
   gatewayPort: number
   gatewayHost: string | undefined
   metricsPort: number
@@ -46,6 +52,9 @@ export interface Config {
   /** `pretty` (one readable line per entry) or `json`; unset: pretty on a terminal, JSON otherwise. */
   logFormat: 'pretty' | 'json' | undefined
 }
+
+/** Shortest API token accepted (README "Security"). */
+export const MIN_TOKEN_LENGTH = 16
 
 export class ConfigError extends Error {
   override name = 'ConfigError'
@@ -71,6 +80,9 @@ export const ENV_VARS = [
   'METRICS_TOKEN',
   'RATE_LIMIT_RPS',
   'MAX_STREAMS_PER_TOKEN',
+  'MAX_QUEUED_JOBS_PER_TOKEN',
+  'MAX_PARAMS_BYTES',
+  'ALLOWED_ORIGINS',
   'GATEWAY_PORT',
   'GATEWAY_HOST',
   'METRICS_PORT',
@@ -140,6 +152,8 @@ export function loadConfig(env: Env = process.env): Config {
     return value
   }
 
+  // 16+ characters: long enough that guessing (rate-limited per client) cannot succeed. Names have no
+  // "." because a token's own jobIds are `<name>.<jobId>` (see gateway/app.ts), which must not collide.
   const apiTokens = new Map<string, string>()
   const tokens = raw('API_TOKENS')
   if (tokens) {
@@ -150,13 +164,30 @@ export function loadConfig(env: Env = process.env): Config {
       const at = pair.indexOf(':')
       const name = pair.slice(0, at)
       const token = pair.slice(at + 1)
-      if (at <= 0 || token.length < 8 || !/^[A-Za-z0-9_.-]+$/.test(name)) {
-        problems.push('API_TOKENS: each entry must be name:token, with a token of at least 8 characters')
+      if (at <= 0 || token.length < MIN_TOKEN_LENGTH || !/^[A-Za-z0-9_-]{1,32}$/.test(name)) {
+        problems.push(
+          `API_TOKENS: each entry must be name:token, a name of 1 to 32 letters, digits, "_" or "-" and a token of at least ${MIN_TOKEN_LENGTH} characters`,
+        )
         break
       }
       if (apiTokens.has(name)) problems.push(`API_TOKENS: the name "${name}" appears twice`)
       apiTokens.set(name, token)
     }
+  }
+
+  const allowedOrigins = new Set<string>()
+  for (const entry of (raw('ALLOWED_ORIGINS') ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
+    let origin: string | undefined
+    try {
+      const u = new URL(entry)
+      if ((u.protocol === 'http:' || u.protocol === 'https:') && entry.replace(/\/$/, '') === u.origin)
+        origin = u.origin
+    } catch {}
+    if (origin) allowedOrigins.add(origin)
+    else problems.push('ALLOWED_ORIGINS: each entry must be an origin such as https://console.example.com')
   }
 
   const dataDir = path.resolve(raw('DATA_DIR') ?? './data')
@@ -177,6 +208,9 @@ export function loadConfig(env: Env = process.env): Config {
     metricsToken: raw('METRICS_TOKEN'),
     rateLimitRps: int('RATE_LIMIT_RPS', 50, 1, 100_000),
     maxStreamsPerToken: int('MAX_STREAMS_PER_TOKEN', 50, 1, 100_000),
+    maxQueuedJobsPerToken: int('MAX_QUEUED_JOBS_PER_TOKEN', 1000, 1, 10_000_000),
+    maxParamsBytes: int('MAX_PARAMS_BYTES', 64 * 1024, 1024, 1024 * 1024),
+    allowedOrigins,
     gatewayPort: int('GATEWAY_PORT', 8080, 0, 65535),
     gatewayHost: raw('GATEWAY_HOST'),
     metricsPort: int('METRICS_PORT', 9464, 0, 65535),

@@ -21,11 +21,17 @@ end
 return seq
 `
 
+// The same, only for a job that has no event yet: a producer's `queued` event, written after the job was
+// added (so a refused add leaves nothing), is skipped when a host was quicker (its seq must come first).
+const EMIT_FIRST_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+${EMIT_SCRIPT}`
+
 /** Appends an event to the job's replay log and publishes it; returns the event with its seq. */
 export async function emitEvent(
   redis: Redis,
   event: UnsequencedEvent,
-  { terminal = false }: { terminal?: boolean } = {},
+  { terminal = false, onlyFirst = false }: { terminal?: boolean; onlyFirst?: boolean } = {},
 ): Promise<ProgressEvent> {
   const head = JSON.stringify({
     jobId: event.jobId,
@@ -36,7 +42,7 @@ export async function emitEvent(
   }).slice(0, -1)
   const tail = `,${JSON.stringify({ type: event.type, attempt: event.attempt }).slice(1)}`
   const seq = (await redis.eval(
-    EMIT_SCRIPT,
+    onlyFirst ? EMIT_FIRST_SCRIPT : EMIT_SCRIPT,
     2,
     seqKey(event.jobId),
     eventLogKey(event.jobId),
@@ -47,6 +53,12 @@ export async function emitEvent(
     terminal ? String(EVENT_LOG_TTL_SEC) : '0',
   )) as number
   return { ...event, seq }
+}
+
+/** `emitEvent` for the first event of a job only: null (nothing written) when the job has one already. */
+export async function emitFirstEvent(redis: Redis, event: UnsequencedEvent): Promise<ProgressEvent | null> {
+  const emitted = await emitEvent(redis, event, { onlyFirst: true })
+  return emitted.seq === 0 ? null : emitted
 }
 
 /** Events of a job with `seq > after`, oldest first (stream ids are `<seq>-1`). */

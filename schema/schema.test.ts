@@ -126,14 +126,31 @@ describe('configuration', () => {
     expect(error?.message).not.toContain('hunter2')
   })
 
+  it('refuses tokens under 16 characters and names with a "." (ids are scoped as <name>.<jobId>)', () => {
+    expect(() => loadConfig({ API_TOKENS: 'alice:sixteen-chars-xx' })).not.toThrow()
+    expect(() => loadConfig({ API_TOKENS: 'alice:fifteen-chars-x' })).toThrow(/at least 16 characters/)
+    expect(() => loadConfig({ API_TOKENS: 'a.b:sixteen-chars-xx' })).toThrow(/API_TOKENS/)
+  })
+
+  it('reads ALLOWED_ORIGINS as origins and the quotas as bounded integers', () => {
+    const c = loadConfig({ ALLOWED_ORIGINS: 'https://a.example.com, http://localhost:3000' })
+    expect([...c.allowedOrigins]).toEqual(['https://a.example.com', 'http://localhost:3000'])
+    expect(c.maxQueuedJobsPerToken).toBe(1000)
+    expect(c.maxParamsBytes).toBe(65536)
+    for (const bad of ['a.example.com', 'https://a.example.com/path', 'ftp://x', '*'])
+      expect(() => loadConfig({ ALLOWED_ORIGINS: bad }), bad).toThrow(/ALLOWED_ORIGINS/)
+    expect(() => loadConfig({ MAX_PARAMS_BYTES: '10' })).toThrow(/MAX_PARAMS_BYTES/)
+    expect(() => loadConfig({ MAX_QUEUED_JOBS_PER_TOKEN: '0' })).toThrow(/MAX_QUEUED_JOBS_PER_TOKEN/)
+  })
+
   it('reads secrets from NAME_FILE and tokens as name:token pairs', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'cfg-'))
-    await writeFile(path.join(dir, 'tokens'), 'alice:tokenAAAA1,bob:tokenBBBB2\n')
+    await writeFile(path.join(dir, 'tokens'), 'alice:tokenAAAA1-16chars,bob:tokenBBBB2-16chars\n')
     try {
       const c = loadConfig({ API_TOKENS_FILE: path.join(dir, 'tokens') })
       expect([...c.apiTokens.entries()]).toEqual([
-        ['alice', 'tokenAAAA1'],
-        ['bob', 'tokenBBBB2'],
+        ['alice', 'tokenAAAA1-16chars'],
+        ['bob', 'tokenBBBB2-16chars'],
       ])
       expect(() => loadConfig({ API_TOKENS_FILE: path.join(dir, 'missing') })).toThrow(
         /API_TOKENS_FILE: cannot read/,

@@ -1,4 +1,4 @@
-import type { JobStatusBody } from '../../schema/api.ts'
+import type { JobStatusBody, JobSummary } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 
 export const percent = (p: number): string => `${Number(p.toFixed(1))}%`
@@ -96,7 +96,7 @@ export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()
 }
 
 /** The table of `gpu-jobs list`. */
-export function jobTable(jobs: JobStatusBody[], now = Date.now()): string {
+export function jobTable(jobs: JobSummary[], now = Date.now()): string {
   const header = ['JOB ID', 'TYPE', 'STATUS', 'PROGRESS', 'CREATED', 'MESSAGE']
   const rows = jobs.map((j) => [
     j.jobId,

@@ -160,7 +160,7 @@ afterAll(async () => {
 describe('gpu-jobs submit', () => {
   it('builds typed, nested params from --param and prints the job id', async () => {
     const jobId = `cli-nested-${randomUUID().slice(0, 8)}`
-    const r = await cli(url, [
+    const args = [
       'submit',
       'render_video',
       '--param',
@@ -183,7 +183,8 @@ describe('gpu-jobs submit', () => {
       '10m',
       '--max-attempts',
       '2',
-    ])
+    ]
+    const r = await cli(url, args)
     expect(r.err).toBe('')
     expect(r.code).toBe(EXIT.ok)
     expect(r.out).toBe(`${jobId}\n`)
@@ -197,11 +198,14 @@ describe('gpu-jobs submit', () => {
     })
     expect(job.maxAttempts).toBe(2)
 
-    // The same id again: the existing job, said so on stderr.
-    const again = await cli(url, ['submit', 'render_video', '-p', 'frames=4', '--job-id', jobId])
+    // The same request again: the existing job, said so on stderr; the same id with another body: 409.
+    const again = await cli(url, args)
     expect(again.code).toBe(EXIT.ok)
     expect(again.out).toBe(`${jobId}\n`)
     expect(again.err).toMatch(/already exists/)
+    const other = await cli(url, ['submit', 'render_video', '-p', 'frames=4', '--job-id', jobId])
+    expect(other.code).toBe(EXIT.error)
+    expect(other.err).toMatch(/conflict/)
   })
 
   it('merges --param over --params (inline or @file) and sends numbers as numbers', async () => {
@@ -531,7 +535,7 @@ describe('with API tokens', () => {
   let authed: Stack
   beforeAll(async () => {
     authed = await startStack({
-      env: { API_TOKENS: 'alice:alice-token-1,bob:bob-token-22' },
+      env: { API_TOKENS: 'alice:alice-token-0000001,bob:bob-token-00000022' },
       withHost: false,
     })
   })
@@ -545,7 +549,7 @@ describe('with API tokens', () => {
     expect(none.code).toBe(EXIT.error)
     expect(none.err).toMatch(/^error: unauthorized: .+\nset GPU_JOBS_TOKEN to a valid API token\n$/)
 
-    const env = { GPU_JOBS_TOKEN: 'alice-token-1' }
+    const env = { GPU_JOBS_TOKEN: 'alice-token-0000001' }
     const id = (await cli(u, ['submit', 'train_lora', ...lora(1)], { env })).out.trim()
     expect(id).toMatch(/^[0-9a-f-]{36}$/)
     // No GPU host here: the job stays queued while both transports follow it.
@@ -555,7 +559,7 @@ describe('with API tokens', () => {
     expect(ws.out.lines[0]).toMatch(/#1 queued +0%/)
 
     // Bob cannot see it.
-    const bob = await cli(u, ['status', id], { env: { GPU_JOBS_TOKEN: 'bob-token-22' } })
+    const bob = await cli(u, ['status', id], { env: { GPU_JOBS_TOKEN: 'bob-token-00000022' } })
     expect(bob.err).toBe(`error: not_found: no job "${id}"\n`)
 
     const cancelled = await cli(u, ['cancel', id], { env })

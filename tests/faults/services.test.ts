@@ -152,7 +152,8 @@ describe('Postgres unreachable', () => {
 
     const res = await postJob(stack, { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds' } })
     expect(res.status).toBe(503)
-    expect(res.json).toMatchObject({ error: { code: 'unavailable' } })
+    expect(res.json).toMatchObject({ error: { code: 'backend_unavailable' } })
+    expect(String((res.json.error as { message: string }).message)).toMatch(/Postgres/)
     const ready = await fetch(stack.url('/readyz'))
     expect(ready.status).toBe(503)
     expect(((await ready.json()) as { checks: { postgres: string } }).checks.postgres).toMatch(/^down/)

@@ -1,11 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
+import type { JobStatusBody } from '../../schema/api.ts'
 import { jobs } from '../../schema/db/tables.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
-import { type Stack, startStack, waitStatus } from '../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 const ALICE = 'alice-token-0001'
-const BOB = 'bob-token-0002'
+const BOB = 'bob-token-0002-xy'
 let stack: Stack
 let aliceJob: string
 let aliceFile: string
@@ -26,11 +27,14 @@ beforeAll(async () => {
   expect(res.status).toBe(202)
   aliceJob = ((await res.json()) as { jobId: string }).jobId
   stack.url = (p: string) => `${stack.gateway.url}${p}`
-  const done = await waitStatus(
-    { ...stack, url: (p) => `${stack.gateway.url}${p}${p.includes('?') ? '&' : '?'}token=${ALICE}` },
-    aliceJob,
-    ['completed'],
+  // ?token= is not accepted on REST routes: poll with the header.
+  const done = await waitFor(
+    async () => {
+      const body = (await (await call(`/api/status/${aliceJob}`, ALICE)).json()) as JobStatusBody
+      return body.status === 'completed' ? body : null
+    },
     30_000,
+    'alice’s job to complete',
   )
   aliceFile = done.artifacts[0]?.url ?? ''
 })
@@ -49,7 +53,6 @@ describe('with API_TOKENS set', () => {
     ['GET', '/api/jobs/x1/artifacts'],
     ['GET', '/api/jobs/x1/artifacts/a.txt'],
     ['GET', '/api/jobs/x1/events'],
-    ['GET', '/readyz'],
   ]
   it.each(routes)('%s %s needs a token (401), and a wrong one is refused too', async (method, path) => {
     expect((await call(path, undefined, { method })).status).toBe(401)
@@ -58,8 +61,8 @@ describe('with API_TOKENS set', () => {
     expect(((await wrong.json()) as { error: { code: string } }).error.code).toBe('unauthorized')
   })
 
-  it('leaves /healthz, /metrics, the console page and the OpenAPI document open', async () => {
-    for (const path of ['/healthz', '/metrics', '/', '/openapi.json'])
+  it('leaves /healthz, /readyz, /metrics, the console page and the OpenAPI document open', async () => {
+    for (const path of ['/healthz', '/readyz', '/metrics', '/', '/openapi.json'])
       expect((await call(path)).status, path).toBe(200)
   })
 
@@ -82,15 +85,17 @@ describe('with API_TOKENS set', () => {
     expect(aliceList.jobs.map((j) => j.jobId)).toContain(aliceJob)
   })
 
-  it('refuses to reuse another owner’s jobId (409) and returns the job to its owner (200)', async () => {
+  it('scopes a requested jobId to its token: bob gets a job of his own, alice a 409 for another body', async () => {
     const body = JSON.stringify({
       type: 'train_voice',
       jobId: aliceJob,
       params: { speakerName: 'b', datasetPath: 'ds' },
     })
     const headers = { 'content-type': 'application/json' }
-    expect((await call('/api/train', BOB, { method: 'POST', headers, body })).status).toBe(409)
-    expect((await call('/api/train', ALICE, { method: 'POST', headers, body })).status).toBe(200)
+    const bob = await call('/api/train', BOB, { method: 'POST', headers, body })
+    expect(bob.status).toBe(202)
+    expect(((await bob.json()) as { jobId: string }).jobId).toBe(`bob.${aliceJob}`)
+    expect((await call('/api/train', ALICE, { method: 'POST', headers, body })).status).toBe(409)
   })
 
   it('accepts ?token= on SSE and WebSocket, and hides other owners’ jobs there too', async () => {

@@ -1,0 +1,28 @@
+import { eq, sql } from 'drizzle-orm'
+import type { ProgressEvent } from '../events.ts'
+import type { Db } from './connect.ts'
+import { jobEvents, jobs } from './tables.ts'
+
+/**
+ * Keeps one published event in the job's SQL history (`job_events`, once per seq) and moves the row's
+ * `last_seq` forward. The one writer of `job_events`: the GPU host (every status change) and the gateway
+ * (the `queued` event, cancellations) both use it, so the history holds every event that was published.
+ */
+export async function recordJobEvent(db: Db, event: ProgressEvent): Promise<void> {
+  await db
+    .insert(jobEvents)
+    .values({
+      jobId: event.jobId,
+      seq: event.seq,
+      status: event.status,
+      progress: event.progress,
+      message: event.message,
+      attempt: event.attempt,
+      at: new Date(event.timestamp),
+    })
+    .onConflictDoNothing()
+  await db
+    .update(jobs)
+    .set({ lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})` })
+    .where(eq(jobs.id, event.jobId))
+}

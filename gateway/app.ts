@@ -3,7 +3,6 @@ import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
-import { streamSSE } from 'hono/streaming'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
@@ -23,10 +22,11 @@ import { emitEvent, lastEvent } from '../schema/progress-log.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
 import { consoleApp } from './console/index.ts'
 import { ApiError, isBackendDown } from './errors.ts'
-import { type EventHub, wireJson } from './hub.ts'
+import type { EventHub } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { openApiDocument } from './openapi.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
+import { sseEvents } from './sse.ts'
 import { JobStore } from './store.ts'
 
 export const MAX_BODY_BYTES = 1024 * 1024
@@ -457,58 +457,9 @@ export function createApp(deps: GatewayDeps): {
     return bodyStream ? c.body(bodyStream, obj.ContentRange ? 206 : 200, headers) : c.body(null, 200, headers)
   })
 
-  app.get('/api/jobs/:jobId/events', async (c) => {
-    const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
-    const afterRaw = c.req.header('last-event-id') ?? c.req.query('after')
-    const after = afterRaw === undefined ? undefined : Number(afterRaw)
-    if (after !== undefined && (!Number.isInteger(after) || after < 0))
-      throw new ApiError(400, 'invalid_query', 'invalid query: after must be a non-negative integer', [
-        { path: 'after', message: 'must be a non-negative integer' },
-      ])
-    const streamKey = c.get('owner') ?? 'anonymous'
-    if (authRequired && !deps.streams.acquire(streamKey))
-      throw new ApiError(
-        429,
-        'too_many_streams',
-        `at most ${config.maxStreamsPerToken} open streams per token`,
-      )
-    return streamSSE(c, async (stream) => {
-      metrics.sseStreams.inc()
-      const queued: ProgressEvent[] = []
-      let wake: (() => void) | undefined
-      let done = false
-      const sub = await hub.subscribe(row.id, after, (event) => {
-        if (queued.length > 10_000) {
-          metrics.dropped.inc({ transport: 'sse', reason: 'slow_client' })
-          done = true
-        } else queued.push(event)
-        wake?.()
-      })
-      stream.onAbort(() => {
-        done = true
-        wake?.()
-      })
-      const keepAlive = setInterval(() => void stream.write(': keep-alive\n\n').catch(() => {}), 15_000)
-      try {
-        while (!done) {
-          const event = queued.shift()
-          if (!event) {
-            await new Promise<void>((r) => (wake = r))
-            wake = undefined
-            continue
-          }
-          await stream.writeSSE({ id: String(event.seq), event: 'progress', data: wireJson(event) })
-          metrics.forwarded.inc({ transport: 'sse' })
-          if (isTerminal(event.status) && queued.length === 0) done = true
-        }
-      } finally {
-        clearInterval(keepAlive)
-        sub.close()
-        metrics.sseStreams.dec()
-        if (authRequired) deps.streams.release(streamKey)
-      }
-    })
-  })
+  app.get('/api/jobs/:jobId/events', async (c) =>
+    sseEvents(c, await visibleJob(c.req.param('jobId'), c.get('owner')), c.get('owner'), deps),
+  )
 
   return { app, store, statusBody }
 }

@@ -3,7 +3,6 @@ import { isDeepStrictEqual } from 'node:util'
 import { GetObjectCommand, type GetObjectCommandOutput, type S3Client } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import { type Context, Hono } from 'hono'
-import { streamSSE } from 'hono/streaming'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
@@ -15,6 +14,7 @@ import type { Database } from '../schema/db/connect.ts'
 import type { JobArtifactRow, JobRow } from '../schema/db/tables.ts'
 import type { JobEnvelope } from '../schema/envelope.ts'
 import type { ProgressEvent } from '../schema/events.ts'
+import { findUnsafeJson } from '../schema/json-safety.ts'
 import { CANCEL_CHANNEL, cancelKey, eventLogKey, seqKey } from '../schema/keys.ts'
 import { JobType, outputPrefixFor, TYPE_DEFAULTS } from '../schema/params/index.ts'
 import { emitEvent, emitFirstEvent, lastEvent } from '../schema/progress-log.ts'
@@ -22,7 +22,7 @@ import { checkSubmission } from '../schema/submission.ts'
 import { consoleApp } from './console/index.ts'
 import { artifactPathOf, attachmentDisposition, byteRange } from './downloads.ts'
 import { ApiError, BackendUnavailableError, isBackendDown, onBackend } from './errors.ts'
-import { type EventHub, wireJson } from './hub.ts'
+import type { EventHub } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { auth } from './middleware/auth.ts'
 import { jsonBody } from './middleware/body.ts'
@@ -36,6 +36,7 @@ import {
 } from './middleware/rate-limit.ts'
 import { openApiDocument } from './openapi.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
+import { sseEvents } from './sse.ts'
 import { isNotQueued, JobStore, NOT_QUEUED } from './store.ts'
 
 export const MAX_BODY_BYTES = 1024 * 1024
@@ -266,15 +267,22 @@ export function createApp(deps: GatewayDeps): {
     } catch {
       throw new ApiError(400, 'invalid_json', 'the body must be valid JSON')
     }
+    // Quota: what one job may hold in Redis and Postgres, before the params' own rules (a long string
+    // is over the quota whatever else is wrong with it). Only JSON that is safe to walk is measured here:
+    // stringify recurses, and checkSubmission reports what is unsafe.
+    const rawParams = (raw as { params?: unknown } | null)?.params
+    if (
+      rawParams !== undefined &&
+      findUnsafeJson(rawParams) === null &&
+      Buffer.byteLength(JSON.stringify(rawParams)) > config.maxParamsBytes
+    ) {
+      const message = `must be at most ${config.maxParamsBytes} bytes as JSON (MAX_PARAMS_BYTES)`
+      throw new ApiError(413, 'too_large', `params ${message}`, [{ path: 'params', message }])
+    }
     const checked = await checkSubmission(raw, { dataDir: config.dataDir })
     if (!checked.ok) throw new ApiError(400, checked.code, checked.message, checked.issues)
     const { body } = checked
     const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body
-    // Quota: what one job may hold in Redis and Postgres (after the safety checks: stringify recurses).
-    if (Buffer.byteLength(JSON.stringify(body.params)) > config.maxParamsBytes) {
-      const message = `must be at most ${config.maxParamsBytes} bytes as JSON (MAX_PARAMS_BYTES)`
-      throw new ApiError(413, 'too_large', `params ${message}`, [{ path: 'params', message }])
-    }
     const owner = c.get('owner')
     // An id this token owns already (one the API generated for it) is kept: resubmitting it is idempotent.
     const owned =
@@ -563,58 +571,9 @@ export function createApp(deps: GatewayDeps): {
     return bodyStream ? c.body(bodyStream, obj.ContentRange ? 206 : 200, headers) : c.body(null, 200, headers)
   })
 
-  app.get('/api/jobs/:jobId/events', async (c) => {
-    const row = await visibleJob(c.req.param('jobId'), c.get('owner'))
-    const afterRaw = c.req.header('last-event-id') ?? c.req.query('after')
-    const after = afterRaw === undefined ? undefined : Number(afterRaw)
-    if (after !== undefined && (!Number.isInteger(after) || after < 0))
-      throw new ApiError(400, 'invalid_query', 'invalid query: after must be a non-negative integer', [
-        { path: 'after', message: 'must be a non-negative integer' },
-      ])
-    const streamKey = c.get('owner') ?? 'anonymous'
-    if (authRequired && !deps.streams.acquire(streamKey))
-      throw new ApiError(
-        429,
-        'too_many_streams',
-        `at most ${config.maxStreamsPerToken} open streams per token`,
-      )
-    return streamSSE(c, async (stream) => {
-      metrics.sseStreams.inc()
-      const queued: ProgressEvent[] = []
-      let wake: (() => void) | undefined
-      let done = false
-      const sub = await hub.subscribe(row.id, after, (event) => {
-        if (queued.length > 10_000) {
-          metrics.dropped.inc({ transport: 'sse', reason: 'slow_client' })
-          done = true
-        } else queued.push(event)
-        wake?.()
-      })
-      stream.onAbort(() => {
-        done = true
-        wake?.()
-      })
-      const keepAlive = setInterval(() => void stream.write(': keep-alive\n\n').catch(() => {}), 15_000)
-      try {
-        while (!done) {
-          const event = queued.shift()
-          if (!event) {
-            await new Promise<void>((r) => (wake = r))
-            wake = undefined
-            continue
-          }
-          await stream.writeSSE({ id: String(event.seq), event: 'progress', data: wireJson(event) })
-          metrics.forwarded.inc({ transport: 'sse' })
-          if (isTerminal(event.status) && queued.length === 0) done = true
-        }
-      } finally {
-        clearInterval(keepAlive)
-        sub.close()
-        metrics.sseStreams.dec()
-        if (authRequired) deps.streams.release(streamKey)
-      }
-    })
-  })
+  app.get('/api/jobs/:jobId/events', async (c) =>
+    sseEvents(c, await visibleJob(c.req.param('jobId'), c.get('owner')), c.get('owner'), deps),
+  )
 
   return { app, store, statusBody }
 }

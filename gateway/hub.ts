@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import { isTerminal } from '../schema/common.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import { PROGRESS_PATTERN } from '../schema/keys.ts'
 import { lastEvent, readEvents } from '../schema/progress-log.ts'
@@ -14,11 +15,29 @@ export const wireJson = (event: ProgressEvent): string => {
   return json
 }
 
+/**
+ * Longest a subscription may take to set up (current state or replay from Redis). Commands wait for a
+ * Redis that is down (maxRetriesPerRequest: null), so without it a stalled Redis holds a stream for ever.
+ */
+export const SUBSCRIBE_TIMEOUT_MS = 5000
+
 export interface Subscription {
   readonly jobId: string
   /** Seq of the last event delivered. */
   readonly lastSeq: number
+  /**
+   * True once the job's terminal event is at or before `lastSeq`: delivered, or before the `after` the
+   * subscriber resumed from. Nothing more will come.
+   */
+  readonly finished: boolean
   close(): void
+}
+
+export interface SubscribeOptions {
+  /** Aborts the set-up: `subscribe` rejects with the signal's reason and the subscription is closed. */
+  signal?: AbortSignal
+  /** Called when the hub closes (gateway shutdown) and this subscription ends with it. */
+  onEnd?: () => void
 }
 
 interface Sub {
@@ -28,7 +47,9 @@ interface Sub {
   catchingUp: boolean
   buffer: ProgressEvent[]
   closed: boolean
+  finished: boolean
   deliver: (event: ProgressEvent) => void
+  onEnd?: () => void
 }
 
 /**
@@ -40,6 +61,7 @@ export class EventHub {
   private readonly subs = new Map<string, Set<Sub>>()
   private readonly listeners: ((event: ProgressEvent) => void)[] = []
   private started = false
+  private closing = false
 
   /** Calls `fn` with every event this gateway receives, subscribed or not (cache invalidation). */
   onEvent(fn: (event: ProgressEvent) => void): void {
@@ -82,21 +104,49 @@ export class EventHub {
     await this.subscriber.psubscribe(PROGRESS_PATTERN)
   }
 
+  /** Ends every subscription (each one's `onEnd` is called) and leaves the pattern (waiting 1 s at most). */
   async close(): Promise<void> {
+    this.closing = true
+    const all = [...this.subs.values()].flatMap((set) => [...set])
     this.subs.clear()
-    await this.subscriber.punsubscribe(PROGRESS_PATTERN).catch(() => {})
+    for (const sub of all) {
+      sub.closed = true
+      sub.onEnd?.()
+    }
+    // A stalled Redis never answers: shutting down must not wait for it.
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      this.subscriber.punsubscribe(PROGRESS_PATTERN).catch(() => {}),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, 1000)
+      }),
+    ])
+    clearTimeout(timer)
   }
 
   /**
    * Follows a job. Without `after`, the current state comes first; with it, every event after that
-   * seq. Resolves once the initial state or replay has been delivered.
+   * seq. Resolves once the initial state or replay has been delivered; rejects (and follows nothing)
+   * when Redis fails, when `signal` aborts, or when the hub is closing.
    */
   async subscribe(
     jobId: string,
     after: number | undefined,
     deliver: (event: ProgressEvent) => void,
+    { signal, onEnd }: SubscribeOptions = {},
   ): Promise<Subscription> {
-    const sub: Sub = { jobId, lastSeq: after ?? 0, catchingUp: true, buffer: [], closed: false, deliver }
+    if (this.closing) throw new Error('the event hub is closed')
+    signal?.throwIfAborted()
+    const sub: Sub = {
+      jobId,
+      lastSeq: after ?? 0,
+      catchingUp: true,
+      buffer: [],
+      closed: false,
+      finished: false,
+      deliver,
+      onEnd,
+    }
     const set = this.subs.get(jobId) ?? new Set<Sub>()
     this.subs.set(jobId, set)
     set.add(sub)
@@ -105,6 +155,9 @@ export class EventHub {
       get lastSeq() {
         return sub.lastSeq
       },
+      get finished() {
+        return sub.finished
+      },
       close: () => {
         sub.closed = true
         const s = this.subs.get(jobId)
@@ -112,15 +165,42 @@ export class EventHub {
         if (s?.size === 0) this.subs.delete(jobId)
       },
     }
-    try {
+    const setUp = async () => {
       if (after === undefined) {
         const current = (await lastEvent(this.redis, jobId)) ?? (await this.snapshot(jobId))
         if (current) this.emit(sub, current)
       }
       await this.catchUp(sub)
+      // Nothing was due after `after`: if the job is over, say so (its stored final state if the log that
+      // would have replayed it has expired), since no live event will ever come.
+      if (!sub.finished && after !== undefined && sub.lastSeq === after) {
+        const last = (await lastEvent(this.redis, jobId)) ?? (await this.snapshot(jobId))
+        if (last && isTerminal(last.status)) {
+          this.emit(sub, last)
+          sub.finished = true
+        }
+      }
+    }
+    let onAbort: (() => void) | undefined
+    try {
+      const setUpDone = setUp()
+      if (!signal) await setUpDone
+      else {
+        // Redis may answer later, or never: the set-up goes on unseen (its sub is closed) and fails quietly.
+        setUpDone.catch(() => {})
+        await Promise.race([
+          setUpDone,
+          new Promise<never>((_, reject) => {
+            onAbort = () => reject(signal.reason)
+            signal.addEventListener('abort', onAbort, { once: true })
+          }),
+        ])
+      }
     } catch (err) {
       handle.close()
       throw err
+    } finally {
+      if (onAbort) signal?.removeEventListener('abort', onAbort)
     }
     return handle
   }
@@ -128,6 +208,7 @@ export class EventHub {
   private emit(sub: Sub, event: ProgressEvent): void {
     if (sub.closed || event.seq <= sub.lastSeq) return
     sub.lastSeq = event.seq
+    if (isTerminal(event.status)) sub.finished = true
     sub.deliver(event)
   }
 

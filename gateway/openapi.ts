@@ -173,7 +173,11 @@ export function openApiDocument(): Record<string, unknown> {
             'Server-Sent Events: every event after Last-Event-ID (or ?after=), then live; the current state first otherwise',
           parameters: [
             jobIdParam,
-            { name: 'after', in: 'query', schema: { type: 'integer', minimum: 0 } },
+            {
+              name: 'after',
+              in: 'query',
+              schema: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+            },
             { name: 'Last-Event-ID', in: 'header', schema: { type: 'string' } },
           ],
           responses: {

@@ -104,9 +104,10 @@ export async function startGateway(opts: {
     url,
     close: async () => {
       ws.close()
+      // Ends every SSE stream first: server.close() waits for responses still open, and a stream is one.
+      await hub.close()
       await new Promise<void>((resolve) => server.close(() => resolve()))
       server.closeAllConnections()
-      await hub.close()
       await queue.close()
       subscriber.disconnect()
       reader.disconnect()

@@ -8,7 +8,7 @@ import { type ProgressEvent, WsClientMessage, type WsServerNotice } from '../sch
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
 import { rawHttpError } from './errors.ts'
-import { type EventHub, type Subscription, wireJson } from './hub.ts'
+import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { checkOrigin, type OriginPolicy } from './middleware/origin.ts'
 import type { StreamCounter } from './rate-limit.ts'
@@ -17,9 +17,37 @@ import type { JobStore } from './store.ts'
 /** Close code for a client too slow to take its events (in the private-use range). */
 export const CLOSE_SLOW_CLIENT = 4008
 export const CLOSE_POLICY = 1008
-const MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 const MAX_SUBSCRIPTIONS = 200
 const PING_INTERVAL_MS = 30_000
+/** How long a closing socket may take to finish the close handshake before it is destroyed (ws: 30 s). */
+const CLOSE_TIMEOUT_MS = 5000
+
+/** The per-socket rules every client is held to. */
+export interface WsLimits {
+  /** Past this many bytes not yet taken by the client, it is closed with 4008 (nothing more is queued). */
+  maxBufferedBytes: number
+  /** Inbound messages per second, per socket (token bucket); over it the socket is closed with 1008. */
+  messagesPerSecond: number
+  /** Messages a socket may send at once (a console subscribing to many jobs at connect). */
+  messageBurst: number
+}
+export const WS_LIMITS: WsLimits = {
+  maxBufferedBytes: 4 * 1024 * 1024,
+  messagesPerSecond: 50,
+  messageBurst: MAX_SUBSCRIPTIONS,
+}
+
+/** Calls `fn` once when `socket` closes, or at once if it already has (an upgrade abandoned or refused). */
+function onSocketGone(socket: Duplex, fn: () => void): void {
+  let called = false
+  const once = () => {
+    if (called) return
+    called = true
+    fn()
+  }
+  socket.once('close', once)
+  if (socket.destroyed) once()
+}
 
 export interface WsOptions {
   server: Server
@@ -31,12 +59,16 @@ export interface WsOptions {
   streams: StreamCounter
   maxStreamsPerToken: number
   origin: OriginPolicy
+  limits?: Partial<WsLimits>
 }
 
 /** `GET /ws`: subscribe/unsubscribe to any number of jobs over one socket. */
 export function attachWebSocket(opts: WsOptions): { close(): void; clients(): number } {
   const { hub, store, metrics, logger, tokens } = opts
-  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 })
+  const limits: WsLimits = { ...WS_LIMITS, ...opts.limits }
+  // closeTimeout is in ws (8.18+) but not yet in its types: passed through a variable.
+  const serverOptions = { noServer: true, maxPayload: 64 * 1024, closeTimeout: CLOSE_TIMEOUT_MS }
+  const wss = new WebSocketServer(serverOptions)
   const forwarded = metrics.forwarded.labels('ws')
 
   opts.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -66,8 +98,9 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       )
       return
     }
+    // The socket, not the WebSocket: a handshake that fails or is abandoned never makes one.
+    if (owner !== null) onSocketGone(socket, () => opts.streams.release(owner))
     wss.handleUpgrade(req, socket, head, (ws) => {
-      if (owner !== null) ws.once('close', () => opts.streams.release(owner))
       onConnection(ws, owner, url.searchParams.get('jobId'))
     })
   })
@@ -76,29 +109,36 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     metrics.websockets.inc()
     const subs = new Map<string, Subscription>()
     let alive = true
+    // Aborts pending subscribes when the socket closes.
+    const gone = new AbortController()
     const ping = setInterval(() => {
       if (!alive) return ws.terminate()
       alive = false
-      ws.ping()
+      if (ws.readyState === ws.OPEN) ws.ping()
     }, PING_INTERVAL_MS)
     ws.on('pong', () => {
       alive = true
     })
 
-    const notice = (msg: WsServerNotice) => ws.send(JSON.stringify(msg))
-    const deliver = (event: ProgressEvent) => {
-      if (ws.readyState !== ws.OPEN) {
-        metrics.dropped.inc({ transport: 'ws', reason: 'closed' })
-        return
-      }
-      // A client that cannot keep up is dropped rather than allowed to grow our memory.
-      if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
-        metrics.dropped.inc({ transport: 'ws', reason: 'slow_client' })
+    /**
+     * Every message to the client goes through here. A client that does not take what it is sent (its
+     * bytes pile up in `bufferedAmount`) is closed rather than allowed to grow our memory: events and
+     * replies alike, since a client that sends without reading would otherwise queue replies for ever.
+     */
+    const send = (text: string): 'sent' | 'closed' | 'slow' => {
+      if (ws.readyState !== ws.OPEN) return 'closed'
+      if (ws.bufferedAmount > limits.maxBufferedBytes) {
         ws.close(CLOSE_SLOW_CLIENT, 'client too slow: reconnect and resume with after=<last seq>')
-        return
+        return 'slow'
       }
-      ws.send(wireJson(event))
-      forwarded.inc()
+      ws.send(text)
+      return 'sent'
+    }
+    const notice = (msg: WsServerNotice) => void send(JSON.stringify(msg))
+    const deliver = (event: ProgressEvent) => {
+      const sent = send(wireJson(event))
+      if (sent === 'sent') forwarded.inc()
+      else metrics.dropped.inc({ transport: 'ws', reason: sent === 'slow' ? 'slow_client' : 'closed' })
     }
 
     // Subscriptions being set up count against the cap too: they finish asynchronously. A second
@@ -111,7 +151,9 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       subs.get(jobId)?.close()
       subs.delete(jobId)
       notice({ op: 'subscribed', jobId })
-      const sub = await hub.subscribe(jobId, after, deliver)
+      const sub = await hub.subscribe(jobId, after, deliver, {
+        signal: AbortSignal.any([gone.signal, AbortSignal.timeout(SUBSCRIBE_TIMEOUT_MS)]),
+      })
       if (ws.readyState !== ws.OPEN) sub.close()
       else subs.set(jobId, sub)
     }
@@ -135,6 +177,7 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     }
     const safely = (jobId: string, p: Promise<unknown>) =>
       p.catch((err: unknown) => {
+        if (gone.signal.aborted) return
         logger.warn({ err: (err as Error).message, jobId }, 'websocket subscribe failed')
         if (ws.readyState === ws.OPEN)
           notice({
@@ -144,7 +187,29 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
           })
       })
 
+    // Inbound messages: a token bucket per socket. Each one costs work (a Postgres read, a Redis replay)
+    // and may earn a reply; a client over the rate is closed, and no longer read (TCP pushes back on it).
+    let credit = limits.messageBurst
+    let filledAt = Date.now()
+    const overRate = (): boolean => {
+      const now = Date.now()
+      credit = Math.min(limits.messageBurst, credit + ((now - filledAt) / 1000) * limits.messagesPerSecond)
+      filledAt = now
+      if (credit >= 1) {
+        credit -= 1
+        return false
+      }
+      return true
+    }
+
     ws.on('message', (data, isBinary) => {
+      // Closing (slow, over the rate, shutting down): nothing more is answered or acted on.
+      if (ws.readyState !== ws.OPEN) return
+      if (overRate()) {
+        ws.close(CLOSE_POLICY, `over ${limits.messagesPerSecond} messages per second`)
+        ws.pause()
+        return
+      }
       let raw: unknown
       try {
         raw = isBinary ? undefined : JSON.parse(data.toString())
@@ -169,6 +234,7 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       }
     })
     ws.on('close', () => {
+      gone.abort()
       clearInterval(ping)
       for (const sub of subs.values()) sub.close()
       subs.clear()

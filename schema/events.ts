@@ -21,12 +21,31 @@ export type ProgressEvent = v.InferOutput<typeof ProgressEvent>
 /** An event before the replay log gives it its `seq`. */
 export type UnsequencedEvent = Omit<ProgressEvent, 'seq'>
 
+/**
+ * A resume point: every event with a greater seq is wanted. Bounded by the largest integer a JSON number
+ * holds exactly (2^53 - 1): beyond it `String(after)` is not the number (`1e+21`) and Redis refuses the id.
+ */
+export const SeqAfter = v.pipe(
+  v.number(),
+  v.integer('must be a whole number'),
+  v.minValue(0, 'must not be negative'),
+  v.maxValue(Number.MAX_SAFE_INTEGER, `must be at most ${Number.MAX_SAFE_INTEGER}`),
+)
+
+/** The same resume point as text (`?after=` or `Last-Event-ID`): decimal digits only, then `SeqAfter`. */
+export const SeqAfterText = v.pipe(
+  v.string(),
+  v.regex(/^\d{1,16}$/, `must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}`),
+  v.transform(Number),
+  SeqAfter,
+)
+
 /** WebSocket messages from a client. */
 export const WsClientMessage = v.variant('op', [
   v.object({
     op: v.literal('subscribe'),
     jobId: JobId,
-    after: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))),
+    after: v.optional(SeqAfter),
   }),
   v.object({ op: v.literal('unsubscribe'), jobId: JobId }),
 ])

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { EXIT, type Output, run } from '../../gateway/cli/main.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
-import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
+import { isolatedDatabase, type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const bin = path.join(root, 'gateway/cli/gpu-jobs.mjs')
@@ -149,12 +149,16 @@ async function jobStatus(jobId: string): Promise<JobStatusBody> {
   return (await res.json()) as JobStatusBody
 }
 
+// Its own database: `list` shows every job of an open gateway, and other test files' rows would show too.
+let database: Awaited<ReturnType<typeof isolatedDatabase>> | undefined
 beforeAll(async () => {
-  stack = await startStack()
+  database = await isolatedDatabase()
+  stack = await startStack({ databaseUrl: database.url })
   url = stack.gateway.url
 })
 afterAll(async () => {
   await stack?.close()
+  await database?.drop()
 })
 
 describe('gpu-jobs submit', () => {

@@ -65,6 +65,8 @@ export interface GatewayDeps {
   logger: Logger
   /** Open WebSockets and SSE streams per token (shared with the WebSocket server). */
   streams: StreamCounter
+  /** Wrong tokens per client address (shared with the WebSocket upgrade, so both count toward one limit). */
+  authFailures?: RateLimiter
 }
 
 const iso = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null)
@@ -120,7 +122,7 @@ export function createApp(deps: GatewayDeps): {
   app.use(originGuard({ policy: originPolicy(config), exempt: (p) => PROBE_PATHS.has(p) }))
   app.use(
     authFailureLimit({
-      limiter: new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST),
+      limiter: deps.authFailures ?? new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST),
       onLimited: () => metrics.rateLimited.inc(),
     }),
   )

@@ -81,5 +81,8 @@ export async function onBackend<T>(backend: Backend, fn: () => Promise<T>, detai
  */
 export function rawHttpError(err: ApiError, reason: string): string {
   const body = JSON.stringify(err.toJSON())
-  return `HTTP/1.1 ${err.status} ${reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+  const extra = Object.entries(err.headers ?? {})
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('')
+  return `HTTP/1.1 ${err.status} ${reason}\r\ncontent-type: application/json\r\n${extra}connection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
 }

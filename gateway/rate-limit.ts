@@ -1,3 +1,5 @@
+import { ApiError } from './errors.ts'
+
 /**
  * Token buckets per API token: `rate` requests per second with bursts of `burst`. Buckets of idle tokens
  * are dropped so the map stays small.
@@ -36,6 +38,10 @@ export class RateLimiter {
     for (const [key, b] of this.buckets) if (now - b.at > 60_000) this.buckets.delete(key)
   }
 }
+
+/** The refusal of a stream (WebSocket or SSE) over MAX_STREAMS_PER_TOKEN. */
+export const tooManyStreams = (max: number): ApiError =>
+  new ApiError(429, 'too_many_streams', `at most ${max} open streams per token`)
 
 /** Counts open streams (WebSockets, SSE) per API token. */
 export class StreamCounter {

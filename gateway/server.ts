@@ -12,7 +12,8 @@ import { createApp, rowSnapshot } from './app.ts'
 import { EventHub } from './hub.ts'
 import { GatewayMetrics } from './metrics.ts'
 import { originPolicy } from './middleware/origin.ts'
-import { StreamCounter } from './rate-limit.ts'
+import { AUTH_FAILURE_BURST, AUTH_FAILURES_PER_SEC } from './middleware/rate-limit.ts'
+import { RateLimiter, StreamCounter } from './rate-limit.ts'
 import { attachWebSocket } from './ws.ts'
 
 export interface Gateway {
@@ -67,7 +68,19 @@ export async function startGateway(opts: {
   )
   await hub.start()
   const streams = new StreamCounter(config.maxStreamsPerToken)
-  const built = createApp({ config, database, redis, queue, s3: opts.s3, hub, metrics, logger, streams })
+  const authFailures = new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST)
+  const built = createApp({
+    config,
+    database,
+    redis,
+    queue,
+    s3: opts.s3,
+    hub,
+    metrics,
+    logger,
+    streams,
+    authFailures,
+  })
   store = built.store
 
   const open = config.apiTokens.size === 0
@@ -93,6 +106,7 @@ export async function startGateway(opts: {
     streams,
     maxStreamsPerToken: config.maxStreamsPerToken,
     origin: originPolicy(config),
+    authFailures,
   })
   const port = (server.address() as AddressInfo).port
   const url = `http://${hostname}:${port}`

@@ -10,7 +10,7 @@ import { toFieldIssues } from '../schema/issues.ts'
 import { ApiError, BackendUnavailableError } from './errors.ts'
 import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
-import type { StreamCounter } from './rate-limit.ts'
+import { type StreamCounter, tooManyStreams } from './rate-limit.ts'
 
 /**
  * The SSE route, `GET /api/jobs/:jobId/events`: replay (`Last-Event-ID` or `?after=`), then live, until the
@@ -81,8 +81,7 @@ export async function sseEvents(
   const authRequired = config.apiTokens.size > 0
   const after = resumePoint(c)
   const streamKey = owner ?? 'anonymous'
-  if (authRequired && !deps.streams.acquire(streamKey))
-    throw new ApiError(429, 'too_many_streams', `at most ${config.maxStreamsPerToken} open streams per token`)
+  if (authRequired && !deps.streams.acquire(streamKey)) throw tooManyStreams(config.maxStreamsPerToken)
   metrics.sseStreams.inc()
   let held = true
   const giveBack = () => {

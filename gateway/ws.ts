@@ -7,11 +7,12 @@ import { JobId } from '../schema/common.ts'
 import { type ProgressEvent, WsClientMessage, type WsServerNotice } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { presentedToken, tokenOwner } from './auth.ts'
-import { rawHttpError } from './errors.ts'
+import { ApiError, rawHttpError } from './errors.ts'
 import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { checkOrigin, type OriginPolicy } from './middleware/origin.ts'
-import type { StreamCounter } from './rate-limit.ts'
+import { wrongTokensLimited } from './middleware/rate-limit.ts'
+import { type RateLimiter, type StreamCounter, tooManyStreams } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
 
 /** Close code for a client too slow to take its events (in the private-use range). */
@@ -60,6 +61,8 @@ export interface WsOptions {
   maxStreamsPerToken: number
   origin: OriginPolicy
   limits?: Partial<WsLimits>
+  /** Wrong tokens per client address: the REST routes' limiter, so an upgrade is no way around it. */
+  authFailures?: RateLimiter
 }
 
 /** `GET /ws`: subscribe/unsubscribe to any number of jobs over one socket. */
@@ -81,22 +84,27 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     if (refused) return void socket.end(rawHttpError(refused, 'Forbidden'))
     let owner: string | null = null
     if (tokens.size > 0) {
-      owner = tokenOwner(
-        tokens,
-        presentedToken(req.headers.authorization, url.searchParams.get('token') ?? undefined),
-      )
+      const client = req.socket.remoteAddress ?? 'unknown'
+      const wait = opts.authFailures?.wait(client) ?? 0
+      if (wait > 0) {
+        metrics.rateLimited.inc()
+        return void socket.end(rawHttpError(wrongTokensLimited(wait), 'Too Many Requests'))
+      }
+      const given = presentedToken(req.headers.authorization, url.searchParams.get('token') ?? undefined)
+      owner = tokenOwner(tokens, given)
       if (owner === null) {
-        socket.end(
-          'HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":{"code":"unauthorized","message":"send Authorization: Bearer <token> or ?token="}}',
+        // As on the REST routes: only a token that was sent and is wrong counts toward the limit.
+        if (given !== undefined) opts.authFailures?.take(client)
+        const unauthorized = new ApiError(
+          401,
+          'unauthorized',
+          'send Authorization: Bearer <token> or ?token=',
         )
-        return
+        return void socket.end(rawHttpError(unauthorized, 'Unauthorized'))
       }
     }
     if (owner !== null && !opts.streams.acquire(owner)) {
-      socket.end(
-        `HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"error":{"code":"too_many_streams","message":"at most ${opts.maxStreamsPerToken} open streams per token"}}`,
-      )
-      return
+      return void socket.end(rawHttpError(tooManyStreams(opts.maxStreamsPerToken), 'Too Many Requests'))
     }
     // The socket, not the WebSocket: a handshake that fails or is abandoned never makes one.
     if (owner !== null) onSocketGone(socket, () => opts.streams.release(owner))

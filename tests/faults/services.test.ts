@@ -1,11 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import type { ProgressEvent } from '../../schema/events.ts'
+import { freePort, redisServerArgs } from '../helpers/ports.ts'
 import {
   addFixtureJob,
   FIXTURE_DISPATCH,
@@ -20,14 +20,6 @@ import {
   waitStatus,
 } from '../helpers/stack.ts'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts'
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
 
 const cleanups: (() => Promise<void>)[] = []
 afterAll(async () => {
@@ -65,20 +57,7 @@ describe('Redis restarted mid-run (AOF on)', () => {
   it('reconnects by itself; the running and the queued job both complete and no event is lost', async () => {
     const port = await freePort()
     const dir = await mkdtemp(path.join(tmpdir(), 'redis-aof-'))
-    const args = [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'yes',
-      '--appendfsync',
-      'always',
-      '--dir',
-      dir,
-    ]
+    const args = redisServerArgs(port, dir, { aof: true })
     let redis: ChildProcess = spawn('redis-server', args, { stdio: 'ignore' })
     const stopRedis = () =>
       new Promise<void>((resolve) => {

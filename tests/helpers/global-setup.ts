@@ -9,41 +9,21 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import postgres from 'postgres'
 import { probeRedis } from '../../schema/clients.ts'
+import { freePort, redisServerArgs } from './ports.ts'
 
 const LOCAL_POSTGRES = 'postgres://postgres@127.0.0.1:5432'
 const DATABASE = 'gpu_jobs_test'
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-    s.once('error', reject)
-  })
 
 const say = (line: string) => process.stderr.write(`[test setup] ${line}\n`)
 
 async function privateRedis(): Promise<{ url: string; stop(): Promise<void> }> {
   const port = await freePort()
   const dir = await mkdtemp(path.join(tmpdir(), 'test-redis-'))
-  const args = [
-    '--port',
-    String(port),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-    '--dir',
-    dir,
-  ]
+  const args = redisServerArgs(port, dir)
   const proc: ChildProcess = spawn('redis-server', args, { stdio: 'ignore' })
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()))
   proc.once('error', () => {})

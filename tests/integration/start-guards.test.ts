@@ -6,17 +6,10 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
+import { freePort } from '../helpers/ports.ts'
 import { startS3, TEST_DATABASE_URL, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
 
 /** Something else holding a port, as a stray process would. */
 const holdPort = (port: number, host = '127.0.0.1') =>

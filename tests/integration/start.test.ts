@@ -1,18 +1,10 @@
 import { spawn } from 'node:child_process'
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
+import { freePort } from '../helpers/ports.ts'
 import { TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
 
 const run = (args: string[], env: Record<string, string>) => {
   const child = spawn(process.execPath, ['--import', 'tsx', ...args], {

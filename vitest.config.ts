@@ -3,7 +3,8 @@ import { defineConfig } from 'vitest/config'
 export default defineConfig({
   test: {
     include: ['**/*.test.ts'],
-    exclude: ['node_modules/**', 'data/**', 'dist/**', '.device/**'],
+    // tests/engines/real: against the real engines, `npm run test:engines` (vitest.engines.config.ts).
+    exclude: ['node_modules/**', 'data/**', 'dist/**', '.device/**', 'tests/engines/real/**'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     // Integration tests fork real processes and share one Redis and Postgres: keep them apart in time.

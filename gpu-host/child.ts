@@ -111,7 +111,7 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
     paths: msg.paths,
     gpu: msg.gpu,
     models: createModelCache(msg.paths.models, controller.signal),
-    engines: { simulateStepMs: msg.engines.simulateStepMs, comfyuiUrl: msg.engines.comfyuiUrl },
+    engines: msg.engines,
   }
   await send({ kind: 'started' })
   const result = await handler.run(

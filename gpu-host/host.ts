@@ -629,7 +629,7 @@ export class GpuHost {
           gpu: slot.gpu,
           cudaVisibleDevices: slot.cudaVisibleDevices,
           paths: { scratch, models: config.modelsDir, data: config.dataDir },
-          engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
+          engines: config.engines,
           artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, o.outputPrefix),
           timeoutMs: o.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,

@@ -1,5 +1,6 @@
 import * as v from 'valibot'
 import { ErrorReason } from '../schema/common.ts'
+import { EngineSettings } from '../schema/engines.ts'
 import { JobType } from '../schema/params/index.ts'
 
 export const ArtifactRecordSchema = v.object({
@@ -22,7 +23,7 @@ export const ParentMessage = v.variant('kind', [
       vramTotalMb: v.nullable(v.number()),
     }),
     paths: v.object({ scratch: v.string(), models: v.string(), data: v.string() }),
-    engines: v.object({ simulateStepMs: v.number(), comfyuiUrl: v.optional(v.string()) }),
+    engines: EngineSettings,
     /** A module whose default export is the handler to run instead of the registry's (test fixtures). */
     handlerModule: v.optional(v.string()),
   }),

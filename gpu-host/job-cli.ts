@@ -52,7 +52,7 @@ const proc: JobProcess = new JobProcess({
   gpu: slot?.gpu ?? { index: null, uuid: null, name: null, vramTotalMb: null },
   cudaVisibleDevices: slot?.cudaVisibleDevices,
   paths: { scratch: path.join(out, '.scratch'), models: config.modelsDir, data: config.dataDir },
-  engines: { simulateStepMs: config.simulateStepMs, comfyuiUrl: config.comfyuiUrl },
+  engines: config.engines,
   artifacts: new DirectoryArtifactStore(out, outputPrefixFor(type, jobId)),
   timeoutMs: timeoutSec * 1000,
   killGraceMs: config.killGraceSec * 1000,

@@ -8,6 +8,7 @@ import * as v from 'valibot'
 import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
 import type { ErrorReason } from '../schema/common.ts'
+import { type EngineSettingsInput, engineSettings } from '../schema/engines.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { jobEnv } from './child-env.ts'
@@ -31,7 +32,7 @@ export interface RunJobOptions {
   /** Value of CUDA_VISIBLE_DEVICES in the child; undefined leaves the host's. */
   cudaVisibleDevices: string | undefined
   paths: { scratch: string; models: string; data: string }
-  engines: { simulateStepMs: number; comfyuiUrl?: string | undefined }
+  engines: EngineSettingsInput
   /**
    * Where the job's artifacts go (S3 on a host, a folder for `npm run job`). It lives in this process: the
    * job process asks over IPC and never holds the store's credentials.
@@ -263,7 +264,7 @@ export class JobProcess {
         job: opts.job,
         gpu: opts.gpu,
         paths: opts.paths,
-        engines: { simulateStepMs: opts.engines.simulateStepMs, comfyuiUrl: opts.engines.comfyuiUrl },
+        engines: engineSettings(opts.engines),
         handlerModule: opts.handlerModule,
       } satisfies ParentMessage)
     }

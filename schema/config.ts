@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
+import { defaultEngineVar, ENGINES, type Engine, type EngineSettings } from './engines.ts'
+import { JOB_TYPES, type JobType } from './params/index.ts'
 
 /** Configuration of the gateway and the GPU host, read once from the environment at start. */
 export interface Config {
@@ -39,7 +41,10 @@ export interface Config {
   /** Port of the embedded S3 server of `npm start` (used only without S3_ENDPOINT). */
   s3rverPort: number
   gpuSlots: number
-  simulateStepMs: number
+  /** The engines' settings, handed to every job (SIMULATE_STEP_MS, COMFYUI_URL, KOHYA_*, F5TTS_*). */
+  engines: EngineSettings
+  /** DEFAULT_ENGINE_<TYPE>: the engine of a job that names none (unset: the type's first, `simulate`). */
+  defaultEngines: Partial<Record<JobType, Engine>>
   killGraceSec: number
   /** First retry delay; each retry doubles it, with jitter. */
   retryBackoffMs: number
@@ -47,7 +52,6 @@ export interface Config {
   /** BullMQ key prefix; tests use a unique one each. */
   queuePrefix: string
   hostId: string
-  comfyuiUrl: string | undefined
   logLevel: string
   /** `pretty` (one readable line per entry) or `json`; unset: pretty on a terminal, JSON otherwise. */
   logFormat: 'pretty' | 'json' | undefined
@@ -96,6 +100,11 @@ export const ENV_VARS = [
   'QUEUE_PREFIX',
   'HOST_ID',
   'COMFYUI_URL',
+  'KOHYA_DIR',
+  'KOHYA_PYTHON',
+  'F5TTS_DIR',
+  'F5TTS_PYTHON',
+  ...JOB_TYPES.map(defaultEngineVar),
   'LOG_LEVEL',
   'LOG_FORMAT',
 ] as const
@@ -150,6 +159,23 @@ export function loadConfig(env: Env = process.env): Config {
       problems.push(`${name}: must be a ${protocols.join(' or ')}// URL`)
     }
     return value
+  }
+
+  const dir = (name: string): string | undefined => {
+    const value = raw(name)
+    return value === undefined ? undefined : path.resolve(value)
+  }
+  const defaultEngines = (): Partial<Record<JobType, Engine>> => {
+    const chosen: Partial<Record<JobType, Engine>> = {}
+    for (const type of JOB_TYPES) {
+      const name = defaultEngineVar(type)
+      const value = raw(name)
+      if (value === undefined) continue
+      const engines: readonly string[] = ENGINES[type]
+      if (engines.includes(value)) chosen[type] = value as Engine
+      else problems.push(`${name}: must be one of ${engines.join(', ')}`)
+    }
+    return chosen
   }
 
   // 16+ characters: long enough that guessing (rate-limited per client) cannot succeed. Names have no
@@ -217,13 +243,20 @@ export function loadConfig(env: Env = process.env): Config {
     metricsHost: raw('METRICS_HOST') ?? '127.0.0.1',
     s3rverPort: int('S3RVER_PORT', 9000, 0, 65535),
     gpuSlots: int('GPU_SLOTS', 1, 1, 64),
-    simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
+    engines: {
+      simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
+      comfyuiUrl: url('COMFYUI_URL', ['http:', 'https:']),
+      kohyaDir: dir('KOHYA_DIR'),
+      kohyaPython: raw('KOHYA_PYTHON') ?? 'python3',
+      f5ttsDir: dir('F5TTS_DIR'),
+      f5ttsPython: raw('F5TTS_PYTHON') ?? 'python3',
+    },
+    defaultEngines: defaultEngines(),
     killGraceSec: int('KILL_GRACE_SEC', 10, 0, 3600),
     retryBackoffMs: int('RETRY_BACKOFF_MS', 5000, 0, 3_600_000),
     shutdownGraceSec: int('SHUTDOWN_GRACE_SEC', 30, 0, 86_400),
     queuePrefix: raw('QUEUE_PREFIX') ?? 'bull',
     hostId: raw('HOST_ID') ?? `${process.env.HOSTNAME ?? 'host'}-${process.pid}`,
-    comfyuiUrl: url('COMFYUI_URL', ['http:', 'https:']),
     logLevel: raw('LOG_LEVEL') ?? 'info',
     logFormat: undefined,
   }

@@ -94,9 +94,10 @@ describe('configuration', () => {
       gatewayPort: 8080,
       metricsPort: 9464,
       gpuSlots: 1,
-      simulateStepMs: 200,
       killGraceSec: 10,
       queuePrefix: 'bull',
+      engines: { simulateStepMs: 200, kohyaPython: 'python3', f5ttsPython: 'python3' },
+      defaultEngines: {},
     })
     expect(c.s3.bucket).toBe('gpu-artifacts')
     expect(c.databaseUrl).toBeUndefined()
@@ -124,6 +125,29 @@ describe('configuration', () => {
       'LOG_LEVEL',
     ])
     expect(error?.message).not.toContain('hunter2')
+  })
+
+  it('reads the engines: checkouts as absolute paths, interpreters, and DEFAULT_ENGINE_<TYPE> from each type’s engines', () => {
+    const c = loadConfig({
+      KOHYA_DIR: 'engines/sd-scripts',
+      KOHYA_PYTHON: '/venv/bin/python',
+      F5TTS_DIR: '/opt/F5-TTS',
+      COMFYUI_URL: 'http://comfyui:8188',
+      DEFAULT_ENGINE_TRAIN_LORA: 'kohya',
+      DEFAULT_ENGINE_RENDER_VIDEO: 'comfyui',
+    })
+    expect(c.engines).toEqual({
+      simulateStepMs: 200,
+      comfyuiUrl: 'http://comfyui:8188',
+      kohyaDir: path.resolve('engines/sd-scripts'),
+      kohyaPython: '/venv/bin/python',
+      f5ttsDir: '/opt/F5-TTS',
+      f5ttsPython: 'python3',
+    })
+    expect(c.defaultEngines).toEqual({ train_lora: 'kohya', render_video: 'comfyui' })
+    expect(() => loadConfig({ DEFAULT_ENGINE_TRAIN_VOICE: 'kohya' })).toThrow(
+      /DEFAULT_ENGINE_TRAIN_VOICE: must be one of simulate, f5tts/,
+    )
   })
 
   it('refuses tokens under 16 characters and names with a "." (ids are scoped as <name>.<jobId>)', () => {

@@ -1,5 +1,8 @@
 import type { Readable } from 'node:stream'
+import type { EngineSettings } from '../../schema/engines.ts'
 import type { JobType } from '../../schema/params/index.ts'
+
+export type { EngineSettings }
 
 /** One stored output file; `path` is relative to the job's prefix. */
 export interface ArtifactRecord {
@@ -39,13 +42,6 @@ export interface ModelCache {
    * same model wait on one lock, and the file appears by atomic rename. `fetch` writes to the temp path.
    */
   ensure(name: string, fetch: (tmpPath: string) => Promise<void>): Promise<string>
-}
-
-/** Engine settings of the host, passed to every handler. */
-export interface EngineSettings {
-  /** Step length of the `simulate` engines (SIMULATE_STEP_MS). */
-  simulateStepMs: number
-  comfyuiUrl: string | undefined
 }
 
 /** The second argument of every handler's `run(job, ctx)`. */

@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import * as v from 'valibot'
+import { type EngineSettingsInput, engineSettings } from '../../schema/engines.ts'
 import { describeIssues, toFieldIssues } from '../../schema/issues.ts'
 import { outputPrefixFor } from '../../schema/params/index.ts'
 import type { HandlerContext } from './context.ts'
@@ -41,9 +42,7 @@ export async function createTestContext(
     attempt?: number
     dataDir?: string
     modelsDir?: string
-    simulateStepMs?: number
-    comfyuiUrl?: string
-  } = {},
+  } & Partial<EngineSettingsInput> = {},
 ): Promise<TestContext> {
   const jobId = opts.jobId ?? `test-${Date.now().toString(36)}`
   const type = opts.type ?? 'train_lora'
@@ -71,7 +70,14 @@ export async function createTestContext(
     paths: { scratch, models: modelsDir, data: opts.dataDir ?? scratch },
     gpu: { index: null, uuid: null, name: null, vramTotalMb: null },
     models: createModelCache(modelsDir, controller.signal),
-    engines: { simulateStepMs: opts.simulateStepMs ?? 0, comfyuiUrl: opts.comfyuiUrl },
+    engines: engineSettings({
+      simulateStepMs: opts.simulateStepMs ?? 0,
+      comfyuiUrl: opts.comfyuiUrl,
+      kohyaDir: opts.kohyaDir,
+      kohyaPython: opts.kohyaPython,
+      f5ttsDir: opts.f5ttsDir,
+      f5ttsPython: opts.f5ttsPython,
+    }),
   }
   return {
     ctx,

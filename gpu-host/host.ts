@@ -139,6 +139,10 @@ export class GpuHost {
     }
   }
 
+  get hostId(): string {
+    return this.opts.config.hostId
+  }
+
   get port(): number {
     const addr = this.server?.address()
     return typeof addr === 'object' && addr ? addr.port : 0

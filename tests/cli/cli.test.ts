@@ -199,6 +199,8 @@ describe('gpu-jobs submit', () => {
       height: 48,
       frames: 4,
       fps: 2,
+      // Named by the gateway (DEFAULT_ENGINE_RENDER_VIDEO unset: the first engine).
+      engine: 'simulate',
     })
     expect(job.maxAttempts).toBe(2)
 
@@ -234,6 +236,7 @@ describe('gpu-jobs submit', () => {
       datasetPath: 'ds',
       epochs: 1,
       learningRate: 2e-4,
+      engine: 'simulate',
     })
   })
 

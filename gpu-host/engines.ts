@@ -129,9 +129,10 @@ export function engineWaitDelay(
 
 /**
  * Whether ComfyUI answers at COMFYUI_URL (`GET /system_stats`): `ok`, or why not, for `/readyz`. The
- * bound is generous because ComfyUI's event loop stalls for seconds while it streams previews.
+ * bound leaves room for ComfyUI's event loop, which stalls for seconds while it streams previews, and
+ * still answers within a kubelet probe's 5 s (infra/k8s/gpu-host.yaml).
  */
-export async function probeComfyui(url: string, timeoutMs = 5000): Promise<string> {
+export async function probeComfyui(url: string, timeoutMs = 3000): Promise<string> {
   try {
     const res = await fetch(new URL('system_stats', url.endsWith('/') ? url : `${url}/`), {
       signal: AbortSignal.timeout(timeoutMs),

@@ -360,21 +360,26 @@ export class GpuHost {
       Date.now() - job.timestamp,
       this.opts.engineWait ?? { baseMs: 5_000, maxMs: 60_000 },
     )
-    // The message and its event once, not at every re-check.
-    const row = await this.state.noteWaiting(jobId, message)
-    if (row) {
-      this.opts.logger.info({ jobId, type, engine }, message)
-      await this.state.recordEvent(
-        await emitEvent(this.redis, {
-          jobId,
-          type,
-          status: row.status,
-          progress: row.progress,
-          message,
-          attempt: row.attempt,
-          timestamp: new Date().toISOString(),
-        }),
-      )
+    // The message and its event once, not at every re-check; best effort, since putting the job back is
+    // what must happen (a store that fails here must not fail the job).
+    try {
+      const row = await this.state.noteWaiting(jobId, message)
+      if (row) {
+        this.opts.logger.info({ jobId, type, engine }, message)
+        await this.state.recordEvent(
+          await emitEvent(this.redis, {
+            jobId,
+            type,
+            status: row.status,
+            progress: row.progress,
+            message,
+            attempt: row.attempt,
+            timestamp: new Date().toISOString(),
+          }),
+        )
+      }
+    } catch (err) {
+      this.opts.logger.warn({ jobId, err: (err as Error).message }, 'could not record why the job waits')
     }
     await job.moveToDelayed(Date.now() + delay, token)
     throw new DelayedError()
@@ -512,14 +517,20 @@ export class GpuHost {
     // A job from another producer that names no engine gets this host's DEFAULT_ENGINE_<TYPE>, written
     // into the job (and its row) so that every host that meets it afterwards runs the same engine.
     const params = withDefaultEngine(type, envelope.params, this.opts.config.defaultEngines)
-    if (params !== envelope.params) {
-      envelope.params = params
-      await job.updateData({ ...(job.data as object), params })
-    }
+    const resolved = params !== envelope.params
+    envelope.params = params
     const maxAttempts = envelope.maxAttempts ?? handler.maxAttempts
     const timeoutSec = envelope.timeoutSec ?? handler.timeoutSec
     const outputPrefix = outputPrefixFor(type, jobId)
     await this.state.ensureJob({ ...envelope, maxAttempts, outputPrefix })
+    // Best effort: this attempt runs on the resolved engine either way, and a failed write only means
+    // that a host meeting the job later resolves it again by its own default.
+    if (resolved)
+      await job
+        .updateData({ ...(job.data as object), params })
+        .catch((err: unknown) =>
+          this.opts.logger.warn({ jobId, err: (err as Error).message }, 'could not store the default engine'),
+        )
 
     const entry: RunningJob = { jobId, type, cancelRequested: false, proc: undefined, reporter: undefined }
     this.running.set(jobId, entry)

@@ -281,7 +281,10 @@ export function createApp(deps: GatewayDeps): {
       const message = `must be at most ${config.maxParamsBytes} bytes as JSON (MAX_PARAMS_BYTES)`
       throw new ApiError(413, 'too_large', `params ${message}`, [{ path: 'params', message }])
     }
-    const checked = await checkSubmission(raw, { dataDir: config.dataDir })
+    const checked = await checkSubmission(raw, {
+      dataDir: config.dataDir,
+      defaultEngines: config.defaultEngines,
+    })
     if (!checked.ok) throw new ApiError(400, checked.code, checked.message, checked.issues)
     const { body } = checked
     const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body

@@ -12,12 +12,21 @@ import type { JobError } from '../schema/common.ts'
 import { ERROR_REASONS } from '../schema/common.ts'
 import type { Config } from '../schema/config.ts'
 import type { Database } from '../schema/db/connect.ts'
+import { ENGINE_SETUP, ENGINES, type Engine, isEngineOf, withDefaultEngine } from '../schema/engines.ts'
 import { JobEnvelope } from '../schema/envelope.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { findUnsafeJson } from '../schema/json-safety.ts'
 import { CANCEL_CHANNEL, cancelKey, QUEUE_NAME } from '../schema/keys.ts'
 import { JOB_TYPES, type JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
+import {
+  describeEngines,
+  detectEngines,
+  type EngineDetection,
+  engineWaitDelay,
+  type HostEngines,
+  probeComfyui,
+} from './engines.ts'
 import { pickSlot, readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
 import { HostMetrics, QUEUE_STATES } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
@@ -46,6 +55,11 @@ export interface GpuHostOptions {
   logger: Logger
   /** Interval and grace of the reconciler (tests make them short). */
   reconciler?: ReconcilerOptions
+  /**
+   * Re-checks of a job for an engine this host lacks: first after `baseMs`, doubling to `maxMs`
+   * (default 5 s to 60 s; tests make them short).
+   */
+  engineWait?: { baseMs: number; maxMs: number }
   /** Test fixtures: run this module's default handler for a type instead of the registry's. */
   handlerModules?: Partial<Record<JobType, string>>
   version?: string
@@ -84,6 +98,11 @@ export class GpuHost {
   private reconciler: Reconciler | undefined
   private closing = false
   private gpuChecks = false
+  /** What this host can run, detected at start; until then only `simulate`. */
+  private engines: EngineDetection = {
+    engines: Object.fromEntries(JOB_TYPES.map((t) => [t, ['simulate']])) as HostEngines,
+    missing: {},
+  }
 
   constructor(private readonly opts: GpuHostOptions) {
     const { config } = opts
@@ -120,6 +139,10 @@ export class GpuHost {
     }
   }
 
+  get hostId(): string {
+    return this.opts.config.hostId
+  }
+
   get port(): number {
     const addr = this.server?.address()
     return typeof addr === 'object' && addr ? addr.port : 0
@@ -129,6 +152,19 @@ export class GpuHost {
     const { config, logger } = this.opts
     await Promise.all([this.redis.connect(), this.subscriber.connect()])
     await this.ensureBucket()
+    this.engines = await detectEngines(config.engines, process.env.PATH)
+    this.metrics.setEngines(ENGINES, this.engines.engines)
+    logger.info(
+      { engines: this.engines.engines, lacking: this.engines.missing },
+      `engines: ${describeEngines(this.engines)}`,
+    )
+    for (const type of JOB_TYPES) {
+      const chosen = config.defaultEngines[type]
+      if (chosen && !this.hasEngine(type, chosen))
+        logger.warn(
+          `DEFAULT_ENGINE_${type.toUpperCase()}=${chosen}, but this host lacks ${chosen}: ${ENGINE_SETUP[chosen]}`,
+        )
+    }
     const gpus = await readGpus()
     this.gpuChecks = gpus !== null && gpus.length > 0
     if (!this.gpuChecks)
@@ -278,7 +314,7 @@ export class GpuHost {
         const ok = Object.values(checks).every((c) => c === 'ok') && !this.closing
         res.statusCode = ok ? 200 : 503
         res.setHeader('content-type', 'application/json')
-        res.end(JSON.stringify({ ok, checks, closing: this.closing }))
+        res.end(JSON.stringify({ ok, checks, closing: this.closing, engines: this.engines.engines }))
       } else {
         res.statusCode = 404
         res.end()
@@ -289,13 +325,64 @@ export class GpuHost {
     }
   }
 
-  readiness(): Promise<Record<string, string>> {
-    return checkBackends({
-      redis: this.redis,
-      database: this.opts.database,
-      s3: this.opts.s3.client,
-      bucket: this.opts.config.s3.bucket,
-    })
+  async readiness(): Promise<Record<string, string>> {
+    const { comfyuiUrl } = this.opts.config.engines
+    const [backends, comfyui] = await Promise.all([
+      checkBackends({
+        redis: this.redis,
+        database: this.opts.database,
+        s3: this.opts.s3.client,
+        bucket: this.opts.config.s3.bucket,
+      }),
+      // A host configured for ComfyUI whose ComfyUI does not answer is not ready: its render jobs would
+      // only fail and retry. Readiness gates roll-outs, not intake (hosts pull jobs), so training jobs
+      // go on meanwhile.
+      comfyuiUrl === undefined ? undefined : probeComfyui(comfyuiUrl),
+    ])
+    return comfyui === undefined ? backends : { ...backends, comfyui }
+  }
+
+  /** Whether this host runs `type` jobs on `engine`. */
+  hasEngine(type: JobType, engine: Engine): boolean {
+    return this.engines.engines[type].includes(engine)
+  }
+
+  /**
+   * Puts back a job for an engine this host lacks, without an attempt, for another host to take:
+   * delayed (never spinning), its row still waiting with a message that says what to configure. When no
+   * host has the engine the job waits so, re-checked less and less often, until one starts or the job
+   * is cancelled.
+   */
+  private async waitForEngine(job: Job, token: string | undefined, entry: RunningJob, engine: Engine) {
+    const { jobId, type } = entry
+    const message = `waiting for a GPU host with engine ${engine}: ${ENGINE_SETUP[engine]} on one`
+    const delay = engineWaitDelay(
+      Date.now() - job.timestamp,
+      this.opts.engineWait ?? { baseMs: 5_000, maxMs: 60_000 },
+    )
+    // The message and its event once, not at every re-check; best effort, since putting the job back is
+    // what must happen (a store that fails here must not fail the job).
+    try {
+      const row = await this.state.noteWaiting(jobId, message)
+      if (row) {
+        this.opts.logger.info({ jobId, type, engine }, message)
+        await this.state.recordEvent(
+          await emitEvent(this.redis, {
+            jobId,
+            type,
+            status: row.status,
+            progress: row.progress,
+            message,
+            attempt: row.attempt,
+            timestamp: new Date().toISOString(),
+          }),
+        )
+      }
+    } catch (err) {
+      this.opts.logger.warn({ jobId, err: (err as Error).message }, 'could not record why the job waits')
+    }
+    await job.moveToDelayed(Date.now() + delay, token)
+    throw new DelayedError()
   }
 
   private async sampleQueue(): Promise<void> {
@@ -427,10 +514,23 @@ export class GpuHost {
       await this.failInvalid(job, `invalid job payload: ${prefixProblem}`)
       throw new UnrecoverableError(prefixProblem)
     }
+    // A job from another producer that names no engine gets this host's DEFAULT_ENGINE_<TYPE>, written
+    // into the job (and its row) so that every host that meets it afterwards runs the same engine.
+    const params = withDefaultEngine(type, envelope.params, this.opts.config.defaultEngines)
+    const resolved = params !== envelope.params
+    envelope.params = params
     const maxAttempts = envelope.maxAttempts ?? handler.maxAttempts
     const timeoutSec = envelope.timeoutSec ?? handler.timeoutSec
     const outputPrefix = outputPrefixFor(type, jobId)
     await this.state.ensureJob({ ...envelope, maxAttempts, outputPrefix })
+    // Best effort: this attempt runs on the resolved engine either way, and a failed write only means
+    // that a host meeting the job later resolves it again by its own default.
+    if (resolved)
+      await job
+        .updateData({ ...(job.data as object), params })
+        .catch((err: unknown) =>
+          this.opts.logger.warn({ jobId, err: (err as Error).message }, 'could not store the default engine'),
+        )
 
     const entry: RunningJob = { jobId, type, cancelRequested: false, proc: undefined, reporter: undefined }
     this.running.set(jobId, entry)
@@ -526,6 +626,11 @@ export class GpuHost {
     const log = logger.child({ jobId, type })
 
     if ((await this.redis.exists(cancelKey(jobId))) === 1) entry.cancelRequested = true
+    // Never run a job on an engine this host lacks (a cancelled one goes on, to end as cancelled). An
+    // engine the type does not have is left to the params check, which fails the job naming it.
+    const engine = o.envelope.params.engine
+    if (!entry.cancelRequested && isEngineOf(type, engine) && !this.hasEngine(type, engine))
+      await this.waitForEngine(job, token, entry, engine)
     // VRAM-aware: take the job only onto a GPU with enough free memory; else put it back for a while,
     // without counting an attempt (another process may hold the memory, e.g. ComfyUI's loaded models).
     const readings = this.gpuChecks && !entry.cancelRequested ? await readGpus() : null

@@ -10,6 +10,7 @@ import * as v from 'valibot'
 import { handlerFor } from '../functions/index.ts'
 import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { loadConfig } from '../schema/config.ts'
+import { withDefaultEngine } from '../schema/engines.ts'
 import { JobType, outputPrefixFor } from '../schema/params/index.ts'
 import { readGpus, slotsFor } from './gpus.ts'
 import { JobProcess } from './runner.ts'
@@ -48,7 +49,8 @@ const timeoutSec = values.timeout ? Number(values.timeout) : handler.timeoutSec
 const started = Date.now()
 
 const proc: JobProcess = new JobProcess({
-  job: { jobId, type, params, attempt: 1 },
+  // DEFAULT_ENGINE_<TYPE> as on a host, for params that name no engine.
+  job: { jobId, type, params: withDefaultEngine(type, params, config.defaultEngines), attempt: 1 },
   gpu: slot?.gpu ?? { index: null, uuid: null, name: null, vramTotalMb: null },
   cudaVisibleDevices: slot?.cudaVisibleDevices,
   paths: { scratch: path.join(out, '.scratch'), models: config.modelsDir, data: config.dataDir },

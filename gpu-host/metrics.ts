@@ -44,6 +44,7 @@ export class HostMetrics {
   readonly memLeaks: Counter<'gpu' | 'UUID' | 'Hostname'>
   readonly oldestProgressAge: Gauge<'type'>
   readonly reconciled: Counter<'type' | 'action'>
+  readonly engineAvailable: Gauge<'type' | 'engine'>
 
   constructor(opts: {
     version: string
@@ -205,6 +206,12 @@ export class HostMetrics {
       labelNames: ['type', 'action'],
       registers,
     })
+    this.engineAvailable = new Gauge({
+      name: 'gpu_worker_engine_available',
+      help: '1 when this host runs jobs of this type on this engine, else 0 (every engine of every type).',
+      labelNames: ['type', 'engine'],
+      registers,
+    })
     new Gauge({
       name: 'gpu_worker_slots',
       help: 'Job slots (GPUs, or GPU_SLOTS without one) on this host.',
@@ -223,6 +230,13 @@ export class HostMetrics {
       this.runningPerGpu.set(this.gpuLabels(slot), 0)
       this.memLeaks.inc(this.gpuLabels(slot), 0)
     }
+  }
+
+  /** One series per engine of each type: 1 for those the host has, 0 for the rest. */
+  setEngines(all: Record<string, readonly string[]>, have: Record<string, readonly string[]>): void {
+    for (const [type, engines] of Object.entries(all))
+      for (const engine of engines)
+        this.engineAvailable.set({ type, engine }, have[type]?.includes(engine) ? 1 : 0)
   }
 
   setBusy(slot: Slot, busy: boolean): void {

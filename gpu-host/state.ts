@@ -68,6 +68,28 @@ export class JobState {
     })
   }
 
+  /**
+   * The message of a job put back in the queue without an attempt (no engine for it on the host that
+   * took it); the row keeps its status (queued, or retrying between attempts). The row when the message
+   * changed, null when it said so already or the job is no longer waiting (cancelled, running elsewhere).
+   */
+  noteWaiting(jobId: string, message: string): Promise<JobRow | null> {
+    return this.retry('waiting message', async () => {
+      const [row] = await this.db
+        .update(jobs)
+        .set({ message, updatedAt: new Date() })
+        .where(
+          and(
+            eq(jobs.id, jobId),
+            inArray(jobs.status, ['queued', 'retrying']),
+            sql`${jobs.message} <> ${message}`,
+          ),
+        )
+        .returning()
+      return row ?? null
+    })
+  }
+
   /** A queued job that cannot run (invalid payload): failed at once, without retries. */
   failUnstarted(jobId: string, error: JobError): Promise<void> {
     return this.retry('fail job', async () => {

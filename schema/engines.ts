@@ -37,3 +37,52 @@ export type EngineSettingsInput = v.InferInput<typeof EngineSettings>
 
 /** Fills in the defaults. */
 export const engineSettings = (input: EngineSettingsInput): EngineSettings => v.parse(EngineSettings, input)
+
+/**
+ * What an operator sets on a GPU host so that it has each real engine (`simulate` needs nothing): the
+ * words of the message a job waiting for that engine shows.
+ */
+export const ENGINE_SETUP: Record<Engine, string> = {
+  simulate: 'nothing to set (every host has it)',
+  comfyui: 'set COMFYUI_URL',
+  kohya: 'set KOHYA_DIR and KOHYA_PYTHON',
+  f5tts: 'set F5TTS_DIR and F5TTS_PYTHON',
+}
+
+/** Whether `engine` is one of the type's engines. */
+export const isEngineOf = <T extends JobType>(type: T, engine: unknown): engine is EngineOf<T> =>
+  (ENGINES[type] as readonly unknown[]).includes(engine)
+
+/**
+ * The engine of a job that names none: DEFAULT_ENGINE_<TYPE> when set, else the type's first (`simulate`).
+ *
+ * @example defaultEngineFor('train_lora', { train_lora: 'kohya' }) // 'kohya'
+ */
+export const defaultEngineFor = <T extends JobType>(
+  type: T,
+  defaults: Partial<Record<JobType, Engine>>,
+): EngineOf<T> => {
+  const chosen = defaults[type]
+  return isEngineOf(type, chosen) ? chosen : ENGINES[type][0]
+}
+
+/**
+ * A job's params with `engine` filled in when the job names none: the one place DEFAULT_ENGINE_<TYPE> is
+ * applied, by the gateway before it stores the row (so the row and the queued params name the engine, and
+ * the same body resubmitted resolves the same way) and by the host for jobs other producers added without
+ * one. Params that name an engine, even one the type lacks, are returned as they are: the params schema
+ * refuses a wrong one by name. Anything but a plain object is returned as it is too, for the schema to refuse.
+ *
+ * @example
+ * withDefaultEngine('train_lora', { baseModel: 'sd15' }, { train_lora: 'kohya' })
+ * // { baseModel: 'sd15', engine: 'kohya' }
+ */
+export function withDefaultEngine<P>(
+  type: JobType,
+  params: P,
+  defaults: Partial<Record<JobType, Engine>>,
+): P {
+  if (typeof params !== 'object' || params === null || Array.isArray(params)) return params
+  if ((params as { engine?: unknown }).engine !== undefined) return params
+  return { ...params, engine: defaultEngineFor(type, defaults) }
+}

@@ -1,9 +1,10 @@
 import * as v from 'valibot'
 import { SubmitJobBody } from './api.ts'
 import { DatasetPathError, resolveDatasetPath } from './dataset-path.ts'
+import { type Engine, withDefaultEngine } from './engines.ts'
 import { type FieldIssue, toFieldIssues } from './issues.ts'
 import { jsonSafetyIssue } from './json-safety.ts'
-import { PARAMS_BY_TYPE, type RenderVideoParams } from './params/index.ts'
+import { type JobType, PARAMS_BY_TYPE, type RenderVideoParams } from './params/index.ts'
 import { renderVideoIssues } from './workflow.ts'
 
 /** A submission refused: the API's error code, its one-line message and the issues, field by field. */
@@ -31,20 +32,23 @@ const refused = (code: SubmissionRefused['code'], issues: FieldIssue[]): Submiss
  * order that keeps each one safe: JSON the stores can keep (json-safety.ts) before any schema walks it,
  * the body, the type's params, `datasetPath` against DATA_DIR, render_video's workflow. The body is sent
  * as JSON text already parsed; nothing in the result echoes a rejected value or an absolute path.
+ * Params that name no engine get DEFAULT_ENGINE_<TYPE>'s (`defaultEngines`) in the accepted body, so the
+ * stored row and the queued job name the engine the job runs on.
  *
  * @example
- * const r = await checkSubmission(JSON.parse(text), { dataDir: config.dataDir })
+ * const r = await checkSubmission(JSON.parse(text), { dataDir: config.dataDir, defaultEngines: config.defaultEngines })
  * if (!r.ok) throw new ApiError(400, r.code, r.message, r.issues)
  */
 export async function checkSubmission(
   raw: unknown,
-  { dataDir }: { dataDir: string },
+  { dataDir, defaultEngines }: { dataDir: string; defaultEngines: Partial<Record<JobType, Engine>> },
 ): Promise<SubmissionAccepted | SubmissionRefused> {
   const unsafe = jsonSafetyIssue(raw)
   if (unsafe) return refused(inParams(unsafe) ? 'invalid_params' : 'invalid_request', [unsafe])
   const body = v.safeParse(SubmitJobBody, raw)
   if (!body.success) return refused('invalid_request', toFieldIssues(body.issues))
   const { type } = body.output
+  body.output.params = withDefaultEngine(type, body.output.params, defaultEngines)
   const params = v.safeParse(PARAMS_BY_TYPE[type], body.output.params)
   if (!params.success) return refused('invalid_params', toFieldIssues(params.issues, 'params'))
   if ('datasetPath' in params.output) {

@@ -199,6 +199,8 @@ describe('gpu-jobs submit', () => {
       height: 48,
       frames: 4,
       fps: 2,
+      // Named by the gateway (DEFAULT_ENGINE_RENDER_VIDEO unset: the first engine).
+      engine: 'simulate',
     })
     expect(job.maxAttempts).toBe(2)
 
@@ -234,6 +236,7 @@ describe('gpu-jobs submit', () => {
       datasetPath: 'ds',
       epochs: 1,
       learningRate: 2e-4,
+      engine: 'simulate',
     })
   })
 
@@ -250,9 +253,11 @@ describe('gpu-jobs submit', () => {
   })
 
   it('--follow exits 1 when the job fails', async () => {
-    const r = await cli(url, ['submit', 'train_lora', ...lora(1), '-p', 'engine=kohya', '--follow'])
+    // datasetPath `empty` exists and holds no files: invalid_dataset, not retried. (A job for an engine no
+    // host has waits in the queue rather than failing: docs/engines/README.md.)
+    const r = await cli(url, ['submit', 'train_lora', ...lora(1), '-p', 'datasetPath=empty', '--follow'])
     expect(r.code).toBe(EXIT.failed)
-    expect(r.lines.at(-1)).toMatch(/#\d+ failed .*engine_not_configured/)
+    expect(r.lines.at(-1)).toMatch(/#\d+ failed .*invalid_dataset/)
   })
 
   it('--follow --sse --json prints the events as JSON lines', async () => {

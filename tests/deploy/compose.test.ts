@@ -290,6 +290,22 @@ describe.skipIf(!cli)(suiteName, () => {
     expect(get(services.ollama, 'profiles')).toEqual(['engines'])
   })
 
+  it("points the GPU host at the image's engines and keeps hub files on the models volume, offline", () => {
+    const env = get(services['gpu-host'], 'environment')
+    // The engines cuda/Dockerfile installs: x-app-env's empty values must not hide them.
+    expect(get(env, 'KOHYA_DIR')).toBe('/opt/engines/sd-scripts')
+    expect(get(env, 'KOHYA_PYTHON')).toBe('/opt/engines/sd-scripts/.venv/bin/python')
+    expect(get(env, 'F5TTS_DIR')).toBe('/opt/engines/F5-TTS')
+    expect(get(env, 'F5TTS_PYTHON')).toBe('/opt/engines/F5-TTS/.venv/bin/python')
+    expect(String(get(env, 'HF_HOME'))).toMatch(/^\/opt\/models\//)
+    expect(String(get(env, 'HF_HUB_OFFLINE'))).toBe('1')
+    // Unset unless .env sets it with the engines profile: a host advertises comfyui exactly when it is set.
+    expect(get(env, 'COMFYUI_URL') ?? '').toBe('')
+    expect(get(services.comfyui, 'healthcheck', 'test')).toContain(
+      "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8188/system_stats', timeout=4)",
+    )
+  })
+
   it('gives the GPU host longer to stop than its drain takes', () => {
     const values = envFileValues(envExample)
     const shutdown = Number(values.get('SHUTDOWN_GRACE_SEC') || 30)

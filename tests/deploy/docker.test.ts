@@ -181,6 +181,30 @@ describe('cuda/Dockerfile specifics', () => {
   })
 })
 
+describe('cuda/Dockerfile engines', () => {
+  const text = readRepoFile('cuda/Dockerfile')
+  it('sets KOHYA_DIR, F5TTS_DIR and their Pythons to where it installs the engines', () => {
+    // The checkout dir of the RUN step that clones each engine's repository.
+    const installDir = (repoArg: string) =>
+      /dir=(\S+);/.exec(text.split(/\nRUN /).find((step) => step.includes(`"$${repoArg}"`)) ?? '')?.[1]
+    const kohya = installDir('KOHYA_REPO')
+    const f5tts = installDir('F5TTS_REPO')
+    expect(kohya).toBe('/opt/engines/sd-scripts')
+    expect(f5tts).toBe('/opt/engines/F5-TTS')
+    expect(text).toMatch(new RegExp(`^\\s+KOHYA_DIR=${kohya} \\\\$`, 'm'))
+    expect(text).toMatch(new RegExp(`^\\s+KOHYA_PYTHON=${kohya}/\\.venv/bin/python \\\\$`, 'm'))
+    expect(text).toMatch(new RegExp(`^\\s+F5TTS_DIR=${f5tts} \\\\$`, 'm'))
+    expect(text).toMatch(new RegExp(`^\\s+F5TTS_PYTHON=${f5tts}/\\.venv/bin/python \\\\$`, 'm'))
+    // The old name, renamed on main: nothing may still set or read it.
+    expect(text).not.toContain('KOHYA_SD_SCRIPTS_DIR')
+  })
+
+  it('keeps the hub cache on the models volume and offline', () => {
+    expect(text).toMatch(/^\s+HF_HOME=\/opt\/models\/\S+ \\$/m)
+    expect(text).toMatch(/^\s+HF_HUB_OFFLINE=1 \\$/m)
+  })
+})
+
 describe('.dockerignore', () => {
   it('keeps secrets, dependencies and build output out of the build context', () => {
     for (const p of ['.env', '.git', 'node_modules', 'dist', 'data', 'functions/node_modules']) {

@@ -102,6 +102,8 @@ export async function makeDataDir(): Promise<string> {
 
 export interface Stack {
   config: Config
+  /** The environment `config` was read from (startHost starts more hosts from it). */
+  env: Record<string, string>
   prefix: string
   gateway: Gateway
   host: GpuHost
@@ -136,6 +138,8 @@ export async function startStack(
      * each would take the others' rows for lost); tests of lost jobs give it a database of their own.
      */
     reconciler?: ReconcilerOptions
+    /** The host's re-checks of jobs for an engine it lacks (GpuHostOptions.engineWait). */
+    engineWait?: { baseMs: number; maxMs: number }
   } = {},
 ): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? TEST_REDIS_URL
@@ -143,7 +147,7 @@ export async function startStack(
   const prefix = `test-${randomUUID().slice(0, 8)}`
   const dataDir = await makeDataDir()
   const s3 = opts.s3 ?? (await startS3())
-  const config = loadConfig({
+  const env: Record<string, string> = {
     REDIS_URL: redisUrl,
     DATABASE_URL: databaseUrl,
     S3_ENDPOINT: s3.endpoint,
@@ -159,7 +163,8 @@ export async function startStack(
     QUEUE_PREFIX: prefix,
     HOST_ID: `${prefix}-host`,
     ...opts.env,
-  })
+  }
+  const config = loadConfig(env)
   const database = opts.database ?? (await openDatabase({ url: databaseUrl, poolSize: 5 }))
   const logger = quietLogger()
   const s3client = createS3Client({ ...config.s3, endpoint: s3.endpoint })
@@ -170,6 +175,7 @@ export async function startStack(
     logger,
     handlerModules: opts.handlerModules,
     reconciler: opts.reconciler ?? { enabled: false },
+    engineWait: opts.engineWait,
   })
   if (opts.withHost !== false) await host.start()
   else
@@ -185,6 +191,7 @@ export async function startStack(
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix })
   return {
     config,
+    env,
     prefix,
     gateway,
     host,
@@ -317,4 +324,38 @@ export async function addFixtureJob(
     { jobId },
   )
   return jobId
+}
+
+/**
+ * One more GPU host on the stack's Redis, queue prefix, database and bucket (its own HOST_ID and
+ * metrics port), configured by the stack's environment with `env` over it; the caller closes it.
+ */
+export async function startHost(
+  stack: Stack,
+  opts: {
+    env?: Record<string, string>
+    handlerModules?: Partial<Record<JobType, string>>
+    engineWait?: { baseMs: number; maxMs: number }
+  } = {},
+): Promise<GpuHost> {
+  const config = loadConfig({
+    ...stack.env,
+    HOST_ID: `${stack.prefix}-host-${randomUUID().slice(0, 4)}`,
+    METRICS_PORT: '0',
+    ...opts.env,
+  })
+  const host = new GpuHost({
+    config,
+    database: stack.database,
+    s3: {
+      client: createS3Client({ ...config.s3, endpoint: stack.s3.endpoint }),
+      endpoint: stack.s3.endpoint,
+    },
+    logger: quietLogger(),
+    handlerModules: opts.handlerModules,
+    engineWait: opts.engineWait,
+    reconciler: { enabled: false },
+  })
+  await host.start()
+  return host
 }

@@ -149,6 +149,17 @@ describe('npm run job (no services)', () => {
     expect(p.output()).toMatch(/engine_not_configured/)
   })
 
+  it('runs a job that names no engine on DEFAULT_ENGINE_<TYPE>', async () => {
+    const p = run(
+      ['gpu-host/job-cli.ts', 'render_video', '--params', '{}', '--out', path.join(tmpdir(), 'never')],
+      { DEFAULT_ENGINE_RENDER_VIDEO: 'comfyui' },
+    )
+    expect(await p.exit).toBe(1)
+    expect(p.output()).toMatch(
+      /engine_not_configured.*comfyui|comfyui.*engine_not_configured|engine "comfyui"/,
+    )
+  })
+
   it('refuses bad usage with exit 2', async () => {
     const p = run(['gpu-host/job-cli.ts', 'mine_bitcoin'], {})
     expect(await p.exit).toBe(2)

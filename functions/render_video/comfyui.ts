@@ -420,8 +420,9 @@ class PromptProgress {
   report(message?: string): void {
     let text = message
     if (text === undefined) {
-      if (this.current === null) return
-      const ordinal = Math.min(this.toRun.size, this.done.size + (this.done.has(this.current) ? 0 : 1))
+      // Between nodes (the last one finished, the next not started) the next node's start reports.
+      if (this.current === null || this.done.has(this.current)) return
+      const ordinal = Math.min(this.toRun.size, this.done.size + 1)
       text = `node ${ordinal}/${this.toRun.size}: ${this.label(this.current)}`
       if (this.max > 1 || (this.max > 0 && this.value > 0)) text += ` ${this.value}/${this.max}`
     }
@@ -461,6 +462,7 @@ class ComfySocket {
     private readonly onEvent: (event: ComfyEvent) => void,
     private readonly onFatal: (err: Error) => void,
     private readonly log: HandlerContext['log'],
+    private readonly onReconnect: () => void,
   ) {}
 
   get up(): boolean {
@@ -545,6 +547,7 @@ class ComfySocket {
         ws.removeAllListeners('error')
         this.log.info('ComfyUI WebSocket reconnected')
         this.attach(ws)
+        this.onReconnect()
       })
     }, delay)
   }
@@ -735,7 +738,11 @@ export async function runComfyPrompt(
     }
   }
 
-  const socket = new ComfySocket(ep, clientId, timings, onEvent, onFatal, ctx.log)
+  // Events sent while the socket was down are lost: the end may have passed meanwhile, so read /history
+  // (and /queue) as soon as it is back rather than at the next poll.
+  const socket = new ComfySocket(ep, clientId, timings, onEvent, onFatal, ctx.log, () => {
+    void checkHistory(true)
+  })
   let poller: NodeJS.Timeout | undefined
   let pollCount = 0
   let onAbort: (() => void) | undefined
@@ -798,7 +805,15 @@ export async function runComfyPrompt(
     socket.close()
 
     // Success: the files from /history, streamed one by one from /view.
-    const entry = await historyOf(ep, promptId, timings)
+    // ComfyUI sends execution_success before it writes the history (main.py: execute, then task_done,
+    // then `executing` null): a read right away can still be `{}`. Wait for the entry, within a bound.
+    let entry = await historyOf(ep, promptId, timings)
+    const historyDeadline = Date.now() + timings.httpTimeoutMs
+    while (!entry && Date.now() < historyDeadline) {
+      if (signal.aborted) throw abortError(signal)
+      await sleep(100)
+      entry = await historyOf(ep, promptId, timings)
+    }
     if (!entry) throw unavailable(ep, `has no /history entry for finished prompt ${promptId}`)
     const files = outputFiles(entry.outputs ?? {})
     if (files.length === 0) ctx.log.warn(`ComfyUI prompt ${promptId} finished with no output files`)

@@ -748,6 +748,7 @@ export async function runComfyPrompt(
   let onAbort: (() => void) | undefined
   try {
     await socket.open()
+    if (signal.aborted) throw abortError(signal)
     // Not tied to ctx.signal: an aborted POST could still queue the prompt without our knowing its id.
     // A cancel that comes meanwhile is handled as soon as the id is known.
     const { status, json } = await comfyJson<PromptRefusal & { prompt_id?: string; node_errors?: unknown }>(
@@ -923,14 +924,18 @@ async function cancelPrompt(
     }
   }
   if (!state.running) return
+  const interruptedAt = Date.now()
   await comfyPost(ep, 'interrupt', { prompt_id: promptId }, t.httpTimeoutMs)
   ctx.log.info(`ComfyUI prompt ${promptId} interrupted; waiting for it to stop`)
+  const stopped = () => {
+    ctx.log.info(`ComfyUI prompt ${promptId} stopped ${Date.now() - interruptedAt} ms after the interrupt`)
+  }
   while (Date.now() < deadline) {
-    if (isStopped()) return
+    if (isStopped()) return stopped()
     await sleep(Math.min(250, Math.max(0, deadline - Date.now())))
-    if (isStopped()) return
+    if (isStopped()) return stopped()
     const now = await queueState(ep, promptId, t).catch(() => null)
-    if (now && !now.running && !now.pending) return
+    if (now && !now.running && !now.pending) return stopped()
   }
   ctx.log.warn(
     `ComfyUI prompt ${promptId} still running ${Math.round(timings.cancelWaitMs / 1000)} s after the interrupt`,

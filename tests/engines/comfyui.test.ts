@@ -144,6 +144,33 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
     expectProgressToEndAt100(t.progress)
   })
 
+  it('t01: an image graph: the PNG from /view, progress rising to 100 over the six nodes', async () => {
+    const s = await standin({ transcript: T01 })
+    const t = await context(s.url)
+    const result = (await runHandler(
+      renderVideo,
+      { engine: 'comfyui', workflow: s.graphOf(0) },
+      t,
+    )) as Record<string, unknown>
+    expect(result).toMatchObject({
+      promptId: '50d816e8-c780-4d0d-9f30-5a09ede85003',
+      files: ['img_00001_.png', WORKFLOW_FILE],
+      cachedNodes: 0,
+      outputs: [{ path: 'img_00001_.png', contentType: 'image/png', size: 965 }],
+    })
+    expect(t.artifacts.files.get('img_00001_.png')?.bytes.equals(viewFile('img_00001_.png'))).toBe(true)
+    expectProgressToEndAt100(t.progress)
+    expect(t.progress.filter((p) => p.message?.startsWith('node ')).map((p) => p.message)).toEqual([
+      'node 1/6: EmptyImage #3',
+      'node 2/6: EmptyImage #1',
+      'node 3/6: ImageInvert #2',
+      'node 4/6: ImageBlend #4',
+      'node 5/6: ImageScale #5',
+      'node 6/6: SaveImage #6',
+    ])
+    expect(s.unexpected).toEqual([])
+  })
+
   it('t01: counts cached nodes as done and still fetches the cached outputs', async () => {
     const s = await standin({ transcript: T01, startAt: 5 })
     const t = await context(s.url)

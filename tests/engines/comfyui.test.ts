@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto'
+import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
+import WebSocket from 'ws'
 import { runComfyPrompt } from '../../functions/render_video/comfyui.ts'
 import renderVideo, { WORKFLOW_FILE } from '../../functions/render_video/index.ts'
 import { NonRetryableError, RetryableError } from '../../functions/sdk/errors.ts'
@@ -47,6 +49,50 @@ const viewFile = (name: string) => readFileSync(new URL(`view_${name}`, TRANSCRI
 function abortWhen(t: TestContext, when: Promise<void>, reason: Error): void {
   void when.then(() => t.abort(reason))
 }
+
+describe('the ComfyUI stand-in', () => {
+  it.each([T01, T05])(
+    'replays %s byte for byte: frames in order, HTTP status, headers and bodies',
+    async (file) => {
+      const s = await standin({ transcript: file, speed: 0 })
+      const lines = readFileSync(new URL(file, TRANSCRIPTS_DIR), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      // With the recorded client id, nothing is substituted at all.
+      const ws = new WebSocket(`${s.url.replace('http', 'ws')}/ws?clientId=${s.recordedClient}`)
+      const got: string[] = []
+      ws.on('message', (data, binary) => {
+        const b = Buffer.from(data as Buffer)
+        got.push(binary ? `binary ${b.length} ${b.subarray(0, 16).toString('hex')}` : b.toString())
+      })
+      cleanups.push(async () => ws.terminate())
+      await once(ws, 'open')
+      const post = await fetch(`${s.url}/prompt`, {
+        method: 'POST',
+        body: JSON.stringify({ prompt: s.graphOf(0), client_id: s.recordedClient }),
+      })
+      const recordedPost = lines.find((l) => l.dir === 'http_res') as { headers: Record<string, string> }
+      expect(post.status).toBe(200)
+      expect(post.headers.get('content-type')).toBe(recordedPost.headers['Content-Type'])
+      expect(post.headers.get('content-length')).toBe(recordedPost.headers['Content-Length'])
+      expect(Buffer.from(await post.arrayBuffer()).equals(s.answerOf(0))).toBe(true)
+      const promptId = (JSON.parse(s.answerOf(0).toString()) as { prompt_id: string }).prompt_id
+      const end = `{"type": "executing", "data": {"node": null, "prompt_id": "${promptId}"}}`
+      await expect.poll(() => got.includes(end), { timeout: 5000 }).toBe(true)
+      const history = await fetch(`${s.url}/history/${promptId}`)
+      expect(Buffer.from(await history.arrayBuffer()).equals(s.answerOf(1))).toBe(true)
+      // Python's json.dumps spacing and floats (`0.0`, `1.0`) are kept, as ComfyUI sent them.
+      expect(s.answerOf(1).toString()).toMatch(/^\{"[0-9a-f-]{36}": \{"prompt": \[/)
+      const firstEnd = lines.findIndex((l) => l.dir === 'ws_text' && l.raw === end)
+      const expected = lines
+        .slice(0, firstEnd + 1)
+        .filter((l) => l.dir === 'ws_text' || l.dir === 'ws_binary')
+        .map((l) => (l.dir === 'ws_text' ? String(l.raw) : `binary ${l.length} ${l.head_hex}`))
+      expect(got).toEqual(expected)
+    },
+  )
+})
 
 describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   it('t02: runs an inline video graph, streams all four outputs from /view with their content types', async () => {

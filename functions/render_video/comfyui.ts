@@ -268,7 +268,7 @@ export function outputFiles(outputs: Record<string, unknown>): ComfyFile[] {
 }
 
 /** Artifact names for the files: the file name, or `<node>_<name>` when two outputs share one. */
-function artifactNames(files: ComfyFile[], reserved: ReadonlySet<string>): string[] {
+export function artifactNames(files: ComfyFile[], reserved: ReadonlySet<string>): string[] {
   const taken = new Set(reserved)
   return files.map((f) => {
     const clean = f.filename.replace(/[\\\0]/g, '_').replace(/^\.+/, '_')

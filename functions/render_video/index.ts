@@ -5,7 +5,7 @@ import type { HandlerContext } from '../sdk/context.ts'
 import { defaultLimits, defineHandler } from '../sdk/define.ts'
 import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { runSimulatedSteps } from '../simulate.ts'
-import { runComfyPrompt } from './comfyui.ts'
+import { runComfyPrompt } from './comfyui/index.ts'
 import { type ResolvedWorkflow, resolveWorkflow } from './workflow.ts'
 
 /** Artifact names, relative to `videos/<jobId>/`. */

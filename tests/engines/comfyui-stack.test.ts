@@ -105,11 +105,13 @@ describe('render_video engine comfyui through the stack (stand-in ComfyUI)', () 
     const s = await ComfyStandin.start({ transcript: T06, others: [1] })
     stack = await stackFor(s)
     try {
-      // The recording reaches node 3 at 0.76 s and waits there for the client: a 2 s timeout lands in it.
+      // The recording reaches node 3 at 0.76 s after the prompt and then waits for the client's GET /queue:
+      // a 5 s timeout lands there even when a loaded machine takes seconds to start the job process (an
+      // abort before it would be a request the recording does not have, flagged in `unexpected`).
       const { json } = await postJob(stack, {
         type: 'render_video',
         params: { engine: 'comfyui', workflow: s.graphOf(0) },
-        timeoutSec: 2,
+        timeoutSec: 5,
         maxAttempts: 1,
       })
       const jobId = json.jobId as string
@@ -118,6 +120,7 @@ describe('render_video engine comfyui through the stack (stand-in ComfyUI)', () 
       expect(end.error?.reason).toBe('timeout')
       expect(s.idle).toBe(true)
       expect(s.requests.some((r) => r.path === '/interrupt')).toBe(true)
+      expect(s.unexpected).toEqual([])
     } finally {
       await stack.close()
     }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { artifactNames, comfyEndpoint, contentTypeOf, describeRefusal, outputFiles } from './comfyui.ts'
+import { artifactNames, comfyEndpoint, contentTypeOf, describeRefusal, outputFiles } from './index.ts'
 
 /** The ComfyUI driver's pure parts; the protocol itself is tested against the stand-in in tests/engines/. */
 describe('ComfyUI driver helpers', () => {

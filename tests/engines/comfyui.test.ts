@@ -246,6 +246,9 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
       `ComfyUI failed in node 3 (SaveVideo): av.error.ExternalError: [Errno 542398533] Generic error in an external library: 'avcodec_open2("libx264", {})'`,
     )
     expect(t.artifacts.files.size).toBe(0)
+    expect(t.logs.find((l) => l.level === 'error')?.msg).toMatch(
+      /^ComfyUI traceback of node 3:\n {2}File .*execution\.py/,
+    )
   })
 
   it('t04: a 400 from /prompt is not retryable and names each node and input', async () => {

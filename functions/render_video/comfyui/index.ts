@@ -265,7 +265,13 @@ export async function runComfyPrompt(
     const result = await Promise.race([finished, cancelled])
     if (signal.aborted) await cancelled
     clearTimeout(poller)
-    if (result.kind === 'error') throw executionFailure(result.data, graph)
+    if (result.kind === 'error') {
+      // The traceback goes to the job's log (GET /api/jobs/:id/logs), not into its one-line error.
+      const trace = Array.isArray(result.data.traceback) ? result.data.traceback.join('').trimEnd() : ''
+      if (trace)
+        ctx.log.error(`ComfyUI traceback of node ${result.data.node_id ?? '?'}:\n${trace.slice(-4000)}`)
+      throw executionFailure(result.data, graph)
+    }
     if (result.kind === 'interrupted')
       throw new RetryableError(
         `ComfyUI interrupted prompt ${promptId} in node ${result.data.node_id ?? '?'} (${result.data.node_type ?? 'node'}), not at this job's request (someone interrupted ComfyUI)`,

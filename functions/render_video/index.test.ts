@@ -12,7 +12,7 @@ import {
   rejectionOf,
 } from '../test-support.ts'
 import renderVideo, { VIDEO_FILE, WORKFLOW_FILE } from './index.ts'
-import { listTemplates } from './workflow.ts'
+import { listTemplates, resolveWorkflow } from './workflow.ts'
 
 const contexts: TestContext[] = []
 const context = async (opts: { simulateStepMs?: number; comfyuiUrl?: string } = {}): Promise<TestContext> => {
@@ -160,15 +160,30 @@ describe('render_video (simulate)', () => {
     expect(t.progress).toHaveLength(0)
   })
 
-  it.each([
-    ['with COMFYUI_URL unset', undefined, /COMFYUI_URL is not set/],
-    ['with COMFYUI_URL set', 'http://127.0.0.1:8188', /no ComfyUI driver/],
-  ])('fails clearly when the comfyui engine is asked for %s', async (_what, comfyuiUrl, message) => {
-    const t = await context(comfyuiUrl ? { comfyuiUrl } : {})
+  // The comfyui engine itself: tests/engines/comfyui.test.ts, against the transcript-replaying stand-in.
+  it('fails clearly when the comfyui engine is asked for with COMFYUI_URL unset', async () => {
+    const t = await context()
     const err = await rejectionOf(runHandler(renderVideo, { ...small, engine: 'comfyui' }, t))
+    expect(err).toBeInstanceOf(NonRetryableError)
     expect(err.reason).toBe('engine_not_configured')
-    expect(err.message).toMatch(message)
+    expect(err.message).toMatch(/engine "comfyui" is not configured on this host: COMFYUI_URL is not set/)
     expect(t.artifacts.files.size).toBe(0)
+  })
+
+  it('lists the model-free smoke template and fills it: EmptyImage frames to an h264 mp4', async () => {
+    expect(await listTemplates()).toContain('smoke')
+    const wf = await resolveWorkflow({ ...small, workflow: 'smoke', inputs: {}, engine: 'comfyui' }, 'job-1')
+    expect(wf.outputNodes).toEqual(['7'])
+    expect(wf.seed).toBeNull()
+    expect(wf.graph['1']?.inputs).toMatchObject({ width: 64, height: 48, batch_size: 1 })
+    expect(wf.graph['4']?.inputs).toMatchObject({ amount: 6 })
+    expect(wf.graph['5']).toMatchObject({ class_type: 'ImageFromBatch', inputs: { length: 6 } })
+    expect(wf.graph['6']).toMatchObject({ class_type: 'CreateVideo', inputs: { fps: 6 } })
+    expect(wf.graph['7']).toMatchObject({
+      class_type: 'SaveVideo',
+      inputs: { format: 'mp4', codec: 'h264', filename_prefix: 'gpu-jobs/job-1' },
+    })
+    expect(JSON.stringify(wf.graph)).not.toContain('{{')
   })
 
   it('stops promptly when the job is cancelled', async () => {

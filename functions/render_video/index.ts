@@ -5,6 +5,7 @@ import type { HandlerContext } from '../sdk/context.ts'
 import { defaultLimits, defineHandler } from '../sdk/define.ts'
 import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { runSimulatedSteps } from '../simulate.ts'
+import { runComfyPrompt } from './comfyui/index.ts'
 import { type ResolvedWorkflow, resolveWorkflow } from './workflow.ts'
 
 /** Artifact names, relative to `videos/<jobId>/`. */
@@ -12,7 +13,8 @@ export const VIDEO_FILE = 'video.avi'
 export const WORKFLOW_FILE = 'workflow.json'
 
 /**
- * Video rendering. Engines: `comfyui` (ComfyUI's HTTP + WebSocket API, not wired on this host yet) and
+ * Video rendering. Engines: `comfyui` (ComfyUI's HTTP + WebSocket API at COMFYUI_URL, see ./comfyui.ts and
+ * docs/engines/comfyui.md: every output file of the prompt, plus the `workflow.json` it ran) and
  * `simulate`, which samples one timed step per frame and writes a playable uncompressed `video.avi` of the
  * requested size, frame count and fps (its INFO comment says it is simulated), plus the resolved
  * `workflow.json` the real engine would have queued.
@@ -29,12 +31,12 @@ export default defineHandler({
       case 'simulate':
         return simulate(job.params, workflow, ctx)
       case 'comfyui':
-        throw engineNotConfigured(
-          'comfyui',
-          ctx.engines.comfyuiUrl
-            ? 'this host has no ComfyUI driver yet; submit the job with engine "simulate" to test the pipeline'
-            : 'COMFYUI_URL is not set, and this host has no ComfyUI driver yet; use engine "simulate" meanwhile',
-        )
+        if (!ctx.engines.comfyuiUrl)
+          throw engineNotConfigured(
+            'comfyui',
+            'COMFYUI_URL is not set; point it at a ComfyUI server (docs/engines/comfyui.md) or use engine "simulate"',
+          )
+        return comfyui(job.params, workflow, ctx)
     }
   },
 })
@@ -90,5 +92,31 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
     fps,
     durationSec,
     videoBytes: video.size,
+  }
+}
+
+/** The real engine: the resolved graph on ComfyUI, its output files streamed to `videos/<jobId>/`. */
+async function comfyui(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: HandlerContext) {
+  const run = await runComfyPrompt(ctx, workflow.graph, workflow.outputNodes, {
+    reserved: new Set([WORKFLOW_FILE]),
+  })
+  await ctx.artifacts.put(WORKFLOW_FILE, `${JSON.stringify(workflow.graph, null, 2)}\n`)
+  const files = [...run.files.map((f) => f.path), WORKFLOW_FILE]
+  ctx.progress(100, `Saved ${run.files.length} file${run.files.length === 1 ? '' : 's'} from ComfyUI`)
+  return {
+    engine: 'comfyui',
+    simulated: false,
+    promptId: run.promptId,
+    files,
+    outputs: run.files.map((f) => ({ path: f.path, contentType: f.contentType, size: f.size })),
+    workflow: workflow.source,
+    outputNodes: workflow.outputNodes,
+    nodes: Object.keys(workflow.graph).length,
+    cachedNodes: run.cachedNodes,
+    seed: workflow.seed,
+    frames: p.frames,
+    width: p.width,
+    height: p.height,
+    fps: p.fps,
   }
 }

@@ -152,6 +152,16 @@ describe('ctx.models.ensure with a path source', () => {
     expect(await readFile(path.join(modelsDir, 'm.bin'), 'utf8')).toBe('old version')
   })
 
+  it("removes what a crashed fetch of this model left, and never another model's temp files", async () => {
+    const src = path.join(root, 'src')
+    await writeFile(src, 'a')
+    // A dead fetch of "a", and a fetch of "a.b" in progress (whose names start like a's).
+    await writeFile(path.join(modelsDir, '.a.0123456789abcdef.partial'), 'half')
+    await writeFile(path.join(modelsDir, '.a.b.0123456789abcdef.partial'), 'in progress')
+    await cache.ensure('a', src)
+    expect(await listAll()).toEqual(['.a.b.0123456789abcdef.partial', '.a.sha256', 'a'])
+  })
+
   it('a missing source is a NonRetryableError naming the model', async () => {
     await expect(cache.ensure('x.bin', path.join(root, 'nope'))).rejects.toSatisfy(
       (e: unknown) =>

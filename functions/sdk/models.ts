@@ -276,13 +276,17 @@ export function createModelCache(modelsDir: string, opts: ModelCacheOptions = {}
     }
   }
 
-  /** What a crashed fetch of this model left (temp files, temp folders): only called under the lock. */
+  /**
+   * What a crashed fetch of this model left (its temp files and folders, a checksum record's temp file):
+   * only called under the lock. Exact names, so model `a` never touches what model `a.b` is writing.
+   */
   async function removeLeftovers(dir: string, base: string): Promise<void> {
+    const mine = new RegExp(
+      `^\\.${base.replace(/[.+=-]/g, '\\$&')}\\.(?:[0-9a-f]{16}|sha256\\.[0-9a-f]{12})\\.partial$`,
+    )
     const entries = await readdir(dir).catch(() => [] as string[])
     await Promise.all(
-      entries
-        .filter((e) => e.startsWith(`.${base}.`) && e.endsWith('.partial'))
-        .map((e) => rm(path.join(dir, e), { recursive: true, force: true })),
+      entries.filter((e) => mine.test(e)).map((e) => rm(path.join(dir, e), { recursive: true, force: true })),
     )
   }
 

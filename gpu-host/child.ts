@@ -13,6 +13,7 @@ import { NonRetryableError, RetryableError } from '../functions/sdk/errors.ts'
 import { createModelCache } from '../functions/sdk/models.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { HostArtifactStore } from './child-artifacts.ts'
+import { HostModelFetcher } from './child-models.ts'
 import { type ChildError, type ChildMessage, ParentMessage } from './ipc.ts'
 
 const send = (msg: ChildMessage): Promise<void> =>
@@ -24,6 +25,7 @@ const send = (msg: ChildMessage): Promise<void> =>
 const controller = new AbortController()
 let started = false
 let artifacts: HostArtifactStore | undefined
+const modelFetcher = new HostModelFetcher(send)
 
 const abortReason = (reason: string): Error =>
   Object.assign(new Error(`job ${reason}`), { name: 'AbortError', reason })
@@ -110,7 +112,11 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
     },
     paths: msg.paths,
     gpu: msg.gpu,
-    models: createModelCache(msg.paths.models, controller.signal),
+    models: createModelCache(msg.paths.models, {
+      signal: controller.signal,
+      s3: modelFetcher,
+      onOutcome: (model, outcome, bytes) => void send({ kind: 'model-cache', model, outcome, bytes }),
+    }),
     engines: msg.engines,
   }
   await send({ kind: 'started' })
@@ -136,6 +142,10 @@ process.on('message', (raw: unknown) => {
   }
   if (msg.kind === 'artifact-stored' || msg.kind === 'artifact-refused') {
     artifacts?.onReply(msg)
+    return
+  }
+  if (msg.kind === 'model-fetched' || msg.kind === 'model-fetch-failed') {
+    modelFetcher.onReply(msg)
     return
   }
   if (started) return

@@ -29,6 +29,7 @@ import {
 } from './engines.ts'
 import { pickSlot, readGpuProcesses, readGpus, type Slot, slotsFor } from './gpus.ts'
 import { HostMetrics, QUEUE_STATES } from './metrics.ts'
+import { S3ModelFetcher } from './model-fetch.ts'
 import { groupMembers } from './process-group.ts'
 import { RECONCILE_ACTIONS, Reconciler, type ReconcilerOptions } from './reconciler.ts'
 import { Reporter } from './reporter.ts'
@@ -736,6 +737,8 @@ export class GpuHost {
           paths: { scratch, models: config.modelsDir, data: config.dataDir },
           engines: config.engines,
           artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, o.outputPrefix),
+          models: new S3ModelFetcher(s3.client, config.s3.bucket, config.modelsDir),
+          onModelCache: (model, outcome, bytes) => this.metrics.modelCache(model, outcome, bytes),
           timeoutMs: o.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,
           handlerModule: this.opts.handlerModules?.[type],

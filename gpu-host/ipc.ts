@@ -37,6 +37,15 @@ export const ParentMessage = v.variant('kind', [
     message: v.string(),
     retryable: v.boolean(),
   }),
+  /** The host streamed the model object of request `id` into the file the child named. */
+  v.object({ kind: v.literal('model-fetched'), id: v.number(), size: v.number(), sha256: v.string() }),
+  /** The host did not: a source it refuses or an object that is missing (not retryable), or S3 trouble. */
+  v.object({
+    kind: v.literal('model-fetch-failed'),
+    id: v.number(),
+    message: v.string(),
+    retryable: v.boolean(),
+  }),
 ])
 export type ParentMessage = v.InferOutput<typeof ParentMessage>
 
@@ -75,6 +84,27 @@ export const ChildMessage = v.variant('kind', [
     path: v.pipe(v.string(), v.maxLength(4096)),
     file: v.pipe(v.string(), v.maxLength(4096)),
     contentType: v.optional(v.pipe(v.string(), v.maxLength(255))),
+  }),
+  /**
+   * Fetch `s3://bucket/key` into `file` (a new temp file beside the model, under MODELS_DIR) for
+   * `ctx.models.ensure`: the host checks the source against its policy and the file against its own
+   * MODELS_DIR, streams the object (never whole in memory), hashes it, and answers `model-fetched` or
+   * `model-fetch-failed` with the same `id`. The job process holds no S3 credential.
+   */
+  v.object({
+    kind: v.literal('model-fetch'),
+    id: v.number(),
+    model: v.pipe(v.string(), v.maxLength(512)),
+    bucket: v.pipe(v.string(), v.maxLength(63)),
+    key: v.pipe(v.string(), v.maxLength(1024)),
+    file: v.pipe(v.string(), v.maxLength(4096)),
+  }),
+  /** One `ctx.models.ensure` outcome, for the host's metrics: a hit, or a miss with the bytes fetched. */
+  v.object({
+    kind: v.literal('model-cache'),
+    model: v.pipe(v.string(), v.maxLength(512)),
+    outcome: v.picklist(['hit', 'miss']),
+    bytes: v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER)),
   }),
   v.object({ kind: v.literal('result'), result: v.unknown() }),
   v.object({ kind: v.literal('error'), error: ChildError }),

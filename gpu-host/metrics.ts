@@ -45,6 +45,9 @@ export class HostMetrics {
   readonly oldestProgressAge: Gauge<'type'>
   readonly reconciled: Counter<'type' | 'action'>
   readonly engineAvailable: Gauge<'type' | 'engine'>
+  readonly modelCacheHits: Counter<'model'>
+  readonly modelCacheMisses: Counter<'model'>
+  readonly modelFetchedBytes: Counter<'model'>
 
   constructor(opts: {
     version: string
@@ -212,6 +215,25 @@ export class HostMetrics {
       labelNames: ['type', 'engine'],
       registers,
     })
+    // By model name: the names handlers ask for (a bounded set in practice), never a job id.
+    this.modelCacheHits = new Counter({
+      name: 'gpu_worker_model_cache_hits_total',
+      help: "ctx.models.ensure calls of this host's jobs that found the model on the models volume (or waited for another fetch).",
+      labelNames: ['model'],
+      registers,
+    })
+    this.modelCacheMisses = new Counter({
+      name: 'gpu_worker_model_cache_misses_total',
+      help: "ctx.models.ensure calls of this host's jobs that fetched the model themselves.",
+      labelNames: ['model'],
+      registers,
+    })
+    this.modelFetchedBytes = new Counter({
+      name: 'gpu_worker_model_cache_fetched_bytes_total',
+      help: "Bytes of models fetched into the models volume by this host's jobs (S3 or a copy from a path).",
+      labelNames: ['model'],
+      registers,
+    })
     new Gauge({
       name: 'gpu_worker_slots',
       help: 'Job slots (GPUs, or GPU_SLOTS without one) on this host.',
@@ -237,6 +259,15 @@ export class HostMetrics {
     for (const [type, engines] of Object.entries(all))
       for (const engine of engines)
         this.engineAvailable.set({ type, engine }, have[type]?.includes(engine) ? 1 : 0)
+  }
+
+  /** One `ctx.models.ensure` outcome a job process reported. */
+  modelCache(model: string, outcome: 'hit' | 'miss', bytes: number): void {
+    if (outcome === 'hit') this.modelCacheHits.inc({ model })
+    else {
+      this.modelCacheMisses.inc({ model })
+      this.modelFetchedBytes.inc({ model }, bytes)
+    }
   }
 
   setBusy(slot: Slot, busy: boolean): void {

@@ -7,12 +7,14 @@ import { fileURLToPath } from 'node:url'
 import * as v from 'valibot'
 import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
+import { checkModelName } from '../functions/sdk/models.ts'
 import type { ErrorReason } from '../schema/common.ts'
 import { type EngineSettingsInput, engineSettings } from '../schema/engines.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { jobEnv } from './child-env.ts'
 import { type ChildError, ChildMessage, type ParentMessage } from './ipc.ts'
+import { ModelFetchError, type ModelObjectFetcher } from './model-fetch.ts'
 import { terminateGroup } from './process-group.ts'
 
 const here = import.meta.url
@@ -38,6 +40,13 @@ export interface RunJobOptions {
    * job process asks over IPC and never holds the store's credentials.
    */
   artifacts: ArtifactStore
+  /**
+   * Serves the job's `s3://` model sources with this process's credentials (`ctx.models.ensure`); without
+   * one (`npm run job`) they are refused with a clear message.
+   */
+  models?: ModelObjectFetcher
+  /** One `ctx.models.ensure` outcome the job process reported: for the host's model cache metrics. */
+  onModelCache?(model: string, outcome: 'hit' | 'miss', bytes: number): void
   timeoutMs: number
   killGraceMs: number
   handlerModule?: string | undefined
@@ -124,6 +133,8 @@ export class JobProcess {
   /** Artifact uploads in flight, and the file streams they read (destroyed when the attempt is ended). */
   private readonly uploads = new Set<Promise<void>>()
   private readonly sources = new Set<Readable>()
+  /** Aborts the model downloads of this job when it is aborted or its process is gone. */
+  private readonly modelFetches = new AbortController()
   /** The job process asked for an artifact path outside its prefix: the attempt fails, not retryable. */
   private refusedPath: ChildError | undefined
 
@@ -143,6 +154,7 @@ export class JobProcess {
   abort(reason: AbortReason): void {
     if (this.abortReason) return
     this.abortReason = reason
+    this.modelFetches.abort(new Error(`job ${reason}`))
     const message: ParentMessage = { kind: 'abort', reason }
     const terminate = () => {
       this.termination ??= terminateGroup(this.pid, this.opts.killGraceMs)
@@ -216,6 +228,29 @@ export class JobProcess {
     } finally {
       this.sources.delete(source)
       await file.close().catch(() => {})
+    }
+  }
+
+  /** Streams a model object into the temp file the job process named, for its `ctx.models.ensure`. */
+  private async fetchModel(msg: Extract<ChildMessage, { kind: 'model-fetch' }>): Promise<void> {
+    const { models } = this.opts
+    if (!models)
+      return this.reply({
+        kind: 'model-fetch-failed',
+        id: msg.id,
+        message: `model ${JSON.stringify(msg.model)}: this runner has no S3 (npm run job); put the model on the volume and use a path source`,
+        retryable: false,
+      })
+    try {
+      const { size, sha256 } = await models.fetch(msg, this.modelFetches.signal)
+      this.reply({ kind: 'model-fetched', id: msg.id, size, sha256 })
+    } catch (err) {
+      this.reply({
+        kind: 'model-fetch-failed',
+        id: msg.id,
+        message: (err as Error).message,
+        retryable: err instanceof ModelFetchError ? err.retryable : true,
+      })
     }
   }
 
@@ -294,6 +329,13 @@ export class JobProcess {
         case 'artifact':
           this.track(this.storeArtifact(msg, artifacts))
           break
+        case 'model-fetch':
+          this.track(this.fetchModel(msg))
+          break
+        case 'model-cache':
+          // Only names the cache accepts become label values (the job process is not trusted).
+          if (isModelName(msg.model)) opts.onModelCache?.(msg.model, msg.outcome, msg.bytes)
+          break
         case 'result':
           result = { value: msg.result }
           break
@@ -313,6 +355,8 @@ export class JobProcess {
       })
       child.on('exit', (exitCode, signal) => {
         clearTimeout(timer)
+        // Nobody is left to use a model download: stop it (the fetcher removes its temp file).
+        this.modelFetches.abort(new Error('the job process ended'))
         // The child is gone; grandchildren it left behind must go too before the slot is reused.
         const termination = this.termination ?? terminateGroup(this.pid, opts.killGraceMs)
         // Uploads of an attempt that did not end well are cut off; those of one that did may finish.
@@ -376,6 +420,15 @@ export class JobProcess {
         })
       })
     })
+  }
+}
+
+const isModelName = (name: string): boolean => {
+  try {
+    checkModelName(name)
+    return true
+  } catch {
+    return false
   }
 }
 

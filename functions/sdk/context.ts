@@ -36,12 +36,34 @@ export interface GpuInfo {
   vramTotalMb: number | null
 }
 
+/**
+ * Where `ctx.models.ensure` gets a model: `s3://<bucket>/<key>` (fetched by the GPU host: only its own
+ * `S3_BUCKET`, keys under `models/`), or a path of a file or folder on a mounted volume (absolute, or
+ * relative to MODELS_DIR). With `sha256` (64 lowercase hex digits; files only) the bytes are verified
+ * before the model appears, and a copy already in place is checked against it.
+ */
+export type ModelSource = string | { source: string; sha256?: string }
+
 export interface ModelCache {
   /**
-   * Returns the path of model `name` under the models dir, fetching it once: concurrent jobs that need the
-   * same model wait on one lock, and the file appears by atomic rename. `fetch` writes to the temp path.
+   * Returns the absolute path of model `name` under MODELS_DIR, fetching it from `source` first if it is
+   * not there. Fetched once across processes and hosts that share the volume (a lock per model, a temp
+   * name, verify, atomic rename): concurrent callers wait and then get the same file, and a crashed fetch
+   * leaves nothing under `name`. `name` is a relative path (`[A-Za-z0-9_.+=-]` segments, each starting
+   * with a letter or digit). A model already under `name` is used as it is (checked when `sha256` is
+   * given), whatever `source` says: a name stands for one content, so a new version needs a new name.
+   *
+   * Throws NonRetryableError for a bad name or source, a missing source object or a sha256 mismatch
+   * (nothing is kept), RetryableError for storage trouble; rejects with the abort reason on `ctx.signal`.
+   *
+   * @example
+   * const ckpt = await ctx.models.ensure('checkpoints/sd15.safetensors', {
+   *   source: 's3://gpu-artifacts/models/sd15.safetensors',
+   *   sha256: '6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa',
+   * })
+   * const vocab = await ctx.models.ensure('f5tts/vocab.txt', '/mnt/tank/incoming/vocab.txt')
    */
-  ensure(name: string, fetch: (tmpPath: string) => Promise<void>): Promise<string>
+  ensure(name: string, source: ModelSource): Promise<string>
 }
 
 /** The second argument of every handler's `run(job, ctx)`. */

@@ -9,7 +9,7 @@ import type { HandlerContext } from './context.ts'
 import type { AnyHandler, JsonValue } from './define.ts'
 import { NonRetryableError } from './errors.ts'
 import { MemoryArtifactStore } from './local-artifacts.ts'
-import { createModelCache } from './models.ts'
+import { createModelCache, type ModelCacheOutcome, type S3ObjectFetcher } from './models.ts'
 
 export interface RecordedProgress {
   percent: number
@@ -21,6 +21,8 @@ export interface TestContext {
   progress: RecordedProgress[]
   logs: { level: string; msg: string }[]
   artifacts: MemoryArtifactStore
+  /** Every `ctx.models.ensure` outcome, as the host's metrics would count it. */
+  models: { model: string; outcome: ModelCacheOutcome; bytes: number }[]
   abort(reason?: unknown): void
   /** Removes the scratch dir. */
   cleanup(): Promise<void>
@@ -42,6 +44,8 @@ export async function createTestContext(
     attempt?: number
     dataDir?: string
     modelsDir?: string
+    /** Serves `s3://` model sources (a GPU host does it over IPC); without one they fail clearly. */
+    s3Models?: S3ObjectFetcher
   } & Partial<EngineSettingsInput> = {},
 ): Promise<TestContext> {
   const jobId = opts.jobId ?? `test-${Date.now().toString(36)}`
@@ -57,6 +61,7 @@ export async function createTestContext(
       logs.push({ level, msg })
     }
   const modelsDir = opts.modelsDir ?? path.join(scratch, 'models')
+  const models: TestContext['models'] = []
   const ctx: HandlerContext = {
     jobId,
     type,
@@ -69,7 +74,13 @@ export async function createTestContext(
     artifacts,
     paths: { scratch, models: modelsDir, data: opts.dataDir ?? scratch },
     gpu: { index: null, uuid: null, name: null, vramTotalMb: null },
-    models: createModelCache(modelsDir, controller.signal),
+    models: createModelCache(modelsDir, {
+      signal: controller.signal,
+      ...(opts.s3Models ? { s3: opts.s3Models } : {}),
+      onOutcome: (model, outcome, bytes) => {
+        models.push({ model, outcome, bytes })
+      },
+    }),
     engines: engineSettings({
       simulateStepMs: opts.simulateStepMs ?? 0,
       comfyuiUrl: opts.comfyuiUrl,
@@ -84,6 +95,7 @@ export async function createTestContext(
     progress,
     logs,
     artifacts,
+    models,
     abort: (reason) => controller.abort(reason ?? new Error('aborted by test')),
     cleanup: () => rm(scratch, { recursive: true, force: true }),
   }

@@ -157,7 +157,9 @@ describe('S3 stopped', () => {
     const stack = await startStack({ s3, handlerModules: { train_lora: FIXTURE_DISPATCH } })
     cleanups.push(() => stack.close())
 
-    const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 10, stepMs: 100 })
+    // Long enough that S3 is down before the job's first upload even on a loaded machine (a 1 s job
+    // could finish its uploads before s3.stop() returned).
+    const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 60, stepMs: 100 })
     await waitStatus(stack, jobId, ['running'], 20_000)
     await s3.stop()
     const body = await waitStatus(stack, jobId, ['failed', 'completed'], 60_000)

@@ -8,7 +8,7 @@ import path from 'node:path'
 import type { TrainLoraParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { type EngineProcessResult, runEngineProcess } from '../sdk/engine-process.ts'
+import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
 import { engineNotConfigured, NonRetryableError, RetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { KohyaProgress } from './kohya-progress.ts'
 import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, NETWORK_ALPHA } from './outputs.ts'
@@ -301,6 +301,12 @@ export async function trainWithKohya(p: TrainLoraParams, dataset: Dataset, ctx: 
 
   ctx.progress(0, `kohya: loading ${p.baseModel} (${trainImages} images with repeats, ${p.epochs} epochs)`)
   const progress = new KohyaProgress(p.epochs)
+  const report = (stream: EngineStream, line: string): void => {
+    // Once cancelled, what the trainer prints while it is being stopped is no progress of the job.
+    if (ctx.signal.aborted) return
+    const update = progress.push(stream, line)
+    if (update) ctx.progress(update.percent, update.message)
+  }
   let run: EngineProcessResult
   try {
     run = await runEngineProcess({
@@ -322,9 +328,10 @@ export async function trainWithKohya(p: TrainLoraParams, dataset: Dataset, ctx: 
       env: { PYTHONUNBUFFERED: '1', HF_HUB_OFFLINE: '1' },
       signal: ctx.signal,
       tailLines: TAIL_LINES,
-      onLine: (stream, line) => {
-        const update = progress.push(stream, line)
-        if (update) ctx.progress(update.percent, update.message)
+      onLine: report,
+      // A tqdm redraw ends only when the next one starts: read each as it is drawn, not one step late.
+      onPartial: (stream, text) => {
+        if (stream === 'stderr') report(stream, text)
       },
     })
   } catch (err) {

@@ -98,8 +98,14 @@ describe('train_lora on kohya (stand-in sd-scripts)', () => {
       ss_mixed_precision: 'no',
       ss_output_name: 'lora',
       ss_sd_model_name: 'tiny-sd15',
-      ss_resolution: '(64, 64)',
     })
+    expect(JSON.parse(lora.metadata.ss_datasets ?? '')).toMatchObject([
+      {
+        resolution: [64, 64],
+        num_train_images: 30,
+        subsets: [{ image_dir: '10_sks dog', num_repeats: 10, class_tokens: 'sks dog' }],
+      },
+    ])
     expect(lora.metadata.simulated).toBeUndefined()
     expect(
       lora.tensors.get(

@@ -20,7 +20,7 @@
  */
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { appendFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { sd15LoraTensors } from '../../../functions/formats/kohya-lora.ts'
@@ -275,6 +275,19 @@ function loraFile(a: Map<string, string | true>, steps: number, epoch: number, i
   const body = Buffer.concat([...encodeSafetensors(tensors)])
   const config = readFileSync(a.get('dataset_config') as string, 'utf8')
   const res = Number(/resolution = (\d+)/.exec(config)?.[1] ?? 512)
+  const subsets = config
+    .split('[[datasets.subsets]]')
+    .slice(1)
+    .map((block) => {
+      const dir = JSON.parse(/image_dir = ("(?:[^"\\]|\\.)*")/.exec(block)?.[1] ?? '""') as string
+      const tokens = /class_tokens = ("(?:[^"\\]|\\.)*")/.exec(block)?.[1]
+      return {
+        image_dir: path.basename(dir),
+        img_count: readdirSync(dir).filter((f) => /\.(png|jpe?g|webp|bmp)$/i.test(f)).length,
+        num_repeats: Number(/num_repeats = (\d+)/.exec(block)?.[1] ?? 1),
+        class_tokens: tokens === undefined ? null : (JSON.parse(tokens) as string),
+      }
+    })
   const now = Date.now() / 1000
   const model = String(a.get('pretrained_model_name_or_path'))
   const metadata: Record<string, string> = {
@@ -299,7 +312,23 @@ function loraFile(a: Map<string, string | true>, steps: number, epoch: number, i
     ss_mixed_precision: String(a.get('mixed_precision') ?? 'no'),
     ss_optimizer: 'torch.optim.adamw.AdamW',
     ss_lr_scheduler: String(a.get('lr_scheduler') ?? 'constant'),
-    ss_resolution: `(${res}, ${res})`,
+    // With --dataset_config kohya describes the datasets in ss_datasets (no ss_resolution).
+    ss_datasets: JSON.stringify([
+      {
+        is_dreambooth: true,
+        batch_size_per_device: 1,
+        num_train_images: subsets.reduce((n, x) => n + x.img_count * x.num_repeats, 0),
+        num_reg_images: 0,
+        resolution: [res, res],
+        enable_bucket: false,
+        subsets: subsets.map((x) => ({ ...x, is_reg: false })),
+      },
+    ]),
+    ss_dataset_dirs: JSON.stringify(
+      Object.fromEntries(
+        subsets.map((x) => [x.image_dir, { n_repeats: x.num_repeats, img_count: x.img_count }]),
+      ),
+    ),
     ss_sd_model_name: path.basename(model),
     ss_base_model_version: 'sd_v1',
     ss_v2: 'False',

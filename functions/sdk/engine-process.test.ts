@@ -127,6 +127,18 @@ describe('runEngineProcess', () => {
     for (const pid of pids) expect(await alive(pid)).toBe(false)
   })
 
+  it('an abort while the process is still starting stops it too', async () => {
+    const controller = new AbortController()
+    const run = runEngineProcess({
+      command: process.execPath,
+      args: ['-e', 'setInterval(() => {}, 1000)'],
+      signal: controller.signal,
+    })
+    controller.abort(new Error('cancelled at once')) // before the 'spawn' event
+    const result = await Promise.race([run, new Promise((r) => setTimeout(() => r('still running'), 5000))])
+    expect(result).toMatchObject({ aborted: true, signal: 'SIGTERM' })
+  })
+
   it('a throwing onLine stops the engine and rejects with that error', async () => {
     const err = new Error('parser gave up')
     const run = runEngineProcess({

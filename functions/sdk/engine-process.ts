@@ -140,6 +140,8 @@ export async function runEngineProcess(opts: EngineProcessOptions): Promise<Engi
     void stop()
   }
   opts.signal?.addEventListener('abort', onAbort, { once: true })
+  // Aborted while the process was starting: the event has fired already.
+  if (opts.signal?.aborted) onAbort()
   try {
     const exit = await exited
     // The engine is gone; a descendant that still holds a pipe must not keep the job waiting for EOF.

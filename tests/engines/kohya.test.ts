@@ -287,6 +287,32 @@ describe('train_lora on kohya (stand-in sd-scripts)', () => {
     expect(python.message).toContain('KOHYA_PYTHON')
   })
 
+  it('refuses to start without the tokenizer cache on the models volume (no hub at job time)', async () => {
+    const t = await setup()
+    await rm(path.join(kohya.modelsDir, 'kohya', 'tokenizers'), { recursive: true })
+    const err = await rejectionOf(runHandler(trainLora, params(), t))
+    expect(err.reason).toBe('engine_not_configured')
+    expect(err.message).toContain('MODELS_DIR has no kohya/tokenizers/openai_clip-vit-large-patch14')
+    expect(await kohya.calls()).toEqual([])
+  })
+
+  it('a KOHYA_PYTHON without accelerate fails for good, naming KOHYA_PYTHON', async () => {
+    const t = await setup()
+    // What `python3 -m accelerate.commands.launch` prints where accelerate is not installed.
+    const python = path.join(kohya.root, 'python3')
+    await writeFile(
+      python,
+      "#!/bin/sh\necho \"$0: Error while finding module specification for 'accelerate.commands.launch' (ModuleNotFoundError: No module named 'accelerate')\" >&2\nexit 1\n",
+      { mode: 0o755 },
+    )
+    t.ctx.engines = { ...t.ctx.engines, kohyaPython: python }
+    const err = await rejectionOf(runHandler(trainLora, params(), t))
+    expect(err).toBeInstanceOf(NonRetryableError)
+    expect(err.reason).toBe('engine_not_configured')
+    expect(err.message).toContain("No module named 'accelerate'")
+    expect(err.message).toContain('KOHYA_PYTHON')
+  })
+
   it('a trainer that fails mid-run: retryable, with the last 100 stderr lines in the error, nothing stored', async () => {
     const t = await setup({ failAtStep: 2 })
     const err = await rejectionOf(runHandler(trainLora, params(), t))

@@ -166,12 +166,13 @@ describe('train_lora (simulate)', () => {
     expect(err.reason).toBe('invalid_params')
   })
 
-  it('fails clearly, without simulating, when the kohya engine is asked for', async () => {
+  it('fails clearly, without simulating, when the kohya engine is asked for on a host without KOHYA_DIR', async () => {
     const t = await context()
     const err = await rejectionOf(runHandler(trainLora, params({ engine: 'kohya' }), t))
     expect(err).toBeInstanceOf(NonRetryableError)
     expect(err.reason).toBe('engine_not_configured')
     expect(err.message).toContain('kohya')
+    expect(err.message).toContain('KOHYA_DIR')
     expect(t.progress).toHaveLength(0)
     expect(t.artifacts.files.size).toBe(0)
   })

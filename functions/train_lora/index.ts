@@ -5,21 +5,15 @@ import { sd15LoraModules, sd15LoraTensors } from '../formats/kohya-lora.ts'
 import { encodeSafetensors } from '../formats/safetensors.ts'
 import type { HandlerContext } from '../sdk/context.ts'
 import { defaultLimits, defineHandler } from '../sdk/define.ts'
-import { engineNotConfigured, throwIfAborted } from '../sdk/errors.ts'
+import { throwIfAborted } from '../sdk/errors.ts'
 import { epochOf, lossCurve, runSimulatedSteps, STEPS_PER_EPOCH } from '../simulate.ts'
+import { trainWithKohya } from './kohya.ts'
+import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, NETWORK_ALPHA } from './outputs.ts'
 
-/** Artifact names, relative to `loras/<jobId>/`. */
-export const LORA_FILE = 'lora.safetensors'
-export const CONFIG_FILE = 'training_config.toml'
-
-/** kohya's default `--network_alpha`; the effective LoRA scale is alpha / rank. */
-const NETWORK_ALPHA = 1
-
-/** Extensions kohya's dataset loader treats as training images. */
-const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.bmp']
+export { CONFIG_FILE, LORA_FILE }
 
 /**
- * LoRA fine-tuning. Engines: `kohya` (sd-scripts `train_network.py`, not wired on this host yet) and
+ * LoRA fine-tuning. Engines: `kohya` (sd-scripts `train_network.py` on the real model, see ./kohya.ts) and
  * `simulate`, which runs `epochs x 10` timed steps and writes a valid kohya-style SD1.5 LoRA
  * (`lora.safetensors`, marked `simulated` in its metadata) and the matching `training_config.toml`.
  */
@@ -33,10 +27,7 @@ export default defineHandler({
       case 'simulate':
         return simulate(job.params, dataset, ctx)
       case 'kohya':
-        throw engineNotConfigured(
-          'kohya',
-          'this host has no kohya sd-scripts driver yet; submit the job with engine "simulate" to test the pipeline',
-        )
+        return trainWithKohya(job.params, dataset, ctx)
     }
   },
 })

@@ -45,8 +45,8 @@ describe('runEngineProcess', () => {
   it('passes lines of both streams, the env on top of ours, and a bounded stderr tail without redraws', async () => {
     const lines: string[] = []
     const script = [
-      'process.stdout.write(`env=${process.env.ENGINE_X}/${process.env.ENGINE_GONE ?? "unset"}\\n`)',
-      'for (let i = 0; i < 150; i++) process.stderr.write(`line ${i}\\n`)',
+      'process.stdout.write("env=" + process.env.ENGINE_X + "/" + (process.env.ENGINE_GONE ?? "unset") + "\\n")',
+      'for (let i = 0; i < 150; i++) process.stderr.write("line " + i + "\\n")',
       'process.stderr.write("\\rbar 1/3\\rbar 2/3\\rbar 3/3\\nTraceback: boom\\n")',
       'process.exitCode = 3',
     ].join(';')

@@ -8,8 +8,8 @@ import path from 'node:path'
 import type { TrainVoiceParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
 import type { HandlerContext } from '../sdk/context.ts'
+import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
 import { engineNotConfigured, NonRetryableError, RetryableError, throwIfAborted } from '../sdk/errors.ts'
-import { type EngineRun, runEngineCommand } from './f5tts-process.ts'
 import { parseSampleCount, parseSkippedAudio, TrainingTracker } from './f5tts-progress.ts'
 
 /** Artifact names, relative to `voices/<jobId>/`. */
@@ -264,12 +264,12 @@ export function trainerArgs(opts: {
 }
 
 /** The error of a command that did not exit 0: how it ended and the last lines of its stderr. */
-function engineFailure(what: string, run: EngineRun): RetryableError {
+function engineFailure(what: string, run: EngineProcessResult): RetryableError {
   const how =
     run.signal !== null
       ? `was killed by ${run.signal}${run.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`
-      : `exited with code ${run.code}`
-  const tail = run.stderrTail.join('\n')
+      : `exited with code ${run.exitCode}`
+  const tail = run.tail.join('\n')
   return new RetryableError(`F5-TTS ${what} ${how}; last stderr lines:\n${tail.slice(-16_000)}`, {
     reason: 'handler_error',
     code: 'ENGINE_FAILED',
@@ -290,8 +290,7 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
   // prepare_csv_wavs wants absolute audio paths.
   await writeFile(metadata, `audio_file|text\n${clips.map((c) => `${c.file}|${c.rest}`).join('\n')}\n`)
 
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
+  const env = {
     PYTHONPATH: [path.join(root, 'src'), process.env.PYTHONPATH].filter(Boolean).join(path.delimiter),
     // Lines such as "Saved last checkpoint" arrive when printed, not when a pipe buffer fills.
     PYTHONUNBUFFERED: '1',
@@ -300,31 +299,41 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
     HF_DATASETS_OFFLINE: '1',
     ...(hfCache ? { HF_HUB_CACHE: hfCache } : {}),
   }
-  const run = (args: string[], onLine: (line: string, stream: 'stdout' | 'stderr') => void) =>
-    runEngineCommand({ command: python, args, cwd: root, env, signal: ctx.signal, onLine }).catch(
-      (err: unknown) => {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT')
-          throw engineNotConfigured('f5tts', `F5TTS_PYTHON (${path.basename(python)}) was not found`)
-        throw err
-      },
-    )
+  const run = async (args: string[], onLine: (stream: EngineStream, line: string) => void) => {
+    const result = await runEngineProcess({
+      command: python,
+      args,
+      cwd: root,
+      env,
+      signal: ctx.signal,
+      onLine,
+    }).catch((err: unknown) => {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' || code === 'EACCES')
+        throw engineNotConfigured(
+          'f5tts',
+          `F5TTS_PYTHON cannot be run (${code}): point it at the Python of F5-TTS's environment`,
+        )
+      throw err
+    })
+    // Stopped by cancel, timeout or shutdown: the whole tree is gone by now.
+    if (result.aborted) throwIfAborted(ctx.signal)
+    return result
+  }
 
   ctx.progress(0, `preparing ${clips.length} clips with F5-TTS prepare_csv_wavs`)
   let samples: number | undefined
   const skipped: string[] = []
   const prepared = await run(
     [script(f5Dir, 'train', 'datasets', 'prepare_csv_wavs.py'), metadata, data],
-    (line) => {
+    (_stream, line) => {
       samples = parseSampleCount(line) ?? samples
       const skip = parseSkippedAudio(line)
       if (skip) skipped.push(path.relative(dataset.dir, skip))
     },
   )
-  if (prepared.code !== 0 || prepared.signal !== null) {
-    if (
-      prepared.stderrTail.some((l) => l.includes('No valid audio files were processed')) ||
-      skipped.length > 0
-    )
+  if (prepared.exitCode !== 0 || prepared.signal !== null) {
+    if (prepared.tail.some((l) => l.includes('No valid audio files were processed')) || skipped.length > 0)
       throw new NonRetryableError(
         `dataset "${p.datasetPath}": F5-TTS could not read its audio files (${skipped.slice(0, MAX_NAMED).join(', ') || 'none usable'})`,
         { reason: 'invalid_dataset' },
@@ -359,11 +368,11 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
     gpu: ctx.gpu.index !== null,
     logSamples: hfCache !== null,
   })
-  const trained = await run(args, (line) => {
+  const trained = await run(args, (_stream, line) => {
     const report = tracker.line(line)
     if (report) ctx.progress(report.percent, report.message)
   })
-  if (trained.code !== 0 || trained.signal !== null) throw engineFailure('finetune_cli', trained)
+  if (trained.exitCode !== 0 || trained.signal !== null) throw engineFailure('finetune_cli', trained)
 
   const checkpoint = path.join(ckpts, F5_MODEL_FILE)
   const vocab = path.join(data, 'vocab.txt')

@@ -131,7 +131,9 @@ export class TrainingTracker {
     const { from, to } = this.range
     // The bar's own epoch count is the truth (it is what --epochs became); the job's is the fallback.
     const fraction = trainingFraction({ ...bar, epochs: bar.epochs || this.totalEpochs })
-    const percent = Math.max(this.lastPercent, Number((from + (to - from) * fraction).toFixed(2)))
+    const percent = Number((from + (to - from) * fraction).toFixed(2))
+    // A bar of an earlier epoch (a redraw after a resume, say) would take progress backwards: not reported.
+    if (percent < this.lastPercent) return null
     this.lastPercent = percent
     const detail =
       bar.update !== undefined && bar.loss !== undefined

@@ -352,6 +352,8 @@ async function finetune(scriptPath, args) {
       update = Number(m[1])
       if (failAt !== null && update >= failAt) {
         await sleep(20)
+        // PyTorch's DataLoader workers watch their parent and end with it.
+        for (const w of workers) w.kill('SIGKILL')
         die(
           'Traceback (most recent call last):\n  File "src/f5_tts/model/trainer.py", line 385, in train\n    self.accelerator.backward(loss)\nRuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 1073741824 bytes.',
         )

@@ -4,6 +4,7 @@
  * its files inside the job's scratch dir, and uploads `model_last.pt` and `vocab.txt`.
  */
 import { mkdir, readdir, readFile, realpath, stat, symlink, writeFile } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import path from 'node:path'
 import type { TrainVoiceParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
@@ -226,6 +227,8 @@ export function trainerArgs(opts: {
     opts.gpu ? 'fp16' : 'no',
     '--dynamo_backend',
     'no',
+    // Without it accelerate sets OMP_NUM_THREADS=1: a CPU-only run would use one core.
+    ...(opts.gpu ? [] : ['--num_cpu_threads_per_process', String(availableParallelism())]),
     script(opts.f5Dir, 'train', 'finetune_cli.py'),
     '--exp_name',
     'F5TTS_v1_Base',

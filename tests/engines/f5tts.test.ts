@@ -5,6 +5,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { lstat, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { availableParallelism } from 'node:os'
 import path from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { LineSplitter } from '../../functions/sdk/engine-process.ts'
@@ -230,7 +231,7 @@ describe('train_voice with engine f5tts (stand-in)', () => {
       path.join(root, 'metadata.csv'),
       path.join(root, 'data/voice_pinyin'),
     ])
-    expect(launch?.argv.slice(0, 11)).toEqual([
+    expect(launch?.argv.slice(0, 13)).toEqual([
       '-m',
       'accelerate.commands.launch',
       '--num_processes',
@@ -241,16 +242,19 @@ describe('train_voice with engine f5tts (stand-in)', () => {
       'no',
       '--dynamo_backend',
       'no',
+      // No GPU here: every core for the trainer.
+      '--num_cpu_threads_per_process',
+      String(availableParallelism()),
       path.join(s.f5Dir, 'src/f5_tts/train/finetune_cli.py'),
     ])
-    const args = launch?.argv.slice(11).join(' ')
+    const args = launch?.argv.slice(13).join(' ')
     expect(args).toContain(
       `--exp_name F5TTS_v1_Base --dataset_name voice --tokenizer pinyin --finetune --pretrain ${path.join(s.modelsDir, DEFAULT_VOICE_BASE_MODEL)}`,
     )
     expect(args).toContain('--epochs 1 ')
     expect(args).toContain('--keep_last_n_checkpoints 0')
     expect(args).not.toContain('--log_samples')
-    expect(trainer?.argv).toEqual(launch?.argv.slice(10))
+    expect(trainer?.argv).toEqual(launch?.argv.slice(12))
     for (const inv of [prepare, launch, trainer]) {
       expect(inv?.cwd).toBe(root)
       expect(inv?.env).toMatchObject({ HF_HUB_OFFLINE: '1', PYTHONUNBUFFERED: '1' })

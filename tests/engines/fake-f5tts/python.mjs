@@ -215,7 +215,7 @@ async function launch(args) {
   let i = 0
   for (; i < args.length && args[i].startsWith('--'); i += 2) {
     const name = args[i].slice(2)
-    if (!LAUNCH_DEFAULTS.some(([n]) => n === name))
+    if (!LAUNCH_DEFAULTS.some(([n]) => n === name) && name !== 'num_cpu_threads_per_process')
       die(`accelerate <command> [<args>] launch: error: unrecognized arguments: ${args[i]}`, 2)
     given[name] = args[i + 1]
   }

@@ -197,11 +197,33 @@ async function vocoderCache(modelsDir: string, root: string): Promise<string | n
   return cache
 }
 
-/** Updates of the whole run, estimated as finetune_gradio does (frames over batch frames), at least one per epoch. */
+/**
+ * A lower bound of the run's updates: F5-TTS's DynamicBatchSampler packs clips (in mel frames) into batches
+ * of at most 3200 frames and leaves out a clip longer than that, so an epoch has at least
+ * `ceil(frames / 3200)` batches.
+ */
 export function estimateUpdates(durationsSec: readonly number[], epochs: number): number {
-  const frames = durationsSec.reduce((s, d) => s + d, 0) * FRAMES_PER_SECOND
+  const frames = durationsSec
+    .map((d) => d * FRAMES_PER_SECOND)
+    .filter((f) => f <= BATCH_FRAMES)
+    .reduce((s, f) => s + f, 0)
   return epochs * Math.max(1, Math.ceil(frames / BATCH_FRAMES))
 }
+
+/**
+ * LR warmup updates: 5% of the run as F5-TTS's Gradio UI sets it, at most its 100. The Trainer's schedule
+ * decays over `updates - warmup` steps and divides by that number (torch LinearLR), so it must stay at
+ * least 1: with a one-update run, no warmup at all (measured on the real F5-TTS: warmup 1 of 1 update is a
+ * ZeroDivisionError at the first step).
+ */
+export const warmupUpdates = (estimatedUpdates: number): number =>
+  estimatedUpdates < 2
+    ? 0
+    : Math.max(1, Math.min(100, estimatedUpdates - 1, Math.floor(estimatedUpdates * 0.05)))
+
+/** F5-TTS's CustomDataset replaces a clip outside 0.3-30 s by the next one: with no clip inside, it loops forever. */
+export const MIN_CLIP_SEC = 0.3
+export const MAX_CLIP_SEC = 30
 
 /** The finetune_cli arguments for a job. */
 export function trainerArgs(opts: {
@@ -212,9 +234,7 @@ export function trainerArgs(opts: {
   gpu: boolean
   logSamples: boolean
 }): string[] {
-  // Warmup is 5% of the run as the Gradio UI sets it, capped at its 100; it must stay below the run's
-  // updates, or the decay phase of the schedule has no steps.
-  const warmup = Math.max(1, Math.min(100, Math.floor(opts.estimatedUpdates * 0.05)))
+  const warmup = warmupUpdates(opts.estimatedUpdates)
   return [
     '-m',
     'accelerate.commands.launch',
@@ -355,6 +375,11 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
         code: 'ENGINE_FAILED',
       })
     })
+  if (!durations.some((d) => d >= MIN_CLIP_SEC && d <= MAX_CLIP_SEC))
+    throw new NonRetryableError(
+      `dataset "${p.datasetPath}": no clip is between ${MIN_CLIP_SEC} and ${MAX_CLIP_SEC} seconds long, the lengths F5-TTS trains on`,
+      { reason: 'invalid_dataset' },
+    )
   throwIfAborted(ctx.signal)
 
   const estimatedUpdates = estimateUpdates(durations, p.epochs)

@@ -8,11 +8,12 @@ import { lstat, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises
 import { availableParallelism } from 'node:os'
 import path from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { encodeWav } from '../../functions/formats/wav.ts'
 import { LineSplitter } from '../../functions/sdk/engine-process.ts'
 import { NonRetryableError, RetryableError } from '../../functions/sdk/errors.ts'
 import { createTestContext, runHandler, type TestContext } from '../../functions/sdk/testing.ts'
 import { expectProgressToEndAt100, rejectionOf } from '../../functions/test-support.ts'
-import { estimateUpdates, F5_VOCODER_DIR } from '../../functions/train_voice/f5tts.ts'
+import { estimateUpdates, F5_VOCODER_DIR, warmupUpdates } from '../../functions/train_voice/f5tts.ts'
 import { parseEpochBar, TrainingTracker } from '../../functions/train_voice/f5tts-progress.ts'
 import trainVoice from '../../functions/train_voice/index.ts'
 import { DEFAULT_VOICE_BASE_MODEL } from '../../schema/params/index.ts'
@@ -252,6 +253,8 @@ describe('train_voice with engine f5tts (stand-in)', () => {
       `--exp_name F5TTS_v1_Base --dataset_name voice --tokenizer pinyin --finetune --pretrain ${path.join(s.modelsDir, DEFAULT_VOICE_BASE_MODEL)}`,
     )
     expect(args).toContain('--epochs 1 ')
+    // One update by F5's batching: no warmup, or the LR decay would divide by zero.
+    expect(args).toContain('--num_warmup_updates 0 ')
     expect(args).toContain('--keep_last_n_checkpoints 0')
     expect(args).not.toContain('--log_samples')
     expect(trainer?.argv).toEqual(launch?.argv.slice(12))
@@ -303,7 +306,26 @@ describe('train_voice with engine f5tts (stand-in)', () => {
 
   it('estimates updates as F5-TTS batches frames: 3200 frames a batch, at least one per epoch', () => {
     expect(estimateUpdates([1, 1.5, 2], 10)).toBe(10)
-    expect(estimateUpdates([60], 2)).toBe(2 * Math.ceil((60 * 24_000) / 256 / 3200))
+    expect(estimateUpdates([20, 20, 20], 2)).toBe(2 * Math.ceil((60 * 24_000) / 256 / 3200))
+    // A clip over 3200 frames (34 s) is left out of every batch.
+    expect(estimateUpdates([1, 40], 1)).toBe(1)
+  })
+
+  it('keeps the LR decay at least one update long: no warmup for a one-update run', () => {
+    expect([1, 2, 3, 40, 100, 10_000].map(warmupUpdates)).toEqual([0, 1, 1, 2, 5, 100])
+  })
+
+  it('refuses a dataset with no clip F5-TTS trains on (0.3-30 s), which would hang its data loader', async () => {
+    const ds = path.join(s.dataDir, 'too_short')
+    await mkdir(ds, { recursive: true })
+    await writeFile(path.join(ds, 'blip.wav'), encodeWav(new Int16Array(2400), 24_000))
+    await writeFile(path.join(ds, 'metadata.csv'), 'audio_file|text\nblip.wav|hi\n')
+    const t = await context()
+    const err = await rejectionOf(runHandler(trainVoice, params({ datasetPath: 'too_short' }), t))
+    expect(err).toBeInstanceOf(NonRetryableError)
+    expect(err.message).toBe(
+      'dataset "too_short": no clip is between 0.3 and 30 seconds long, the lengths F5-TTS trains on',
+    )
   })
 
   it('refuses a dataset without metadata.csv, naming datasetPath', async () => {

@@ -9,7 +9,15 @@ import { readdir, readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_VOICE_BASE_MODEL } from '../../../schema/params/index.ts'
-import { keysUnder, postJob, type Stack, startStack, waitStatus } from '../../helpers/stack.ts'
+import {
+  getJob,
+  keysUnder,
+  postJob,
+  type Stack,
+  startStack,
+  waitFor,
+  waitStatus,
+} from '../../helpers/stack.ts'
 import { writeSpeakerDataset } from '../fake-f5tts/standin.ts'
 
 const { F5TTS_DIR, F5TTS_PYTHON, MODELS_DIR } = process.env
@@ -92,4 +100,42 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     }).toEqual(checkoutBefore)
     expect((await stat(path.join(MODELS_DIR!, baseModel))).isFile()).toBe(true)
   })
+
+  it('cancelled while training: the launcher, trainer and DataLoader workers gone, nothing in the bucket', async () => {
+    const { json } = await postJob(stack, {
+      type: 'train_voice',
+      params: { speakerName: 'Ada', datasetPath: 'speaker_ds', epochs: 1, engine: 'f5tts', baseModel },
+      maxAttempts: 1,
+    })
+    const jobId = json.jobId as string
+    // The epoch bar is drawn once the DataLoader's workers exist: the whole tree is up.
+    await waitFor(
+      async () => (await getJob(stack, jobId)).message?.startsWith('Epoch 1/1'),
+      10 * 60_000,
+      'the epoch bar',
+    )
+    const running = await f5Processes()
+    console.log(`F5-TTS processes at cancel: ${running.length}`)
+    expect(running.length).toBeGreaterThan(2)
+    const cancelledAt = Date.now()
+    expect((await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBeLessThan(300)
+    await waitStatus(stack, jobId, ['cancelled'], 60_000)
+    console.log(`cancelled in ${((Date.now() - cancelledAt) / 1000).toFixed(1)} s`)
+    expect(await f5Processes()).toEqual([])
+    expect(await keysUnder(stack, `voices/${jobId}`)).toEqual([])
+  })
 })
+
+/** Live processes running this F5-TTS checkout's finetune_cli (the launcher names it too). */
+async function f5Processes(): Promise<number[]> {
+  const script = path.join(F5TTS_DIR!, 'src/f5_tts/train/finetune_cli.py')
+  const out: number[] = []
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '')
+    const zombie = stat.slice(stat.lastIndexOf(')') + 2)[0] === 'Z'
+    if (cmdline.split('\0').includes(script) && !zombie) out.push(Number(name))
+  }
+  return out
+}

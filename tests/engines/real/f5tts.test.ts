@@ -108,15 +108,21 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
       maxAttempts: 1,
     })
     const jobId = json.jobId as string
-    // The epoch bar is drawn once the DataLoader's workers exist: the whole tree is up.
+    // Cancel once the whole tree is up: the epoch bar is drawn, then iterating the DataLoader forks its workers.
     await waitFor(
       async () => (await getJob(stack, jobId)).message?.startsWith('Epoch 1/1'),
       10 * 60_000,
       'the epoch bar',
     )
-    const running = await f5Processes()
+    const running = await waitFor(
+      async () => {
+        const pids = await f5Processes()
+        return pids.length > 2 ? pids : null
+      },
+      5 * 60_000,
+      'the DataLoader workers',
+    )
     console.log(`F5-TTS processes at cancel: ${running.length}`)
-    expect(running.length).toBeGreaterThan(2)
     const cancelledAt = Date.now()
     expect((await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBeLessThan(300)
     await waitStatus(stack, jobId, ['cancelled'], 60_000)

@@ -117,7 +117,7 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     const running = await waitFor(
       async () => {
         const pids = await f5Processes()
-        return pids.length > 2 ? pids : null
+        return pids.length > 10 ? pids : null
       },
       5 * 60_000,
       'the DataLoader workers',

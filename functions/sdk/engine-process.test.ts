@@ -65,6 +65,31 @@ describe('runEngineProcess', () => {
     expect(run.tail.slice(-3)).toEqual(['line 149', 'bar 3/3', 'Traceback: boom'])
   })
 
+  it('hands over a \\r redraw when it is drawn (onPartial), not only when the next one ends it', async () => {
+    const events: string[] = []
+    const script =
+      'process.stderr.write("\\rbar 1/2"); setTimeout(() => process.stderr.write("\\rbar 2/2\\n"), 300)'
+    await runEngineProcess({
+      command: process.execPath,
+      args: ['-e', script],
+      onLine: (_s, line) => events.push(`line ${line} ${Math.round(performance.now())}`),
+      onPartial: (_s, text) => events.push(`partial ${text} ${Math.round(performance.now())}`),
+    })
+    const at = (prefix: string) =>
+      Number(
+        events
+          .find((e) => e.startsWith(prefix))
+          ?.split(' ')
+          .at(-1),
+      )
+    expect(events.map((e) => e.split(' ').slice(0, -1).join(' '))).toEqual([
+      'partial bar 1/2',
+      'line bar 1/2',
+      'line bar 2/2',
+    ])
+    expect(at('line bar 1/2') - at('partial bar 1/2')).toBeGreaterThan(200)
+  })
+
   it('rejects with the spawn error when the command does not exist', async () => {
     await expect(runEngineProcess({ command: '/nonexistent/python3', args: [] })).rejects.toMatchObject({
       code: 'ENOENT',
@@ -100,6 +125,18 @@ describe('runEngineProcess', () => {
     expect(performance.now() - started).toBeLessThan(5000)
     expect(pids).toHaveLength(2)
     for (const pid of pids) expect(await alive(pid)).toBe(false)
+  })
+
+  it('an abort while the process is still starting stops it too', async () => {
+    const controller = new AbortController()
+    const run = runEngineProcess({
+      command: process.execPath,
+      args: ['-e', 'setInterval(() => {}, 1000)'],
+      signal: controller.signal,
+    })
+    controller.abort(new Error('cancelled at once')) // before the 'spawn' event
+    const result = await Promise.race([run, new Promise((r) => setTimeout(() => r('still running'), 5000))])
+    expect(result).toMatchObject({ aborted: true, signal: 'SIGTERM' })
   })
 
   it('a throwing onLine stops the engine and rejects with that error', async () => {

@@ -25,6 +25,13 @@ export interface EngineProcessOptions {
    * without the terminator; empty lines are skipped. A throw stops the engine and rejects the run with it.
    */
   onLine?: (stream: EngineStream, line: string) => void
+  /**
+   * Called when a read ends in the middle of a line, with the text of that line so far (it comes again,
+   * complete, through `onLine` once it ends). tqdm writes `\r<bar>` and ends a redraw only with the next
+   * one's `\r`, so this is where the current state of a bar shows up when it is drawn, not one redraw
+   * late. The same text may come more than once; a throw is treated as in `onLine`.
+   */
+  onPartial?: (stream: EngineStream, text: string) => void
   /** How many stderr lines to keep for the error message (default 100). */
   tailLines?: number
   /** Time between SIGTERM and SIGKILL on abort (default 5000 ms). */
@@ -91,21 +98,23 @@ export async function runEngineProcess(opts: EngineProcessOptions): Promise<Engi
     stopping ??= child.pid === undefined ? Promise.resolve(false) : stopTree(child.pid, graceMs)
     return stopping
   }
-  const emit = (stream: EngineStream, line: string): void => {
+  const guarded = (fn: () => void): void => {
     if (failure) return
     try {
-      opts.onLine?.(stream, line)
+      fn()
     } catch (error) {
       failure = { error }
       void stop()
     }
   }
+  const emit = (stream: EngineStream, line: string): void => guarded(() => opts.onLine?.(stream, line))
+  const partial = (stream: EngineStream) => (text: string) => guarded(() => opts.onPartial?.(stream, text))
   const splitters = {
-    stdout: new LineSplitter((line) => emit('stdout', line)),
+    stdout: new LineSplitter((line) => emit('stdout', line), partial('stdout')),
     stderr: new LineSplitter((line, byCr) => {
       tail.push(line, byCr)
       emit('stderr', line)
-    }),
+    }, partial('stderr')),
   }
 
   const spawned = new Promise<void>((resolve, reject) => {
@@ -131,6 +140,8 @@ export async function runEngineProcess(opts: EngineProcessOptions): Promise<Engi
     void stop()
   }
   opts.signal?.addEventListener('abort', onAbort, { once: true })
+  // Aborted while the process was starting: the event has fired already.
+  if (opts.signal?.aborted) onAbort()
   try {
     const exit = await exited
     // The engine is gone; a descendant that still holds a pipe must not keep the job waiting for EOF.
@@ -160,15 +171,20 @@ export async function runEngineProcess(opts: EngineProcessOptions): Promise<Engi
 /**
  * Splits a byte stream into lines on `\n`, `\r\n` and a lone `\r`, decoding UTF-8 across chunk boundaries.
  * `onLine(line, byCr)`: `byCr` is true when a lone `\r` ended the line (a redraw will overwrite it).
+ * `onPartial(text)`: after each write that ends inside a line, that line so far.
  */
 export class LineSplitter {
   private readonly decoder = new StringDecoder('utf8')
   private partial = ''
   private pendingCr = false
-  constructor(private readonly onLine: (line: string, byCr: boolean) => void) {}
+  constructor(
+    private readonly onLine: (line: string, byCr: boolean) => void,
+    private readonly onPartial?: (text: string) => void,
+  ) {}
 
   write(chunk: Buffer | string): void {
     this.feed(typeof chunk === 'string' ? chunk : this.decoder.write(chunk))
+    if (this.partial.length > 0) this.onPartial?.(this.partial)
   }
 
   /** Flushes the last, unterminated line. */

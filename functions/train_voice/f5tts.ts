@@ -322,7 +322,11 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
     HF_DATASETS_OFFLINE: '1',
     ...(hfCache ? { HF_HUB_CACHE: hfCache } : {}),
   }
-  const run = async (args: string[], onLine: (stream: EngineStream, line: string) => void) => {
+  const run = async (
+    args: string[],
+    onLine: (stream: EngineStream, line: string) => void,
+    onPartial?: (stream: EngineStream, text: string) => void,
+  ) => {
     const result = await runEngineProcess({
       command: python,
       args,
@@ -330,6 +334,7 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
       env,
       signal: ctx.signal,
       onLine,
+      ...(onPartial ? { onPartial } : {}),
     }).catch((err: unknown) => {
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'ENOENT' || code === 'EACCES')
@@ -396,10 +401,13 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
     gpu: ctx.gpu.index !== null,
     logSamples: hfCache !== null,
   })
-  const trained = await run(args, (_stream, line) => {
+  const follow = (_stream: EngineStream, line: string) => {
     const report = tracker.line(line)
     if (report) ctx.progress(report.percent, report.message)
-  })
+  }
+  // tqdm ends a redraw only with the next one's `\r`: the partial line is the bar as drawn now (the tracker
+  // ignores a redraw it has seen, and a partial that is not a whole bar yet).
+  const trained = await run(args, follow, follow)
   if (trained.exitCode !== 0 || trained.signal !== null) throw engineFailure('finetune_cli', trained)
 
   const checkpoint = path.join(ckpts, F5_MODEL_FILE)

@@ -3,8 +3,9 @@ import { countByExtension, type Dataset, openDataset } from '../dataset.ts'
 import { encodeWav, synthesizeVoice } from '../formats/wav.ts'
 import type { HandlerContext } from '../sdk/context.ts'
 import { defaultLimits, defineHandler } from '../sdk/define.ts'
-import { engineNotConfigured, throwIfAborted } from '../sdk/errors.ts'
+import { throwIfAborted } from '../sdk/errors.ts'
 import { epochOf, lossCurve, runSimulatedSteps, STEPS_PER_EPOCH } from '../simulate.ts'
+import { trainWithF5tts } from './f5tts.ts'
 
 /** Artifact names, relative to `voices/<jobId>/`. */
 export const VOICE_FILE = 'voice.wav'
@@ -17,7 +18,8 @@ const SAMPLE_SECONDS = 4
 const AUDIO_EXTENSIONS = ['.wav', '.flac', '.mp3', '.ogg', '.m4a', '.opus']
 
 /**
- * Voice cloning. Engines: `f5tts` (F5-TTS `finetune_cli.py`, not wired on this host yet) and `simulate`,
+ * Voice cloning. Engines: `f5tts` (F5-TTS `prepare_csv_wavs.py` and `finetune_cli.py` from F5TTS_DIR, see
+ * ./f5tts.ts and docs/engines/f5tts.md: uploads `model_last.pt`, `vocab.txt`, `speaker.json`) and `simulate`,
  * which runs `epochs x 10` timed steps and writes a voice-like 24 kHz mono `voice.wav` (its INFO comment
  * says it is simulated) and a `speaker.json` describing the voice.
  */
@@ -31,10 +33,7 @@ export default defineHandler({
       case 'simulate':
         return simulate(job.params, dataset, ctx)
       case 'f5tts':
-        throw engineNotConfigured(
-          'f5tts',
-          'this host has no F5-TTS driver yet; submit the job with engine "simulate" to test the pipeline',
-        )
+        return trainWithF5tts(job.params, dataset, ctx)
     }
   },
 })
@@ -78,7 +77,7 @@ async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerConte
   const speaker = {
     speakerName: p.speakerName,
     language: p.language,
-    baseModel: 'F5TTS_v1_Base',
+    baseModel: p.baseModel,
     referenceAudio: VOICE_FILE,
     sampleRate: SAMPLE_RATE,
     durationSec,

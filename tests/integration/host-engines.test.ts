@@ -134,11 +134,13 @@ describe('engines per host', () => {
     await sleep(2500)
     expect(await getJob(stack, jobId)).toMatchObject({ status: 'queued', attempt: 0, message: KOHYA_WAIT })
     expect(await attemptsOf(stack.database, jobId)).toEqual([])
-    expect(await stack.queue.getJobState(jobId)).toBe('delayed')
+    // Between re-checks it is delayed; a re-check holds it `active` for a moment, which a single sample
+    // can hit on a loaded machine.
+    await waitFor(async () => (await stack.queue.getJobState(jobId)) === 'delayed', 5000, 'delayed')
     const job = await stack.queue.getJob(jobId)
     expect(job?.attemptsMade).toBe(0)
     expect(job?.attemptsStarted).toBeGreaterThanOrEqual(2)
-    expect(job?.attemptsStarted).toBeLessThanOrEqual(7)
+    expect(job?.attemptsStarted).toBeLessThanOrEqual(9)
     const events = await eventsOf(jobId)
     expect(events.filter((e) => e.message === KOHYA_WAIT)).toHaveLength(1)
   })

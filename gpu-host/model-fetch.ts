@@ -4,14 +4,13 @@
  * keeps the lock and does the verify and rename; the host only ever creates one new hidden `.partial`
  * file under its own MODELS_DIR.
  */
-import { createHash } from 'node:crypto'
 import { constants } from 'node:fs'
 import { open, realpath, rm } from 'node:fs/promises'
 import path from 'node:path'
-import { Readable, Transform } from 'node:stream'
+import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3'
-import { s3KeyProblem, syncFile } from '../functions/sdk/models.ts'
+import { hashingTap, s3KeyProblem, syncFile } from '../functions/sdk/models.ts'
 
 /** Why a fetch failed, and whether another attempt may help. */
 export class ModelFetchError extends Error {
@@ -107,15 +106,7 @@ export class S3ModelFetcher implements ModelObjectFetcher {
           `model ${JSON.stringify(req.model)}: S3 returned no body for ${source}`,
           true,
         )
-      const hash = createHash('sha256')
-      let size = 0
-      const tap = new Transform({
-        transform(chunk: Buffer, _enc, done) {
-          hash.update(chunk)
-          size += chunk.length
-          done(null, chunk)
-        },
-      })
+      const { tap, digest } = hashingTap()
       try {
         // The write stream closes the handle when it ends (one without autoClose never reports its end).
         await pipeline(obj.Body, tap, out.createWriteStream(), { signal })
@@ -129,13 +120,14 @@ export class S3ModelFetcher implements ModelObjectFetcher {
           { cause: err },
         )
       }
+      const { size, sha256 } = digest()
       if (obj.ContentLength !== undefined && obj.ContentLength !== size)
         throw new ModelFetchError(
           `model ${JSON.stringify(req.model)}: got ${size} of ${obj.ContentLength} bytes of ${source}`,
           true,
         )
       discard = false
-      return { size, sha256: hash.digest('hex') }
+      return { size, sha256 }
     } finally {
       await out.close().catch(() => {})
       if (discard) await rm(file, { force: true }).catch(() => {})

@@ -144,8 +144,8 @@ const exists = (p: string): Promise<boolean> =>
     () => false,
   )
 
-/** A pass-through that hashes and counts what flows through it. */
-function hashingTap(): { tap: Transform; digest: () => { size: number; sha256: string } } {
+/** A pass-through that hashes and counts what flows through it (read `digest()` once it has ended). */
+export function hashingTap(): { tap: Transform; digest: () => { size: number; sha256: string } } {
   const hash = createHash('sha256')
   let size = 0
   const tap = new Transform({

@@ -5,6 +5,7 @@
  * F5TTS_BASE_MODEL names it relative to MODELS_DIR (default: the params' default). Slow on a CPU
  * (~1-2 min per update of the 337M model, ~9 GB of memory, a 5.4 GB checkpoint).
  */
+import { existsSync } from 'node:fs'
 import { readdir, readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -32,7 +33,9 @@ const missing = [
 const skip =
   missing.length > 0
     ? `skipped: set ${missing.join(', ')} (and F5TTS_BASE_MODEL) to run against a real F5-TTS`
-    : null
+    : !existsSync(path.join(MODELS_DIR as string, baseModel))
+      ? `skipped: no checkpoint ${baseModel} under MODELS_DIR (set F5TTS_BASE_MODEL to one that is there)`
+      : null
 
 describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
   let stack: Stack
@@ -109,11 +112,19 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     })
     const jobId = json.jobId as string
     // Cancel once the whole tree is up: the epoch bar is drawn, then iterating the DataLoader forks its workers.
-    await waitFor(
-      async () => (await getJob(stack, jobId)).message?.startsWith('Epoch 1/1'),
+    const barOrEnd = await waitFor(
+      async () => {
+        const job = await getJob(stack, jobId)
+        return job.message?.startsWith('Epoch 1/1') ||
+          ['failed', 'completed', 'cancelled'].includes(job.status)
+          ? job
+          : null
+      },
       10 * 60_000,
       'the epoch bar',
     )
+    // A job that ended before training (a bad setup) fails here with its error, not after the timeout.
+    expect(barOrEnd).toMatchObject({ status: 'running' })
     const running = await waitFor(
       async () => {
         const pids = await f5Processes()

@@ -93,6 +93,9 @@ describe('SIGTERM to a GPU host', () => {
     const long = await addFixtureJob(stack, 'ok', { maxAttempts: 3 }, { steps: 100, stepMs: 100 })
     await waitStatus(stack, short, ['running'], 20_000)
     await waitStatus(stack, long, ['running'], 20_000)
+    // `running` is written before the job process has booted (seconds under tsx on a loaded machine):
+    // wait for the short job's first step, so what is left of it (under 1 s) is well inside the grace.
+    await waitFor(async () => (await getJob(stack, short)).progress > 0, 20_000, 'the short job to step')
     const longAttempt = await waitFor(
       async () => (await attemptsOf(stack.database, long)).find((x) => x.pid),
       10_000,

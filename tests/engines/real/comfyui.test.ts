@@ -1,10 +1,8 @@
-import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { HAS_FFPROBE } from '../../../functions/test-support.ts'
+import { ffprobe, HAS_FFPROBE } from '../../../functions/test-support.ts'
 import { postJob, type Stack, startStack, waitFor, waitStatus } from '../../helpers/stack.ts'
 
 /**
@@ -19,20 +17,6 @@ const why = !COMFYUI_URL
   : !HAS_FFPROBE
     ? 'ffprobe is not on PATH (package ffmpeg)'
     : ''
-
-const probe = async (file: string) => {
-  const { stdout } = await promisify(execFile)('ffprobe', [
-    '-v',
-    'error',
-    '-count_frames',
-    '-show_streams',
-    '-show_format',
-    '-of',
-    'json',
-    file,
-  ])
-  return JSON.parse(stdout) as { streams: Record<string, string | number>[]; format: Record<string, unknown> }
-}
 
 /** GET /queue of the real ComfyUI: the prompt ids it runs and has pending. */
 async function comfyQueue(): Promise<{ running: string[]; pending: string[] }> {
@@ -76,7 +60,7 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
     expect(res.headers.get('content-type')).toBe('video/mp4')
     const file = path.join(dir, `${jobId}-${name}`)
     await writeFile(file, Buffer.from(await res.arrayBuffer()))
-    return probe(file)
+    return ffprobe(file)
   }
 
   it('smoke: the model-free template to a playable h264 mp4 in the bucket', async () => {

@@ -18,7 +18,7 @@ import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { ApiError } from './errors.ts'
 import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
-import { type StreamCounter, tooManyStreams } from './rate-limit.ts'
+import { RateLimiter, type StreamCounter, tooManyStreams } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
 
 /** The WebSocket route (the one path whose upgrades are answered; others are dropped). */
@@ -118,7 +118,8 @@ export function webSockets(opts: WsOptions): WebSockets {
   app.get(WS_PATH, async (c) => {
     const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming
     if (incoming === undefined || c.req.header('upgrade')?.toLowerCase() !== 'websocket') return c.notFound()
-    // ws would refuse these only after node-ws is waiting for the socket, which then never comes.
+    // Refused here, not by ws: node-ws waits for the socket from the moment it is asked to upgrade, and a
+    // handshake that ws refuses would leave that wait (and this request) pending for ever.
     const version = c.req.header('sec-websocket-version')
     if (!WS_KEY.test(c.req.header('sec-websocket-key') ?? '') || (version !== '13' && version !== '8'))
       throw new ApiError(400, 'invalid_request', 'invalid WebSocket handshake (Sec-WebSocket-Key/Version)')
@@ -228,18 +229,8 @@ export function webSockets(opts: WsOptions): WebSockets {
 
     // Inbound messages: a token bucket per socket. Each one costs work (a Postgres read, a Redis replay)
     // and may earn a reply; a client over the rate is closed, and no longer read (TCP pushes back on it).
-    let credit = limits.messageBurst
-    let filledAt = Date.now()
-    const overRate = (): boolean => {
-      const now = Date.now()
-      credit = Math.min(limits.messageBurst, credit + ((now - filledAt) / 1000) * limits.messagesPerSecond)
-      filledAt = now
-      if (credit >= 1) {
-        credit -= 1
-        return false
-      }
-      return true
-    }
+    const inbound = new RateLimiter(limits.messagesPerSecond, limits.messageBurst)
+    const overRate = (): boolean => inbound.take('socket') > 0
 
     const message = (data: unknown) => {
       // Closing (slow, over the rate, shutting down): nothing more is answered or acted on.

@@ -11,6 +11,7 @@ import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
 import type { SubmitJobBody, SubmitJobResponse } from '../../schema/api.ts'
+import { type BackoffPolicy, backoffDelay } from '../../schema/backoff.ts'
 import { isTerminal, JobId, JobStatus } from '../../schema/common.ts'
 import type { Config } from '../../schema/config.ts'
 import type { JobRow } from '../../schema/db/tables.ts'
@@ -35,8 +36,9 @@ import { summaryOf } from './status.ts'
 
 /** The largest request body a submit may send. */
 export const MAX_BODY_BYTES = 1024 * 1024
-/** How long the gateway keeps trying to clean up a submit whose add had an unknown outcome. */
+/** How long the gateway keeps trying to clean up a submit whose add had an unknown outcome, and how often. */
 const RECONCILE_FOR_MS = 10 * 60_000
+const RECONCILE_BACKOFF: BackoffPolicy = { baseMs: 1000, maxMs: 10_000, jitter: 0.5 }
 /** The 503 rule of a submit (README "Security"). */
 const NOTHING_QUEUED = 'nothing was queued; send the same request again'
 
@@ -128,16 +130,19 @@ export function jobRoutes(deps: JobsDeps): Hono {
     })
     await store.removeNotQueued(jobId)
   }
-  const reconcileLater = (jobId: string, until = Date.now() + RECONCILE_FOR_MS) => {
-    setTimeout(() => {
-      clearNotQueued(jobId).then(
-        () => logger.info({ jobId }, 'unqueued submit cleaned up'),
-        (err: unknown) => {
-          if (Date.now() < until) reconcileLater(jobId, until)
-          else logger.error({ jobId, err: (err as Error).message }, 'could not clean up an unqueued submit')
-        },
-      )
-    }, 1000).unref()
+  const reconcileLater = (jobId: string, until = Date.now() + RECONCILE_FOR_MS, failures = 0) => {
+    setTimeout(
+      () => {
+        clearNotQueued(jobId).then(
+          () => logger.info({ jobId }, 'unqueued submit cleaned up'),
+          (err: unknown) => {
+            if (Date.now() < until) reconcileLater(jobId, until, failures + 1)
+            else logger.error({ jobId, err: (err as Error).message }, 'could not clean up an unqueued submit')
+          },
+        )
+      },
+      backoffDelay(failures + 1, RECONCILE_BACKOFF),
+    ).unref()
   }
 
   /**

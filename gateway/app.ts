@@ -57,8 +57,6 @@ export interface GatewayDeps {
   logger: Logger
   /** Open WebSockets and SSE streams per token (one count for both). */
   streams: StreamCounter
-  /** Wrong tokens per client address (REST and WebSocket upgrades count toward one limit). */
-  authFailures?: RateLimiter
   /** The WebSocket's per-socket limits (tests make them small). */
   wsLimits?: Partial<WsLimits>
 }
@@ -94,7 +92,8 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.use(originGuard({ policy: originPolicy(config), exempt: (p) => PROBE_PATHS.has(p) }))
   app.use(
     authFailureLimit({
-      limiter: deps.authFailures ?? new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST),
+      // Per client address; WebSocket upgrades pass through here too, so both count toward one limit.
+      limiter: new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST),
       onLimited: () => metrics.rateLimited.inc(),
     }),
   )

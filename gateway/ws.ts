@@ -281,7 +281,10 @@ export function webSockets(opts: WsOptions): WebSockets {
   return {
     attach(server) {
       server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-        void upgrade(req, socket, head)
+        upgrade(req, socket, head).catch((err: unknown) => {
+          logger.warn({ err }, 'websocket upgrade failed')
+          socket.destroy()
+        })
       })
     },
     close: () => {
@@ -302,13 +305,7 @@ export function webSockets(opts: WsOptions): WebSockets {
       for (const one of Array.isArray(value) ? value : value === undefined ? [] : [value])
         headers.append(name, one)
     const env: HttpBindings = { incoming: req, outgoing: undefined as never }
-    let res: Response
-    try {
-      res = await app.request(url, { headers }, env)
-    } catch (err) {
-      logger.warn({ err }, 'websocket upgrade failed')
-      return void socket.destroy()
-    }
+    const res = await app.request(url, { headers }, env)
     if (!accepted.has(req)) return void socket.end(await rawResponse(res))
     accepted.delete(req)
     wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req))

@@ -46,6 +46,17 @@ export class BackendUnavailableError extends ApiError {
 export const isBackendDown = isConnectionError
 
 /**
+ * Whether ioredis refused a command without sending it (disconnected, and the offline queue is off:
+ * schema/clients.ts FAIL_FAST_REDIS), so Redis never saw it. ioredis raises a plain `Error` for this, with
+ * no class, name or code to check, so its message is the only sign; this is the one place that reads it.
+ */
+export const isUnsentRedisCommand = (err: unknown): boolean =>
+  err instanceof Error && /enableOfflineQueue/.test(err.message)
+
+/** ioredis' other connection failures, which are plain `Error`s too (see `isUnsentRedisCommand`). */
+const REDIS_CONNECTION_MESSAGE = /Command timed out|Connection is closed|MaxRetriesPerRequest/
+
+/**
  * Which backing service a connection error came from, by its shape, for errors that no call site
  * tagged: the AWS SDK's carry `$metadata`, ioredis' say so in their message, the rest are postgres.js'.
  */
@@ -53,7 +64,8 @@ export function backendOf(err: unknown): Backend {
   const e = err as { $metadata?: unknown; message?: string; name?: string } | undefined
   if (e?.$metadata !== undefined) return 'S3'
   if (
-    /enableOfflineQueue|Command timed out|Connection is closed|MaxRetriesPerRequest/.test(e?.message ?? '') ||
+    isUnsentRedisCommand(err) ||
+    REDIS_CONNECTION_MESSAGE.test(e?.message ?? '') ||
     e?.name === 'MaxRetriesPerRequestError'
   )
     return 'Redis'
@@ -73,16 +85,4 @@ export async function onBackend<T>(backend: Backend, fn: () => Promise<T>, detai
       throw new BackendUnavailableError(backend, detail, { cause: err })
     throw err
   }
-}
-
-/**
- * The raw HTTP/1.1 answer of an `ApiError` on an upgrade socket (the WebSocket upgrade has no Hono
- * context).
- */
-export function rawHttpError(err: ApiError, reason: string): string {
-  const body = JSON.stringify(err.toJSON())
-  const extra = Object.entries(err.headers ?? {})
-    .map(([name, value]) => `${name}: ${value}\r\n`)
-    .join('')
-  return `HTTP/1.1 ${err.status} ${reason}\r\ncontent-type: application/json\r\n${extra}connection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
 }

@@ -11,10 +11,8 @@ import { QUEUE_NAME } from '../schema/keys.ts'
 import { createApp, rowSnapshot } from './app.ts'
 import { EventHub } from './hub.ts'
 import { GatewayMetrics } from './metrics.ts'
-import { originPolicy } from './middleware/origin.ts'
-import { AUTH_FAILURE_BURST, AUTH_FAILURES_PER_SEC } from './middleware/rate-limit.ts'
-import { RateLimiter, StreamCounter } from './rate-limit.ts'
-import { attachWebSocket } from './ws.ts'
+import { StreamCounter } from './rate-limit.ts'
+import { JobStore } from './store.ts'
 
 export interface Gateway {
   port: number
@@ -56,21 +54,20 @@ export async function startGateway(opts: {
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix: config.queuePrefix })
   queue.on('error', (err) => logger.warn({ err: err.message }, 'queue error'))
   const metrics = new GatewayMetrics()
-  let store: import('./store.ts').JobStore | undefined
+  const store = new JobStore(database.db)
   const hub = new EventHub(
     subscriber,
     reader,
     async (jobId) => {
-      const row = await store?.get(jobId)
+      const row = await store.get(jobId)
       return row ? rowSnapshot(row) : null
     },
     (err) => logger.warn({ err }, 'event replay failed'),
   )
   await hub.start()
-  const streams = new StreamCounter(config.maxStreamsPerToken)
-  const authFailures = new RateLimiter(AUTH_FAILURES_PER_SEC, AUTH_FAILURE_BURST)
-  const built = createApp({
+  const { app, websockets } = createApp({
     config,
+    store,
     database,
     redis,
     queue,
@@ -78,10 +75,8 @@ export async function startGateway(opts: {
     hub,
     metrics,
     logger,
-    streams,
-    authFailures,
+    streams: new StreamCounter(config.maxStreamsPerToken),
   })
-  store = built.store
 
   const open = config.apiTokens.size === 0
   const hostname = gatewayHostname(config)
@@ -91,23 +86,10 @@ export async function startGateway(opts: {
       'GATEWAY_HOST ignored: no API_TOKENS set, so the gateway listens on loopback only',
     )
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = serve({ fetch: built.app.fetch, port: config.gatewayPort, hostname }, () =>
-      resolve(s as Server),
-    )
+    const s = serve({ fetch: app.fetch, port: config.gatewayPort, hostname }, () => resolve(s as Server))
     ;(s as Server).once('error', reject)
   })
-  const ws = attachWebSocket({
-    server,
-    hub,
-    store: built.store,
-    metrics,
-    logger,
-    tokens: config.apiTokens,
-    streams,
-    maxStreamsPerToken: config.maxStreamsPerToken,
-    origin: originPolicy(config),
-    authFailures,
-  })
+  websockets.attach(server)
   const port = (server.address() as AddressInfo).port
   const url = `http://${hostname}:${port}`
   if (open)
@@ -117,7 +99,7 @@ export async function startGateway(opts: {
     port,
     url,
     close: async () => {
-      ws.close()
+      websockets.close()
       // Ends every SSE stream first: server.close() waits for responses still open, and a stream is one.
       await hub.close()
       await new Promise<void>((resolve) => server.close(() => resolve()))

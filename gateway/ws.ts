@@ -1,20 +1,28 @@
+/**
+ * `GET /ws`: one socket that follows any number of jobs. The upgrade is a request of the gateway's Hono
+ * app like any other (origin, wrong-token limit and auth are its middleware); @hono/node-ws makes the
+ * socket, and this file holds the socket's protocol: subscriptions, their caps, slow and noisy clients.
+ */
 import type { IncomingMessage, Server } from 'node:http'
+import { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
+import type { HttpBindings } from '@hono/node-server'
+import { createNodeWebSocket } from '@hono/node-ws'
+import type { Hono } from 'hono'
 import type { Logger } from 'pino'
 import * as v from 'valibot'
-import { type WebSocket, WebSocketServer } from 'ws'
+import type { WebSocket } from 'ws'
 import { JobId } from '../schema/common.ts'
 import { type ProgressEvent, WsClientMessage, type WsServerNotice } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
-import { presentedToken, tokenOwner } from './auth.ts'
-import { ApiError, rawHttpError } from './errors.ts'
+import { ApiError } from './errors.ts'
 import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
-import { checkOrigin, type OriginPolicy } from './middleware/origin.ts'
-import { wrongTokensLimited } from './middleware/rate-limit.ts'
-import { type RateLimiter, type StreamCounter, tooManyStreams } from './rate-limit.ts'
+import { RateLimiter, type StreamCounter, tooManyStreams } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
 
+/** The WebSocket route (the one path whose upgrades are answered; others are dropped). */
+export const WS_PATH = '/ws'
 /** Close code for a client too slow to take its events (in the private-use range). */
 export const CLOSE_SLOW_CLIENT = 4008
 export const CLOSE_POLICY = 1008
@@ -22,6 +30,9 @@ const MAX_SUBSCRIPTIONS = 200
 const PING_INTERVAL_MS = 30_000
 /** How long a closing socket may take to finish the close handshake before it is destroyed (ws: 30 s). */
 const CLOSE_TIMEOUT_MS = 5000
+const MAX_PAYLOAD_BYTES = 64 * 1024
+/** ws' own rule for a handshake's key (RFC 6455 4.1: 16 random bytes, base64). */
+const WS_KEY = /^[+/0-9A-Za-z]{22}==$/
 
 /** The per-socket rules every client is held to. */
 export interface WsLimits {
@@ -50,70 +61,91 @@ function onSocketGone(socket: Duplex, fn: () => void): void {
   if (socket.destroyed) once()
 }
 
+/**
+ * A Hono response as raw HTTP/1.1 on an upgrade socket, body and headers included. @hono/node-ws answers
+ * a refused upgrade with its status alone (an empty body): clients need the error's code and Retry-After.
+ */
+async function rawResponse(res: Response): Promise<Buffer> {
+  const body = Buffer.from(await res.arrayBuffer())
+  const lines = [`HTTP/1.1 ${res.status} ${STATUS_CODES[res.status] ?? ''}`]
+  res.headers.forEach((value, name) => {
+    if (name !== 'connection' && name !== 'content-length') lines.push(`${name}: ${value}`)
+  })
+  lines.push('connection: close', `content-length: ${body.length}`, '', '')
+  return Buffer.concat([Buffer.from(lines.join('\r\n'), 'latin1'), body])
+}
+
 export interface WsOptions {
-  server: Server
+  /** The app the route is added to: every upgrade goes through its middleware first. */
+  app: Hono
   hub: EventHub
   store: JobStore
   metrics: GatewayMetrics
   logger: Logger
-  tokens: Map<string, string>
+  /** With API tokens a socket sees only its token's jobs, and holds one of its stream slots. */
+  authRequired: boolean
   streams: StreamCounter
   maxStreamsPerToken: number
-  origin: OriginPolicy
   limits?: Partial<WsLimits>
-  /** Wrong tokens per client address: the REST routes' limiter, so an upgrade is no way around it. */
-  authFailures?: RateLimiter
 }
 
-/** `GET /ws`: subscribe/unsubscribe to any number of jobs over one socket. */
-export function attachWebSocket(opts: WsOptions): { close(): void; clients(): number } {
-  const { hub, store, metrics, logger, tokens } = opts
-  const limits: WsLimits = { ...WS_LIMITS, ...opts.limits }
-  // closeTimeout is in ws (8.18+) but not yet in its types: passed through a variable.
-  const serverOptions = { noServer: true, maxPayload: 64 * 1024, closeTimeout: CLOSE_TIMEOUT_MS }
-  const wss = new WebSocketServer(serverOptions)
-  const forwarded = metrics.forwarded.labels('ws')
+export interface WebSockets {
+  /** Answers the upgrades of `server` (call once it is created). */
+  attach(server: Server): void
+  /** Closes every socket with 1001. */
+  close(): void
+  clients(): number
+}
 
-  opts.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    const url = new URL(req.url ?? '/', 'http://localhost')
-    if (url.pathname !== '/ws') {
-      socket.destroy()
-      return
-    }
-    const refused = checkOrigin(req.headers, opts.origin)
-    if (refused) return void socket.end(rawHttpError(refused, 'Forbidden'))
-    let owner: string | null = null
-    if (tokens.size > 0) {
-      const client = req.socket.remoteAddress ?? 'unknown'
-      const wait = opts.authFailures?.wait(client) ?? 0
-      if (wait > 0) {
-        metrics.rateLimited.inc()
-        return void socket.end(rawHttpError(wrongTokensLimited(wait), 'Too Many Requests'))
-      }
-      const given = presentedToken(req.headers.authorization, url.searchParams.get('token') ?? undefined)
-      owner = tokenOwner(tokens, given)
-      if (owner === null) {
-        // As on the REST routes: only a token that was sent and is wrong counts toward the limit.
-        if (given !== undefined) opts.authFailures?.take(client)
-        const unauthorized = new ApiError(
-          401,
-          'unauthorized',
-          'send Authorization: Bearer <token> or ?token=',
-        )
-        return void socket.end(rawHttpError(unauthorized, 'Unauthorized'))
-      }
-    }
-    if (owner !== null && !opts.streams.acquire(owner)) {
-      return void socket.end(rawHttpError(tooManyStreams(opts.maxStreamsPerToken), 'Too Many Requests'))
-    }
+/**
+ * Adds `GET /ws` to `opts.app`. Client messages: `{op: "subscribe", jobId, after?}` and
+ * `{op: "unsubscribe", jobId}`; `?jobId=` subscribes at connect.
+ *
+ * @example const ws = webSockets({ app, hub, store, metrics, logger, authRequired, streams, maxStreamsPerToken })
+ * ws.attach(server)
+ */
+export function webSockets(opts: WsOptions): WebSockets {
+  const { app, hub, store, metrics, logger } = opts
+  const limits: WsLimits = { ...WS_LIMITS, ...opts.limits }
+  const { wss, upgradeWebSocket } = createNodeWebSocket({ app })
+  // node-ws makes its server with ws' defaults (100 MiB messages, a 30 s close handshake); ws reads these
+  // options at each upgrade. closeTimeout is in ws (8.18+) but not yet in its types.
+  Object.assign(wss.options, { maxPayload: MAX_PAYLOAD_BYTES, closeTimeout: CLOSE_TIMEOUT_MS })
+  const forwarded = metrics.forwarded.labels('ws')
+  /** Upgrades the app accepted: only those become sockets; the others get the app's answer. */
+  const accepted = new WeakSet<IncomingMessage>()
+
+  app.get(WS_PATH, async (c) => {
+    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming
+    if (incoming === undefined || c.req.header('upgrade')?.toLowerCase() !== 'websocket') return c.notFound()
+    // Refused here, not by ws: node-ws waits for the socket from the moment it is asked to upgrade, and a
+    // handshake that ws refuses would leave that wait (and this request) pending for ever.
+    const version = c.req.header('sec-websocket-version')
+    if (!WS_KEY.test(c.req.header('sec-websocket-key') ?? '') || (version !== '13' && version !== '8'))
+      throw new ApiError(400, 'invalid_request', 'invalid WebSocket handshake (Sec-WebSocket-Key/Version)')
+    const owner = c.get('owner') ?? null
+    if (owner !== null && !opts.streams.acquire(owner)) throw tooManyStreams(opts.maxStreamsPerToken)
     // The socket, not the WebSocket: a handshake that fails or is abandoned never makes one.
-    if (owner !== null) onSocketGone(socket, () => opts.streams.release(owner))
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      onConnection(ws, owner, url.searchParams.get('jobId'))
-    })
+    if (owner !== null) onSocketGone(incoming.socket, () => opts.streams.release(owner))
+    accepted.add(incoming)
+    let socket: Connection | undefined
+    return upgradeWebSocket(
+      c,
+      {
+        onOpen: (_event, ws) => {
+          socket = onConnection(ws.raw as WebSocket, owner, c.req.query('jobId') ?? null)
+        },
+        onMessage: (event) => socket?.message(event.data),
+        onClose: () => socket?.closed(),
+      },
+      // Errors of our handlers, and of the socket (node-ws reports those only where ErrorEvent exists).
+      { onError: (err) => logger.debug({ err }, 'websocket error') },
+    )
   })
 
-  function onConnection(ws: WebSocket, owner: string | null, initialJob: string | null): void {
+  type Connection = { message(data: unknown): void; closed(): void }
+
+  function onConnection(ws: WebSocket, owner: string | null, initialJob: string | null): Connection {
     metrics.websockets.inc()
     const subs = new Map<string, Subscription>()
     let alive = true
@@ -154,7 +186,7 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
     const pending = new Map<string, Promise<unknown>>()
     const setUp = async (jobId: string, after: number | undefined) => {
       const row = await store.get(jobId)
-      if (!row || (tokens.size > 0 && row.owner !== owner))
+      if (!row || (opts.authRequired && row.owner !== owner))
         return notice({ op: 'error', jobId, error: { code: 'not_found', message: 'no such job' } })
       subs.get(jobId)?.close()
       subs.delete(jobId)
@@ -197,20 +229,10 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
 
     // Inbound messages: a token bucket per socket. Each one costs work (a Postgres read, a Redis replay)
     // and may earn a reply; a client over the rate is closed, and no longer read (TCP pushes back on it).
-    let credit = limits.messageBurst
-    let filledAt = Date.now()
-    const overRate = (): boolean => {
-      const now = Date.now()
-      credit = Math.min(limits.messageBurst, credit + ((now - filledAt) / 1000) * limits.messagesPerSecond)
-      filledAt = now
-      if (credit >= 1) {
-        credit -= 1
-        return false
-      }
-      return true
-    }
+    const inbound = new RateLimiter(limits.messagesPerSecond, limits.messageBurst)
+    const overRate = (): boolean => inbound.take('socket') > 0
 
-    ws.on('message', (data, isBinary) => {
+    const message = (data: unknown) => {
       // Closing (slow, over the rate, shutting down): nothing more is answered or acted on.
       if (ws.readyState !== ws.OPEN) return
       if (overRate()) {
@@ -220,7 +242,8 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
       }
       let raw: unknown
       try {
-        raw = isBinary ? undefined : JSON.parse(data.toString())
+        // node-ws hands text frames over as strings, binary ones as ArrayBuffers (never a valid message).
+        raw = typeof data === 'string' ? JSON.parse(data) : undefined
       } catch {
         raw = undefined
       }
@@ -240,26 +263,51 @@ export function attachWebSocket(opts: WsOptions): { close(): void; clients(): nu
         subs.delete(msg.jobId)
         notice({ op: 'unsubscribed', jobId: msg.jobId })
       }
-    })
-    ws.on('close', () => {
+    }
+    const closed = () => {
       gone.abort()
       clearInterval(ping)
       for (const sub of subs.values()) sub.close()
       subs.clear()
       metrics.websockets.dec()
-    })
-    ws.on('error', () => {})
+    }
     if (initialJob !== null) {
       if (v.is(JobId, initialJob)) void safely(initialJob, subscribe(initialJob, undefined))
       else notice({ op: 'error', error: { code: 'invalid_message', message: 'jobId: invalid job id' } })
     }
+    return { message, closed }
   }
 
   return {
+    attach(server) {
+      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+        upgrade(req, socket, head).catch((err: unknown) => {
+          logger.warn({ err }, 'websocket upgrade failed')
+          socket.destroy()
+        })
+      })
+    },
     close: () => {
       for (const client of wss.clients) client.close(1001, 'gateway shutting down')
       wss.close()
     },
     clients: () => wss.clients.size,
+  }
+
+  /** node-ws's `injectWebSocket`, but a refusal is answered in full (see `rawResponse`). */
+  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    // A client that resets while the app decides must not become an unhandled 'error'.
+    socket.on('error', () => {})
+    const url = new URL(req.url ?? '/', 'http://localhost')
+    if (url.pathname !== WS_PATH) return void socket.destroy()
+    const headers = new Headers()
+    for (const [name, value] of Object.entries(req.headers))
+      for (const one of Array.isArray(value) ? value : value === undefined ? [] : [value])
+        headers.append(name, one)
+    const env: HttpBindings = { incoming: req, outgoing: undefined as never }
+    const res = await app.request(url, { headers }, env)
+    if (!accepted.has(req)) return void socket.end(await rawResponse(res))
+    accepted.delete(req)
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req))
   }
 }

@@ -5,6 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { request } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { and, eq } from 'drizzle-orm'
 import { Redis } from 'ioredis'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
@@ -150,7 +151,7 @@ describe('without API tokens: cross-site requests and DNS rebinding', () => {
       body: JSON.stringify({ ...LORA, jobId, priority: 2_097_152 }),
     })
     expect(res.status).not.toBe(202)
-    await new Promise((r) => setTimeout(r, 200))
+    await sleep(200)
     sub.disconnect()
     expect(await rowsOf(stack, jobId)).toHaveLength(0)
     expect(await stack.redis.exists(`gpu-jobs:{${jobId}}:events`, `gpu-jobs:{${jobId}}:seq`)).toBe(0)
@@ -512,7 +513,7 @@ describe('Redis down or stalled (a private redis-server)', () => {
     // Nothing was queued: no row now, and none appears when Redis is back.
     expect(await rowsOf(stack, jobId)).toHaveLength(0)
     await startRedis()
-    await new Promise((r) => setTimeout(r, 1500))
+    await sleep(1500)
     expect(await rowsOf(stack, jobId)).toHaveLength(0)
     expect(await stack.queue.getJob(jobId)).toBeUndefined()
   })

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { inArray } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
@@ -179,7 +180,7 @@ describe('limits', () => {
     const c = await open()
     expect([a.status, b.status, c.status]).toEqual([101, 101, 429])
     a.ws.close()
-    await new Promise((r) => setTimeout(r, 200))
+    await sleep(200)
     const d = await open()
     expect(d.status).toBe(101)
     b.ws.close()
@@ -207,9 +208,9 @@ describe('limits', () => {
     })
     for (const jobId of ids) {
       ws.send(JSON.stringify({ op: 'subscribe', jobId }))
-      await new Promise((r) => setTimeout(r, 2))
+      await sleep(2)
     }
-    await new Promise((r) => setTimeout(r, 1500))
+    await sleep(1500)
     ws.close()
     // Rows this test made by hand: gone, so they count toward no later quota of bob's.
     await limited.database.db.delete(jobs).where(inArray(jobs.id, ids))

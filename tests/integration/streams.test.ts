@@ -1,17 +1,19 @@
 import { randomBytes, randomUUID } from 'node:crypto'
-import { createServer, type Server } from 'node:http'
+import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { connect, type Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { serve } from '@hono/node-server'
 import { eq } from 'drizzle-orm'
+import { Hono } from 'hono'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { EventHub } from '../../gateway/hub.ts'
 import { GatewayMetrics } from '../../gateway/metrics.ts'
-import { originPolicy } from '../../gateway/middleware/origin.ts'
 import { StreamCounter } from '../../gateway/rate-limit.ts'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { JobStore } from '../../gateway/store.ts'
-import { attachWebSocket, CLOSE_POLICY } from '../../gateway/ws.ts'
+import { CLOSE_POLICY, webSockets } from '../../gateway/ws.ts'
 import { createRedis, createS3Client } from '../../schema/clients.ts'
 import type { JobStatus } from '../../schema/common.ts'
 import { jobs } from '../../schema/db/tables.ts'
@@ -45,7 +47,6 @@ afterAll(async () => {
 })
 
 const auth = { authorization: `Bearer ${TOKEN}` }
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 async function gauge(baseUrl: string, name: string): Promise<number> {
   const text = await (await fetch(`${baseUrl}/metrics`)).text()
@@ -398,12 +399,7 @@ async function flood(
     // Our own send buffer may fill (the gateway stopped reading): wait for it, or for the end.
     const flushed = socket.write(batch)
     sent += 500
-    if (!flushed)
-      await Promise.race([
-        new Promise((r) => socket.once('drain', r)),
-        closed,
-        new Promise((r) => setTimeout(r, 500)),
-      ])
+    if (!flushed) await Promise.race([new Promise((r) => socket.once('drain', r)), closed, sleep(500)])
     else await new Promise((r) => setImmediate(r))
   }
   return sent
@@ -498,25 +494,26 @@ describe('WebSocket: every send obeys the slow-client rule (notices too)', () =>
     hub = new EventHub(subscriber, redis, async () => null)
     await hub.start()
     metrics = new GatewayMetrics()
-    server = createServer((_req, res) => {
-      res.setHeader('content-type', metrics.registry.contentType)
-      void metrics.registry.metrics().then((text) => res.end(text))
-    })
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-    const ws = attachWebSocket({
-      server,
+    // The WebSocket route alone (no middleware) on an app that also serves the gauges.
+    const app = new Hono()
+    app.get('/metrics', async (c) => c.text(await metrics.registry.metrics()))
+    const ws = webSockets({
+      app,
       hub,
       store: new JobStore(stack.database.db),
       metrics,
       logger: quietLogger(),
-      tokens: new Map(),
+      authRequired: false,
       streams: new StreamCounter(10),
       maxStreamsPerToken: 10,
-      origin: originPolicy({ apiTokens: new Map(), allowedOrigins: new Set(), gatewayHost: undefined }),
       // Small buffer cap, no inbound limit to speak of: only the send guard can stop this client.
       limits: { maxBufferedBytes: 64 * 1024, messagesPerSecond: 1_000_000, messageBurst: 1_000_000 },
     })
+    server = await new Promise<Server>((resolve) => {
+      const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s as Server))
+    })
+    ws.attach(server)
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
     close = ws.close
   })
   afterAll(async () => {

@@ -1,0 +1,180 @@
+/**
+ * The gateway's app built from its stores and backends (real Redis and Postgres) and called in-process
+ * with `app.request()`: no listening socket.
+ */
+import { randomUUID } from 'node:crypto'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { Queue } from 'bullmq'
+import type { Hono } from 'hono'
+import type { Redis } from 'ioredis'
+import pino from 'pino'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createRedis, createS3Client, FAIL_FAST_REDIS } from '../schema/clients.ts'
+import { loadConfig } from '../schema/config.ts'
+import { type Database, openDatabase } from '../schema/db/connect.ts'
+import { QUEUE_NAME } from '../schema/keys.ts'
+import { createApp, rowSnapshot } from './app.ts'
+import { EventHub } from './hub.ts'
+import { GatewayMetrics } from './metrics.ts'
+import { StreamCounter } from './rate-limit.ts'
+import { JobStore } from './store.ts'
+
+// The tests' Postgres and Redis (tests/helpers/global-setup.ts fills these in).
+const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
+const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+const ALICE = 'alice-app-token-0123456789'
+const BOB = 'bob-app-token-0123456789'
+
+let app: Hono
+let database: Database
+let queue: Queue
+let hub: EventHub
+let dataDir: string
+const connections: Redis[] = []
+
+beforeAll(async () => {
+  dataDir = await mkdtemp(path.join(tmpdir(), 'gpu-data-'))
+  await mkdir(path.join(dataDir, 'ds'))
+  const prefix = `test-${randomUUID().slice(0, 8)}`
+  const config = loadConfig({
+    REDIS_URL: TEST_REDIS_URL,
+    DATABASE_URL: TEST_DATABASE_URL,
+    // Never called by these routes: no S3 server needed.
+    S3_ENDPOINT: 'http://127.0.0.1:9',
+    S3_BUCKET: `b-${prefix}`,
+    DATA_DIR: dataDir,
+    QUEUE_PREFIX: prefix,
+    API_TOKENS: `alice:${ALICE},bob:${BOB}`,
+  })
+  database = await openDatabase({ url: TEST_DATABASE_URL, poolSize: 2 })
+  const store = new JobStore(database.db)
+  const [redis, queueConnection, subscriber] = [
+    createRedis(TEST_REDIS_URL, FAIL_FAST_REDIS),
+    createRedis(TEST_REDIS_URL, FAIL_FAST_REDIS),
+    createRedis(TEST_REDIS_URL),
+  ]
+  connections.push(redis, queueConnection, subscriber)
+  await Promise.all(connections.map((r) => r.connect()))
+  queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix })
+  hub = new EventHub(subscriber, redis, async (jobId) => {
+    const row = await store.get(jobId)
+    return row ? rowSnapshot(row) : null
+  })
+  await hub.start()
+  ;({ app } = createApp({
+    config,
+    store,
+    database,
+    redis,
+    queue,
+    s3: createS3Client({ ...config.s3, endpoint: 'http://127.0.0.1:9' }),
+    hub,
+    metrics: new GatewayMetrics(),
+    logger: pino({ level: 'silent' }),
+    streams: new StreamCounter(config.maxStreamsPerToken),
+  }))
+})
+
+afterAll(async () => {
+  await hub?.close()
+  await queue?.obliterate({ force: true }).catch(() => {})
+  await queue?.close()
+  for (const r of connections) r.disconnect()
+  await database?.close()
+  if (dataDir) await rm(dataDir, { recursive: true, force: true })
+})
+
+const as = (token: string, init: RequestInit = {}): RequestInit => ({
+  ...init,
+  headers: { authorization: `Bearer ${token}`, ...(init.headers as Record<string, string>) },
+})
+const submit = (token: string, body: unknown) =>
+  app.request(
+    '/api/train',
+    as(token, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    }),
+  )
+const voiceJob = (jobId?: string) => ({
+  type: 'train_voice',
+  params: { speakerName: 'a', datasetPath: 'ds', epochs: 1 },
+  ...(jobId === undefined ? {} : { jobId }),
+})
+
+describe('createApp with injected stores, through app.request()', () => {
+  it('submits, then shows the job in its status and in the list', async () => {
+    const res = await submit(ALICE, voiceJob())
+    expect(res.status).toBe(202)
+    const { jobId, status, statusUrl } = (await res.json()) as Record<string, string>
+    expect(status).toBe('queued')
+    expect(jobId).toBeTruthy()
+    const body = (await (await app.request(statusUrl ?? '', as(ALICE))).json()) as Record<string, unknown>
+    expect(body).toMatchObject({ jobId, type: 'train_voice', status: 'queued', attempt: 0, artifacts: [] })
+    const list = (await (await app.request('/api/jobs?type=train_voice', as(ALICE))).json()) as {
+      jobs: { jobId: string }[]
+      nextCursor: string | null
+    }
+    expect(list.jobs.map((j) => j.jobId)).toContain(jobId)
+    // The same jobId and request again: the same job, 200.
+    const again = await submit(ALICE, voiceJob(jobId))
+    expect(again.status).toBe(200)
+    expect(await again.json()).toMatchObject({ jobId, status: 'queued' })
+  })
+
+  it('answers 400 naming the field', async () => {
+    const bad = await app.request('/api/jobs?limit=0', as(ALICE))
+    expect(bad.status).toBe(400)
+    expect(await bad.json()).toMatchObject({ error: { code: 'invalid_query', issues: [{ path: 'limit' }] } })
+    const res = await submit(ALICE, {
+      type: 'train_voice',
+      params: { speakerName: 'a', datasetPath: 'ds', epochs: 'x' },
+    })
+    expect(res.status).toBe(400)
+    const { error } = (await res.json()) as { error: { issues: { path: string }[] } }
+    expect(error.issues.map((i) => i.path)).toContain('params.epochs')
+  })
+
+  it('hides another owner’s job (404) on status, cancel and artifacts, and lists only one’s own', async () => {
+    const { jobId } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    for (const [path, method] of [
+      [`/api/status/${jobId}`, 'GET'],
+      [`/api/jobs/${jobId}`, 'GET'],
+      [`/api/jobs/${jobId}/cancel`, 'POST'],
+      [`/api/jobs/${jobId}/artifacts`, 'GET'],
+    ] as const) {
+      const res = await app.request(path, as(BOB, { method }))
+      expect(res.status, path).toBe(404)
+      expect(await res.json()).toMatchObject({ error: { code: 'not_found', message: `no job "${jobId}"` } })
+    }
+    const list = (await (await app.request('/api/jobs', as(BOB))).json()) as { jobs: { jobId: string }[] }
+    expect(list.jobs.map((j) => j.jobId)).not.toContain(jobId)
+    expect((await app.request(`/api/status/${jobId}`)).status).toBe(401)
+  })
+
+  it('cancels a queued job: row, event and status; a second cancel is a 409', async () => {
+    const { jobId } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    const res = await app.request(`/api/jobs/${jobId}/cancel`, as(ALICE, { method: 'POST' }))
+    expect(res.status).toBe(202)
+    expect(await res.json()).toEqual({ jobId, status: 'cancelled', cancelRequested: true })
+    expect(await queue.getJobState(jobId)).toBe('unknown')
+    const body = (await (await app.request(`/api/status/${jobId}`, as(ALICE))).json()) as Record<
+      string,
+      unknown
+    >
+    expect(body).toMatchObject({ status: 'cancelled', error: { code: 'CANCELLED', reason: 'cancelled' } })
+    const again = await app.request(`/api/jobs/${jobId}/cancel`, as(ALICE, { method: 'POST' }))
+    expect(again.status).toBe(409)
+    expect(await again.json()).toMatchObject({
+      error: { code: 'conflict', message: 'job is already cancelled' },
+    })
+  })
+
+  it('serves health without a token, and /ws only as an upgrade', async () => {
+    expect(await (await app.request('/healthz')).json()).toEqual({ ok: true })
+    expect((await app.request('/ws', as(ALICE))).status).toBe(404)
+  })
+})

@@ -1,0 +1,123 @@
+/**
+ * How a job is shown: the status body (`GET /api/status/:jobId`, alias `GET /api/jobs/:jobId`) with its
+ * cache, and the list entry of `GET /api/jobs`.
+ */
+import { type Context, Hono } from 'hono'
+import type { Redis } from 'ioredis'
+import type { JobStatusBody, JobSummary } from '../../schema/api.ts'
+import { isTerminal } from '../../schema/common.ts'
+import type { JobRow } from '../../schema/db/tables.ts'
+import { lastEvent } from '../../schema/progress-log.ts'
+import type { EventHub } from '../hub.ts'
+import type { JobStore, JobSummaryRow } from '../store.ts'
+import { type JobAccess, noSuchJob } from './access.ts'
+import { toArtifact } from './artifacts.ts'
+
+/** Longest a cached status body is served when no event of its job arrives (see `StatusBodies.cached`). */
+const STATUS_CACHE_MS = 1000
+
+const iso = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null)
+
+/** A row as a list entry: no params nor result, which can be large. */
+export const summaryOf = (row: JobSummaryRow): JobSummary => ({
+  jobId: row.id,
+  type: row.type,
+  status: row.status,
+  progress: row.progress,
+  message: row.message,
+  attempt: row.attempt,
+  maxAttempts: row.maxAttempts,
+  error: row.error ?? null,
+  createdAt: row.createdAt.toISOString(),
+  startedAt: iso(row.startedAt),
+  finishedAt: iso(row.finishedAt),
+  updatedAt: row.updatedAt.toISOString(),
+  nextAttemptAt: iso(row.nextAttemptAt),
+  seq: row.lastSeq,
+})
+
+export interface StatusBodies {
+  /** The stored row merged with the newest live event, which Postgres sees only a few times a second. */
+  body(row: JobRow): Promise<JobStatusBody>
+  /** The row and body of `jobId`, shared by concurrent requests (null: no such job). */
+  cached(jobId: string): Promise<{ row: JobRow; body: JobStatusBody } | null>
+  /** Drops the cached body of `jobId` (its state changed here). */
+  forget(jobId: string): void
+}
+
+/**
+ * Status bodies, shared by concurrent requests and kept until the job's next event reaches this gateway
+ * (or STATUS_CACHE_MS at most, in case an event is missed): pollers cost one Postgres and one Redis read
+ * per job and event, not per request, and never see a state older than the last event seen here.
+ */
+export function statusBodies({
+  store,
+  redis,
+  hub,
+}: {
+  store: JobStore
+  redis: Redis
+  hub: EventHub
+}): StatusBodies {
+  async function body(row: JobRow): Promise<JobStatusBody> {
+    // Artifacts are recorded when a job completes: an unfinished job has none to look up.
+    const [live, artifacts] = await Promise.all([
+      lastEvent(redis, row.id).catch(() => null),
+      isTerminal(row.status) ? store.artifacts(row.id) : [],
+    ])
+    // A finished row is final; its last event may be published a moment after the row is written.
+    const fresher = live && live.seq > row.lastSeq && !isTerminal(row.status) ? live : null
+    const finalSeq =
+      live && isTerminal(row.status) && live.status === row.status
+        ? Math.max(live.seq, row.lastSeq)
+        : row.lastSeq
+    return {
+      jobId: row.id,
+      type: row.type,
+      status: fresher?.status ?? row.status,
+      progress: fresher?.progress ?? row.progress,
+      message: fresher?.message ?? row.message,
+      attempt: fresher?.attempt ?? row.attempt,
+      maxAttempts: row.maxAttempts,
+      params: row.params,
+      result: row.result ?? null,
+      error: row.error ?? null,
+      artifacts: artifacts.map(toArtifact),
+      createdAt: row.createdAt.toISOString(),
+      startedAt: iso(row.startedAt),
+      finishedAt: iso(row.finishedAt),
+      updatedAt: row.updatedAt.toISOString(),
+      nextAttemptAt: iso(row.nextAttemptAt),
+      seq: fresher?.seq ?? finalSeq,
+    }
+  }
+
+  const cache = new Map<string, { at: number; entry: Promise<{ row: JobRow; body: JobStatusBody } | null> }>()
+  hub.onEvent((event) => cache.delete(event.jobId))
+  const cached = (jobId: string) => {
+    const now = Date.now()
+    const hit = cache.get(jobId)
+    if (hit && now - hit.at < STATUS_CACHE_MS) return hit.entry
+    const entry = store.get(jobId).then(async (row) => (row ? { row, body: await body(row) } : null))
+    cache.set(jobId, { at: now, entry })
+    if (cache.size > 10_000) for (const [id, e] of cache) if (now - e.at >= STATUS_CACHE_MS) cache.delete(id)
+    entry.catch(() => cache.delete(jobId))
+    return entry
+  }
+  return { body, cached, forget: (jobId) => void cache.delete(jobId) }
+}
+
+/** @example app.route('/', statusRoutes({ bodies, access })) */
+export function statusRoutes({ bodies, access }: { bodies: StatusBodies; access: JobAccess }): Hono {
+  const app = new Hono()
+  const handler = async (c: Context) => {
+    const jobId = c.req.param('jobId') ?? ''
+    access.checkId(jobId)
+    const found = await bodies.cached(jobId)
+    if (!found || !access.canSee(found.row, c.get('owner'))) throw noSuchJob(jobId)
+    return c.json(found.body)
+  }
+  app.get('/api/status/:jobId', handler)
+  app.get('/api/jobs/:jobId', handler)
+  return app
+}

@@ -8,10 +8,11 @@ import path from 'node:path'
 import type { TrainLoraParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
 import type { HandlerContext } from '../sdk/context.ts'
+import { engineResult } from '../sdk/define.ts'
 import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
 import { engineNotConfigured, NonRetryableError, RetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { KohyaProgress } from './kohya-progress.ts'
-import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, NETWORK_ALPHA } from './outputs.ts'
+import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, loraSummary, NETWORK_ALPHA } from './outputs.ts'
 
 /** kohya's `--output_name`: the trainer writes `<output_dir>/lora.safetensors`. */
 export const OUTPUT_NAME = 'lora'
@@ -366,18 +367,10 @@ export async function trainWithKohya(p: TrainLoraParams, dataset: Dataset, ctx: 
   ctx.progress(100, `model saved. ${LORA_FILE} (rank ${p.rank}, ${progress.step} steps)`)
 
   return {
-    engine: 'kohya',
-    simulated: false,
-    files: [LORA_FILE, CONFIG_FILE],
-    baseModel: p.baseModel,
-    epochs: p.epochs,
+    ...engineResult('kohya', [LORA_FILE, CONFIG_FILE]),
+    ...loraSummary(p, dataset),
     steps: progress.totalSteps ?? progress.step,
-    datasetFiles: dataset.files,
     trainImages,
-    rank: p.rank,
-    alpha: NETWORK_ALPHA,
-    learningRate: p.learningRate,
-    resolution: p.resolution,
     mixedPrecision,
     finalLoss: loss !== null && Number.isFinite(loss) ? loss : null,
     loraBytes: lora.size,

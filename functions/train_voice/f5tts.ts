@@ -9,6 +9,7 @@ import path from 'node:path'
 import type { TrainVoiceParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
 import type { HandlerContext } from '../sdk/context.ts'
+import { engineResult } from '../sdk/define.ts'
 import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
 import { engineNotConfigured, NonRetryableError, RetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { parseSampleCount, parseSkippedAudio, TrainingTracker } from './f5tts-progress.ts'
@@ -452,9 +453,7 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
   ctx.progress(100, `voice model saved: ${F5_MODEL_FILE} at update ${updates}`)
 
   return {
-    engine: 'f5tts',
-    simulated: false,
-    files,
+    ...engineResult('f5tts', files),
     speakerName: p.speakerName,
     language: p.language,
     baseModel: p.baseModel,

@@ -7,6 +7,7 @@ import { lstat, mkdir, open, readdir, realpath, stat, writeFile } from 'node:fs/
 import path from 'node:path'
 import type { TrainLoraParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
+import { accelerateLaunch } from '../sdk/accelerate.ts'
 import type { HandlerContext } from '../sdk/context.ts'
 import { engineResult } from '../sdk/define.ts'
 import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
@@ -312,17 +313,18 @@ export async function trainWithKohya(p: TrainLoraParams, dataset: Dataset, ctx: 
   try {
     run = await runEngineProcess({
       command: install.python,
-      args: [
-        '-m',
-        'accelerate.commands.launch',
-        '--num_processes=1',
-        '--num_machines=1',
-        '--num_cpu_threads_per_process=1',
-        `--mixed_precision=${mixedPrecision}`,
-        '--dynamo_backend=no',
+      args: accelerateLaunch(
+        {
+          num_processes: 1,
+          num_machines: 1,
+          num_cpu_threads_per_process: 1,
+          mixed_precision: mixedPrecision,
+          dynamo_backend: 'no',
+        },
         install.script,
-        ...argv(args),
-      ],
+        argv(args),
+        'name=value',
+      ),
       cwd: install.dir,
       // Unbuffered, so `epoch N/M` and `saving checkpoint:` arrive when printed; offline, so a missing
       // file fails at once instead of a download at job time.

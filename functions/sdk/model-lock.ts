@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto'
 import { link, open, readFile, rename, rm, stat, utimes } from 'node:fs/promises'
 import { hostname } from 'node:os'
+import { isAlive } from '../../schema/startup.ts'
 
 interface LockInfo {
   token: string
@@ -20,12 +21,7 @@ async function pidDead(pid: number): Promise<boolean> {
     const state = s.slice(s.lastIndexOf(')') + 2).split(' ')[0]
     return state === 'Z' || state === 'X'
   }
-  try {
-    process.kill(pid, 0)
-    return false
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH'
-  }
+  return !isAlive(pid)
 }
 
 const readLock = async (lock: string): Promise<LockInfo | null> => {

@@ -42,6 +42,7 @@ const entry = <P extends ParamsWithEngine>(e: JobTypeEntry<P>): JobTypeEntry<P> 
 
 /** Every job type. Adding one is adding an entry here (and its handler module). */
 export const JOB_CATALOG = {
+  /** LoRA fine-tuning of an SD1.5 model on a folder of captioned images (kohya sd-scripts). */
   train_lora: entry({
     params: TrainLoraParams,
     artifactPrefix: 'loras',
@@ -49,6 +50,7 @@ export const JOB_CATALOG = {
     handler: 'functions/train_lora/index.ts',
     example: { baseModel: 'sd15', datasetPath: 'lora_ds' },
   }),
+  /** Voice cloning: F5-TTS fine-tuned on a speaker's clips and their transcripts. */
   train_voice: entry({
     params: TrainVoiceParams,
     artifactPrefix: 'voices',
@@ -56,6 +58,7 @@ export const JOB_CATALOG = {
     handler: 'functions/train_voice/index.ts',
     example: { speakerName: 'Ada', datasetPath: 'voice_ds' },
   }),
+  /** Video rendering: a ComfyUI workflow (a template kept in the repo, or an inline graph). */
   render_video: entry({
     params: RenderVideoParams,
     artifactPrefix: 'videos',

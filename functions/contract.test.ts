@@ -1,48 +1,23 @@
 import * as v from 'valibot'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type JobType, PARAMS_BY_TYPE } from '../schema/params/index.ts'
+import { describe, expect, it } from 'vitest'
+import { JOB_CATALOG, JOB_TYPES, type JobType, PARAMS_BY_TYPE } from '../schema/params/index.ts'
 import { handlers } from './index.ts'
-import { createTestContext, runHandler, type TestContext } from './sdk/testing.ts'
-import {
-  abortAfterProgress,
-  type DataDirFixture,
-  expectProgressToEndAt100,
-  makeDataDir,
-  rejectionOf,
-} from './test-support.ts'
+import { runHandler } from './sdk/testing.ts'
+import { abortAfterProgress, expectProgressToEndAt100, handlerSuite, rejectionOf } from './test-support.ts'
 
 /**
- * The contract every handler keeps, run over the whole list in functions/index.ts: its params schema
- * round-trips with defaults, a run reports monotonic progress ending at 100, returns plain JSON and
- * stores its files, and the job's signal stops it promptly. A new job type must add its minimal params here.
+ * The contract every handler keeps, run over every type of the job catalog: its params schema round-trips
+ * with defaults, a run reports monotonic progress ending at 100, returns plain JSON and stores its files,
+ * and the job's signal stops it promptly. Each type runs with its catalog entry's `example` params.
  */
-const MINIMAL_PARAMS = {
-  train_lora: { baseModel: 'sd15', datasetPath: 'lora_ds' },
-  train_voice: { speakerName: 'Ada', datasetPath: 'voice_ds' },
-  render_video: {},
-} satisfies Record<JobType, Record<string, unknown>>
+const MINIMAL_PARAMS = Object.fromEntries(JOB_TYPES.map((type) => [type, JOB_CATALOG[type].example])) as {
+  [T in JobType]: Record<string, unknown>
+}
 
-let fx: DataDirFixture
-const contexts: TestContext[] = []
-beforeAll(async () => {
-  fx = await makeDataDir()
-})
-afterAll(async () => {
-  await Promise.all(contexts.map((t) => t.cleanup()))
-  await fx.cleanup()
-})
+const suite = handlerSuite({ type: 'train_lora' })
 
 describe.each(handlers.map((h) => [h.type, h] as const))('handler contract: %s', (type, handler) => {
-  const context = async (simulateStepMs = 0) => {
-    const t = await createTestContext({
-      type,
-      dataDir: fx.dataDir,
-      simulateStepMs,
-      jobId: `contract-${type}`,
-    })
-    contexts.push(t)
-    return t
-  }
+  const context = (simulateStepMs = 0) => suite.context(simulateStepMs, { type, jobId: `contract-${type}` })
 
   it('declares sane limits and uses the schema from schema/', () => {
     expect(handler.params).toBe(PARAMS_BY_TYPE[type])

@@ -2,6 +2,8 @@ import type { Dirent } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { DatasetPathError, resolveDatasetPath } from '../schema/dataset-path.ts'
+import type { HandlerContext, HandlerJob } from './sdk/context.ts'
+import type { JsonValue } from './sdk/define.ts'
 import { NonRetryableError } from './sdk/errors.ts'
 
 /** A training dataset found under DATA_DIR. */
@@ -91,3 +93,18 @@ export async function openDataset(dataDir: string, datasetPath: string): Promise
 /** Files in `dataset` whose extension is one of `extensions` (with dots, lower case). */
 export const countByExtension = (dataset: Dataset, extensions: readonly string[]): number =>
   extensions.reduce((n, ext) => n + (dataset.byExtension[ext] ?? 0), 0)
+
+/**
+ * The `run` of a training type: opens the job's dataset, then hands it to the engine the params name.
+ *
+ * @example
+ * defineHandler({ type: 'train_lora', run: trainOnDataset({ simulate, kohya: trainWithKohya }) })
+ */
+export const trainOnDataset =
+  <P extends { datasetPath: string; engine: string }>(
+    engines: { [E in P['engine']]: (params: P, dataset: Dataset, ctx: HandlerContext) => Promise<JsonValue> },
+  ) =>
+  async (job: HandlerJob<P>, ctx: HandlerContext): Promise<JsonValue> => {
+    const dataset = await openDataset(ctx.paths.data, job.params.datasetPath)
+    return engines[job.params.engine as P['engine']](job.params, dataset, ctx)
+  }

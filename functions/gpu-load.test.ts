@@ -1,6 +1,7 @@
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startGpuLoad } from './gpu-load.ts'
 
@@ -34,7 +35,7 @@ describe('GPU load beside a simulated job', () => {
     const gpu = { index: 0, uuid: 'GPU-1234', name: 'H100', vramTotalMb: 16_000 }
     const load = await startGpuLoad({ gpu, log }, { seconds: 2.5, vramMb: 12_000 })
     expect(load).not.toBeNull()
-    await new Promise((r) => setTimeout(r, 300))
+    await sleep(300)
     expect((await readFile(path.join(dir, 'args'), 'utf8')).trim()).toBe('--mib 4000 --seconds 3')
     const started = Date.now()
     await load?.stop()

@@ -1,6 +1,8 @@
+import { setImmediate, setTimeout as sleep } from 'node:timers/promises'
 import { createRng } from './formats/prng.ts'
 import { startGpuLoad } from './gpu-load.ts'
 import type { HandlerContext } from './sdk/context.ts'
+import { abortReason, throwIfAborted } from './sdk/errors.ts'
 
 /**
  * The shared loop of the `simulate` engines: a run of fixed-length steps, one progress event per step,
@@ -13,31 +15,19 @@ export const STEPS_PER_EPOCH = 10
 /** Where the step loop leaves progress; the handler reports 100 once its artifacts are stored. */
 export const STEPS_END_PERCENT = 95
 
-const abortError = (signal: AbortSignal): Error =>
-  signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason ?? 'aborted'))
-
 /**
- * Waits `ms`, rejecting with the signal's reason as soon as it aborts (not at the end of the wait). A wait
- * of 0 still yields to the event loop, so a zero-length simulation stays cancellable and lets IPC through.
+ * Waits `ms`, rejecting with the signal's reason (not timers' AbortError) as soon as it aborts. A wait of 0
+ * still yields to the event loop, so a zero-length simulation stays cancellable and lets IPC through.
  *
  * @example await abortableSleep(200, ctx.signal)
  */
-export function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.reject(abortError(signal))
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer)
-      clearImmediate(immediate)
-      reject(abortError(signal))
-    }
-    const done = () => {
-      signal.removeEventListener('abort', onAbort)
-      resolve()
-    }
-    const timer = ms > 0 ? setTimeout(done, ms) : undefined
-    const immediate = ms > 0 ? undefined : setImmediate(done)
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
+export async function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) throw abortReason(signal)
+  try {
+    await (ms > 0 ? sleep(ms, undefined, { signal }) : setImmediate(undefined, { signal }))
+  } catch (err) {
+    throw signal.aborted ? abortReason(signal) : err
+  }
 }
 
 const round2 = (x: number): number => Math.round(x * 100) / 100
@@ -94,3 +84,39 @@ export function lossCurve(opts: {
 
 /** The 1-based epoch that `step` (1-based) of a simulated training run falls in. */
 export const epochOf = (step: number): number => Math.ceil(step / STEPS_PER_EPOCH)
+
+/**
+ * The simulated run of a training type: `epochs x 10` steps on a seeded loss curve, each step's message
+ * written by `message` from the 1-based step, its epoch and the loss rounded to `digits`. Resolves with the
+ * step count and the last loss, for the handler's files and result.
+ *
+ * @example
+ * const { totalSteps, finalLoss } = await simulateTraining(ctx, {
+ *   epochs: 5, vramMb: 8_000, digits: 4, loss: { start: 0.34, floor: 0.07 },
+ *   message: ({ epoch, loss }) => `Epoch ${epoch}/5 - loss=${loss}`,
+ * })
+ */
+export async function simulateTraining(
+  ctx: Parameters<typeof runSimulatedSteps>[0] & Pick<HandlerContext, 'jobId'>,
+  plan: {
+    epochs: number
+    vramMb: number
+    digits: number
+    loss: { start: number; floor: number; rate?: number }
+    message: (at: { step: number; epoch: number; loss: string }) => string
+  },
+): Promise<{ totalSteps: number; finalLoss: number }> {
+  const totalSteps = plan.epochs * STEPS_PER_EPOCH
+  const loss = lossCurve({ ...plan.loss, seed: `${ctx.jobId}:loss` })
+  let finalLoss = 0
+  await runSimulatedSteps(ctx, {
+    vramMb: plan.vramMb,
+    totalSteps,
+    message: (step) => {
+      finalLoss = Number(loss(step / totalSteps).toFixed(plan.digits))
+      return plan.message({ step, epoch: epochOf(step), loss: finalLoss.toFixed(plan.digits) })
+    },
+  })
+  throwIfAborted(ctx.signal)
+  return { totalSteps, finalLoss }
+}

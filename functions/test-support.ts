@@ -3,12 +3,16 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
-import { expect } from 'vitest'
-import type { RecordedProgress, TestContext } from './sdk/testing.ts'
+import installedFfprobe from '@ffprobe-installer/ffprobe'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import type { JobType } from '../schema/params/index.ts'
+import { NonRetryableError } from './sdk/errors.ts'
+import { createTestContext, type RecordedProgress, type TestContext } from './sdk/testing.ts'
 
 /**
- * Helpers for the handler tests (not a test file itself): a throw-away DATA_DIR with small datasets,
- * progress checks, and cancellation after a given number of progress events.
+ * Helpers for the handler tests (not a test file itself): a throw-away DATA_DIR with small datasets, a
+ * suite's test contexts over it, the dataset refusals every training type shares, progress checks,
+ * cancellation after a given number of progress events, and ffprobe as an independent reader.
  */
 
 export interface DataDirFixture {
@@ -51,6 +55,82 @@ export async function makeDataDir(): Promise<DataDirFixture> {
   return { dataDir, outside, cleanup: () => rm(root, { recursive: true, force: true }) }
 }
 
+export interface HandlerSuite {
+  /** The suite's DATA_DIR fixture (made before its first test). */
+  readonly fx: DataDirFixture
+  /** A new test context over the fixture, its simulated steps `simulateStepMs` long; removed after the suite. */
+  context(simulateStepMs?: number, opts?: { type?: JobType; jobId?: string }): Promise<TestContext>
+}
+
+/**
+ * The set-up of a handler suite: one DATA_DIR fixture made before its tests and, after them, it and every
+ * test context removed. Call it at the top of a test file.
+ *
+ * @example
+ * const suite = handlerSuite({ type: 'train_lora', jobId: 'lora-job-1' })
+ * const t = await suite.context(5)
+ */
+export function handlerSuite(defaults: { type: JobType; jobId?: string }): HandlerSuite {
+  let fx: DataDirFixture | undefined
+  const contexts: TestContext[] = []
+  beforeAll(async () => {
+    fx = await makeDataDir()
+  })
+  afterAll(async () => {
+    await Promise.all(contexts.map((t) => t.cleanup()))
+    await fx?.cleanup()
+  })
+  const fixture = (): DataDirFixture => {
+    if (!fx) throw new Error('the DATA_DIR fixture is made in beforeAll: use it inside a test')
+    return fx
+  }
+  return {
+    get fx() {
+      return fixture()
+    },
+    async context(simulateStepMs = 0, opts = {}) {
+      const t = await createTestContext({ ...defaults, ...opts, dataDir: fixture().dataDir, simulateStepMs })
+      contexts.push(t)
+      return t
+    },
+  }
+}
+
+/**
+ * The dataset refusals of a training type, as tests: a dataset that is empty, missing or a file is
+ * `invalid_dataset` and stores nothing; a path that leads out of DATA_DIR is `invalid_params` before
+ * anything is read (no progress).
+ */
+export function itRefusesBadDatasets(
+  suite: HandlerSuite,
+  run: (t: TestContext, datasetPath: string) => Promise<unknown>,
+): void {
+  it.each([
+    ['an empty dataset', 'empty_ds', /is empty/],
+    ['a missing dataset', 'no_such_ds', /does not exist/],
+    ['a file instead of a folder', 'not_a_folder.txt', /is not a folder/],
+  ])('refuses %s as invalid_dataset', async (_what, datasetPath, message) => {
+    const t = await suite.context()
+    const err = await rejectionOf(run(t, datasetPath))
+    expect(err).toBeInstanceOf(NonRetryableError)
+    expect(err.reason).toBe('invalid_dataset')
+    expect(err.message).toMatch(message)
+    expect(t.artifacts.files.size).toBe(0)
+  })
+
+  it.each([
+    ['a relative path out of DATA_DIR', '../etc'],
+    ['an absolute path outside DATA_DIR', '/etc'],
+    ['a symlink that leads outside', 'escape'],
+  ])('refuses %s as invalid_params before reading it', async (_what, datasetPath) => {
+    const t = await suite.context()
+    const err = await rejectionOf(run(t, datasetPath))
+    expect(err).toBeInstanceOf(NonRetryableError)
+    expect(err.reason).toBe('invalid_params')
+    expect(t.progress).toHaveLength(0)
+  })
+}
+
 /** Checks progress rose monotonically within 0..100 and ended at exactly 100. */
 export function expectProgressToEndAt100(progress: readonly RecordedProgress[]): void {
   expect(progress.length).toBeGreaterThan(0)
@@ -89,15 +169,20 @@ export async function rejectionOf(
   throw new Error('expected the promise to reject, but it resolved')
 }
 
-/** True when ffprobe is on PATH; tests that need it are skipped otherwise. */
-export const HAS_FFPROBE = spawnSync('ffprobe', ['-version'], { stdio: 'ignore' }).status === 0
+const runs = (command: string): boolean => spawnSync(command, ['-version'], { stdio: 'ignore' }).status === 0
+
+/** ffprobe from PATH, else the build @ffprobe-installer/ffprobe (a dev dependency) brought. */
+const FFPROBE = runs('ffprobe') ? 'ffprobe' : installedFfprobe.path
+
+/** True when an ffprobe runs here; tests that need it are skipped otherwise. */
+export const HAS_FFPROBE = FFPROBE === 'ffprobe' || runs(FFPROBE)
 
 /** ffprobe's JSON view of a file's streams and format, counting the frames it can decode. */
 export async function ffprobe(file: string): Promise<{
   streams: Record<string, string | number>[]
   format: Record<string, unknown>
 }> {
-  const { stdout } = await promisify(execFile)('ffprobe', [
+  const { stdout } = await promisify(execFile)(FFPROBE, [
     '-v',
     'error',
     '-count_frames',

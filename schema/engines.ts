@@ -3,14 +3,17 @@
  * configuration through the job process's start message to a handler's `ctx.engines`).
  */
 import * as v from 'valibot'
-import type { JobType } from './params/index.ts'
+import { JOB_CATALOG, JOB_TYPES, type JobCatalog, type JobType } from './params/index.ts'
 
-/** Every engine of each job type; the first is the default when neither the job nor the host names one. */
-export const ENGINES = {
-  train_lora: ['simulate', 'kohya'],
-  train_voice: ['simulate', 'f5tts'],
-  render_video: ['simulate', 'comfyui'],
-} as const satisfies Record<JobType, readonly [string, ...string[]]>
+type EnginesOf<T extends JobType> = JobCatalog[T]['params']['entries']['engine']['wrapped']['options']
+
+/**
+ * Every engine of each job type, as its params schema's `engine` lists them; the first (`simulate`) is the
+ * default when neither the job nor the host names one.
+ */
+export const ENGINES = Object.fromEntries(
+  JOB_TYPES.map((type) => [type, JOB_CATALOG[type].params.entries.engine.wrapped.options]),
+) as { readonly [T in JobType]: EnginesOf<T> }
 
 export type EngineOf<T extends JobType> = (typeof ENGINES)[T][number]
 export type Engine = EngineOf<JobType>

@@ -57,7 +57,7 @@ export function exitOnStartupError(err: unknown, uses: PortUse[] = []): never {
   process.exit(1)
 }
 
-const isAlive = (pid: number): boolean => {
+export const isAlive = (pid: number): boolean => {
   try {
     process.kill(pid, 0)
     return true

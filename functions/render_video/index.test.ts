@@ -211,5 +211,4 @@ describe('render_video (simulate)', () => {
       nb_read_frames: '10',
     })
   })
-  it.skipIf(HAS_FFPROBE)('ffprobe check skipped: ffprobe is not on PATH', () => {})
 })

@@ -1,8 +1,8 @@
 import { Readable } from 'node:stream'
-import { RenderVideoParams, TYPE_DEFAULTS } from '../../schema/params/index.ts'
+import { JOB_CATALOG, type RenderVideoParams } from '../../schema/params/index.ts'
 import { AVI_MAX_BYTES, aviFileSize, encodeAvi } from '../formats/avi.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { defaultLimits, defineHandler } from '../sdk/define.ts'
+import { defineHandler, engineResult } from '../sdk/define.ts'
 import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { runSimulatedSteps } from '../simulate.ts'
 import { runComfyPrompt } from './comfyui/index.ts'
@@ -21,8 +21,6 @@ export const WORKFLOW_FILE = 'workflow.json'
  */
 export default defineHandler({
   type: 'render_video',
-  params: RenderVideoParams,
-  ...defaultLimits('render_video'),
   async run(job, ctx) {
     const workflow = await resolveWorkflow(job.params, job.jobId)
     if (workflow.unusedInputs.length > 0)
@@ -64,7 +62,7 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
   await runSimulatedSteps(ctx, {
     totalSteps: frames,
     message: (i) => `Sampling frame ${i}/${frames}`,
-    vramMb: TYPE_DEFAULTS.render_video.vramMb,
+    vramMb: JOB_CATALOG.render_video.defaults.vramMb,
   })
   throwIfAborted(ctx.signal)
 
@@ -78,18 +76,9 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
   ctx.progress(100, `Saved ${VIDEO_FILE} (${frames} frames, ${width}x${height} @ ${fps} fps)`)
 
   return {
-    engine: 'simulate',
-    simulated: true,
-    files: [VIDEO_FILE, WORKFLOW_FILE],
-    workflow: workflow.source,
-    outputNodes: workflow.outputNodes,
-    nodes: Object.keys(workflow.graph).length,
-    seed: workflow.seed,
+    ...engineResult('simulate', [VIDEO_FILE, WORKFLOW_FILE]),
+    ...renderSummary(p, workflow),
     steps: frames,
-    frames,
-    width,
-    height,
-    fps,
     durationSec,
     videoBytes: video.size,
   }
@@ -104,19 +93,22 @@ async function comfyui(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: Ha
   const files = [...run.files.map((f) => f.path), WORKFLOW_FILE]
   ctx.progress(100, `Saved ${run.files.length} file${run.files.length === 1 ? '' : 's'} from ComfyUI`)
   return {
-    engine: 'comfyui',
-    simulated: false,
+    ...engineResult('comfyui', files),
+    ...renderSummary(p, workflow),
     promptId: run.promptId,
-    files,
     outputs: run.files.map((f) => ({ path: f.path, contentType: f.contentType, size: f.size })),
-    workflow: workflow.source,
-    outputNodes: workflow.outputNodes,
-    nodes: Object.keys(workflow.graph).length,
     cachedNodes: run.cachedNodes,
-    seed: workflow.seed,
-    frames: p.frames,
-    width: p.width,
-    height: p.height,
-    fps: p.fps,
   }
 }
+
+/** The part of a render_video result both engines report the same way: the graph run and the video asked for. */
+const renderSummary = (p: RenderVideoParams, workflow: ResolvedWorkflow) => ({
+  workflow: workflow.source,
+  outputNodes: workflow.outputNodes,
+  nodes: Object.keys(workflow.graph).length,
+  seed: workflow.seed,
+  frames: p.frames,
+  width: p.width,
+  height: p.height,
+  fps: p.fps,
+})

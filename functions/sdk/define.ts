@@ -1,5 +1,5 @@
 import type * as v from 'valibot'
-import { type JobType, TYPE_DEFAULTS } from '../../schema/params/index.ts'
+import { JOB_CATALOG, type JobCatalog, type JobType, type ParamsOf } from '../../schema/params/index.ts'
 import type { HandlerContext, HandlerJob } from './context.ts'
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
@@ -19,30 +19,57 @@ export interface HandlerDefinition<S extends v.GenericSchema, R extends JsonValu
 export type AnyHandler = HandlerDefinition<v.GenericSchema, JsonValue>
 
 /**
- * Defines a job handler: one per job type, the default export of `functions/<type>/index.ts`.
- *
- * @example
- * export default defineHandler({
- *   type: 'train_lora', params: TrainLoraParams, timeoutSec: 6 * 3600, maxAttempts: 3,
- *   gpu: { vramMb: 12_000 },
- *   async run(job, ctx) { ctx.progress(100, 'done'); return { ok: true } },
- * })
+ * The fields every handler's result starts with: the engine that ran, whether it was the simulation, and
+ * the files stored (paths relative to the job's prefix).
  */
-export function defineHandler<S extends v.GenericSchema, R extends JsonValue>(
-  def: HandlerDefinition<S, R>,
-): HandlerDefinition<S, R> {
-  if (!Number.isFinite(def.timeoutSec) || def.timeoutSec <= 0)
-    throw new Error(`${def.type}: timeoutSec must be > 0`)
-  if (!Number.isInteger(def.maxAttempts) || def.maxAttempts < 1)
-    throw new Error(`${def.type}: maxAttempts must be >= 1`)
-  return Object.freeze(def)
+export const engineResult = <E extends string>(
+  engine: E,
+  files: string[],
+): { engine: E; simulated: boolean; files: string[] } => ({ engine, simulated: engine === 'simulate', files })
+
+/** A catalogued type's handler as its module writes it: the type and its `run`; the rest is the catalog's. */
+export interface CatalogHandler<T extends JobType, R extends JsonValue> {
+  type: T
+  run(job: HandlerJob<ParamsOf<T>>, ctx: HandlerContext): Promise<R>
+  /** Given, it is the other form: a definition with its own schema and limits. */
+  params?: never
 }
 
 /**
- * A type's default limits from schema/ (`timeoutSec`, `maxAttempts`, `gpu.vramMb`), to spread into its
- * `defineHandler({...})`, so the gateway and the handler agree on them.
+ * Defines a job handler: one per job type, the default export of the module its catalog entry names
+ * (schema/params/catalog.ts). Given the type and `run`, the params schema and the limits come from the
+ * catalog; a test fixture may give them all itself instead, to run as that type with its own schema.
+ *
+ * @example
+ * export default defineHandler({
+ *   type: 'train_lora',
+ *   async run(job, ctx) { ctx.progress(100, 'done'); return { ok: true } },
+ * })
  */
-export const defaultLimits = (type: JobType): Pick<AnyHandler, 'timeoutSec' | 'maxAttempts' | 'gpu'> => {
-  const { timeoutSec, maxAttempts, vramMb } = TYPE_DEFAULTS[type]
-  return { timeoutSec, maxAttempts, gpu: { vramMb } }
+export function defineHandler<T extends JobType, R extends JsonValue>(
+  def: CatalogHandler<T, R>,
+): HandlerDefinition<JobCatalog[T]['params'], R>
+export function defineHandler<S extends v.GenericSchema, R extends JsonValue>(
+  def: HandlerDefinition<S, R>,
+): HandlerDefinition<S, R>
+export function defineHandler(
+  def: CatalogHandler<JobType, JsonValue> | AnyHandler,
+): HandlerDefinition<v.GenericSchema, JsonValue> {
+  const full: AnyHandler = def.params === undefined ? { ...def, ...catalogLimits(def.type) } : def
+  if (!Number.isFinite(full.timeoutSec) || full.timeoutSec <= 0)
+    throw new Error(`${full.type}: timeoutSec must be > 0`)
+  if (!Number.isInteger(full.maxAttempts) || full.maxAttempts < 1)
+    throw new Error(`${full.type}: maxAttempts must be >= 1`)
+  return Object.freeze(full)
+}
+
+/** A type's schema and default limits from its catalog entry, in a handler definition's terms. */
+const catalogLimits = (type: JobType): Omit<AnyHandler, 'type' | 'run'> => {
+  const { params, defaults } = JOB_CATALOG[type]
+  return {
+    params,
+    timeoutSec: defaults.timeoutSec,
+    maxAttempts: defaults.maxAttempts,
+    gpu: { vramMb: defaults.vramMb },
+  }
 }

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
 import { LineSplitter, runEngineProcess } from './engine-process.ts'
 
@@ -135,7 +136,7 @@ describe('runEngineProcess', () => {
       signal: controller.signal,
     })
     controller.abort(new Error('cancelled at once')) // before the 'spawn' event
-    const result = await Promise.race([run, new Promise((r) => setTimeout(() => r('still running'), 5000))])
+    const result = await Promise.race([run, sleep(5000, 'still running')])
     expect(result).toMatchObject({ aborted: true, signal: 'SIGTERM' })
   })
 

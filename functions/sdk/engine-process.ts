@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process'
 import { readdir, readFile } from 'node:fs/promises'
 import { StringDecoder } from 'node:string_decoder'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 export type EngineStream = 'stdout' | 'stderr'
 
@@ -246,8 +247,6 @@ class LineTail {
     return [...this.buf]
   }
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 interface ProcInfo {
   ppid: number

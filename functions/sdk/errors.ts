@@ -1,31 +1,40 @@
 import type { ErrorReason } from '../../schema/common.ts'
 
+export interface HandlerErrorOptions {
+  reason?: ErrorReason
+  code?: string
+  cause?: unknown
+}
+
+/** What a handler's error tells the host beyond its message: a reason (`ErrorReason`) and a code. */
+abstract class HandlerError extends Error {
+  readonly reason: ErrorReason
+  readonly code: string
+  constructor(message: string, opts: HandlerErrorOptions, defaultReason: ErrorReason) {
+    super(message, { cause: opts.cause })
+    this.reason = opts.reason ?? defaultReason
+    this.code = opts.code ?? this.reason.toUpperCase()
+  }
+}
+
 /**
  * An error that retrying cannot fix (bad params, bad or empty dataset, engine not configured): the job
  * fails at once, whatever attempts are left.
  *
  * @example throw new NonRetryableError('dataset is empty', { reason: 'invalid_dataset' })
  */
-export class NonRetryableError extends Error {
+export class NonRetryableError extends HandlerError {
   override name = 'NonRetryableError'
-  readonly reason: ErrorReason
-  readonly code: string
-  constructor(message: string, opts: { reason?: ErrorReason; code?: string; cause?: unknown } = {}) {
-    super(message, { cause: opts.cause })
-    this.reason = opts.reason ?? 'non_retryable'
-    this.code = opts.code ?? this.reason.toUpperCase()
+  constructor(message: string, opts: HandlerErrorOptions = {}) {
+    super(message, opts, 'non_retryable')
   }
 }
 
 /** An error worth another attempt (a flaky download, an engine that crashed); the default for any throw. */
-export class RetryableError extends Error {
+export class RetryableError extends HandlerError {
   override name = 'RetryableError'
-  readonly reason: ErrorReason
-  readonly code: string
-  constructor(message: string, opts: { reason?: ErrorReason; code?: string; cause?: unknown } = {}) {
-    super(message, { cause: opts.cause })
-    this.reason = opts.reason ?? 'handler_error'
-    this.code = opts.code ?? this.reason.toUpperCase()
+  constructor(message: string, opts: HandlerErrorOptions = {}) {
+    super(message, opts, 'handler_error')
   }
 }
 
@@ -35,7 +44,11 @@ export const engineNotConfigured = (engine: string, hint: string): NonRetryableE
     reason: 'engine_not_configured',
   })
 
+/** An aborted signal's reason as an error: the reason itself when it is one (cancel, timeout, shutdown). */
+export const abortReason = (signal: AbortSignal): Error =>
+  signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason ?? 'aborted'))
+
 /** Throws the signal's reason as an error when it is aborted; call it between steps. */
 export function throwIfAborted(signal: AbortSignal): void {
-  if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))
+  if (signal.aborted) throw abortReason(signal)
 }

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto'
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import type { ModelCache } from './context.ts'
@@ -245,7 +246,7 @@ describe('ctx.models.ensure across processes', () => {
     const partial = await a.fetching
     // Some bytes are written, then the process dies mid-download.
     for (let i = 0; i < 100 && ((await stat(partial).catch(() => null))?.size ?? 0) === 0; i++)
-      await new Promise((r) => setTimeout(r, 20))
+      await sleep(20)
     a.proc.kill('SIGKILL')
     await a.done.catch(() => {})
     const left = await listAll(path.join(modelsDir, 'm'))
@@ -275,7 +276,7 @@ describe('ctx.models.ensure across processes', () => {
     })
     // Fresh (its mtime is now): the fetch on the other host is alive, so this one waits.
     const pending = waiting.ensure('remote.bin', src)
-    await new Promise((r) => setTimeout(r, 300))
+    await sleep(300)
     controller.abort(new Error('gave up waiting'))
     await expect(pending).rejects.toThrow('gave up waiting')
     expect(await readFile(lock, 'utf8')).toContain('"token":"t"')

@@ -1,41 +1,29 @@
 /**
  * The fetch-once model cache on the shared models volume (`ctx.models.ensure`). One protocol for every
- * process and host that mounts MODELS_DIR: a lock file per model (O_EXCL, heartbeated), the bytes written
+ * process and host that mounts MODELS_DIR: a lock file per model (./model-lock.ts), the bytes written
  * to a hidden temp name beside the target, verified, then renamed into place. A model's name is only ever
  * seen complete: a crashed fetch leaves a `.partial` and a lock, which the next fetcher cleans up.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import {
-  cp,
-  link,
-  mkdir,
-  open,
-  readdir,
-  readFile,
-  realpath,
-  rename,
-  rm,
-  stat,
-  utimes,
-  writeFile,
-} from 'node:fs/promises'
-import { hostname } from 'node:os'
+import { cp, mkdir, open, readdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ModelCache, ModelSource } from './context.ts'
 import { NonRetryableError, RetryableError } from './errors.ts'
+import { hashingTap, sha256File, syncFile } from './file-digest.ts'
+import { createLockFiles } from './model-lock.ts'
+import { checkModelName, invalid, type ParsedModelSource, parseModelSource, quote } from './model-source.ts'
 
-/** Each `/`-separated segment of a model name: starts with a letter or digit, so never `.`, `..` or hidden. */
-const NAME_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,127}$/
-const MAX_NAME_LENGTH = 512
-const MAX_NAME_DEPTH = 8
-const SHA256 = /^[0-9a-f]{64}$/
-
-/** Where an S3 source may be read from: the host's own bucket, under a prefix (least privilege). */
-export const MODELS_S3_PREFIX = 'models/'
+export { hashingTap, sha256File, syncFile } from './file-digest.ts'
+export {
+  checkModelName,
+  MODELS_S3_PREFIX,
+  type ParsedModelSource,
+  parseModelSource,
+  s3KeyProblem,
+} from './model-source.ts'
 
 /** A hit or a miss (this process fetched), with the bytes it fetched; the host counts them. */
 export type ModelCacheOutcome = 'hit' | 'miss'
@@ -67,145 +55,11 @@ export interface ModelCacheOptions {
   pollMs?: number
 }
 
-const invalid = (what: string, why: string): NonRetryableError =>
-  new NonRetryableError(`ctx.models.ensure: ${what} ${why}`, {
-    reason: 'invalid_params',
-    code: 'INVALID_MODEL',
-  })
-
-const quote = (s: string): string => JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s)
-
-/**
- * Checks a model name: a relative path of 1 to 8 segments of `[A-Za-z0-9_.+=-]` (each starting with a
- * letter or digit, so no `.`, `..`, hidden or empty segment and no absolute path), at most 512 characters.
- * Hidden names are the cache's own (locks, temp files, checksums), so no model can collide with them.
- *
- * @example checkModelName('checkpoints/sd15.safetensors') // 'checkpoints/sd15.safetensors'
- */
-export function checkModelName(name: unknown): string {
-  if (typeof name !== 'string' || name.length === 0) throw invalid('name', 'must be a non-empty string')
-  if (name.length > MAX_NAME_LENGTH) throw invalid('name', `must be at most ${MAX_NAME_LENGTH} characters`)
-  const segments = name.split('/')
-  if (segments.length > MAX_NAME_DEPTH) throw invalid('name', `must have at most ${MAX_NAME_DEPTH} segments`)
-  for (const s of segments)
-    if (!NAME_SEGMENT.test(s))
-      throw invalid(
-        'name',
-        `${quote(name)} must be a relative path of segments of [A-Za-z0-9_.+=-] that start with a letter or digit (no "..", no leading "/")`,
-      )
-  return name
-}
-
-export type ParsedModelSource =
-  | { kind: 's3'; bucket: string; key: string; sha256: string | undefined; text: string }
-  | { kind: 'path'; path: string; sha256: string | undefined; text: string }
-
-/**
- * Checks an S3 key of a model source: under MODELS_S3_PREFIX, no empty, `.` or `..` segment (S3 does not
- * resolve them, but some S3-compatible servers and every reader of the key might).
- */
-export function s3KeyProblem(key: string): string | undefined {
-  if (!key.startsWith(MODELS_S3_PREFIX)) return `must be under "${MODELS_S3_PREFIX}"`
-  if (key.length > 1024) return 'must be at most 1024 characters'
-  if (key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.includes('\0')))
-    return 'must have no empty, "." or ".." segment'
-  return undefined
-}
-
-/** Parses the second argument of `ensure`: `s3://bucket/key` or a path (absolute, or relative to MODELS_DIR). */
-export function parseModelSource(source: ModelSource, modelsDir: string): ParsedModelSource {
-  const spec = typeof source === 'string' ? { source } : source
-  if (!spec || typeof spec !== 'object' || typeof spec.source !== 'string' || spec.source === '')
-    throw invalid('source', 'must be "s3://bucket/key" or a path, or { source, sha256? }')
-  const sha256 = spec.sha256
-  if (sha256 !== undefined && (typeof sha256 !== 'string' || !SHA256.test(sha256)))
-    throw invalid('sha256', 'must be 64 lowercase hex digits')
-  const text = spec.source
-  if (text.includes('\0')) throw invalid('source', 'must not contain NUL')
-  if (text.startsWith('s3://')) {
-    const rest = text.slice('s3://'.length)
-    const slash = rest.indexOf('/')
-    const bucket = slash > 0 ? rest.slice(0, slash) : ''
-    const key = slash > 0 ? rest.slice(slash + 1) : ''
-    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || key === '')
-      throw invalid('source', `${quote(text)} must be s3://<bucket>/<key>`)
-    const problem = s3KeyProblem(key)
-    if (problem) throw invalid('source', `S3 key ${problem}`)
-    return { kind: 's3', bucket, key, sha256, text }
-  }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text))
-    throw invalid('source', `${quote(text)}: only s3:// URLs and paths on a mounted volume are supported`)
-  return { kind: 'path', path: path.resolve(modelsDir, text), sha256, text }
-}
-
 const exists = (p: string): Promise<boolean> =>
   stat(p).then(
     () => true,
     () => false,
   )
-
-/** A pass-through that hashes and counts what flows through it (read `digest()` once it has ended). */
-export function hashingTap(): { tap: Transform; digest: () => { size: number; sha256: string } } {
-  const hash = createHash('sha256')
-  let size = 0
-  const tap = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      hash.update(chunk)
-      size += chunk.length
-      done(null, chunk)
-    },
-  })
-  return { tap, digest: () => ({ size, sha256: hash.digest('hex') }) }
-}
-
-/** Flushes a written file to disk, so that a name renamed into place never has holes after a crash. */
-export async function syncFile(file: string): Promise<void> {
-  const handle = await open(file, 'r')
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-}
-
-/** sha256 of a file, streamed. */
-export async function sha256File(file: string, signal?: AbortSignal): Promise<string> {
-  const hash = createHash('sha256')
-  for await (const chunk of createReadStream(file, { signal })) hash.update(chunk as Buffer)
-  return hash.digest('hex')
-}
-
-interface LockInfo {
-  token: string
-  host: string
-  pid: number
-}
-
-/** A process of this machine that is gone or a zombie (from /proc; kill(pid, 0) elsewhere). */
-async function pidDead(pid: number): Promise<boolean> {
-  const s = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null)
-  if (s !== null) {
-    const state = s.slice(s.lastIndexOf(')') + 2).split(' ')[0]
-    return state === 'Z' || state === 'X'
-  }
-  try {
-    process.kill(pid, 0)
-    return false
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH'
-  }
-}
-
-const readLock = async (lock: string): Promise<LockInfo | null> => {
-  try {
-    const info = JSON.parse(await readFile(lock, 'utf8')) as Partial<LockInfo>
-    return typeof info.token === 'string' && typeof info.host === 'string' && typeof info.pid === 'number'
-      ? (info as LockInfo)
-      : null
-  } catch {
-    return null
-  }
-}
 
 /**
  * Creates `checkpoints/sd15.safetensors`-style models under `modelsDir` once, whoever asks first; see
@@ -220,61 +74,7 @@ export function createModelCache(modelsDir: string, opts: ModelCacheOptions = {}
   const heartbeatMs = opts.heartbeatMs ?? 10_000
   const pollMs = opts.pollMs ?? 250
   const signal = opts.signal
-  const me = hostname()
-
-  /** The lock of a dead holder: no heartbeat for staleLockMs, or a pid of this host that is gone. */
-  async function isStale(lock: string): Promise<{ ino: number } | null> {
-    const st = await stat(lock).catch(() => null)
-    if (!st) return null
-    if (Date.now() - st.mtimeMs > staleLockMs) return { ino: st.ino }
-    const info = await readLock(lock)
-    if (info && info.host === me && info.pid !== process.pid && (await pidDead(info.pid)))
-      return { ino: st.ino }
-    return null
-  }
-
-  /**
-   * Removes a stale lock without ever removing a fresh one: rename it aside (atomic), and if what was
-   * moved is not the inode judged stale (a new holder came in between), link it back.
-   */
-  async function takeOver(lock: string, ino: number): Promise<void> {
-    const aside = `${lock}.${randomBytes(6).toString('hex')}.stale`
-    try {
-      await rename(lock, aside)
-    } catch {
-      return
-    }
-    const moved = await stat(aside).catch(() => null)
-    if (moved && moved.ino !== ino) await link(aside, lock).catch(() => {})
-    await rm(aside, { force: true })
-  }
-
-  async function acquire(lock: string): Promise<(() => Promise<void>) | null> {
-    const token = randomBytes(12).toString('hex')
-    const handle = await open(lock, 'wx').catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'EEXIST') return null
-      throw err
-    })
-    if (!handle) return null
-    try {
-      await handle.writeFile(
-        JSON.stringify({ token, host: me, pid: process.pid, at: new Date().toISOString() }),
-      )
-    } finally {
-      await handle.close()
-    }
-    // The heartbeat tells waiters on other hosts that this fetch is alive, however long it takes.
-    const beat = setInterval(() => {
-      const now = new Date()
-      void utimes(lock, now, now).catch(() => {})
-    }, heartbeatMs)
-    beat.unref()
-    return async () => {
-      clearInterval(beat)
-      // Only our own lock: after a takeover (we looked dead) it is someone else's.
-      if ((await readLock(lock))?.token === token) await rm(lock, { force: true })
-    }
-  }
+  const locks = createLockFiles({ staleLockMs, heartbeatMs })
 
   /**
    * What a crashed fetch of this model left (its temp files and folders, a checksum record's temp file):
@@ -416,7 +216,7 @@ export function createModelCache(modelsDir: string, opts: ModelCacheOptions = {}
         opts.onOutcome?.(name, 'hit', 0)
         return target
       }
-      const release = await acquire(lock)
+      const release = await locks.acquire(lock)
       if (release) {
         try {
           // It may have appeared between the look and the lock.
@@ -443,9 +243,7 @@ export function createModelCache(modelsDir: string, opts: ModelCacheOptions = {}
           await release()
         }
       }
-      const stale = await isStale(lock)
-      if (stale) await takeOver(lock, stale.ino)
-      else await sleep(pollMs, undefined, { signal })
+      if (!(await locks.takeOverIfStale(lock))) await sleep(pollMs, undefined, { signal })
     }
   }
 }

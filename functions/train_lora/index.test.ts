@@ -1,37 +1,19 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { sd15LoraModules } from '../formats/kohya-lora.ts'
 import { readSafetensors, tensorValues } from '../formats/safetensors.ts'
 import { NonRetryableError } from '../sdk/errors.ts'
-import { createTestContext, runHandler, type TestContext } from '../sdk/testing.ts'
+import { runHandler } from '../sdk/testing.ts'
 import {
   abortAfterProgress,
-  type DataDirFixture,
   expectProgressToEndAt100,
-  makeDataDir,
+  handlerSuite,
+  itRefusesBadDatasets,
   rejectionOf,
 } from '../test-support.ts'
 import trainLora, { CONFIG_FILE, LORA_FILE } from './index.ts'
 
-let fx: DataDirFixture
-const contexts: TestContext[] = []
-const context = async (simulateStepMs = 0): Promise<TestContext> => {
-  const t = await createTestContext({
-    type: 'train_lora',
-    dataDir: fx.dataDir,
-    simulateStepMs,
-    jobId: 'lora-job-1',
-  })
-  contexts.push(t)
-  return t
-}
-
-beforeAll(async () => {
-  fx = await makeDataDir()
-})
-afterAll(async () => {
-  await Promise.all(contexts.map((t) => t.cleanup()))
-  await fx.cleanup()
-})
+const suite = handlerSuite({ type: 'train_lora', jobId: 'lora-job-1' })
+const { context } = suite
 
 const params = (extra: Record<string, unknown> = {}) => ({
   baseModel: 'runwayml/stable-diffusion-v1-5',
@@ -135,34 +117,11 @@ describe('train_lora (simulate)', () => {
     expect(result.finalLoss).toBe(losses.at(-1))
   })
 
-  it.each([
-    ['an empty dataset', 'empty_ds', /is empty/],
-    ['a missing dataset', 'no_such_ds', /does not exist/],
-    ['a file instead of a folder', 'not_a_folder.txt', /is not a folder/],
-  ])('refuses %s as invalid_dataset', async (_what, datasetPath, message) => {
-    const t = await context()
-    const err = await rejectionOf(runHandler(trainLora, params({ datasetPath }), t))
-    expect(err).toBeInstanceOf(NonRetryableError)
-    expect(err.reason).toBe('invalid_dataset')
-    expect(err.message).toMatch(message)
-    expect(t.artifacts.files.size).toBe(0)
-  })
-
-  it.each([
-    ['a relative path out of DATA_DIR', '../etc'],
-    ['an absolute path outside DATA_DIR', '/etc'],
-    ['a symlink that leads outside', 'escape'],
-  ])('refuses %s as invalid_params before reading it', async (_what, datasetPath) => {
-    const t = await context()
-    const err = await rejectionOf(runHandler(trainLora, params({ datasetPath }), t))
-    expect(err).toBeInstanceOf(NonRetryableError)
-    expect(err.reason).toBe('invalid_params')
-    expect(t.progress).toHaveLength(0)
-  })
+  itRefusesBadDatasets(suite, (t, datasetPath) => runHandler(trainLora, params({ datasetPath }), t))
 
   it('refuses the absolute fixture path outside DATA_DIR too', async () => {
     const t = await context()
-    const err = await rejectionOf(runHandler(trainLora, params({ datasetPath: fx.outside }), t))
+    const err = await rejectionOf(runHandler(trainLora, params({ datasetPath: suite.fx.outside }), t))
     expect(err.reason).toBe('invalid_params')
   })
 

@@ -1,14 +1,13 @@
 import { Readable } from 'node:stream'
-import { TrainLoraParams, TYPE_DEFAULTS } from '../../schema/params/index.ts'
-import { countByExtension, type Dataset, openDataset } from '../dataset.ts'
+import { JOB_CATALOG, type TrainLoraParams } from '../../schema/params/index.ts'
+import { countByExtension, type Dataset, trainOnDataset } from '../dataset.ts'
 import { sd15LoraModules, sd15LoraTensors } from '../formats/kohya-lora.ts'
 import { encodeSafetensors } from '../formats/safetensors.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { defaultLimits, defineHandler } from '../sdk/define.ts'
-import { throwIfAborted } from '../sdk/errors.ts'
-import { epochOf, lossCurve, runSimulatedSteps, STEPS_PER_EPOCH } from '../simulate.ts'
+import { defineHandler, engineResult } from '../sdk/define.ts'
+import { STEPS_PER_EPOCH, simulateTraining } from '../simulate.ts'
 import { trainWithKohya } from './kohya.ts'
-import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, NETWORK_ALPHA } from './outputs.ts'
+import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, loraSummary, NETWORK_ALPHA } from './outputs.ts'
 
 export { CONFIG_FILE, LORA_FILE }
 
@@ -19,40 +18,24 @@ export { CONFIG_FILE, LORA_FILE }
  */
 export default defineHandler({
   type: 'train_lora',
-  params: TrainLoraParams,
-  ...defaultLimits('train_lora'),
-  async run(job, ctx) {
-    const dataset = await openDataset(ctx.paths.data, job.params.datasetPath)
-    switch (job.params.engine) {
-      case 'simulate':
-        return simulate(job.params, dataset, ctx)
-      case 'kohya':
-        return trainWithKohya(job.params, dataset, ctx)
-    }
-  },
+  run: trainOnDataset({ simulate, kohya: trainWithKohya }),
 })
 
 async function simulate(p: TrainLoraParams, dataset: Dataset, ctx: HandlerContext) {
-  const totalSteps = p.epochs * STEPS_PER_EPOCH
   const images = countByExtension(dataset, IMAGE_EXTENSIONS)
   const startedAt = Date.now()
   ctx.progress(
     0,
-    `running training (simulated): ${dataset.files} files, ${p.epochs} epochs, ${totalSteps} steps`,
+    `running training (simulated): ${dataset.files} files, ${p.epochs} epochs, ${p.epochs * STEPS_PER_EPOCH} steps`,
   )
-
-  // kohya's smoothed avr_loss for a LoRA starts around 0.3 and settles near 0.07.
-  const loss = lossCurve({ start: 0.34, floor: 0.07, seed: `${ctx.jobId}:loss` })
-  let finalLoss = 0
-  await runSimulatedSteps(ctx, {
-    vramMb: TYPE_DEFAULTS.train_lora.vramMb,
-    totalSteps,
-    message: (step) => {
-      finalLoss = Number(loss(step / totalSteps).toFixed(4))
-      return `Epoch ${epochOf(step)}/${p.epochs} - loss=${finalLoss.toFixed(4)}`
-    },
+  const { totalSteps, finalLoss } = await simulateTraining(ctx, {
+    epochs: p.epochs,
+    vramMb: JOB_CATALOG.train_lora.defaults.vramMb,
+    digits: 4,
+    // kohya's smoothed avr_loss for a LoRA starts around 0.3 and settles near 0.07.
+    loss: { start: 0.34, floor: 0.07 },
+    message: ({ epoch, loss }) => `Epoch ${epoch}/${p.epochs} - loss=${loss}`,
   })
-  throwIfAborted(ctx.signal)
 
   const metadata: Record<string, string> = {
     ss_network_module: 'networks.lora',
@@ -88,18 +71,10 @@ async function simulate(p: TrainLoraParams, dataset: Dataset, ctx: HandlerContex
   ctx.progress(100, `model saved. ${LORA_FILE} (${sd15LoraModules().length} modules, rank ${p.rank})`)
 
   return {
-    engine: 'simulate',
-    simulated: true,
-    files: [LORA_FILE, CONFIG_FILE],
-    baseModel: p.baseModel,
-    epochs: p.epochs,
+    ...engineResult('simulate', [LORA_FILE, CONFIG_FILE]),
+    ...loraSummary(p, dataset),
     steps: totalSteps,
-    datasetFiles: dataset.files,
     trainImages: images,
-    rank: p.rank,
-    alpha: NETWORK_ALPHA,
-    learningRate: p.learningRate,
-    resolution: p.resolution,
     finalLoss,
     tensors: Object.keys(tensors).length,
     loraBytes: lora.size,

@@ -7,11 +7,13 @@ import { lstat, mkdir, open, readdir, realpath, stat, writeFile } from 'node:fs/
 import path from 'node:path'
 import type { TrainLoraParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
+import { accelerateLaunch } from '../sdk/accelerate.ts'
 import type { HandlerContext } from '../sdk/context.ts'
+import { engineResult } from '../sdk/define.ts'
 import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
 import { engineNotConfigured, NonRetryableError, RetryableError, throwIfAborted } from '../sdk/errors.ts'
 import { KohyaProgress } from './kohya-progress.ts'
-import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, NETWORK_ALPHA } from './outputs.ts'
+import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, loraSummary, NETWORK_ALPHA } from './outputs.ts'
 
 /** kohya's `--output_name`: the trainer writes `<output_dir>/lora.safetensors`. */
 export const OUTPUT_NAME = 'lora'
@@ -311,17 +313,18 @@ export async function trainWithKohya(p: TrainLoraParams, dataset: Dataset, ctx: 
   try {
     run = await runEngineProcess({
       command: install.python,
-      args: [
-        '-m',
-        'accelerate.commands.launch',
-        '--num_processes=1',
-        '--num_machines=1',
-        '--num_cpu_threads_per_process=1',
-        `--mixed_precision=${mixedPrecision}`,
-        '--dynamo_backend=no',
+      args: accelerateLaunch(
+        {
+          num_processes: 1,
+          num_machines: 1,
+          num_cpu_threads_per_process: 1,
+          mixed_precision: mixedPrecision,
+          dynamo_backend: 'no',
+        },
         install.script,
-        ...argv(args),
-      ],
+        argv(args),
+        'name=value',
+      ),
       cwd: install.dir,
       // Unbuffered, so `epoch N/M` and `saving checkpoint:` arrive when printed; offline, so a missing
       // file fails at once instead of a download at job time.
@@ -366,18 +369,10 @@ export async function trainWithKohya(p: TrainLoraParams, dataset: Dataset, ctx: 
   ctx.progress(100, `model saved. ${LORA_FILE} (rank ${p.rank}, ${progress.step} steps)`)
 
   return {
-    engine: 'kohya',
-    simulated: false,
-    files: [LORA_FILE, CONFIG_FILE],
-    baseModel: p.baseModel,
-    epochs: p.epochs,
+    ...engineResult('kohya', [LORA_FILE, CONFIG_FILE]),
+    ...loraSummary(p, dataset),
     steps: progress.totalSteps ?? progress.step,
-    datasetFiles: dataset.files,
     trainImages,
-    rank: p.rank,
-    alpha: NETWORK_ALPHA,
-    learningRate: p.learningRate,
-    resolution: p.resolution,
     mixedPrecision,
     finalLoss: loss !== null && Number.isFinite(loss) ? loss : null,
     loraBytes: lora.size,

@@ -3,25 +3,47 @@
  * checkout at F5TTS_DIR (`prepare_csv_wavs.py`, then `accelerate launch finetune_cli.py --finetune`), all of
  * its files inside the job's scratch dir, and uploads `model_last.pt` and `vocab.txt`.
  */
-import { mkdir, readdir, readFile, realpath, stat, symlink, writeFile } from 'node:fs/promises'
-import { availableParallelism } from 'node:os'
+import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import type { TrainVoiceParams } from '../../schema/params/index.ts'
 import type { Dataset } from '../dataset.ts'
 import type { HandlerContext } from '../sdk/context.ts'
+import { engineResult } from '../sdk/define.ts'
 import { type EngineProcessResult, type EngineStream, runEngineProcess } from '../sdk/engine-process.ts'
 import { engineNotConfigured, NonRetryableError, RetryableError, throwIfAborted } from '../sdk/errors.ts'
+import {
+  checkF5Checkout,
+  F5_PRETRAINED_VOCAB,
+  isFile,
+  MAX_NAMED,
+  readMetadata,
+  resolveBaseModel,
+} from './f5tts-inputs.ts'
 import { parseSampleCount, parseSkippedAudio, TrainingTracker } from './f5tts-progress.ts'
+import {
+  estimateUpdates,
+  F5_DATASET_NAME,
+  MAX_CLIP_SEC,
+  MIN_CLIP_SEC,
+  script,
+  trainerArgs,
+} from './f5tts-trainer.ts'
+
+export { checkF5Checkout, F5_PRETRAINED_VOCAB, readMetadata, resolveBaseModel } from './f5tts-inputs.ts'
+export {
+  estimateUpdates,
+  F5_DATASET_NAME,
+  MAX_CLIP_SEC,
+  MIN_CLIP_SEC,
+  trainerArgs,
+  warmupUpdates,
+} from './f5tts-trainer.ts'
 
 /** Artifact names, relative to `voices/<jobId>/`. */
 export const F5_MODEL_FILE = 'model_last.pt'
 export const F5_VOCAB_FILE = 'vocab.txt'
 export const F5_SPEAKER_FILE = 'speaker.json'
 
-/** The dataset name F5-TTS is given: its data and checkpoints live in the job's own tree, so one name serves. */
-export const F5_DATASET_NAME = 'voice'
-/** The pretrained model's vocabulary, which prepare_csv_wavs copies in fine-tune mode (relative to F5TTS_DIR). */
-export const F5_PRETRAINED_VOCAB = 'data/Emilia_ZH_EN_pinyin'
 /** A vocoder on the models volume (`config.yaml`, `pytorch_model.bin`); with it the trainer logs samples. */
 export const F5_VOCODER_DIR = 'f5tts/vocos-mel-24khz'
 const VOCOS_REPO = 'models--charactr--vocos-mel-24khz'
@@ -29,128 +51,6 @@ const VOCOS_REPO = 'models--charactr--vocos-mel-24khz'
 // Progress: dataset preparation, then the epochs, then the uploads.
 const PREPARE_END = 5
 const TRAIN_END = 95
-// F5-TTS's fine-tune defaults (finetune_gradio.py), except the saves: see trainerArgs.
-const BATCH_FRAMES = 3200
-const HOP_LENGTH = 256
-const SAMPLE_RATE = 24_000
-/** F5-TTS's mel frames per second of audio. */
-const FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH
-/** Periodic `model_last.pt` saves would write GBs for nothing: a retry starts in a new scratch dir. */
-const NO_PERIODIC_SAVE = 1_000_000_000
-
-/** The checkout's files this engine runs. */
-const script = (dir: string, ...rel: string[]) => path.join(dir, 'src', 'f5_tts', ...rel)
-
-async function isFile(file: string): Promise<boolean> {
-  return (await stat(file).catch(() => null))?.isFile() ?? false
-}
-
-/** F5TTS_DIR checked before anything runs: a host without it, or with a partial checkout, cannot train. */
-export async function checkF5Checkout(dir: string | undefined): Promise<string> {
-  if (!dir)
-    throw engineNotConfigured(
-      'f5tts',
-      'set F5TTS_DIR to an F5-TTS checkout and F5TTS_PYTHON to the Python of its environment',
-    )
-  const needed = [
-    script(dir, 'train', 'finetune_cli.py'),
-    script(dir, 'train', 'datasets', 'prepare_csv_wavs.py'),
-    path.join(dir, F5_PRETRAINED_VOCAB, 'vocab.txt'),
-  ]
-  for (const file of needed)
-    if (!(await isFile(file)))
-      throw engineNotConfigured(
-        'f5tts',
-        `F5TTS_DIR is not a complete F5-TTS checkout: it has no ${path.relative(dir, file)}`,
-      )
-  return dir
-}
-
-/**
- * Resolves `baseModel` to a file inside MODELS_DIR (symlinks resolved, so a link cannot lead out of it).
- * Non-retryable: another attempt would meet the same volume.
- */
-export async function resolveBaseModel(modelsDir: string, baseModel: string): Promise<string> {
-  const root = await realpath(modelsDir).catch(() => path.resolve(modelsDir))
-  const wanted = path.resolve(root, baseModel)
-  const inside = (p: string) => p.startsWith(root + path.sep)
-  if (!inside(wanted))
-    throw new NonRetryableError(`params.baseModel must name a file inside MODELS_DIR, not a path out of it`, {
-      reason: 'invalid_params',
-    })
-  const real = await realpath(wanted).catch(() => null)
-  if (real === null || !(await isFile(real)))
-    throw new NonRetryableError(
-      `params.baseModel "${baseModel}" is not a file in MODELS_DIR: put the pretrained F5-TTS checkpoint there (no engine downloads at job time)`,
-      { reason: 'invalid_params' },
-    )
-  if (!inside(real))
-    throw new NonRetryableError(`params.baseModel "${baseModel}" leads out of MODELS_DIR (a symlink)`, {
-      reason: 'invalid_params',
-    })
-  return real
-}
-
-/** One clip of metadata.csv: the file (inside the dataset) and the rest of its line, as written. */
-interface Clip {
-  file: string
-  /** Everything after the first `|`, untouched, so prepare_csv_wavs reads the text as the user wrote it. */
-  rest: string
-}
-
-const MAX_NAMED = 5
-
-/**
- * Reads `metadata.csv` (`audio_file|text`, paths relative to the dataset folder or absolute inside it) and
- * checks that every clip is a file in the dataset: prepare_csv_wavs would skip a missing one silently.
- */
-export async function readMetadata(dataset: Dataset, datasetPath: string): Promise<Clip[]> {
-  const where = `dataset "${datasetPath}"`
-  const csv = await readFile(path.join(dataset.dir, 'metadata.csv'), 'utf8').catch((err: unknown) => {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
-      throw new NonRetryableError(
-        `${where} has no metadata.csv: F5-TTS needs one, with the header "audio_file|text" and one "<wav file>|<text>" line per clip`,
-        { reason: 'invalid_dataset' },
-      )
-    throw err
-  })
-  const lines = csv.replace(/^\uFEFF/, '').split(/\r?\n/)
-  const header = (lines[0] ?? '').split('|').map((h) => h.trim())
-  if (header[0] !== 'audio_file' || header[1] !== 'text')
-    throw new NonRetryableError(`${where}: metadata.csv must start with the header "audio_file|text"`, {
-      reason: 'invalid_dataset',
-    })
-  const clips: Clip[] = []
-  const missing: string[] = []
-  const outside: string[] = []
-  for (const line of lines.slice(1)) {
-    const bar = line.indexOf('|')
-    const name = (bar < 0 ? line : line.slice(0, bar)).trim()
-    // prepare_csv_wavs skips rows without a text column or file name, and so do we.
-    if (!name || bar < 0) continue
-    const file = path.resolve(dataset.dir, name)
-    const real = await realpath(file).catch(() => null)
-    if (real === null || !(await isFile(real))) missing.push(name)
-    else if (!real.startsWith(dataset.dir + path.sep)) outside.push(name)
-    else clips.push({ file: real, rest: line.slice(bar + 1) })
-  }
-  const list = (names: string[]) =>
-    names.slice(0, MAX_NAMED).join(', ') +
-    (names.length > MAX_NAMED ? ` and ${names.length - MAX_NAMED} more` : '')
-  if (outside.length > 0)
-    throw new NonRetryableError(`${where}: metadata.csv names files outside the dataset: ${list(outside)}`, {
-      reason: 'invalid_dataset',
-    })
-  if (missing.length > 0)
-    throw new NonRetryableError(
-      `${where}: metadata.csv names audio files that are not in the dataset: ${list(missing)}`,
-      { reason: 'invalid_dataset' },
-    )
-  if (clips.length === 0)
-    throw new NonRetryableError(`${where}: metadata.csv lists no clips`, { reason: 'invalid_dataset' })
-  return clips
-}
-
 /**
  * F5-TTS finds its `data/` and `ckpts/` at `files("f5_tts")/../../`, i.e. beside the `src/` it was imported
  * from: the shared checkout. So the job gets a tree of its own, `<root>/src/f5_tts/*` linking to the
@@ -195,95 +95,6 @@ async function vocoderCache(modelsDir: string, root: string): Promise<string | n
   await writeFile(path.join(cache, VOCOS_REPO, 'refs', 'main'), revision)
   for (const f of files) await symlink(path.join(dir, f), path.join(snapshot, f))
   return cache
-}
-
-/**
- * A lower bound of the run's updates: F5-TTS's DynamicBatchSampler packs clips (in mel frames) into batches
- * of at most 3200 frames and leaves out a clip longer than that, so an epoch has at least
- * `ceil(frames / 3200)` batches.
- */
-export function estimateUpdates(durationsSec: readonly number[], epochs: number): number {
-  const frames = durationsSec
-    .map((d) => d * FRAMES_PER_SECOND)
-    .filter((f) => f <= BATCH_FRAMES)
-    .reduce((s, f) => s + f, 0)
-  return epochs * Math.max(1, Math.ceil(frames / BATCH_FRAMES))
-}
-
-/**
- * LR warmup updates: 5% of the run as F5-TTS's Gradio UI sets it, at most its 100. The Trainer's schedule
- * decays over `updates - warmup` steps and divides by that number (torch LinearLR), so it must stay at
- * least 1: with a one-update run, no warmup at all (measured on the real F5-TTS: warmup 1 of 1 update is a
- * ZeroDivisionError at the first step).
- */
-export const warmupUpdates = (estimatedUpdates: number): number =>
-  estimatedUpdates < 2
-    ? 0
-    : Math.max(1, Math.min(100, estimatedUpdates - 1, Math.floor(estimatedUpdates * 0.05)))
-
-/** F5-TTS's CustomDataset replaces a clip outside 0.3-30 s by the next one: with no clip inside, it loops forever. */
-export const MIN_CLIP_SEC = 0.3
-export const MAX_CLIP_SEC = 30
-
-/** The finetune_cli arguments for a job. */
-export function trainerArgs(opts: {
-  f5Dir: string
-  model: string
-  epochs: number
-  estimatedUpdates: number
-  gpu: boolean
-  logSamples: boolean
-}): string[] {
-  const warmup = warmupUpdates(opts.estimatedUpdates)
-  return [
-    '-m',
-    'accelerate.commands.launch',
-    // One process on the job's GPU (CUDA_VISIBLE_DEVICES), given explicitly so accelerate asks nothing.
-    '--num_processes',
-    '1',
-    '--num_machines',
-    '1',
-    '--mixed_precision',
-    opts.gpu ? 'fp16' : 'no',
-    '--dynamo_backend',
-    'no',
-    // Without it accelerate sets OMP_NUM_THREADS=1: a CPU-only run would use one core.
-    ...(opts.gpu ? [] : ['--num_cpu_threads_per_process', String(availableParallelism())]),
-    script(opts.f5Dir, 'train', 'finetune_cli.py'),
-    '--exp_name',
-    'F5TTS_v1_Base',
-    '--dataset_name',
-    F5_DATASET_NAME,
-    '--tokenizer',
-    'pinyin',
-    '--finetune',
-    '--pretrain',
-    opts.model,
-    '--learning_rate',
-    '1e-5',
-    '--batch_size_per_gpu',
-    String(BATCH_FRAMES),
-    '--batch_size_type',
-    'frame',
-    '--max_samples',
-    '64',
-    '--grad_accumulation_steps',
-    '1',
-    '--max_grad_norm',
-    '1.0',
-    '--epochs',
-    String(opts.epochs),
-    '--num_warmup_updates',
-    String(warmup),
-    // Samples are drawn every save_per_updates; intermediate checkpoints are not kept (0).
-    '--save_per_updates',
-    String(Math.max(1, Math.min(500, opts.estimatedUpdates))),
-    '--keep_last_n_checkpoints',
-    '0',
-    '--last_per_updates',
-    String(NO_PERIODIC_SAVE),
-    ...(opts.logSamples ? ['--log_samples'] : []),
-  ]
 }
 
 /** The error of a command that did not exit 0: how it ended and the last lines of its stderr. */
@@ -452,9 +263,7 @@ export async function trainWithF5tts(p: TrainVoiceParams, dataset: Dataset, ctx:
   ctx.progress(100, `voice model saved: ${F5_MODEL_FILE} at update ${updates}`)
 
   return {
-    engine: 'f5tts',
-    simulated: false,
-    files,
+    ...engineResult('f5tts', files),
     speakerName: p.speakerName,
     language: p.language,
     baseModel: p.baseModel,

@@ -1,40 +1,21 @@
 import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { readWav, wavSamples } from '../formats/wav.ts'
-import { NonRetryableError } from '../sdk/errors.ts'
-import { createTestContext, runHandler, type TestContext } from '../sdk/testing.ts'
+import { runHandler } from '../sdk/testing.ts'
 import {
   abortAfterProgress,
-  type DataDirFixture,
   expectProgressToEndAt100,
   ffprobe,
   HAS_FFPROBE,
-  makeDataDir,
+  handlerSuite,
+  itRefusesBadDatasets,
   rejectionOf,
 } from '../test-support.ts'
 import trainVoice, { SAMPLE_RATE, SPEAKER_FILE, VOICE_FILE } from './index.ts'
 
-let fx: DataDirFixture
-const contexts: TestContext[] = []
-const context = async (simulateStepMs = 0): Promise<TestContext> => {
-  const t = await createTestContext({
-    type: 'train_voice',
-    dataDir: fx.dataDir,
-    simulateStepMs,
-    jobId: 'voice-job-1',
-  })
-  contexts.push(t)
-  return t
-}
-
-beforeAll(async () => {
-  fx = await makeDataDir()
-})
-afterAll(async () => {
-  await Promise.all(contexts.map((t) => t.cleanup()))
-  await fx.cleanup()
-})
+const suite = handlerSuite({ type: 'train_voice', jobId: 'voice-job-1' })
+const { context } = suite
 
 const params = (extra: Record<string, unknown> = {}) => ({
   speakerName: 'Ada Lovelace',
@@ -124,28 +105,8 @@ describe('train_voice (simulate)', () => {
     const probe = await ffprobe(file)
     expect(probe.streams[0]).toMatchObject({ codec_name: 'pcm_s16le', sample_rate: '24000', channels: 1 })
   })
-  it.skipIf(HAS_FFPROBE)('ffprobe check skipped: ffprobe is not on PATH', () => {})
 
-  it.each([
-    ['an empty dataset', 'empty_ds'],
-    ['a missing dataset', 'missing_ds'],
-  ])('refuses %s as invalid_dataset', async (_what, datasetPath) => {
-    const t = await context()
-    const err = await rejectionOf(runHandler(trainVoice, params({ datasetPath }), t))
-    expect(err).toBeInstanceOf(NonRetryableError)
-    expect(err.reason).toBe('invalid_dataset')
-  })
-
-  it.each([
-    ['a relative path out of DATA_DIR', '../etc'],
-    ['an absolute path outside DATA_DIR', '/etc'],
-    ['a symlink that leads outside', 'escape'],
-  ])('refuses %s as invalid_params', async (_what, datasetPath) => {
-    const t = await context()
-    const err = await rejectionOf(runHandler(trainVoice, params({ datasetPath }), t))
-    expect(err).toBeInstanceOf(NonRetryableError)
-    expect(err.reason).toBe('invalid_params')
-  })
+  itRefusesBadDatasets(suite, (t, datasetPath) => runHandler(trainVoice, params({ datasetPath }), t))
 
   it('fails clearly, without simulating, when the f5tts engine is asked for', async () => {
     const t = await context()

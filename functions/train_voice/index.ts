@@ -1,10 +1,9 @@
-import { TrainVoiceParams, TYPE_DEFAULTS } from '../../schema/params/index.ts'
-import { countByExtension, type Dataset, openDataset } from '../dataset.ts'
+import { JOB_CATALOG, type TrainVoiceParams } from '../../schema/params/index.ts'
+import { countByExtension, type Dataset, trainOnDataset } from '../dataset.ts'
 import { encodeWav, synthesizeVoice } from '../formats/wav.ts'
 import type { HandlerContext } from '../sdk/context.ts'
-import { defaultLimits, defineHandler } from '../sdk/define.ts'
-import { throwIfAborted } from '../sdk/errors.ts'
-import { epochOf, lossCurve, runSimulatedSteps, STEPS_PER_EPOCH } from '../simulate.ts'
+import { defineHandler, engineResult } from '../sdk/define.ts'
+import { STEPS_PER_EPOCH, simulateTraining } from '../simulate.ts'
 import { trainWithF5tts } from './f5tts.ts'
 
 /** Artifact names, relative to `voices/<jobId>/`. */
@@ -25,39 +24,23 @@ const AUDIO_EXTENSIONS = ['.wav', '.flac', '.mp3', '.ogg', '.m4a', '.opus']
  */
 export default defineHandler({
   type: 'train_voice',
-  params: TrainVoiceParams,
-  ...defaultLimits('train_voice'),
-  async run(job, ctx) {
-    const dataset = await openDataset(ctx.paths.data, job.params.datasetPath)
-    switch (job.params.engine) {
-      case 'simulate':
-        return simulate(job.params, dataset, ctx)
-      case 'f5tts':
-        return trainWithF5tts(job.params, dataset, ctx)
-    }
-  },
+  run: trainOnDataset({ simulate, f5tts: trainWithF5tts }),
 })
 
 async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerContext) {
-  const totalSteps = p.epochs * STEPS_PER_EPOCH
   const clips = countByExtension(dataset, AUDIO_EXTENSIONS)
   ctx.progress(
     0,
-    `fine-tuning F5TTS_v1_Base (simulated): ${dataset.files} files, ${p.epochs} epochs, ${totalSteps} updates`,
+    `fine-tuning F5TTS_v1_Base (simulated): ${dataset.files} files, ${p.epochs} epochs, ${p.epochs * STEPS_PER_EPOCH} updates`,
   )
-
-  // F5-TTS's flow-matching loss starts near 1 and flattens out around 0.6-0.7 when fine-tuning.
-  const loss = lossCurve({ start: 1.05, floor: 0.64, rate: 2.5, seed: `${ctx.jobId}:loss` })
-  let finalLoss = 0
-  await runSimulatedSteps(ctx, {
-    vramMb: TYPE_DEFAULTS.train_voice.vramMb,
-    totalSteps,
-    message: (step) => {
-      finalLoss = Number(loss(step / totalSteps).toFixed(3))
-      return `Epoch ${epochOf(step)}/${p.epochs} - update=${step}, loss=${finalLoss.toFixed(3)}`
-    },
+  const { totalSteps, finalLoss } = await simulateTraining(ctx, {
+    epochs: p.epochs,
+    vramMb: JOB_CATALOG.train_voice.defaults.vramMb,
+    digits: 3,
+    // F5-TTS's flow-matching loss starts near 1 and flattens out around 0.6-0.7 when fine-tuning.
+    loss: { start: 1.05, floor: 0.64, rate: 2.5 },
+    message: ({ step, epoch, loss }) => `Epoch ${epoch}/${p.epochs} - update=${step}, loss=${loss}`,
   })
-  throwIfAborted(ctx.signal)
 
   ctx.progress(97, `Saved last checkpoint at update ${totalSteps}`)
   // Seeded by the speaker, so every job for one speaker yields the same simulated voice.
@@ -91,9 +74,7 @@ async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerConte
   ctx.progress(100, `voice saved: ${VOICE_FILE} (${durationSec} s at ${SAMPLE_RATE} Hz)`)
 
   return {
-    engine: 'simulate',
-    simulated: true,
-    files: [VOICE_FILE, SPEAKER_FILE],
+    ...engineResult('simulate', [VOICE_FILE, SPEAKER_FILE]),
     speakerName: p.speakerName,
     language: p.language,
     epochs: p.epochs,

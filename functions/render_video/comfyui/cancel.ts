@@ -1,6 +1,6 @@
 /** Cancel and timeout: the job's prompt out of ComfyUI (deleted when pending, interrupted when running). */
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { HandlerContext } from '../../sdk/context.ts'
-import { sleep } from './abort.ts'
 import { type ComfyEndpoint, type ComfyTimings, comfyPost, queueState } from './http.ts'
 
 /**

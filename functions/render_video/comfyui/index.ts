@@ -5,11 +5,12 @@
  * socket drops, streams every output file from `/view` into the job's artifacts, and on cancel or timeout
  * deletes the prompt from ComfyUI's queue or interrupts it, so ComfyUI is idle when the job ends.
  */
+
 import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { ComfyGraph } from '../../../schema/params/render-video.ts'
 import type { ArtifactRecord, HandlerContext } from '../../sdk/context.ts'
-import { NonRetryableError, RetryableError } from '../../sdk/errors.ts'
-import { abortError, sleep } from './abort.ts'
+import { abortReason, NonRetryableError, RetryableError } from '../../sdk/errors.ts'
 import { cancelPrompt } from './cancel.ts'
 import { describeRefusal, type ExecutionError, executionFailure, type PromptRefusal } from './errors.ts'
 import {
@@ -216,7 +217,7 @@ export async function runComfyPrompt(
   let onAbort: (() => void) | undefined
   try {
     await socket.open()
-    if (signal.aborted) throw abortError(signal)
+    if (signal.aborted) throw abortReason(signal)
     // Not tied to ctx.signal: an aborted POST could still queue the prompt without our knowing its id.
     // A cancel that comes meanwhile is handled as soon as the id is known.
     const { status, json } = await comfyJson<PromptRefusal & { prompt_id?: string; node_errors?: unknown }>(
@@ -247,7 +248,7 @@ export async function runComfyPrompt(
       onAbort = () => {
         void cancelPrompt(ep, promptId as string, timings, ctx, () => interruptedSeen || outcome !== null)
           .catch((err) => ctx.log.warn(`ComfyUI cleanup after cancel failed: ${causeText(err)}`))
-          .finally(() => reject(abortError(signal)))
+          .finally(() => reject(abortReason(signal)))
       }
       if (signal.aborted) onAbort()
       else signal.addEventListener('abort', onAbort, { once: true })
@@ -285,7 +286,7 @@ export async function runComfyPrompt(
     let entry = await historyOf(ep, promptId, timings)
     const historyDeadline = Date.now() + timings.httpTimeoutMs
     while (!entry && Date.now() < historyDeadline) {
-      if (signal.aborted) throw abortError(signal)
+      if (signal.aborted) throw abortReason(signal)
       await sleep(100)
       entry = await historyOf(ep, promptId, timings)
     }
@@ -299,7 +300,7 @@ export async function runComfyPrompt(
     const names = artifactNames(files, opts.reserved ?? new Set())
     const records: ArtifactRecord[] = []
     for (const [i, file] of files.entries()) {
-      if (signal.aborted) throw abortError(signal)
+      if (signal.aborted) throw abortReason(signal)
       const record = await download(ep, file, names[i] as string, ctx, timings)
       records.push(record)
       progress.emit(

@@ -6,8 +6,7 @@ import path from 'node:path'
 import { Readable, Transform } from 'node:stream'
 import type { ReadableStream as WebReadableStream } from 'node:stream/web'
 import type { ArtifactRecord, HandlerContext } from '../../sdk/context.ts'
-import { RetryableError } from '../../sdk/errors.ts'
-import { abortError } from './abort.ts'
+import { abortReason, RetryableError } from '../../sdk/errors.ts'
 import { type ComfyEndpoint, type ComfyTimings, comfyFetch, ERR_CODE, unavailable } from './http.ts'
 
 /** One file an output node wrote, as `/history` lists it. */
@@ -126,7 +125,7 @@ export async function download(
   try {
     return await ctx.artifacts.put(name, body.pipe(watchdog), { contentType })
   } catch (err) {
-    if (ctx.signal.aborted) throw abortError(ctx.signal)
+    if (ctx.signal.aborted) throw abortReason(ctx.signal)
     if (idle.signal.aborted)
       throw unavailable(
         ep,

@@ -1,7 +1,11 @@
 /** The driver's WebSocket to ComfyUI: one client id, reconnected with the same id when it drops. */
 import WebSocket from 'ws'
+import { backoffDelay } from '../../../schema/backoff.ts'
 import type { HandlerContext } from '../../sdk/context.ts'
 import { type ComfyEndpoint, type ComfyTimings, causeText, unavailable } from './http.ts'
+
+/** Reconnects to the WebSocket: 250 ms, doubling, at most 5 s apart (until `maxDownMs` gives up). */
+const RECONNECT_BACKOFF = { baseMs: 250, maxMs: 5_000 }
 
 export interface ComfyEvent {
   type?: string
@@ -101,7 +105,7 @@ export class ComfySocket {
       )
       return
     }
-    const delay = Math.min(5_000, 250 * 2 ** Math.min(this.attempts++, 5))
+    const delay = backoffDelay(++this.attempts, RECONNECT_BACKOFF)
     this.retry = setTimeout(() => {
       const ws = this.dial()
       ws.once('error', () => {

@@ -66,6 +66,8 @@ export class Reconnecting {
   protected setState(state: StreamState, info?: StateInfo): void
   protected opened(): void
   protected dropped(cause?: unknown): void
+  /** Runs `fn` after `ms` unless the connection is dropped first. */
+  protected later(fn: () => void, ms: number): void
 }
 
 export class JobStream extends Reconnecting {

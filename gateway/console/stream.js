@@ -38,6 +38,8 @@ export class Reconnecting {
     this.opts = opts
     this.attempt = 0
     this.timer = null
+    /** Timers of the current connection (see `later`). */
+    this.timers = new Set()
     this.stopped = true
     this.state = 'closed'
   }
@@ -76,6 +78,20 @@ export class Reconnecting {
   dropConnection() {
     if (this.timer) clearTimeout(this.timer)
     this.timer = null
+    for (const t of this.timers) clearTimeout(t)
+    this.timers.clear()
+  }
+
+  /**
+   * Runs `fn` after `ms` unless the connection is dropped first: a stream that is closed leaves no timer
+   * behind (a CLI process would wait for it before exiting).
+   */
+  later(fn, ms) {
+    const t = setTimeout(() => {
+      this.timers.delete(t)
+      fn()
+    }, ms)
+    this.timers.add(t)
   }
 
   setState(state, info) {
@@ -195,7 +211,7 @@ export class JobStream extends Reconnecting {
     this.inflight.set(jobId, (this.inflight.get(jobId) ?? 0) + 1)
     const socket = this.socket
     const sentAt = Date.now()
-    setTimeout(() => {
+    this.later(() => {
       // No answer: the gateway ignores a subscribe of a job whose previous one it is still setting up.
       // Ask again (a duplicate answer or replay is harmless).
       if (this.socket !== socket || !this.inflight.get(jobId)) return
@@ -216,7 +232,7 @@ export class JobStream extends Reconnecting {
     }
     sub.deferred = true
     const socket = this.socket
-    setTimeout(() => {
+    this.later(() => {
       if (this.socket !== socket || this.subs.get(jobId) !== sub || !sub.deferred) return
       sub.deferred = false
       if (this.inflight.get(jobId)) sub.deferred = true
@@ -324,7 +340,7 @@ export class JobStream extends Reconnecting {
     if (sub && msg.op === 'error') {
       if (msg.error?.code === 'unavailable') {
         // The gateway could not reach its stores for a moment: ask again shortly.
-        setTimeout(() => {
+        this.later(() => {
           if (this.subs.get(jobId) === sub && !this.inflight.get(jobId)) this.sendSubscribe(jobId, sub)
         }, this.opts.retrySubscribeMs ?? 1000)
       } else this.subs.delete(jobId)

@@ -1,6 +1,6 @@
 import { isTerminal } from '../../schema/common.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
-import { line, type Output } from './command.ts'
+import { line, type RunIO } from './command.ts'
 import { eventLine, progressBar } from './render.ts'
 
 /** How `follow` shows events: a progress bar redrawn in place (a terminal), one line each, or JSON lines. */
@@ -16,11 +16,16 @@ export class EventPrinter {
   private timer: NodeJS.Timeout | undefined
   private lastDrawAt = 0
 
+  private readonly out: RunIO['stdout']
+  private readonly err: RunIO['stderr']
+
   constructor(
-    private readonly out: Output,
-    private readonly err: Output,
+    io: Pick<RunIO, 'stdout' | 'stderr'>,
     private readonly mode: PrintMode,
-  ) {}
+  ) {
+    this.out = io.stdout
+    this.err = io.stderr
+  }
 
   event(e: ProgressEvent): void {
     if (this.mode === 'json') return void line(this.out, JSON.stringify(e))

@@ -133,16 +133,9 @@ const expectConsecutive = (ns: number[]) => {
 
 let stack: Stack
 let url: string
-const lora = (epochs: number) => [
-  '-p',
-  'baseModel=sd15',
-  '-p',
-  'datasetPath=ds',
-  '-p',
-  `epochs=${epochs}`,
-  '-p',
-  'rank=4',
-]
+/** `-p a=1 -p b=2 ...` */
+const params = (...assignments: string[]) => assignments.flatMap((a) => ['-p', a])
+const lora = (epochs: number) => params('baseModel=sd15', 'datasetPath=ds', `epochs=${epochs}`, 'rank=4')
 
 async function jobStatus(jobId: string): Promise<JobStatusBody> {
   const res = await fetch(stack.url(`/api/jobs/${jobId}`))
@@ -264,12 +257,7 @@ describe('gpu-jobs submit', () => {
     const r = await cli(url, [
       'submit',
       'train_voice',
-      '-p',
-      'speakerName=ann',
-      '-p',
-      'datasetPath=ds',
-      '-p',
-      'epochs=1',
+      ...params('speakerName=ann', 'datasetPath=ds', 'epochs=1'),
       '--follow',
       '--sse',
       '--json',
@@ -285,14 +273,7 @@ describe('gpu-jobs submit', () => {
     const r = await cli(url, [
       'submit',
       'train_lora',
-      '-p',
-      'baseModel=sd15',
-      '-p',
-      'datasetPath=ds',
-      '-p',
-      'epochs=many',
-      '-p',
-      'colour=red',
+      ...params('baseModel=sd15', 'datasetPath=ds', 'epochs=many', 'colour=red'),
     ])
     expect(r.code).toBe(EXIT.error)
     expect(r.out).toBe('')

@@ -14,7 +14,7 @@ export async function followToEnd(
   opts: { transport: Transport; json: boolean },
 ): Promise<number> {
   const mode = opts.json ? 'json' : io.stdout.isTTY ? 'bar' : 'lines'
-  const printer = new EventPrinter(io.stdout, io.stderr, mode)
+  const printer = new EventPrinter(io, mode)
   try {
     const result = await followJob({
       client,

@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { Browser, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -236,7 +237,7 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
     expect(Date.now() - started).toBeLessThan(5000)
     await poll(() => page.locator('#conn').getAttribute('data-state')).not.toBe('open')
     expect(await page.locator('#conn-text').textContent()).toMatch(/reconnect/i)
-    await new Promise((r) => setTimeout(r, 1000))
+    await sleep(1000)
     restarted = await startGateway({
       config: { ...stack.config, gatewayPort: port },
       database: stack.database,

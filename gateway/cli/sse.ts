@@ -105,11 +105,23 @@ export class SseStream extends Reconnecting {
       }
       this.opened()
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
+      // Closed while waiting for the next chunk: a read of an aborted body may never settle, so the
+      // reader is cancelled and nothing of this stream is left waiting.
+      request.signal.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(idle)
+          reader.cancel().catch(() => {})
+        },
+        { once: true },
+      )
       for (;;) {
         const { value, done } = await reader.read()
         if (done) return new Error('the event stream ended')
         bump()
         parser.feed(value)
+        // An event of this chunk ended the follow (closed the stream).
+        if (request.signal.aborted) return undefined
       }
     } catch (err) {
       return silent ? new Error(`nothing heard for ${Math.round(idleMs / 1000)}s`) : err

@@ -519,6 +519,18 @@ describe('the bin (node gateway/cli/gpu-jobs.mjs)', () => {
     expect(down.stderr).toMatch(/^error: cannot reach the gateway at .+ \(ECONNREFUSED\)/)
     expect(down.stderr.trim().split('\n')).toHaveLength(1)
   })
+
+  it.each(['ws', 'sse'])(
+    'exits once the job it follows over %s has ended (nothing left waiting)',
+    async (t) => {
+      // A socket, reader or timer left behind would keep the process alive past execBin's 30 s limit.
+      const args = ['submit', 'train_lora', ...lora(1), '--follow', ...(t === 'sse' ? ['--sse'] : [])]
+      const r = await execBin(args, { GPU_JOBS_URL: url })
+      expect(r.stderr).toBe('')
+      expect(r.code).toBe(0)
+      expect(r.stdout.trim().split('\n').at(-1)).toMatch(/completed\s+100%/)
+    },
+  )
 })
 
 describe('with API tokens', () => {

@@ -59,11 +59,12 @@ export const eventFromStatus = (s: JobStatusBody): ProgressEvent => ({
 
 /** Why a connection ended, from what the stream reports: a close event, an error event or an error. */
 function describeDrop(cause: unknown): string {
-  const c = cause as { code?: unknown; reason?: unknown; error?: unknown } | undefined
-  if (typeof c?.code === 'number')
+  if (cause === undefined) return 'connection ended'
+  if (typeof cause !== 'object' || cause === null) return String(cause)
+  const c = cause as { code?: unknown; reason?: unknown; error?: unknown }
+  if (typeof c.code === 'number')
     return `connection closed (${c.code}${typeof c.reason === 'string' && c.reason ? ` ${c.reason}` : ''})`
-  if (c && 'error' in c && c.error !== undefined) return describeNetworkError(c.error)
-  return cause === undefined ? 'connection ended' : describeNetworkError(cause)
+  return describeNetworkError(c.error ?? cause)
 }
 
 /**

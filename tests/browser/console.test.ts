@@ -273,6 +273,48 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
     await closeDetail()
   })
 
+  it('submits the other types from their forms, and filters the list by type', async () => {
+    await page.selectOption('#f-type', 'train_voice')
+    expect(await page.locator('fieldset[data-type="train_lora"]').isHidden()).toBe(true)
+    await page.fill('#voice-speakerName', 'ann')
+    await page.fill('#voice-datasetPath', 'ds')
+    await page.fill('#voice-epochs', '1')
+    await page.getByRole('button', { name: 'Submit job' }).click()
+    const voiceLink = page.locator('#submit-status a')
+    await voiceLink.waitFor()
+    const voiceId = decodeURIComponent(((await voiceLink.getAttribute('href')) ?? '').replace('#job=', ''))
+    await poll(() => row(voiceId).getAttribute('data-status')).toBe('completed')
+    expect(await row(voiceId).locator('td').nth(1).textContent()).toBe('train_voice')
+    expect((await api<JobStatusBody>(`/api/status/${voiceId}`)).params).toMatchObject({
+      speakerName: 'ann',
+      language: 'en',
+      epochs: 1,
+    })
+
+    await page.selectOption('#f-type', 'render_video')
+    await page.fill('#video-prompt', 'a red fox')
+    await page.fill('#video-seed', '7')
+    await page.fill('#video-frames', '3')
+    await page.getByRole('button', { name: 'Submit job' }).click()
+    await poll(() => page.locator('#submit-status a').getAttribute('href')).not.toBe(
+      `#job=${encodeURIComponent(voiceId)}`,
+    )
+    const videoHref = (await page.locator('#submit-status a').getAttribute('href')) ?? ''
+    const videoId = decodeURIComponent(videoHref.replace('#job=', ''))
+    expect((await api<JobStatusBody>(`/api/status/${videoId}`)).params).toMatchObject({
+      workflow: 'default',
+      inputs: { prompt: 'a red fox', seed: 7 },
+      frames: 3,
+    })
+
+    await page.selectOption('#filter-type', 'train_voice')
+    await poll(() => page.locator('#job-rows tr').count()).toBe(1)
+    expect(await row(voiceId).count()).toBe(1)
+    await page.selectOption('#filter-type', '')
+    await poll(() => row(videoId).count()).toBe(1)
+    await page.selectOption('#f-type', 'train_lora')
+  })
+
   it('raised no script errors', () => {
     expect(pageErrors).toEqual([])
   })

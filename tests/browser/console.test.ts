@@ -53,16 +53,17 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
       .locator('#d-event-rows tr')
       .evaluateAll((trs) => trs.map((tr) => Number(tr.getAttribute('data-seq'))))
 
-  /** Fills the train_lora form and submits it; returns the new job's id. */
-  async function submitLora(fields: Record<string, string>): Promise<string> {
-    await page.selectOption('#f-type', 'train_lora')
-    for (const [name, value] of Object.entries(fields)) await page.fill(`#lora-${name}`, value)
+  /** Fills the form of a type (fields by their id after the type's prefix), submits it; returns the job's id. */
+  async function submitJob(type: string, prefix: string, fields: Record<string, string>): Promise<string> {
+    await page.selectOption('#f-type', type)
+    for (const [name, value] of Object.entries(fields)) await page.fill(`#${prefix}-${name}`, value)
     await page.getByRole('button', { name: 'Submit job' }).click()
     const link = page.locator('#submit-status a')
     await link.waitFor()
     const href = (await link.getAttribute('href')) ?? ''
     return decodeURIComponent(href.replace('#job=', ''))
   }
+  const submitLora = (fields: Record<string, string>) => submitJob('train_lora', 'lora', fields)
 
   async function closeDetail() {
     await page.keyboard.press('Escape')
@@ -274,15 +275,12 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
   })
 
   it('submits the other types from their forms, and filters the list by type', async () => {
-    await page.selectOption('#f-type', 'train_voice')
+    const voiceId = await submitJob('train_voice', 'voice', {
+      speakerName: 'ann',
+      datasetPath: 'ds',
+      epochs: '1',
+    })
     expect(await page.locator('fieldset[data-type="train_lora"]').isHidden()).toBe(true)
-    await page.fill('#voice-speakerName', 'ann')
-    await page.fill('#voice-datasetPath', 'ds')
-    await page.fill('#voice-epochs', '1')
-    await page.getByRole('button', { name: 'Submit job' }).click()
-    const voiceLink = page.locator('#submit-status a')
-    await voiceLink.waitFor()
-    const voiceId = decodeURIComponent(((await voiceLink.getAttribute('href')) ?? '').replace('#job=', ''))
     await poll(() => row(voiceId).getAttribute('data-status')).toBe('completed')
     expect(await row(voiceId).locator('td').nth(1).textContent()).toBe('train_voice')
     expect((await api<JobStatusBody>(`/api/status/${voiceId}`)).params).toMatchObject({
@@ -291,16 +289,7 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
       epochs: 1,
     })
 
-    await page.selectOption('#f-type', 'render_video')
-    await page.fill('#video-prompt', 'a red fox')
-    await page.fill('#video-seed', '7')
-    await page.fill('#video-frames', '3')
-    await page.getByRole('button', { name: 'Submit job' }).click()
-    await poll(() => page.locator('#submit-status a').getAttribute('href')).not.toBe(
-      `#job=${encodeURIComponent(voiceId)}`,
-    )
-    const videoHref = (await page.locator('#submit-status a').getAttribute('href')) ?? ''
-    const videoId = decodeURIComponent(videoHref.replace('#job=', ''))
+    const videoId = await submitJob('render_video', 'video', { prompt: 'a red fox', seed: '7', frames: '3' })
     expect((await api<JobStatusBody>(`/api/status/${videoId}`)).params).toMatchObject({
       workflow: 'default',
       inputs: { prompt: 'a red fox', seed: 7 },

@@ -5,15 +5,34 @@ import { Hono } from 'hono'
 
 const dir = path.dirname(fileURLToPath(import.meta.url))
 
+const JAVASCRIPT = 'text/javascript; charset=utf-8'
+const CSS = 'text/css; charset=utf-8'
+
 /**
- * The files served under /console/, by name, with their content types. A list rather than "whatever is
- * in this folder": the folder also holds this module (index.ts, or index.js and its map once built),
- * which is not for browsers. A name not listed is a 404, so no path can leave the folder.
+ * The files served under /console/, by name, with their content types: the page's modules (app.js
+ * starts it; stream.js is shared with the CLI), its styles (style.css first) and icon. A list rather
+ * than "whatever is in this folder": the folder also holds this module (index.ts, or index.js and its
+ * map once built) and stream.d.ts, which are not for browsers. A name not listed is a 404, and the
+ * route takes one path segment, so no path can leave the folder (or reach into a subfolder).
  */
 export const CONSOLE_ASSETS: Readonly<Record<string, string>> = {
-  'app.js': 'text/javascript; charset=utf-8',
-  'stream.js': 'text/javascript; charset=utf-8',
-  'style.css': 'text/css; charset=utf-8',
+  'app.js': JAVASCRIPT,
+  'api.js': JAVASCRIPT,
+  'artifacts.js': JAVASCRIPT,
+  'dom.js': JAVASCRIPT,
+  'format.js': JAVASCRIPT,
+  'job-detail.js': JAVASCRIPT,
+  'job-types.js': JAVASCRIPT,
+  'jobs-list.js': JAVASCRIPT,
+  'live.js': JAVASCRIPT,
+  'state.js': JAVASCRIPT,
+  'stream.js': JAVASCRIPT,
+  'submit-form.js': JAVASCRIPT,
+  'topbar.js': JAVASCRIPT,
+  'style.css': CSS,
+  'layout.css': CSS,
+  'tables.css': CSS,
+  'detail.css': CSS,
   'favicon.svg': 'image/svg+xml',
 }
 

@@ -1,4 +1,4 @@
-// Types of stream.js (plain JavaScript served to browsers as is), for the tests that import it.
+// Types of stream.js (plain JavaScript served to browsers as is), for the CLI and the tests that import it.
 
 export interface ProgressEvent {
   jobId: string
@@ -13,6 +13,15 @@ export interface ProgressEvent {
 
 export type StreamState = 'connecting' | 'open' | 'waiting' | 'closed'
 
+/** `cause`: on `waiting`, the error or close event (or the thrown error) that ended the connection. */
+export type StateInfo = { delayMs?: number; attempt?: number; cause?: unknown }
+
+export interface BackoffOptions {
+  min?: number
+  max?: number
+  random?: () => number
+}
+
 export interface WebSocketLike {
   readyState: number
   send(data: string): void
@@ -23,31 +32,50 @@ export interface WebSocketLike {
   onerror: ((e?: unknown) => void) | null
 }
 
-export interface JobStreamOptions {
+export interface ReconnectingOptions {
+  onState?: (state: StreamState, info?: StateInfo) => void
+  backoff?: BackoffOptions
+}
+
+export interface JobStreamOptions extends ReconnectingOptions {
   url: () => string
   onEvent: (event: ProgressEvent) => void
   onNotice?: (notice: { op: string; jobId?: string; error?: { code: string; message: string } }) => void
-  onState?: (state: StreamState, info?: { delayMs?: number; attempt?: number }) => void
   WebSocket?: new (url: string) => WebSocketLike
-  backoff?: { min?: number; max?: number; random?: () => number }
   retrySubscribeMs?: number
   settleMs?: number
   answerTimeoutMs?: number
 }
 
 export const TERMINAL: Set<string>
-export function backoffDelay(n: number, opts?: { min?: number; max?: number; random?: () => number }): number
+export function backoffDelay(n: number, opts?: BackoffOptions): number
 export function addEvent(history: Map<number, ProgressEvent>, event: ProgressEvent): boolean
 
-export class JobStream {
-  constructor(opts: JobStreamOptions)
+export class Reconnecting {
+  constructor(opts: ReconnectingOptions)
   state: StreamState
+  /** Failed tries since the last connection that opened. */
+  protected attempt: number
+  protected stopped: boolean
   start(): void
   restart(): void
   close(): void
+  protected connected(): boolean
+  protected connect(): void
+  protected dropConnection(): void
+  protected setState(state: StreamState, info?: StateInfo): void
+  protected opened(): void
+  protected dropped(cause?: unknown): void
+  /** Runs `fn` after `ms` unless the connection is dropped first. */
+  protected later(fn: () => void, ms: number): void
+}
+
+export class JobStream extends Reconnecting {
+  constructor(opts: JobStreamOptions)
   has(jobId: string): boolean
   lastSeq(jobId: string): number | undefined
-  follow(jobId: string, after?: number): void
+  /** `after`: the last seq already seen (default 0: every event); `null`: from the current state. */
+  follow(jobId: string, after?: number | null): void
   unfollow(jobId: string): void
   sync(wanted: Map<string, number>): void
 }

@@ -1,7 +1,8 @@
-// One WebSocket for every job the console follows: subscribe/unsubscribe messages, reconnect with
-// backoff, and on each reconnect a resubscription of every followed job from the last seq it delivered,
-// so no event is lost. Events may still arrive twice (a replay after a resubscription): callers dedupe by
-// seq (see `addEvent`). No DOM here, so it runs (and is tested) under Node too.
+// Resumable following of job events, for the web console (browsers load this file as is) and the CLI
+// (which imports it under tsx): the one backoff formula of the clients, the reconnect loop, and the
+// WebSocket stream that follows any number of jobs over one socket and resubscribes each from the last
+// seq it delivered after a reconnect, so no event is lost. Events may still arrive twice (a replay after
+// a resubscription): callers dedupe by seq (see `addEvent`). No DOM here, so it runs under Node too.
 
 export const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
 
@@ -22,19 +23,116 @@ export function addEvent(history, event) {
 }
 
 /**
- * @typedef {{ after: number, from: number, fresh: boolean, deferred: boolean }} Sub
- * `from`: the seq the subscription replays from; `after`: the last seq delivered on it, the resume point
- * (it moves only one seq at a time, or on the first event after the answer, which may skip over events
- * the gateway no longer keeps: a stray event can only make a resumption replay more, never less);
+ * A connection kept open until `close`: when it drops, the next one is opened after a backoff that
+ * doubles per failed try and starts again from the shortest once a connection is up. A subclass opens
+ * the connection in `connect()` and reports `opened()` and `dropped(cause)`.
+ */
+export class Reconnecting {
+  /**
+   * @param {{
+   *   onState?: (state: 'connecting' | 'open' | 'waiting' | 'closed', info?: { delayMs?: number, attempt?: number, cause?: unknown }) => void,
+   *   backoff?: { min?: number, max?: number, random?: () => number },
+   * }} opts
+   */
+  constructor(opts) {
+    this.opts = opts
+    this.attempt = 0
+    this.timer = null
+    /** Timers of the current connection (see `later`). */
+    this.timers = new Set()
+    this.stopped = true
+    this.state = 'closed'
+  }
+
+  /** Opens the connection (and keeps it open until `close`). */
+  start() {
+    this.stopped = false
+    if (!this.connected() && !this.timer) this.connect()
+  }
+
+  /** Drops the connection and opens a new one at once (e.g. the token changed). */
+  restart() {
+    this.attempt = 0
+    this.dropConnection()
+    this.stopped = false
+    this.connect()
+  }
+
+  close() {
+    this.stopped = true
+    this.dropConnection()
+    this.setState('closed')
+  }
+
+  // for subclasses
+
+  /** Whether a connection is open or being opened. */
+  connected() {
+    return false
+  }
+
+  /** Opens a connection; called with no timer pending. */
+  connect() {}
+
+  /** Closes the current connection without reporting it as dropped; a subclass calls this at the end. */
+  dropConnection() {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = null
+    for (const t of this.timers) clearTimeout(t)
+    this.timers.clear()
+  }
+
+  /**
+   * Runs `fn` after `ms` unless the connection is dropped first: a stream that is closed leaves no timer
+   * behind (a CLI process would wait for it before exiting).
+   */
+  later(fn, ms) {
+    const t = setTimeout(() => {
+      this.timers.delete(t)
+      fn()
+    }, ms)
+    this.timers.add(t)
+  }
+
+  setState(state, info) {
+    this.state = state
+    this.opts.onState?.(state, info)
+  }
+
+  /** The connection is up: the next drop waits the shortest delay again. */
+  opened() {
+    this.attempt = 0
+    this.setState('open')
+  }
+
+  /** The connection ended (`cause`: the error or close event that ended it): reconnect after a backoff. */
+  dropped(cause) {
+    if (this.stopped || this.timer) return
+    const delayMs = backoffDelay(this.attempt, this.opts.backoff)
+    this.attempt++
+    this.setState('waiting', { delayMs, attempt: this.attempt, cause })
+    this.timer = setTimeout(() => {
+      this.timer = null
+      if (!this.stopped) this.connect()
+    }, delayMs)
+  }
+}
+
+/**
+ * @typedef {{ after: number | null, from: number, fresh: boolean, deferred: boolean }} Sub
+ * `from`: the seq the subscription replays from (Infinity: from the current state); `after`: the last seq
+ * delivered on it, the resume point (null until the first event of a subscription from the current
+ * state; it moves only one seq at a time, or on the first event after the answer, which may skip over
+ * events the gateway no longer keeps: a stray event can only make a resumption replay more, never less);
  * `deferred`: a resubscription waiting until an earlier subscribe of the same job has settled.
  */
-export class JobStream {
+export class JobStream extends Reconnecting {
   /**
    * @param {{
    *   url: () => string,
    *   onEvent: (event: any) => void,
    *   onNotice?: (notice: any) => void,
-   *   onState?: (state: 'connecting' | 'open' | 'waiting' | 'closed', info?: { delayMs?: number, attempt?: number }) => void,
+   *   onState?: (state: 'connecting' | 'open' | 'waiting' | 'closed', info?: { delayMs?: number, attempt?: number, cause?: unknown }) => void,
    *   WebSocket?: any,
    *   backoff?: { min?: number, max?: number, random?: () => number },
    *   retrySubscribeMs?: number,
@@ -43,7 +141,7 @@ export class JobStream {
    * }} opts
    */
   constructor(opts) {
-    this.opts = opts
+    super(opts)
     this.WebSocket = opts.WebSocket ?? globalThis.WebSocket
     /** @type {Map<string, Sub>} */
     this.subs = new Map()
@@ -56,30 +154,6 @@ export class JobStream {
     /** When the last subscribe of each job was answered on this socket (ms since epoch). */
     this.answeredAt = new Map()
     this.socket = null
-    this.attempt = 0
-    this.timer = null
-    this.stopped = true
-    this.state = 'closed'
-  }
-
-  /** Opens the socket (and keeps it open until `close`). */
-  start() {
-    this.stopped = false
-    if (!this.socket && !this.timer) this.connect()
-  }
-
-  /** Drops the socket and opens a new one at once (e.g. the token changed). */
-  restart() {
-    this.attempt = 0
-    this.dropSocket()
-    this.stopped = false
-    this.connect()
-  }
-
-  close() {
-    this.stopped = true
-    this.dropSocket()
-    this.setState('closed')
   }
 
   /** Whether `jobId` is followed. */
@@ -89,17 +163,19 @@ export class JobStream {
 
   /** The resume point of a followed job, or undefined. */
   lastSeq(jobId) {
-    return this.subs.get(jobId)?.after
+    return this.subs.get(jobId)?.after ?? undefined
   }
 
   /**
-   * Follows a job from `after` (every event with a greater seq). Following it already from that seq or
-   * earlier does nothing; asking for an earlier seq resubscribes from there (a replay).
+   * Follows a job from `after` (every event with a greater seq), or with `null` from its current state.
+   * Following it already from that seq or earlier does nothing; asking for an earlier seq resubscribes
+   * from there (a replay).
    */
   follow(jobId, after = 0) {
+    const from = after ?? Number.POSITIVE_INFINITY
     const sub = this.subs.get(jobId)
-    if (sub && sub.from <= after) return
-    const next = { after, from: after, fresh: false, deferred: false }
+    if (sub && sub.from <= from) return
+    const next = { after, from, fresh: false, deferred: false }
     this.subs.set(jobId, next)
     // The gateway registers a subscription only once its replay is under way: a second subscribe of
     // the same job sent before then could leave both live. So it waits until the first has settled.
@@ -120,11 +196,6 @@ export class JobStream {
 
   // internals
 
-  setState(state, info) {
-    this.state = state
-    this.opts.onState?.(state, info)
-  }
-
   send(msg) {
     if (this.socket && this.socket.readyState === 1) {
       this.socket.send(JSON.stringify(msg))
@@ -135,11 +206,12 @@ export class JobStream {
 
   sendSubscribe(jobId, sub) {
     sub.fresh = true
-    if (!this.send({ op: 'subscribe', jobId, after: sub.after })) return
+    const msg = sub.after === null ? { op: 'subscribe', jobId } : { op: 'subscribe', jobId, after: sub.after }
+    if (!this.send(msg)) return
     this.inflight.set(jobId, (this.inflight.get(jobId) ?? 0) + 1)
     const socket = this.socket
     const sentAt = Date.now()
-    setTimeout(() => {
+    this.later(() => {
       // No answer: the gateway ignores a subscribe of a job whose previous one it is still setting up.
       // Ask again (a duplicate answer or replay is harmless).
       if (this.socket !== socket || !this.inflight.get(jobId)) return
@@ -160,7 +232,7 @@ export class JobStream {
     }
     sub.deferred = true
     const socket = this.socket
-    setTimeout(() => {
+    this.later(() => {
       if (this.socket !== socket || this.subs.get(jobId) !== sub || !sub.deferred) return
       sub.deferred = false
       if (this.inflight.get(jobId)) sub.deferred = true
@@ -168,22 +240,26 @@ export class JobStream {
     }, wait)
   }
 
+  connected() {
+    return this.socket !== null
+  }
+
   connect() {
-    this.timer = null
     if (this.stopped) return
     this.setState('connecting', { attempt: this.attempt })
     let socket
     try {
       socket = new this.WebSocket(this.opts.url())
-    } catch {
-      this.scheduleReconnect()
+    } catch (err) {
+      this.dropped(err)
       return
     }
     this.socket = socket
+    /** The first error of this socket: what ended it, more telling than the close that follows. */
+    let error
     socket.onopen = () => {
       if (socket !== this.socket) return
-      this.attempt = 0
-      this.setState('open')
+      this.opened()
       this.forgetSocket()
       for (const [jobId, sub] of this.subs) {
         sub.deferred = false
@@ -201,27 +277,20 @@ export class JobStream {
       if (msg && typeof msg.op === 'string') this.onNotice(msg)
       else if (msg && typeof msg.jobId === 'string' && typeof msg.seq === 'number') this.onEvent(msg)
     }
-    socket.onclose = () => {
+    socket.onclose = (e) => {
       if (socket !== this.socket) return
       this.socket = null
       this.forgetSocket()
-      this.scheduleReconnect()
+      this.dropped(error ?? e)
     }
     // An error is followed by close, which reconnects.
-    socket.onerror = () => {}
+    socket.onerror = (e) => {
+      error ??= e
+    }
   }
 
-  scheduleReconnect() {
-    if (this.stopped || this.timer) return
-    const delayMs = backoffDelay(this.attempt, this.opts.backoff)
-    this.attempt++
-    this.setState('waiting', { delayMs, attempt: this.attempt })
-    this.timer = setTimeout(() => this.connect(), delayMs)
-  }
-
-  dropSocket() {
-    if (this.timer) clearTimeout(this.timer)
-    this.timer = null
+  dropConnection() {
+    super.dropConnection()
     const socket = this.socket
     this.socket = null
     this.forgetSocket()
@@ -245,7 +314,8 @@ export class JobStream {
   onEvent(event) {
     const sub = this.subs.get(event.jobId)
     if (sub && !this.inflight.get(event.jobId)) {
-      if (event.seq === sub.after + 1 || (sub.fresh && event.seq > sub.after)) sub.after = event.seq
+      if (sub.after === null || event.seq === sub.after + 1 || (sub.fresh && event.seq > sub.after))
+        sub.after = event.seq
       sub.fresh = false
     }
     this.opts.onEvent(event)
@@ -270,7 +340,7 @@ export class JobStream {
     if (sub && msg.op === 'error') {
       if (msg.error?.code === 'unavailable') {
         // The gateway could not reach its stores for a moment: ask again shortly.
-        setTimeout(() => {
+        this.later(() => {
           if (this.subs.get(jobId) === sub && !this.inflight.get(jobId)) this.sendSubscribe(jobId, sub)
         }, this.opts.retrySubscribeMs ?? 1000)
       } else this.subs.delete(jobId)

@@ -35,6 +35,25 @@ describe('console static files', () => {
     }
   })
 
+  it('serves every module the page loads, following the imports from app.js', async () => {
+    const seen = new Set<string>()
+    const queue = ['app.js']
+    for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+      if (seen.has(name)) continue
+      seen.add(name)
+      const res = await consoleApp.request(`/console/${name}`)
+      expect(res.status, name).toBe(200)
+      expect(res.headers.get('content-type'), name).toBe('text/javascript; charset=utf-8')
+      const source = await res.text()
+      // Static imports only (no build step resolves anything else): `from './x.js'` and `import './x.js'`.
+      for (const m of source.matchAll(/(?:from|import)\s+'\.\/([^'/]+\.js)'/g)) queue.push(m[1] as string)
+      expect(source, name).not.toMatch(/(?:from|import)\s+'(?!\.\/)[^']+'/)
+    }
+    // Every module of the folder is part of the page (none is dead, none is missed by the list).
+    const modules = Object.keys(CONSOLE_ASSETS).filter((f) => f.endsWith('.js'))
+    expect([...seen].sort()).toEqual(modules.sort())
+  })
+
   it('lists every browser file of the folder, and only those', async () => {
     const files = (await readdir(consoleDir)).filter((f) => !f.startsWith('index.') && !f.endsWith('.ts'))
     expect(Object.keys(CONSOLE_ASSETS).sort()).toEqual(files.sort())

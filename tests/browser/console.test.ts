@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { Browser, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -52,16 +53,17 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
       .locator('#d-event-rows tr')
       .evaluateAll((trs) => trs.map((tr) => Number(tr.getAttribute('data-seq'))))
 
-  /** Fills the train_lora form and submits it; returns the new job's id. */
-  async function submitLora(fields: Record<string, string>): Promise<string> {
-    await page.selectOption('#f-type', 'train_lora')
-    for (const [name, value] of Object.entries(fields)) await page.fill(`#lora-${name}`, value)
+  /** Fills the form of a type (fields by their id after the type's prefix), submits it; returns the job's id. */
+  async function submitJob(type: string, prefix: string, fields: Record<string, string>): Promise<string> {
+    await page.selectOption('#f-type', type)
+    for (const [name, value] of Object.entries(fields)) await page.fill(`#${prefix}-${name}`, value)
     await page.getByRole('button', { name: 'Submit job' }).click()
     const link = page.locator('#submit-status a')
     await link.waitFor()
     const href = (await link.getAttribute('href')) ?? ''
     return decodeURIComponent(href.replace('#job=', ''))
   }
+  const submitLora = (fields: Record<string, string>) => submitJob('train_lora', 'lora', fields)
 
   async function closeDetail() {
     await page.keyboard.press('Escape')
@@ -236,7 +238,7 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
     expect(Date.now() - started).toBeLessThan(5000)
     await poll(() => page.locator('#conn').getAttribute('data-state')).not.toBe('open')
     expect(await page.locator('#conn-text').textContent()).toMatch(/reconnect/i)
-    await new Promise((r) => setTimeout(r, 1000))
+    await sleep(1000)
     restarted = await startGateway({
       config: { ...stack.config, gatewayPort: port },
       database: stack.database,
@@ -270,6 +272,36 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
     expect(seqsAfter[0]).toBe(subscribe.after + 1)
     expect(new Set(seqsAfter).size).toBe(seqsAfter.length)
     await closeDetail()
+  })
+
+  it('submits the other types from their forms, and filters the list by type', async () => {
+    const voiceId = await submitJob('train_voice', 'voice', {
+      speakerName: 'ann',
+      datasetPath: 'ds',
+      epochs: '1',
+    })
+    expect(await page.locator('fieldset[data-type="train_lora"]').isHidden()).toBe(true)
+    await poll(() => row(voiceId).getAttribute('data-status')).toBe('completed')
+    expect(await row(voiceId).locator('td').nth(1).textContent()).toBe('train_voice')
+    expect((await api<JobStatusBody>(`/api/status/${voiceId}`)).params).toMatchObject({
+      speakerName: 'ann',
+      language: 'en',
+      epochs: 1,
+    })
+
+    const videoId = await submitJob('render_video', 'video', { prompt: 'a red fox', seed: '7', frames: '3' })
+    expect((await api<JobStatusBody>(`/api/status/${videoId}`)).params).toMatchObject({
+      workflow: 'default',
+      inputs: { prompt: 'a red fox', seed: 7 },
+      frames: 3,
+    })
+
+    await page.selectOption('#filter-type', 'train_voice')
+    await poll(() => page.locator('#job-rows tr').count()).toBe(1)
+    expect(await row(voiceId).count()).toBe(1)
+    await page.selectOption('#filter-type', '')
+    await poll(() => row(videoId).count()).toBe(1)
+    await page.selectOption('#f-type', 'train_lora')
   })
 
   it('raised no script errors', () => {

@@ -68,6 +68,14 @@ function makeStream() {
   return { stream, events, states }
 }
 
+/** A stream started, its socket open (the gateway answered the upgrade). */
+function openStream() {
+  const { stream } = makeStream()
+  stream.start()
+  last().open()
+  return stream
+}
+
 beforeEach(() => {
   FakeSocket.all = []
   vi.useFakeTimers()
@@ -126,9 +134,7 @@ describe('JobStream', () => {
   })
 
   it('does not move the resume point on events of a subscription being replaced', () => {
-    const { stream } = makeStream()
-    stream.start()
-    last().open()
+    const stream = openStream()
     stream.follow('a', 0)
     // Events before the answer may come from an earlier subscription: they do not count.
     last().receive(ev('a', 40))
@@ -143,9 +149,7 @@ describe('JobStream', () => {
   })
 
   it('accepts a jump on the first event of a subscription (events the gateway no longer keeps)', () => {
-    const { stream } = makeStream()
-    stream.start()
-    last().open()
+    const stream = openStream()
     stream.follow('old', 0)
     last().receive({ op: 'subscribed', jobId: 'old' })
     last().receive(ev('old', 812, 'completed'))
@@ -153,9 +157,7 @@ describe('JobStream', () => {
   })
 
   it('asks for a replay from an earlier seq only once the first subscribe has settled', () => {
-    const { stream } = makeStream()
-    stream.start()
-    last().open()
+    const stream = openStream()
     stream.follow('a', 20)
     stream.follow('a', 0) // the detail wants the whole history
     expect(last().subscribes()).toEqual([{ op: 'subscribe', jobId: 'a', after: 20 }])
@@ -173,9 +175,7 @@ describe('JobStream', () => {
   })
 
   it('asks again when a subscribe gets no answer (the gateway drops one made while another is set up)', () => {
-    const { stream } = makeStream()
-    stream.start()
-    last().open()
+    const stream = openStream()
     stream.follow('a', 0)
     last().receive({ op: 'subscribed', jobId: 'a' })
     stream.follow('b', 2)
@@ -194,9 +194,7 @@ describe('JobStream', () => {
   })
 
   it('sync follows exactly the wanted jobs', () => {
-    const { stream } = makeStream()
-    stream.start()
-    last().open()
+    const stream = openStream()
     stream.sync(
       new Map([
         ['a', 1],
@@ -214,9 +212,7 @@ describe('JobStream', () => {
   })
 
   it('forgets a job the gateway does not know, and retries one it could not subscribe', () => {
-    const { stream } = makeStream()
-    stream.start()
-    last().open()
+    const stream = openStream()
     stream.follow('gone')
     stream.follow('busy', 4)
     last().receive({ op: 'error', jobId: 'gone', error: { code: 'not_found', message: 'no such job' } })

@@ -133,16 +133,9 @@ const expectConsecutive = (ns: number[]) => {
 
 let stack: Stack
 let url: string
-const lora = (epochs: number) => [
-  '-p',
-  'baseModel=sd15',
-  '-p',
-  'datasetPath=ds',
-  '-p',
-  `epochs=${epochs}`,
-  '-p',
-  'rank=4',
-]
+/** `-p a=1 -p b=2 ...` */
+const params = (...assignments: string[]) => assignments.flatMap((a) => ['-p', a])
+const lora = (epochs: number) => params('baseModel=sd15', 'datasetPath=ds', `epochs=${epochs}`, 'rank=4')
 
 async function jobStatus(jobId: string): Promise<JobStatusBody> {
   const res = await fetch(stack.url(`/api/jobs/${jobId}`))
@@ -264,12 +257,7 @@ describe('gpu-jobs submit', () => {
     const r = await cli(url, [
       'submit',
       'train_voice',
-      '-p',
-      'speakerName=ann',
-      '-p',
-      'datasetPath=ds',
-      '-p',
-      'epochs=1',
+      ...params('speakerName=ann', 'datasetPath=ds', 'epochs=1'),
       '--follow',
       '--sse',
       '--json',
@@ -285,14 +273,7 @@ describe('gpu-jobs submit', () => {
     const r = await cli(url, [
       'submit',
       'train_lora',
-      '-p',
-      'baseModel=sd15',
-      '-p',
-      'datasetPath=ds',
-      '-p',
-      'epochs=many',
-      '-p',
-      'colour=red',
+      ...params('baseModel=sd15', 'datasetPath=ds', 'epochs=many', 'colour=red'),
     ])
     expect(r.code).toBe(EXIT.error)
     expect(r.out).toBe('')
@@ -538,6 +519,18 @@ describe('the bin (node gateway/cli/gpu-jobs.mjs)', () => {
     expect(down.stderr).toMatch(/^error: cannot reach the gateway at .+ \(ECONNREFUSED\)/)
     expect(down.stderr.trim().split('\n')).toHaveLength(1)
   })
+
+  it.each(['ws', 'sse'])(
+    'exits once the job it follows over %s has ended (nothing left waiting)',
+    async (t) => {
+      // A socket, reader or timer left behind would keep the process alive past execBin's 30 s limit.
+      const args = ['submit', 'train_lora', ...lora(1), '--follow', ...(t === 'sse' ? ['--sse'] : [])]
+      const r = await execBin(args, { GPU_JOBS_URL: url })
+      expect(r.stderr).toBe('')
+      expect(r.code).toBe(0)
+      expect(r.stdout.trim().split('\n').at(-1)).toMatch(/completed\s+100%/)
+    },
+  )
 })
 
 describe('with API tokens', () => {

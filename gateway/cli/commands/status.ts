@@ -1,0 +1,12 @@
+import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
+import { statusSummary } from '../render.ts'
+
+/** `gpu-jobs status <id> [--json]`: the job's state, whatever it is (exit 0). */
+export async function status(args: string[], io: RunIO): Promise<number> {
+  const { values, positionals } = parse(args, { json: { type: 'boolean' } })
+  if (values.help) return help(io, 'status')
+  const client = clientFor(io, values.url)
+  const job = await client.status(oneId(positionals, 'status'))
+  line(io.stdout, values.json ? JSON.stringify(job, null, 2) : statusSummary(job, client.baseUrl))
+  return EXIT.ok
+}

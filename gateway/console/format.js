@@ -1,0 +1,43 @@
+// How the console writes numbers, times, sizes and ids.
+
+export const pctText = (p) => `${p >= 100 ? 100 : Math.floor(p)}%`
+export const shortId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
+
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' })
+const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' })
+/** An event's time, to the millisecond (events come many a second). */
+export const eventTime = new Intl.DateTimeFormat(undefined, {
+  hour: '2-digit',
+  minute: '2-digit',
+  second: '2-digit',
+  fractionalSecondDigits: 3,
+  hour12: false,
+})
+
+/** A time of today as a time, another day's with its date; `—` for none. */
+export function fmtTime(iso) {
+  if (!iso) return '—'
+  const d = new Date(iso)
+  return d.toDateString() === new Date().toDateString() ? timeOnly.format(d) : dateTime.format(d)
+}
+
+export function fmtBytes(n) {
+  if (n < 1024) return `${n} B`
+  const units = ['KiB', 'MiB', 'GiB', 'TiB']
+  let v = n
+  let i = -1
+  do {
+    v /= 1024
+    i++
+  } while (v >= 1024 && i < units.length - 1)
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`
+}
+
+export function fmtDuration(ms) {
+  if (ms < 1000) return `${ms} ms`
+  const s = ms / 1000
+  if (s < 60) return `${s.toFixed(1)} s`
+  const m = Math.floor(s / 60)
+  if (m < 60) return `${m} min ${Math.round(s % 60)} s`
+  return `${Math.floor(m / 60)} h ${m % 60} min`
+}

@@ -109,6 +109,10 @@ export function mayWrite(current: { status: JobStatus; attempt: number }, write:
   }
 }
 
+/** What the reconciler did with a job the queue lost. */
+export const RECONCILE_ACTIONS = ['requeued', 'failed'] as const
+export type ReconcileAction = (typeof RECONCILE_ACTIONS)[number]
+
 /** The metric series an outcome counts (`HostMetrics.count` turns them into increments). */
 export interface Counts {
   jobsTotal?: 'completed' | 'failed' | 'cancelled' | 'retrying'
@@ -117,7 +121,7 @@ export interface Counts {
   timeouts?: boolean
   cancellations?: boolean
   duration?: { status: 'completed' | 'failed' | 'cancelled'; seconds: number }
-  reconciled?: 'requeued' | 'failed'
+  reconciled?: ReconcileAction
 }
 
 /** What becomes of the BullMQ job once the row is written. */
@@ -216,43 +220,17 @@ export function decide(outcome: Outcome, attempt: number, policy: Policy): Trans
         queue: { kind: 'fail', message: 'cancelled' },
       })
     }
-    case 'exhausted': {
-      const error = new AttemptsExhaustedError(policy.maxAttempts)
-      return transition({
-        write: finish,
-        attempt,
-        status: 'failed',
-        progress: outcome.progress,
-        message: error.message,
-        error: error.toJobError(),
-        counts: { jobsTotal: 'failed', jobErrors: error.reason },
+    case 'exhausted':
+      return finalFailure(new AttemptsExhaustedError(policy.maxAttempts), attempt, outcome.progress, {
+        counts: { jobsTotal: 'failed', jobErrors: 'crash' },
         dropPartial: true,
-        queue: { kind: 'fail', message: error.message },
       })
-    }
     case 'invalid':
-      return transition({
-        write: finish,
-        attempt,
-        status: 'failed',
-        progress: 0,
-        message: outcome.message,
-        error: new InvalidJobError(outcome.message).toJobError(),
+      return finalFailure(new InvalidJobError(outcome.message), attempt, 0, {
         counts: { jobsTotal: 'failed', jobErrors: 'invalid_params' },
-        queue: { kind: 'fail', message: outcome.message },
       })
-    case 'host-fault': {
-      const error = new HostFaultError(outcome.cause)
-      return transition({
-        write: finish,
-        attempt,
-        status: 'failed',
-        progress: outcome.progress,
-        message: error.message,
-        error: error.toJobError(),
-        queue: { kind: 'fail', message: error.message },
-      })
-    }
+    case 'host-fault':
+      return finalFailure(new HostFaultError(outcome.cause), attempt, outcome.progress)
     case 'cancel-request':
       return transition({
         write: { kind: 'cancel' },
@@ -348,19 +326,32 @@ function decideLost(
       },
     })
   }
-  const error = new LostJobError(attempt, policy.maxAttempts)
-  return transition({
+  return finalFailure(new LostJobError(attempt, policy.maxAttempts), attempt, outcome.progress, {
     write,
-    attempt,
-    status: 'failed',
-    progress: outcome.progress,
-    message: error.message,
-    error: error.toJobError(),
     counts: { reconciled: 'failed', jobErrors: 'lost' },
     dropPartial: true,
     effects: 'after',
     // Its BullMQ job is gone already.
     queue: { kind: 'none' },
+  })
+}
+
+/** Failed for good with `error`, whose message is the row's, the event's and BullMQ's. */
+function finalFailure(
+  error: JobFailure,
+  attempt: number,
+  progress: number,
+  more: Partial<Pick<Transition, 'write' | 'counts' | 'dropPartial' | 'effects' | 'queue'>> = {},
+): Transition {
+  return transition({
+    write: { kind: 'finish', attempt },
+    attempt,
+    status: 'failed',
+    progress,
+    message: error.message,
+    error: error.toJobError(),
+    queue: { kind: 'fail', message: error.message },
+    ...more,
   })
 }
 

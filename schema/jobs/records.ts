@@ -17,7 +17,7 @@ import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
 import type { ProgressEvent } from '../events.ts'
 import type { JobType } from '../params/index.ts'
 import { NotQueuedError } from './errors.ts'
-import type { ArtifactEntry, RowWrite } from './lifecycle.ts'
+import type { ArtifactEntry, RowWrite, WrittenStatus } from './lifecycle.ts'
 
 /** Runs one database call: `what` names it for a log line. */
 export type DbCall = <T>(what: string, fn: () => Promise<T>) => Promise<T>
@@ -353,10 +353,10 @@ export class JobRecords {
   markLost(
     row: Pick<JobRow, 'id' | 'status' | 'attempt'>,
     graceMs: number,
-    end: { status: 'queued' | 'retrying' | 'failed'; message: string; error?: JobError | undefined },
+    end: { status: WrittenStatus; message: string; error?: JobError | undefined },
   ): Promise<boolean> {
     const now = new Date()
-    const failed = end.status === 'failed'
+    const failed = TERMINAL_STATUSES.includes(end.status)
     return this.call('reconcile job', () =>
       this.db.transaction(async (tx) => {
         const [written] = await tx

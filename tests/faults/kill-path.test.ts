@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -182,7 +183,7 @@ describe('cancellation', () => {
     // Within 2 s plus the grace period (1 s here).
     expect(Date.now() - asked).toBeLessThan(3000 + 1000)
     await expectNoProcessLeft(jobId)
-    await new Promise((r) => setTimeout(r, 500))
+    await sleep(500)
     const after = await getJob(stack, jobId)
     expect(after).toMatchObject({ status: 'cancelled', attempt: 1 })
     expect(await stack.queue.getJob(jobId).then((j) => j?.attemptsMade ?? 0)).toBeLessThanOrEqual(1)

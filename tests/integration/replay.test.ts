@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
@@ -126,7 +127,7 @@ describe('replay and resume at every seam', () => {
     const f = follower(() => `http://127.0.0.1:${port}`, jobId, 0)
     await waitFor(async () => f.events.length > 5, 20_000, 'events before the restart')
     await current.close()
-    await new Promise((r) => setTimeout(r, 500))
+    await sleep(500)
     current = await startGateway({
       config: { ...stack.config, gatewayPort: port },
       database: stack.database,
@@ -176,7 +177,7 @@ describe('replay and resume at every seam', () => {
         ),
       )
       sent += 500
-      await new Promise((r) => setTimeout(r, 20))
+      await sleep(20)
     }
     // The gateway gave up on the client long before it had sent everything: its buffer stays bounded.
     expect(await droppedSlow()).toBe(true)

@@ -5,9 +5,15 @@ import * as v from 'valibot'
 import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
 import { checkModelName } from '../functions/sdk/models.ts'
-import type { ErrorReason } from '../schema/common.ts'
 import { type EngineSettingsInput, engineSettings } from '../schema/engines.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import {
+  AbortError,
+  type AbortReason,
+  ArtifactPathError,
+  ProtocolError,
+  UnexpectedExitError,
+} from '../schema/jobs/errors.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { ChildSpawn } from './child-spawn.ts'
 import { type ChildError, ChildMessage, type ParentMessage } from './ipc.ts'
@@ -17,7 +23,7 @@ import { openInside } from './scratch-file.ts'
 
 const STDERR_TAIL_LINES = 40
 
-export type AbortReason = 'cancelled' | 'timeout' | 'shutdown'
+export type { AbortReason }
 
 export interface RunJobOptions {
   job: { jobId: string; type: JobType; params: unknown; attempt: number }
@@ -128,13 +134,7 @@ export class JobProcess {
       rel = checkArtifactPath(msg.path)
     } catch (err) {
       const message = (err as Error).message
-      this.refusedPath ??= {
-        name: 'NonRetryableError',
-        message,
-        code: 'INVALID_ARTIFACT_PATH',
-        reason: 'non_retryable',
-        retryable: false,
-      }
+      this.refusedPath ??= new ArtifactPathError(message).toWire()
       return this.reply({ kind: 'artifact-refused', id: msg.id, message, retryable: false })
     }
     let file: FileHandle
@@ -313,33 +313,15 @@ export class JobProcess {
             ...base,
           })
           if (this.abortReason) {
-            const reason: ErrorReason = this.abortReason
             const what = {
               timeout: `timed out after ${opts.timeoutMs / 1000}s`,
               cancelled: 'cancelled',
               shutdown: 'interrupted by host shutdown',
             }
-            return resolve(
-              fail({
-                name: 'AbortError',
-                message: `job ${what[this.abortReason]}`,
-                code: reason.toUpperCase(),
-                reason,
-                retryable: reason !== 'cancelled',
-              }),
-            )
+            return resolve(fail(new AbortError(this.abortReason, `job ${what[this.abortReason]}`).toWire()))
           }
           if (this.refusedPath) return resolve(fail(this.refusedPath))
-          if (protocolError)
-            return resolve(
-              fail({
-                name: 'ProtocolError',
-                message: protocolError,
-                code: 'PROTOCOL',
-                reason: 'crash',
-                retryable: true,
-              }),
-            )
+          if (protocolError) return resolve(fail(new ProtocolError(protocolError).toWire()))
           if (result && exitCode === 0) return resolve({ ok: true, result: result.value, ...base })
           if (childError) return resolve(fail(childError))
           const how = spawnError
@@ -347,15 +329,7 @@ export class JobProcess {
             : signal
               ? `was killed by ${signal}`
               : `exited with code ${exitCode}`
-          return resolve(
-            fail({
-              name: 'UnexpectedExitError',
-              message: `job process ${how}`,
-              code: 'CRASH',
-              reason: 'crash',
-              retryable: true,
-            }),
-          )
+          return resolve(fail(new UnexpectedExitError(how).toWire()))
         })
       })
     })

@@ -36,6 +36,56 @@ export class JobFailure extends Error {
   toJobError(): JobError {
     return { code: this.code, reason: this.reason, message: this.message }
   }
+
+  /** The failure as plain data, as it crosses IPC from a job process (gpu-host/ipc.ts ChildError). */
+  toWire(): { name: string; message: string; code: string; reason: ErrorReason; retryable: boolean } {
+    return {
+      name: this.name,
+      message: this.message,
+      code: this.code,
+      reason: this.reason,
+      retryable: this.retryable,
+    }
+  }
+}
+
+/** Why a job process is ended from outside. */
+export type AbortReason = 'cancelled' | 'timeout' | 'shutdown'
+
+/**
+ * The job process was ended from outside: cancelled (final), timed out or interrupted by the host's
+ * shutdown (both retryable).
+ */
+export class AbortError extends JobFailure {
+  override name = 'AbortError'
+  constructor(reason: AbortReason, message = `job ${reason}`) {
+    super(reason, message, { retryable: reason !== 'cancelled' })
+  }
+}
+
+/** The job process sent a message that is not of the protocol: it is killed, the attempt retried. */
+export class ProtocolError extends JobFailure {
+  override name = 'ProtocolError'
+  constructor(message: string) {
+    super('crash', message, { code: 'PROTOCOL' })
+  }
+}
+
+/** The job process exited (or could not start) without a result or an error of its own. */
+export class UnexpectedExitError extends JobFailure {
+  override name = 'UnexpectedExitError'
+  /** `how`: e.g. `exited with code 3`, `was killed by SIGKILL`. */
+  constructor(how: string) {
+    super('crash', `job process ${how}`, { code: 'CRASH' })
+  }
+}
+
+/** The job process asked to store an artifact outside its prefix: the attempt fails, not retryable. */
+export class ArtifactPathError extends JobFailure {
+  override name = 'ArtifactPathError'
+  constructor(message: string) {
+    super('non_retryable', message, { code: 'INVALID_ARTIFACT_PATH', retryable: false })
+  }
 }
 
 /** S3 did not take a write of the attempt (the manifest, the invalidation before a run): retryable. */

@@ -49,6 +49,19 @@ export class JobFailure extends Error {
   }
 }
 
+/**
+ * A failure class whose instances differ only in their message (and cause): its name, reason, code and
+ * whether it is retryable are the class's.
+ */
+function failureClass(name: string, reason: ErrorReason, opts: { code: string; retryable: boolean }) {
+  return class extends JobFailure {
+    constructor(message: string, cause?: unknown) {
+      super(reason, message, { ...opts, cause })
+      this.name = name
+    }
+  }
+}
+
 /** Why a job process is ended from outside. */
 export type AbortReason = 'cancelled' | 'timeout' | 'shutdown'
 
@@ -64,12 +77,8 @@ export class AbortError extends JobFailure {
 }
 
 /** The job process sent a message that is not of the protocol: it is killed, the attempt retried. */
-export class ProtocolError extends JobFailure {
-  override name = 'ProtocolError'
-  constructor(message: string) {
-    super('crash', message, { code: 'PROTOCOL' })
-  }
-}
+export const ProtocolError = failureClass('ProtocolError', 'crash', { code: 'PROTOCOL', retryable: true })
+export type ProtocolError = InstanceType<typeof ProtocolError>
 
 /** The job process exited (or could not start) without a result or an error of its own. */
 export class UnexpectedExitError extends JobFailure {
@@ -81,36 +90,29 @@ export class UnexpectedExitError extends JobFailure {
 }
 
 /** The job process asked to store an artifact outside its prefix: the attempt fails, not retryable. */
-export class ArtifactPathError extends JobFailure {
-  override name = 'ArtifactPathError'
-  constructor(message: string) {
-    super('non_retryable', message, { code: 'INVALID_ARTIFACT_PATH', retryable: false })
-  }
-}
+export const ArtifactPathError = failureClass('ArtifactPathError', 'non_retryable', {
+  code: 'INVALID_ARTIFACT_PATH',
+  retryable: false,
+})
+export type ArtifactPathError = InstanceType<typeof ArtifactPathError>
 
 /** S3 did not take a write of the attempt (the manifest, the invalidation before a run): retryable. */
-export class StorageError extends JobFailure {
-  override name = 'StorageError'
-  constructor(message: string, cause?: unknown) {
-    super('storage', message, { code: 'STORAGE', retryable: true, cause })
-  }
-}
+export const StorageError = failureClass('StorageError', 'storage', { code: 'STORAGE', retryable: true })
+export type StorageError = InstanceType<typeof StorageError>
 
 /** The job was cancelled: by request, before it started, or while it ran. Final. */
-export class CancelledError extends JobFailure {
-  override name = 'CancelledError'
-  constructor(message: string) {
-    super('cancelled', message, { code: 'CANCELLED', retryable: false })
-  }
-}
+export const CancelledError = failureClass('CancelledError', 'cancelled', {
+  code: 'CANCELLED',
+  retryable: false,
+})
+export type CancelledError = InstanceType<typeof CancelledError>
 
 /** A payload no handler can run (a foreign producer's envelope, an unknown type, a foreign prefix). */
-export class InvalidJobError extends JobFailure {
-  override name = 'InvalidJobError'
-  constructor(message: string) {
-    super('invalid_params', message, { code: 'INVALID_PARAMS', retryable: false })
-  }
-}
+export const InvalidJobError = failureClass('InvalidJobError', 'invalid_params', {
+  code: 'INVALID_PARAMS',
+  retryable: false,
+})
+export type InvalidJobError = InstanceType<typeof InvalidJobError>
 
 /** Attempts started past the job's budget: the earlier ones were interrupted by host failures. */
 export class AttemptsExhaustedError extends JobFailure {

@@ -12,8 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type HostProcess, startHostProcess } from '../helpers/host-process.ts'
 import {
   addFixtureJob,
-  attemptsOf,
-  getJob,
   type Stack,
   startStack,
   TEST_DATABASE_URL,
@@ -21,6 +19,7 @@ import {
   waitFor,
   waitStatus,
 } from '../helpers/stack.ts'
+import { runningJobPid } from './running-job.ts'
 
 /** Distinctive values: any of them in a job's environment is a leak. */
 const SECRETS = {
@@ -118,17 +117,7 @@ describe('the environment of job processes', () => {
   it('a running job process and a warm spare hold none of the host secrets; artifacts still land intact', async () => {
     const h = host as HostProcess
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 60, stepMs: 100 })
-    await waitFor(
-      async () => {
-        const b = await getJob(stack, jobId).catch(() => null)
-        return b?.status === 'running' && b.progress > 0
-      },
-      20_000,
-      'job to run',
-    )
-    const [attempt] = await attemptsOf(stack.database, jobId)
-    const jobPid = attempt?.pid ?? 0
-    expect(jobPid).toBeGreaterThan(0)
+    const jobPid = await runningJobPid(stack, jobId, 0, 'job to run')
     // The host itself does hold them (the test's premise).
     expect([...(await environOf(h.pid)).values()].join('\n')).toContain(SECRETS.s3Secret)
 

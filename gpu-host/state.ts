@@ -1,5 +1,6 @@
 import type { Db } from '../schema/db/connect.ts'
-import { JobRecords, retryWhileDown } from '../schema/jobs/records.ts'
+import { retryWhileDown } from '../schema/jobs/db-call.ts'
+import { JobRecords } from '../schema/jobs/records.ts'
 
 /**
  * The GPU host's writer of job rows: the shared one (schema/jobs/records.ts, guarded by attempt and

@@ -8,9 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JOB_STATUSES } from '../common.ts'
 import { type Database, openDatabase } from '../db/connect.ts'
 import { jobs } from '../db/tables.ts'
+import { retryWhileDown } from './db-call.ts'
 import { CancelledError, NotQueuedError } from './errors.ts'
 import { mayWrite, type RowWrite } from './lifecycle.ts'
-import { JobRecords, retryWhileDown } from './records.ts'
+import { JobRecords } from './records.ts'
 
 let dir: string
 let database: Database

@@ -1,14 +1,11 @@
 /**
- * The one writer of job rows, for the gateway and the GPU hosts alike. Every write is guarded (`guard()`,
- * the SQL form of `mayWrite` in lifecycle.ts): a host that lost its job (stalled, then taken by another
+ * The one writer of job rows, for the gateway and the GPU hosts alike. Every write is guarded (`guard()` of
+ * guard.ts, the SQL form of `mayWrite` in lifecycle.ts): a host that lost its job (stalled, then taken by another
  * host) cannot overwrite the newer attempt's state, and the terminal state is written once. How a call
- * meets an unreachable Postgres is the caller's: the host retries (`retryWhileDown`), the gateway fails
+ * meets an unreachable Postgres is the caller's: the host retries (`retryWhileDown`, db-call.ts), the gateway fails
  * fast with a 503.
  */
-import { setTimeout as sleep } from 'node:timers/promises'
-import { and, asc, count, eq, gt, inArray, isNull, lt, notInArray, type SQL, sql } from 'drizzle-orm'
-import { backoffDelay } from '../backoff.ts'
-import { isConnectionError } from '../clients.ts'
+import { and, asc, count, eq, gt, inArray, isNull, lt, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../common.ts'
 import { TERMINAL_STATUSES } from '../common.ts'
 import type { Db } from '../db/connect.ts'
@@ -16,31 +13,10 @@ import { recordJobEvent } from '../db/events.ts'
 import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
 import type { ProgressEvent } from '../events.ts'
 import type { JobType } from '../params/index.ts'
+import type { DbCall } from './db-call.ts'
 import { NotQueuedError } from './errors.ts'
+import { guard, olderThan, unfinished } from './guard.ts'
 import type { ArtifactEntry, RowWrite, WrittenStatus } from './lifecycle.ts'
-
-/** Runs one database call: `what` names it for a log line. */
-export type DbCall = <T>(what: string, fn: () => Promise<T>) => Promise<T>
-
-/**
- * Retries a call while Postgres is unreachable (down, restarting), waiting 200 ms doubling to 5 s, for at
- * most `maxWaitMs`; any other error, or one past the deadline, is thrown.
- */
-export const retryWhileDown =
-  (log: (msg: string) => void = () => {}, maxWaitMs = 120_000): DbCall =>
-  async (what, fn) => {
-    const deadline = Date.now() + maxWaitMs
-    for (let failures = 1; ; failures++) {
-      try {
-        return await fn()
-      } catch (err) {
-        const delay = backoffDelay(failures, { baseMs: 200, maxMs: 5000 })
-        if (!isConnectionError(err) || Date.now() + delay > deadline) throw err
-        log(`postgres unavailable (${what}): retrying in ${delay} ms`)
-        await sleep(delay)
-      }
-    }
-  }
 
 /** A job to create: the gateway's submit, or the host's row for a job another producer added. */
 export interface NewJob {
@@ -65,28 +41,6 @@ export interface AttemptEnd {
   nextAttemptAt?: Date | null | undefined
 }
 
-const unfinished = () => notInArray(jobs.status, [...TERMINAL_STATUSES])
-
-/**
- * The WHERE clause of a row write: the same cases as `mayWrite`, which a test checks row by row.
- * (`lost` and `waiting` writes add conditions on age and message that the pure guard leaves out.)
- */
-export function guard(write: RowWrite): SQL {
-  switch (write.kind) {
-    case 'start':
-    case 'cancel':
-      return unfinished()
-    case 'progress':
-      return and(unfinished(), eq(jobs.attempt, write.attempt), eq(jobs.status, 'running')) as SQL
-    case 'finish':
-      return and(unfinished(), eq(jobs.attempt, write.attempt)) as SQL
-    case 'lost':
-      return and(unfinished(), eq(jobs.status, write.status), eq(jobs.attempt, write.attempt)) as SQL
-    case 'waiting':
-      return and(unfinished(), inArray(jobs.status, ['queued', 'retrying'])) as SQL
-  }
-}
-
 const rowOf = (job: NewJob) => ({
   id: job.jobId,
   type: job.type,
@@ -99,12 +53,10 @@ const rowOf = (job: NewJob) => ({
   outputPrefix: job.outputPrefix,
 })
 
-const olderThan = (graceMs: number) =>
-  lt(jobs.updatedAt, sql`now() - make_interval(secs => ${graceMs / 1000})`)
-
 /** Statuses that count against a token's MAX_QUEUED_JOBS_PER_TOKEN. */
 const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
 
+/** The row writes of the job lifecycle, and the reads that choose what the reconciler writes. */
 export class JobRecords {
   private readonly call: DbCall
   private readonly host: string

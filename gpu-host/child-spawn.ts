@@ -20,7 +20,6 @@ export class ChildSpawn {
   readonly child: ChildProcess
   readonly pid: number
   ready = false
-  readonly readyPromise: Promise<boolean>
 
   constructor(cudaVisibleDevices: string | undefined, jobId?: string) {
     this.child = fork(CHILD_ENTRY, [], {
@@ -35,16 +34,12 @@ export class ChildSpawn {
     })
     if (this.child.pid === undefined) throw new Error('fork failed: no pid')
     this.pid = this.child.pid
-    this.readyPromise = new Promise((resolve) => {
-      const onMessage = (raw: unknown) => {
-        if ((raw as { kind?: string })?.kind !== 'ready') return
-        this.ready = true
-        this.child.off('message', onMessage)
-        resolve(true)
-      }
-      this.child.on('message', onMessage)
-      this.child.once('exit', () => resolve(false))
-    })
+    const onMessage = (raw: unknown) => {
+      if ((raw as { kind?: string })?.kind !== 'ready') return
+      this.ready = true
+      this.child.off('message', onMessage)
+    }
+    this.child.on('message', onMessage)
   }
 
   /** Still running (not exited) and able to take a job. */

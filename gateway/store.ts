@@ -1,8 +1,6 @@
-import { and, asc, count, desc, eq, inArray, lt, notInArray, or, type SQL, sql } from 'drizzle-orm'
+import { and, asc, desc, eq, lt, or, type SQL, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../schema/common.ts'
-import { TERMINAL_STATUSES } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
-import { recordJobEvent } from '../schema/db/events.ts'
 import {
   type JobArtifactRow,
   type JobAttemptRow,
@@ -12,19 +10,12 @@ import {
   jobs,
 } from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
+import { NotQueuedError } from '../schema/jobs/errors.ts'
+import { JobRecords, type NewJob } from '../schema/jobs/records.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { onBackend } from './errors.ts'
 
-export interface NewJob {
-  jobId: string
-  type: JobType
-  params: Record<string, unknown>
-  owner: string | null
-  priority: number | undefined
-  timeoutSec: number | undefined
-  maxAttempts: number
-  outputPrefix: string
-}
+export type { NewJob }
 
 /** The columns of a list entry: not params nor result, which can be large. */
 const summaryColumns = {
@@ -46,17 +37,10 @@ const summaryColumns = {
 }
 export type JobSummaryRow = Pick<JobRow, keyof typeof summaryColumns>
 
-/** Statuses that count against a token's MAX_QUEUED_JOBS_PER_TOKEN. */
-const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
-
 /** The error of a row kept as a tombstone for a submit whose add to Redis had an unknown outcome. */
-export const NOT_QUEUED: JobError = {
-  code: 'NOT_QUEUED',
-  reason: 'cancelled',
-  message: 'not queued: Redis was unavailable during the submit',
-}
+export const NOT_QUEUED: JobError = new NotQueuedError().toJobError()
 export const isNotQueued = (row: Pick<JobRow, 'status' | 'error'>): boolean =>
-  row.status === 'cancelled' && row.error?.code === NOT_QUEUED.code
+  row.status === 'cancelled' && row.error?.code === NotQueuedError.CODE
 
 /** A list cursor: the (createdAt, id) of the last row of the previous page, opaque to clients. */
 const encodeCursor = (row: Pick<JobRow, 'createdAt' | 'id'>): string =>
@@ -71,9 +55,16 @@ const decodeCursor = (cursor: string): [Date, string] | null => {
   }
 }
 
-/** The gateway's reads and writes of job state; a Postgres connection failure is a 503 naming Postgres. */
+/**
+ * The gateway's reads and writes of job state; a Postgres connection failure is a 503 naming Postgres.
+ * The writes are the shared writer's (schema/jobs/records.ts), so gateway and hosts guard rows alike.
+ */
 export class JobStore {
-  constructor(private readonly db: Db) {}
+  private readonly records: JobRecords
+
+  constructor(private readonly db: Db) {
+    this.records = new JobRecords(db, { call: (_what, fn) => onBackend('Postgres', fn) })
+  }
 
   private pg<T>(fn: () => Promise<T>): Promise<T> {
     return onBackend('Postgres', fn)
@@ -81,49 +72,13 @@ export class JobStore {
 
   /**
    * Inserts a queued job unless the id exists (idempotent submit: the existing row) or the owner has
-   * `maxUnfinished` unfinished jobs already. Serialised per owner (an advisory lock), so concurrent
-   * submits cannot overshoot the quota.
+   * `maxUnfinished` unfinished jobs already (see JobRecords.claim).
    */
   claim(
     job: NewJob,
     maxUnfinished: number,
   ): Promise<{ row: JobRow } | { existing: JobRow } | { overQuota: true }> {
-    return this.pg(() =>
-      this.db.transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`gpu-jobs-owner:${job.owner ?? ''}`}))`)
-        const [existing] = await tx.select().from(jobs).where(eq(jobs.id, job.jobId))
-        if (existing) return { existing }
-        const [unfinished] = await tx
-          .select({ n: count() })
-          .from(jobs)
-          .where(
-            and(
-              inArray(jobs.status, UNFINISHED),
-              job.owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, job.owner),
-            ),
-          )
-        if ((unfinished?.n ?? 0) >= maxUnfinished) return { overQuota: true as const }
-        const [row] = await tx
-          .insert(jobs)
-          .values({
-            id: job.jobId,
-            type: job.type,
-            status: 'queued',
-            params: job.params,
-            owner: job.owner,
-            priority: job.priority ?? null,
-            timeoutSec: job.timeoutSec ?? null,
-            maxAttempts: job.maxAttempts,
-            outputPrefix: job.outputPrefix,
-          })
-          .onConflictDoNothing()
-          .returning()
-        if (row) return { row }
-        const [raced] = await tx.select().from(jobs).where(eq(jobs.id, job.jobId))
-        if (!raced) throw new Error(`job ${job.jobId} neither inserted nor found`)
-        return { existing: raced }
-      }),
-    )
+    return this.records.claim(job, maxUnfinished)
   }
 
   /** Inserts a queued job; null when the id exists already. */
@@ -134,29 +89,17 @@ export class JobStore {
 
   /** Keeps a published event in the SQL history (see schema/db/events.ts). */
   recordEvent(event: ProgressEvent): Promise<void> {
-    return this.pg(() => recordJobEvent(this.db, event))
+    return this.records.recordEvent(event)
   }
 
   /** Removes a job that was never queued (its add was refused). */
   remove(jobId: string): Promise<void> {
-    return this.pg(async () => {
-      await this.db.delete(jobs).where(and(eq(jobs.id, jobId), eq(jobs.status, 'queued')))
-    })
+    return this.records.remove(jobId)
   }
 
   /** Removes a NOT_QUEUED tombstone, once Redis is known to hold nothing of it. */
   removeNotQueued(jobId: string): Promise<void> {
-    return this.pg(async () => {
-      await this.db
-        .delete(jobs)
-        .where(
-          and(
-            eq(jobs.id, jobId),
-            eq(jobs.status, 'cancelled'),
-            sql`${jobs.error}->>'code' = ${NOT_QUEUED.code}`,
-          ),
-        )
-    })
+    return this.records.removeNotQueued(jobId)
   }
 
   get(jobId: string): Promise<JobRow | undefined> {
@@ -217,21 +160,6 @@ export class JobStore {
 
   /** Marks a job cancelled unless it is terminal already; returns whether this call did it. */
   cancel(jobId: string, error: JobError, progressMessage: string): Promise<boolean> {
-    return this.pg(async () => {
-      const now = new Date()
-      const rows = await this.db
-        .update(jobs)
-        .set({
-          status: 'cancelled',
-          error,
-          message: progressMessage,
-          finishedAt: now,
-          updatedAt: now,
-          nextAttemptAt: null,
-        })
-        .where(and(eq(jobs.id, jobId), notInArray(jobs.status, [...TERMINAL_STATUSES])))
-        .returning({ id: jobs.id })
-      return rows.length > 0
-    })
+    return this.records.cancel(jobId, error, progressMessage)
   }
 }

@@ -40,18 +40,21 @@ const ALLOWED_NAMES = new Set([
 /** Name prefixes a job may see (CUDA, NVIDIA runtime, locale, Python and model-hub caches, engine choice). */
 const ALLOWED_PREFIXES = ['LC_', 'CUDA_', 'NVIDIA_', 'PYTHON', 'HF_', 'TORCH_', 'DEFAULT_ENGINE_']
 
-/**
- * Never passed, whatever the allow-list says: the host's credentials by name, secrets read from files
- * (`*_FILE`), and anything that looks like a credential (`HF_TOKEN`, `*_SECRET*`, `*_PASSWORD`, ...).
- */
-const DENIED_NAMES = new Set([
+/** The host's own credentials, by name: never in a job process's environment. */
+export const HOST_CREDENTIALS = [
   'DATABASE_URL',
   'REDIS_URL',
   'API_TOKENS',
   'METRICS_TOKEN',
   'S3_ACCESS_KEY_ID',
   'S3_SECRET_ACCESS_KEY',
-])
+] as const
+
+/**
+ * Never passed, whatever the allow-list says: the host's credentials by name, secrets read from files
+ * (`*_FILE`), and anything that looks like a credential (`HF_TOKEN`, `*_SECRET*`, `*_PASSWORD`, ...).
+ */
+const DENIED_NAMES = new Set<string>(HOST_CREDENTIALS)
 const DENIED_PATTERN = /_FILE$|TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE|_KEY$|_KEY_ID$|AUTH/i
 
 /** Whether a variable of the host's environment may reach a job process. */

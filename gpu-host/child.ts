@@ -12,6 +12,7 @@ import type { AnyHandler } from '../functions/sdk/define.ts'
 import { NonRetryableError, RetryableError } from '../functions/sdk/errors.ts'
 import { createModelCache } from '../functions/sdk/models.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import { AbortError } from '../schema/jobs/errors.ts'
 import { HostArtifactStore } from './child-artifacts.ts'
 import { HostModelFetcher } from './child-models.ts'
 import { type ChildError, type ChildMessage, ParentMessage } from './ipc.ts'
@@ -47,13 +48,7 @@ function toChildError(err: unknown): ChildError {
   if (controller.signal.aborted) {
     const reason = (controller.signal.reason as { reason?: string })?.reason
     const r = reason === 'timeout' || reason === 'cancelled' || reason === 'shutdown' ? reason : 'cancelled'
-    return {
-      name: 'AbortError',
-      message: `job ${r}`,
-      code: r.toUpperCase(),
-      reason: r,
-      retryable: r !== 'cancelled',
-    }
+    return new AbortError(r).toWire()
   }
   if (err instanceof NonRetryableError || err instanceof RetryableError)
     return {

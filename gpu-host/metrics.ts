@@ -1,5 +1,8 @@
 import { hostname } from 'node:os'
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { ERROR_REASONS } from '../schema/common.ts'
+import { type Counts, RECONCILE_ACTIONS } from '../schema/jobs/lifecycle.ts'
+import { JOB_TYPES } from '../schema/params/index.ts'
 import type { Slot } from './gpus.ts'
 
 /** BullMQ job states sampled into `gpu_worker_queue_jobs{state}`. */
@@ -239,6 +242,37 @@ export class HostMetrics {
       help: 'Job slots (GPUs, or GPU_SLOTS without one) on this host.',
       registers,
     })
+    this.zeroJobSeries()
+  }
+
+  /**
+   * Every job series exists from the start (at 0), so rate() and increase() count the first job of each
+   * kind too.
+   */
+  private zeroJobSeries(): void {
+    for (const type of JOB_TYPES) {
+      for (const status of ['completed', 'failed', 'cancelled', 'retrying']) {
+        this.jobsTotal.inc({ type, status }, 0)
+        this.jobDuration.zero({ type, status })
+      }
+      this.queueWait.zero({ type })
+      for (const reason of ERROR_REASONS) this.jobErrors.inc({ type, reason }, 0)
+      for (const action of RECONCILE_ACTIONS) this.reconciled.inc({ type, action }, 0)
+      for (const counter of [this.attempts, this.retries, this.timeouts, this.cancellations])
+        counter.inc({ type }, 0)
+    }
+  }
+
+  /** Counts one lifecycle transition of a job of `type` (the series `decide` names for it). */
+  count(type: string, counts: Counts): void {
+    if (counts.jobsTotal) this.jobsTotal.inc({ type, status: counts.jobsTotal })
+    if (counts.duration)
+      this.jobDuration.observe({ type, status: counts.duration.status }, counts.duration.seconds)
+    if (counts.jobErrors) this.jobErrors.inc({ type, reason: counts.jobErrors })
+    if (counts.retries) this.retries.inc({ type })
+    if (counts.timeouts) this.timeouts.inc({ type })
+    if (counts.cancellations) this.cancellations.inc({ type })
+    if (counts.reconciled) this.reconciled.inc({ type, action: counts.reconciled })
   }
 
   gpuLabels(slot: Slot): { gpu: string; UUID: string; Hostname: string } {

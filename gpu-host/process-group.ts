@@ -1,4 +1,5 @@
 import { readdir, readFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 /**
  * Process ids of the live members of process group `pgid`, read from /proc (`kill(pid, 0)` reports a
@@ -37,8 +38,6 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals): boolean {
     throw err
   }
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Waits until group `pgid` has no live member; true if it emptied within `timeoutMs`. */
 export async function waitGroupGone(pgid: number, timeoutMs: number): Promise<boolean> {

@@ -18,9 +18,10 @@ import type { S3Client } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import type { JobError } from '../schema/common.ts'
 import type { JobRow } from '../schema/db/tables.ts'
 import type { JobEnvelope } from '../schema/envelope.ts'
+import { apply } from '../schema/jobs/apply.ts'
+import { decide, type Transition } from '../schema/jobs/lifecycle.ts'
 import { QUEUE_NAME, seqKey } from '../schema/keys.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
@@ -44,8 +45,7 @@ export interface ReconcilerOptions {
   lookbackMs?: number
 }
 
-export type ReconcileAction = 'requeued' | 'failed'
-export const RECONCILE_ACTIONS: readonly ReconcileAction[] = ['requeued', 'failed']
+export { RECONCILE_ACTIONS, type ReconcileAction } from '../schema/jobs/lifecycle.ts'
 
 export interface ReconcileReport {
   requeued: string[]
@@ -149,78 +149,53 @@ export class Reconciler {
     for (const row of await state.staleUnfinished(this.graceMs, this.batch)) {
       if (this.deps.isLocal(row.id)) continue
       if (await queue.getJob(row.id)) continue
-      const known = (JOB_TYPES as readonly string[]).includes(row.type)
-      // Attempts left: the next one would be row.attempt + 1 (a running attempt whose host is gone counts).
-      if (known && row.attempt < row.maxAttempts) {
-        if (await this.requeue(row)) report.requeued.push(row.id)
-      } else if (await this.fail(row)) report.failed.push(row.id)
+      const t = decide(
+        {
+          kind: 'lost',
+          status: row.status,
+          progress: row.progress,
+          nextAttemptAt: row.nextAttemptAt,
+          knownType: (JOB_TYPES as readonly string[]).includes(row.type),
+        },
+        row.attempt,
+        // No retry backoff applies: a lost job is added again at once (or at its next attempt time).
+        { maxAttempts: row.maxAttempts, retry: { baseMs: 0, maxMs: 0 } },
+      )
+      if (await this.settle(row, t)) report[t.status === 'failed' ? 'failed' : 'requeued'].push(row.id)
     }
   }
 
-  private async announce(row: JobRow, status: JobRow['status'], message: string, terminal: boolean) {
-    // Redis may have lost the job's seq counter too: go on from the last seq Postgres knows, so the event
-    // is not taken for one recorded already (and followers see seq rise).
-    await this.deps.redis.set(seqKey(row.id), String(row.lastSeq), 'NX')
-    const event = await emitEvent(
-      this.deps.redis,
-      {
-        jobId: row.id,
-        type: row.type,
-        status,
-        progress: row.progress,
-        message,
-        attempt: row.attempt,
-        timestamp: new Date().toISOString(),
+  /**
+   * The row (guarded by status, attempt and age), then metrics and, for a failed job, its partial files
+   * (whoever gets the failed event finds no output without a manifest), then the event, then the add.
+   */
+  private async settle(row: JobRow, t: Transition): Promise<boolean> {
+    const { redis, queue, state, metrics, s3, bucket, logger } = this.deps
+    const wrote = await apply({ jobId: row.id, type: row.type }, t, {
+      write: (w) => state.markLost(row, this.graceMs, w),
+      count: (counts) => metrics.count(row.type, counts),
+      dropPartial: () =>
+        removeUncovered(s3, bucket, row.outputPrefix).then(
+          () => {},
+          (err: unknown) =>
+            logger.warn({ err: (err as Error).message, jobId: row.id }, 'could not remove partial artifacts'),
+        ),
+      emit: async (event, terminal) => {
+        // Redis may have lost the job's seq counter too: go on from the last seq Postgres knows, so the
+        // event is not taken for one recorded already (and followers see seq rise).
+        await redis.set(seqKey(row.id), String(row.lastSeq), 'NX')
+        return emitEvent(redis, event, { terminal })
       },
-      { terminal },
-    )
-    await this.deps.state.recordEvent(event)
-  }
-
-  private async requeue(row: JobRow): Promise<boolean> {
-    const { queue, state, metrics } = this.deps
-    // A retrying job keeps waiting for its next attempt time; a running one (its host is gone) is queued.
-    const status = row.status === 'retrying' ? 'retrying' : 'queued'
-    const message = 'the queue lost this job (Redis data lost); queued again'
-    if (!(await state.markLost(row, this.graceMs, { status, message }))) return false
-    await this.announce(row, status, message, false)
-    const envelope: JobEnvelope = {
-      jobId: row.id,
-      type: row.type,
-      params: row.params,
-      artifacts: { outputPrefix: row.outputPrefix },
-      owner: row.owner,
-      maxAttempts: row.maxAttempts,
-      ...(row.priority === null ? {} : { priority: row.priority }),
-      ...(row.timeoutSec === null ? {} : { timeoutSec: row.timeoutSec }),
-    }
-    const delay = status === 'retrying' ? Math.max(0, (row.nextAttemptAt?.getTime() ?? 0) - Date.now()) : 0
-    await queue.add(row.type, envelope, {
-      jobId: row.id,
-      ...(row.priority === null ? {} : { priority: row.priority }),
-      ...(delay > 0 ? { delay } : {}),
-      ...JOB_RETENTION,
+      record: (event) => state.recordEvent(event),
     })
-    metrics.reconciled.inc({ type: row.type, action: 'requeued' })
-    return true
-  }
-
-  private async fail(row: JobRow): Promise<boolean> {
-    const { state, metrics, s3, bucket } = this.deps
-    const message = `the queue lost this job (Redis data lost) and it has no attempt left (${row.attempt}/${row.maxAttempts})`
-    const error: JobError = { code: 'LOST', reason: 'lost', message }
-    if (!(await state.markLost(row, this.graceMs, { status: 'failed', message, error }))) return false
-    metrics.reconciled.inc({ type: row.type, action: 'failed' })
-    metrics.jobErrors.inc({ type: row.type, reason: 'lost' })
-    // Partial files go before the event: whoever gets the failed event finds no output without a manifest.
-    await removeUncovered(s3, bucket, row.outputPrefix).catch((err: unknown) =>
-      this.deps.logger.warn(
-        { err: (err as Error).message, jobId: row.id },
-        'could not remove partial artifacts',
-      ),
-    )
-    await this.announce(row, 'failed', message, true)
-    return true
+    if (wrote && t.queue.kind === 'add')
+      await queue.add(row.type, envelopeOf(row), {
+        jobId: row.id,
+        ...(row.priority === null ? {} : { priority: row.priority }),
+        ...(t.queue.delayMs > 0 ? { delay: t.queue.delayMs } : {}),
+        ...JOB_RETENTION,
+      })
+    return wrote
   }
 
   /** Removes partial files of jobs that ended cancelled or failed since the last sweep. */
@@ -243,3 +218,15 @@ export class Reconciler {
     return removed
   }
 }
+
+/** The BullMQ payload of a job re-added from its row (same jobId, a retrying job keeps its attempt time). */
+const envelopeOf = (row: JobRow): JobEnvelope => ({
+  jobId: row.id,
+  type: row.type,
+  params: row.params,
+  artifacts: { outputPrefix: row.outputPrefix },
+  owner: row.owner,
+  maxAttempts: row.maxAttempts,
+  ...(row.priority === null ? {} : { priority: row.priority }),
+  ...(row.timeoutSec === null ? {} : { timeoutSec: row.timeoutSec }),
+})

@@ -1,10 +1,10 @@
 import type { Job } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { JobStatus } from '../schema/common.ts'
-import type { ProgressEvent } from '../schema/events.ts'
+import type { ProgressEvent, UnsequencedEvent } from '../schema/events.ts'
+import type { JobRecords } from '../schema/jobs/records.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
-import type { JobState } from './state.ts'
 
 /** Postgres and BullMQ see progress at most this often per job; Redis sees every event. */
 const PERSIST_INTERVAL_MS = 250
@@ -27,7 +27,7 @@ export class Reporter {
 
   constructor(
     private readonly redis: Redis,
-    private readonly state: JobState,
+    private readonly state: Pick<JobRecords, 'progress'>,
     private readonly job: Job,
     private readonly info: { jobId: string; type: JobType; attempt: number },
     private readonly log: (msg: string, err?: unknown) => void,
@@ -37,11 +37,14 @@ export class Reporter {
     return { ...this.info, status, progress, message, timestamp: new Date().toISOString() }
   }
 
-  /** Emits a status event now (running, retrying, ...) and returns it with its seq. */
-  async emit(status: JobStatus, progress: number, message: string, terminal = false): Promise<ProgressEvent> {
-    const next = this.chain.then(() =>
-      emitEvent(this.redis, this.event(status, progress, message), { terminal }),
-    )
+  /** Emits a status event of this attempt now (running, retrying, ...) and returns it with its seq. */
+  emit(status: JobStatus, progress: number, message: string, terminal = false): Promise<ProgressEvent> {
+    return this.publish(this.event(status, progress, message), terminal)
+  }
+
+  /** Publishes `event` after every event queued before it (the attempt's seq order). */
+  publish(event: UnsequencedEvent, terminal = false): Promise<ProgressEvent> {
+    const next = this.chain.then(() => emitEvent(this.redis, event, { terminal }))
     this.chain = next.catch(() => {})
     return next
   }

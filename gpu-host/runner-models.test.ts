@@ -3,10 +3,12 @@
  * host side (S3ModelFetcher on s3rver) streams into the models dir. A throttling TCP proxy in front of
  * s3rver makes the download slow enough to cancel it midway.
  */
+
 import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises'
 import { connect, createServer, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -122,7 +124,7 @@ describe('s3:// models through the runner', () => {
     for (let i = 0; i < 500; i++) {
       const partial = (await readdir(modelsDir)).find((f) => f.endsWith('.partial'))
       if (partial && ((await stat(path.join(modelsDir, partial)).catch(() => null))?.size ?? 0) > 0) break
-      await new Promise((r) => setTimeout(r, 20))
+      await sleep(20)
     }
     const seen = await readdir(modelsDir)
     expect(seen).toContain('.big.bin.lock')

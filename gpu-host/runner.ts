@@ -1,32 +1,29 @@
-import { type ChildProcess, fork } from 'node:child_process'
-import { constants } from 'node:fs'
-import { type FileHandle, open, readlink, realpath } from 'node:fs/promises'
-import path from 'node:path'
+import type { ChildProcess } from 'node:child_process'
+import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
-import { fileURLToPath } from 'node:url'
 import * as v from 'valibot'
 import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
 import { checkModelName } from '../functions/sdk/models.ts'
-import type { ErrorReason } from '../schema/common.ts'
 import { type EngineSettingsInput, engineSettings } from '../schema/engines.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
+import {
+  AbortError,
+  type AbortReason,
+  ArtifactPathError,
+  ProtocolError,
+  UnexpectedExitError,
+} from '../schema/jobs/errors.ts'
 import type { JobType } from '../schema/params/index.ts'
-import { jobEnv } from './child-env.ts'
+import { ChildSpawn } from './child-spawn.ts'
 import { type ChildError, ChildMessage, type ParentMessage } from './ipc.ts'
 import { ModelFetchError, type ModelObjectFetcher } from './model-fetch.ts'
 import { terminateGroup } from './process-group.ts'
+import { openInside } from './scratch-file.ts'
 
-const here = import.meta.url
-/** GPU_JOBS_CHILD_ENTRY: a bundled child for machines without the source tree (the GPU check's .device/). */
-const CHILD_ENTRY =
-  process.env.GPU_JOBS_CHILD_ENTRY ||
-  fileURLToPath(new URL(here.endsWith('.ts') ? './child.ts' : './child.js', here))
-/** Under tsx (development, tests) the child needs the same loader; production runs compiled JS. */
-const CHILD_EXEC_ARGV = CHILD_ENTRY.endsWith('.ts') ? ['--import', 'tsx'] : []
 const STDERR_TAIL_LINES = 40
 
-export type AbortReason = 'cancelled' | 'timeout' | 'shutdown'
+export type { AbortReason }
 
 export interface RunJobOptions {
   job: { jobId: string; type: JobType; params: unknown; attempt: number }
@@ -66,58 +63,6 @@ export interface RunFailure extends ChildError {
 export type RunOutcome =
   | { ok: true; result: unknown; artifacts: ArtifactRecord[]; pid: number; groupGone: boolean }
   | { ok: false; error: RunFailure; artifacts: ArtifactRecord[]; pid: number; groupGone: boolean }
-
-/**
- * One job in a fresh child process with its own process group. `abort()` (cancel, shutdown) and the
- * hard timeout both end in SIGTERM to the whole group, a grace period, then SIGKILL; `done` resolves
- * only once /proc shows no process of the group left.
- */
-/**
- * A forked job process that has loaded its code and waits for a job: the host keeps one per slot (a warm
- * spare) so a job does not wait for Node.js to start. It has run nothing yet, so it is as fresh as a new
- * fork (no CUDA context: it has not touched the GPU). Each is used for one job at most.
- */
-export class ChildSpawn {
-  readonly child: ChildProcess
-  readonly pid: number
-  ready = false
-  readonly readyPromise: Promise<boolean>
-
-  constructor(cudaVisibleDevices: string | undefined, jobId?: string) {
-    this.child = fork(CHILD_ENTRY, [], {
-      detached: true,
-      execArgv: CHILD_EXEC_ARGV,
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      // An allow-list, not the host's environment: a job never sees the host's credentials.
-      env: jobEnv(process.env, {
-        CUDA_VISIBLE_DEVICES: cudaVisibleDevices,
-        GPU_JOBS_JOB_ID: jobId,
-      }),
-    })
-    if (this.child.pid === undefined) throw new Error('fork failed: no pid')
-    this.pid = this.child.pid
-    this.readyPromise = new Promise((resolve) => {
-      const onMessage = (raw: unknown) => {
-        if ((raw as { kind?: string })?.kind !== 'ready') return
-        this.ready = true
-        this.child.off('message', onMessage)
-        resolve(true)
-      }
-      this.child.on('message', onMessage)
-      this.child.once('exit', () => resolve(false))
-    })
-  }
-
-  /** Still running (not exited) and able to take a job. */
-  get alive(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null && this.child.connected
-  }
-
-  /** Discards an unused spare: its whole group goes. */
-  async discard(): Promise<void> {
-    await terminateGroup(this.pid, 0)
-  }
-}
 
 /**
  * One job in a fresh child process with its own process group. `abort()` (cancel, shutdown) and the
@@ -189,13 +134,7 @@ export class JobProcess {
       rel = checkArtifactPath(msg.path)
     } catch (err) {
       const message = (err as Error).message
-      this.refusedPath ??= {
-        name: 'NonRetryableError',
-        message,
-        code: 'INVALID_ARTIFACT_PATH',
-        reason: 'non_retryable',
-        retryable: false,
-      }
+      this.refusedPath ??= new ArtifactPathError(message).toWire()
       return this.reply({ kind: 'artifact-refused', id: msg.id, message, retryable: false })
     }
     let file: FileHandle
@@ -374,33 +313,15 @@ export class JobProcess {
             ...base,
           })
           if (this.abortReason) {
-            const reason: ErrorReason = this.abortReason
             const what = {
               timeout: `timed out after ${opts.timeoutMs / 1000}s`,
               cancelled: 'cancelled',
               shutdown: 'interrupted by host shutdown',
             }
-            return resolve(
-              fail({
-                name: 'AbortError',
-                message: `job ${what[this.abortReason]}`,
-                code: reason.toUpperCase(),
-                reason,
-                retryable: reason !== 'cancelled',
-              }),
-            )
+            return resolve(fail(new AbortError(this.abortReason, `job ${what[this.abortReason]}`).toWire()))
           }
           if (this.refusedPath) return resolve(fail(this.refusedPath))
-          if (protocolError)
-            return resolve(
-              fail({
-                name: 'ProtocolError',
-                message: protocolError,
-                code: 'PROTOCOL',
-                reason: 'crash',
-                retryable: true,
-              }),
-            )
+          if (protocolError) return resolve(fail(new ProtocolError(protocolError).toWire()))
           if (result && exitCode === 0) return resolve({ ok: true, result: result.value, ...base })
           if (childError) return resolve(fail(childError))
           const how = spawnError
@@ -408,15 +329,7 @@ export class JobProcess {
             : signal
               ? `was killed by ${signal}`
               : `exited with code ${exitCode}`
-          return resolve(
-            fail({
-              name: 'UnexpectedExitError',
-              message: `job process ${how}`,
-              code: 'CRASH',
-              reason: 'crash',
-              retryable: true,
-            }),
-          )
+          return resolve(fail(new UnexpectedExitError(how).toWire()))
         })
       })
     })
@@ -429,24 +342,5 @@ const isModelName = (name: string): boolean => {
     return true
   } catch {
     return false
-  }
-}
-
-/**
- * Opens `file` for reading only if it is a regular file inside `dir`. The check is made on the opened
- * descriptor (/proc/self/fd), so a symlink swapped in after a check cannot point the host elsewhere; a
- * FIFO cannot block the open (O_NONBLOCK).
- */
-async function openInside(dir: string, file: string): Promise<FileHandle> {
-  const root = await realpath(dir)
-  const handle = await open(path.resolve(dir, file), constants.O_RDONLY | constants.O_NONBLOCK)
-  try {
-    const real = await readlink(`/proc/self/fd/${handle.fd}`).catch(() => realpath(path.resolve(dir, file)))
-    if (!real.startsWith(root + path.sep)) throw new Error("the file is not inside the job's scratch dir")
-    if (!(await handle.stat()).isFile()) throw new Error('not a regular file')
-    return handle
-  } catch (err) {
-    await handle.close().catch(() => {})
-    throw err
   }
 }

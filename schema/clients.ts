@@ -1,5 +1,6 @@
 import { HeadBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { Redis, type RedisOptions } from 'ioredis'
+import { backoffDelay } from './backoff.ts'
 import type { Config } from './config.ts'
 import type { Database } from './db/connect.ts'
 
@@ -26,7 +27,8 @@ export const createRedis = (url: string, opts: RedisOptions = {}): Redis =>
   new Redis(url, {
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
-    retryStrategy: (times) => Math.min(100 * 2 ** times, 2000),
+    // 200 ms after the first failure, doubling to 2 s.
+    retryStrategy: (times) => backoffDelay(times + 1, { baseMs: 100, maxMs: 2000 }),
     lazyConnect: true,
     ...opts,
   })

@@ -62,6 +62,3 @@ export const JobError = v.object({
 export type JobError = v.InferOutput<typeof JobError>
 
 export const Progress = v.pipe(v.number(), v.minValue(0), v.maxValue(100))
-
-export const positiveInt = (max: number, label: string) =>
-  v.pipe(v.number(), v.integer(`${label} must be an integer`), v.minValue(1), v.maxValue(max))

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { eventLogKey, progressChannel, seqKey } from './keys.ts'
@@ -36,7 +37,7 @@ describe('the event log', () => {
     expect(emitted.map((e) => e.seq).sort((a, b) => a - b)).toEqual(
       Array.from({ length: 50 }, (_, i) => i + 1),
     )
-    await new Promise((r) => setTimeout(r, 100))
+    await sleep(100)
     const published = received.map((m) => JSON.parse(m) as { seq: number })
     expect(published.map((e) => e.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1))
     // The published JSON keeps the contract's field order.

@@ -13,6 +13,7 @@ import {
   waitFor,
   waitStatus,
 } from '../helpers/stack.ts'
+import { runningJobPid } from './running-job.ts'
 
 let stack: Stack
 const hosts: HostProcess[] = []
@@ -37,17 +38,7 @@ describe('a GPU host killed with kill -9', () => {
   it('takes its job process group down with it; the job completes on a second host as attempt 2, once', async () => {
     const a = await host('a')
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 3 }, { steps: 40, stepMs: 100 })
-    await waitFor(
-      async () => {
-        const b = await getJob(stack, jobId).catch(() => null)
-        return b?.status === 'running' && b.progress > 5
-      },
-      20_000,
-      'job to run on host a',
-    )
-    const [first] = await attemptsOf(stack.database, jobId)
-    const pgid = first?.pid ?? 0
-    expect(pgid).toBeGreaterThan(0)
+    const pgid = await runningJobPid(stack, jobId, 5, 'job to run on host a')
     expect(await groupGone(pgid)).toBe(false)
 
     const killedAt = Date.now()

@@ -9,11 +9,10 @@ import { readdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { GetObjectCommand } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { HOST_CREDENTIALS } from '../../gpu-host/child-env.ts'
 import { type HostProcess, startHostProcess } from '../helpers/host-process.ts'
 import {
   addFixtureJob,
-  attemptsOf,
-  getJob,
   type Stack,
   startStack,
   TEST_DATABASE_URL,
@@ -21,6 +20,7 @@ import {
   waitFor,
   waitStatus,
 } from '../helpers/stack.ts'
+import { runningJobPid } from './running-job.ts'
 
 /** Distinctive values: any of them in a job's environment is a leak. */
 const SECRETS = {
@@ -96,15 +96,8 @@ function expectNoSecrets(env: Map<string, string>, what: string): void {
   const joined = [...env].map(([k, val]) => `${k}=${val}`).join('\n')
   for (const [name, value] of Object.entries(SECRETS))
     expect(joined.includes(value), `${what}: the ${name} leaked into its environment`).toBe(false)
-  for (const name of [
-    'DATABASE_URL',
-    'REDIS_URL',
-    'API_TOKENS',
-    'METRICS_TOKEN',
-    'S3_ACCESS_KEY_ID',
-    'S3_SECRET_ACCESS_KEY',
-  ])
-    expect(env.has(name), `${what}: ${name} is set`).toBe(false)
+  // Pinned name by name in gpu-host/child-env.test.ts.
+  for (const name of HOST_CREDENTIALS) expect(env.has(name), `${what}: ${name} is set`).toBe(false)
   expect(
     [...env.keys()].filter((k) => k.endsWith('_FILE')),
     `${what}: *_FILE variables`,
@@ -118,17 +111,7 @@ describe('the environment of job processes', () => {
   it('a running job process and a warm spare hold none of the host secrets; artifacts still land intact', async () => {
     const h = host as HostProcess
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 60, stepMs: 100 })
-    await waitFor(
-      async () => {
-        const b = await getJob(stack, jobId).catch(() => null)
-        return b?.status === 'running' && b.progress > 0
-      },
-      20_000,
-      'job to run',
-    )
-    const [attempt] = await attemptsOf(stack.database, jobId)
-    const jobPid = attempt?.pid ?? 0
-    expect(jobPid).toBeGreaterThan(0)
+    const jobPid = await runningJobPid(stack, jobId, 0, 'job to run')
     // The host itself does hold them (the test's premise).
     expect([...(await environOf(h.pid)).values()].join('\n')).toContain(SECRETS.s3Secret)
 

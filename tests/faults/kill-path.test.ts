@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -29,6 +30,14 @@ afterAll(async () => {
 /** Fixture params are not train_lora's, so these jobs come in as from any BullMQ producer. */
 const submit = (mode: string, extra: Record<string, unknown> = {}, params: Record<string, unknown> = {}) =>
   addFixtureJob(stack, mode, extra, params)
+
+/** A foreign producer's job whose handler writes one artifact at `path`; `envelope` adds to its envelope. */
+const addWriter = (jobId: string, path: string, envelope: Record<string, unknown> = {}) =>
+  stack.queue.add(
+    'train_lora',
+    { jobId, type: 'train_lora', params: { mode: 'writes-artifacts', artifacts: [{ path }] }, ...envelope },
+    { jobId },
+  )
 
 /** The process group of every attempt is gone: no child, no grandchild (read from /proc). */
 async function expectNoProcessLeft(jobId: string): Promise<void> {
@@ -182,7 +191,7 @@ describe('cancellation', () => {
     // Within 2 s plus the grace period (1 s here).
     expect(Date.now() - asked).toBeLessThan(3000 + 1000)
     await expectNoProcessLeft(jobId)
-    await new Promise((r) => setTimeout(r, 500))
+    await sleep(500)
     const after = await getJob(stack, jobId)
     expect(after).toMatchObject({ status: 'cancelled', attempt: 1 })
     expect(await stack.queue.getJob(jobId).then((j) => j?.attemptsMade ?? 0)).toBeLessThanOrEqual(1)
@@ -233,16 +242,7 @@ describe('artifact keys stay under <prefix>/<jobId>/', () => {
     async (_label, prefixOf) => {
       const jobId = `fx-prefix-${randomUUID().slice(0, 8)}`
       const before = await bucketKeys()
-      await stack.queue.add(
-        'train_lora',
-        {
-          jobId,
-          type: 'train_lora',
-          params: { mode: 'writes-artifacts', artifacts: [{ path: 'x.txt' }] },
-          artifacts: { outputPrefix: prefixOf(jobId) },
-        },
-        { jobId },
-      )
+      await addWriter(jobId, 'x.txt', { artifacts: { outputPrefix: prefixOf(jobId) } })
       const body = await waitStatus(stack, jobId, ['failed', 'completed'], 15_000)
       expect(body.error).toMatchObject({ reason: 'invalid_params' })
       expect(body.error?.message).toContain('artifacts.outputPrefix')
@@ -254,15 +254,7 @@ describe('artifact keys stay under <prefix>/<jobId>/', () => {
     'a jobId %j from a foreign producer writes nothing beside other jobs or at the root',
     async (jobId) => {
       const before = await bucketKeys()
-      await stack.queue.add(
-        'train_lora',
-        {
-          jobId,
-          type: 'train_lora',
-          params: { mode: 'writes-artifacts', artifacts: [{ path: 'manifest2.json' }] },
-        },
-        { jobId },
-      )
+      await addWriter(jobId, 'manifest2.json')
       await waitFor(
         async () => (await stack.queue.getJobState(jobId)) === 'failed',
         15_000,

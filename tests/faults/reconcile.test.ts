@@ -4,6 +4,7 @@
  * is published and recorded; a row written within the grace period, or held by another host's lock, is
  * left alone; a concurrent write wins.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import { PutObjectCommand } from '@aws-sdk/client-s3'
 import type { Queue } from 'bullmq'
 import { eq } from 'drizzle-orm'
@@ -87,7 +88,7 @@ describe('reconciling jobs the queue lost', () => {
     )
     for (const id of [requeueId, failId]) await loseFromRedis(stack.queue, stack.redis, id)
     // Past the grace period: no gateway is about to add them.
-    await new Promise((r) => setTimeout(r, 400))
+    await sleep(400)
 
     await stack.host.start()
 

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import type { ProgressEvent } from '../../schema/events.ts'
@@ -69,7 +70,7 @@ describe('Redis restarted mid-run (AOF on)', () => {
       await stopRedis()
       await rm(dir, { recursive: true, force: true })
     })
-    await new Promise((r) => setTimeout(r, 300))
+    await sleep(300)
     const stack = await startStack({
       redisUrl: `redis://127.0.0.1:${port}`,
       handlerModules: { train_lora: FIXTURE_DISPATCH },
@@ -84,11 +85,11 @@ describe('Redis restarted mid-run (AOF on)', () => {
       'progress',
     )
     const watch = record(stack, running)
-    await new Promise((r) => setTimeout(r, 300))
+    await sleep(300)
 
     // SIGTERM makes redis-server write its AOF and exit; then the same data comes back on the same port.
     await stopRedis()
-    await new Promise((r) => setTimeout(r, 500))
+    await sleep(500)
     redis = spawn('redis-server', args, { stdio: 'ignore' })
 
     expect(await waitStatus(stack, running, ['completed', 'failed'], 40_000)).toMatchObject({
@@ -137,7 +138,7 @@ describe('Postgres unreachable', () => {
     expect(ready.status).toBe(503)
     expect(((await ready.json()) as { checks: { postgres: string } }).checks.postgres).toMatch(/^down/)
 
-    await new Promise((r) => setTimeout(r, 4000))
+    await sleep(4000)
     await proxy.restore()
     const body = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
     expect(body).toMatchObject({ status: 'completed', progress: 100, attempt: 1 })

@@ -4,6 +4,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { eq } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { GpuHost } from '../../gpu-host/host.ts'
@@ -22,7 +23,6 @@ import {
 } from '../helpers/stack.ts'
 
 const KOHYA_WAIT = 'waiting for a GPU host with engine kohya: set KOHYA_DIR and KOHYA_PYTHON on one'
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 const readyz = async (host: GpuHost) => {
   const res = await fetch(`http://127.0.0.1:${host.port}/readyz`)

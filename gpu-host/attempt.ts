@@ -1,0 +1,362 @@
+/**
+ * One attempt of one job on this host: wait for an engine and for GPU memory (without an attempt), start
+ * the attempt, run the job's process on a slot, write the manifest, then decide and apply the outcome
+ * (schema/jobs: row, then event, then history) and tell BullMQ what became of the job.
+ */
+import { mkdir, rm } from 'node:fs/promises'
+import path from 'node:path'
+import type { S3Client } from '@aws-sdk/client-s3'
+import { DelayedError, type Job, UnrecoverableError, WaitingError } from 'bullmq'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { AnyHandler } from '../functions/sdk/define.ts'
+import type { Config } from '../schema/config.ts'
+import { ENGINE_SETUP, type Engine, isEngineOf } from '../schema/engines.ts'
+import type { JobEnvelope } from '../schema/envelope.ts'
+import { apply } from '../schema/jobs/apply.ts'
+import { AttemptError, StorageError } from '../schema/jobs/errors.ts'
+import {
+  decide,
+  type Outcome,
+  type Policy,
+  retryBackoff,
+  settle,
+  type Transition,
+} from '../schema/jobs/lifecycle.ts'
+import { eventPorts } from '../schema/jobs/requests.ts'
+import { cancelKey } from '../schema/keys.ts'
+import type { JobType } from '../schema/params/index.ts'
+import { engineWaitDelay } from './engines.ts'
+import { readGpus, type Slot } from './gpus.ts'
+import type { HostMetrics } from './metrics.ts'
+import { S3ModelFetcher } from './model-fetch.ts'
+import { groupMembers } from './process-group.ts'
+import { Reporter } from './reporter.ts'
+import { JobProcess } from './runner.ts'
+import { invalidateManifest, publishManifest, removeUncovered, S3ArtifactStore } from './s3-artifacts.ts'
+import type { SlotPool } from './slots.ts'
+import type { JobState } from './state.ts'
+
+/** How long a job waits before it looks again for a GPU with enough free memory. */
+const VRAM_RETRY_MS = 5_000
+
+/** A job this host has taken, from its BullMQ processor call to its end. */
+export interface RunningJob {
+  jobId: string
+  type: JobType
+  cancelRequested: boolean
+  proc: JobProcess | undefined
+  reporter: Reporter | undefined
+  /** Set once the attempt is recorded as started. */
+  attempt?: number
+}
+
+export interface AttemptPlan {
+  handler: AnyHandler
+  maxAttempts: number
+  timeoutSec: number
+  outputPrefix: string
+  envelope: JobEnvelope
+}
+
+export interface AttemptDeps {
+  config: Config
+  logger: Logger
+  s3: { client: S3Client }
+  redis: Redis
+  state: JobState
+  metrics: HostMetrics
+  slots: SlotPool
+  gpuChecks: () => boolean
+  closing: () => boolean
+  hasEngine: (type: JobType, engine: Engine) => boolean
+  engineWait?: { baseMs: number; maxMs: number } | undefined
+  handlerModules?: Partial<Record<JobType, string>> | undefined
+}
+
+export class AttemptRunner {
+  constructor(private readonly deps: AttemptDeps) {}
+
+  private policy(maxAttempts: number): Policy {
+    return { maxAttempts, retry: retryBackoff(this.deps.config.retryBackoffMs) }
+  }
+
+  /** Runs one attempt of `job`; resolves with its result, or throws BullMQ's error for what became of it. */
+  async run(job: Job, token: string | undefined, entry: RunningJob, plan: AttemptPlan): Promise<unknown> {
+    const { config, logger, redis, state, metrics, slots } = this.deps
+    const { jobId, type } = entry
+    const log = logger.child({ jobId, type })
+
+    if ((await redis.exists(cancelKey(jobId))) === 1) entry.cancelRequested = true
+    // Never run a job on an engine this host lacks (a cancelled one goes on, to end as cancelled). An
+    // engine the type does not have is left to the params check, which fails the job naming it.
+    const engine = plan.envelope.params.engine
+    if (!entry.cancelRequested && isEngineOf(type, engine) && !this.deps.hasEngine(type, engine))
+      await this.waitForEngine(job, token, entry, engine)
+    // VRAM-aware: take the job only onto a GPU with enough free memory; else put it back for a while,
+    // without counting an attempt (another process may hold the memory, e.g. ComfyUI's loaded models).
+    const readings = this.deps.gpuChecks() && !entry.cancelRequested ? await readGpus() : null
+    const room = slots.pick(readings, plan.handler.gpu.vramMb)
+    if ('noRoom' in room) {
+      log.info({ needMb: plan.handler.gpu.vramMb, bestFreeMb: room.bestFreeMb }, 'waiting for GPU memory')
+      await job.moveToDelayed(Date.now() + VRAM_RETRY_MS, token)
+      throw new DelayedError()
+    }
+    const row = await state.startAttempt(jobId)
+    if (!row) {
+      log.info('job is already finished (cancelled before it started); skipping')
+      return { skipped: true }
+    }
+    const attempt = row.attempt
+    entry.attempt = attempt
+    const reporter = new Reporter(redis, state, job, { jobId, type, attempt }, (msg, err) =>
+      log.warn({ err }, msg),
+    )
+    entry.reporter = reporter
+    const end = (outcome: Outcome) =>
+      this.end(job, token, entry, outcome, decide(outcome, attempt, this.policy(plan.maxAttempts)), plan, log)
+
+    if (entry.cancelRequested) return end({ kind: 'cancelled-before-start', progress: row.progress })
+    if (attempt > plan.maxAttempts) return end({ kind: 'exhausted', progress: row.progress })
+
+    metrics.attempts.inc({ type })
+    metrics.queueWait.observe({ type }, Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000))
+    await state.recordEvent(
+      await reporter.emit('running', 0, `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId}`),
+    )
+    reporter.progress = 0
+    // Chosen again with no await before taking it: a concurrent job may have taken the roomiest GPU meanwhile.
+    const pick = slots.pick(readings, plan.handler.gpu.vramMb)
+    return end(
+      await this.execute(entry, reporter, slots.acquire('slot' in pick ? pick.slot : undefined), plan, log),
+    )
+  }
+
+  /** The attempt's process on `slot`, then its manifest: the outcome, never thrown. */
+  private async execute(
+    entry: RunningJob,
+    reporter: Reporter,
+    slot: Slot,
+    plan: AttemptPlan,
+    log: Logger,
+  ): Promise<Outcome> {
+    const { config, s3, metrics, slots, state } = this.deps
+    const { jobId, type } = entry
+    const attempt = entry.attempt ?? 0
+    const startedAt = performance.now()
+    const seconds = () => (performance.now() - startedAt) / 1000
+    const failed = (error: StorageError | AttemptError, took = seconds()): Outcome => ({
+      kind: 'failed',
+      error,
+      progress: reporter.progress,
+      seconds: took,
+    })
+    const scratch = path.join(config.dataDir, 'scratch', `${jobId}-${attempt}`)
+    let run: Awaited<JobProcess['done']>
+    try {
+      try {
+        await invalidateManifest(s3.client, config.s3.bucket, plan.outputPrefix)
+      } catch (err) {
+        return failed(new StorageError(`S3 unavailable: ${(err as Error).message}`, err))
+      }
+      await mkdir(scratch, { recursive: true })
+      const proc = new JobProcess(
+        {
+          job: { jobId, type, params: plan.envelope.params, attempt },
+          gpu: slot.gpu,
+          cudaVisibleDevices: slot.cudaVisibleDevices,
+          paths: { scratch, models: config.modelsDir, data: config.dataDir },
+          engines: config.engines,
+          artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, plan.outputPrefix),
+          models: new S3ModelFetcher(s3.client, config.s3.bucket, config.modelsDir),
+          onModelCache: (model, outcome, bytes) => metrics.modelCache(model, outcome, bytes),
+          timeoutMs: plan.timeoutSec * 1000,
+          killGraceMs: config.killGraceSec * 1000,
+          handlerModule: this.deps.handlerModules?.[type],
+          onProgress: (pct, msg) => reporter.report(pct, msg),
+          onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
+          onStarted: (ms) => metrics.subprocessStart.observe(ms / 1000),
+        },
+        slots.takeSpare(slot),
+      )
+      entry.proc = proc
+      void state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
+      // A cancel that arrived while the process was starting.
+      if (entry.cancelRequested) proc.abort('cancelled')
+      else if (this.deps.closing()) proc.abort('shutdown')
+      run = await proc.done
+      const left = await groupMembers(proc.pid)
+      await slots.checkGpuRelease(slot, [proc.pid, ...(left ?? [])])
+      if (!run.groupGone) log.error({ pid: proc.pid, left }, 'process group still has members after SIGKILL')
+    } finally {
+      slots.release(slot)
+      await rm(scratch, { recursive: true, force: true }).catch(() => {})
+    }
+    const took = seconds()
+    if (!run.ok) return failed(new AttemptError(run.error), took)
+    try {
+      await publishManifest(s3.client, config.s3.bucket, plan.outputPrefix, {
+        jobId,
+        type,
+        attempt,
+        createdAt: new Date().toISOString(),
+        files: run.artifacts,
+      })
+    } catch (err) {
+      return failed(new StorageError(`could not write the manifest: ${(err as Error).message}`, err), took)
+    }
+    return {
+      kind: 'completed',
+      result: run.result,
+      artifacts: run.artifacts,
+      message: reporter.message,
+      seconds: took,
+    }
+  }
+
+  /** Applies the decision, then does with the BullMQ job what it says. */
+  private async end(
+    job: Job,
+    token: string | undefined,
+    entry: RunningJob,
+    outcome: Outcome,
+    t: Transition,
+    plan: AttemptPlan,
+    log: Logger,
+  ): Promise<unknown> {
+    const wrote = await this.apply(entry, t, plan.outputPrefix, log)
+    const { queue, dropPartial } = settle(t, { wrote, cancelRequested: entry.cancelRequested })
+    if (dropPartial) await this.dropPartialOutput(plan.outputPrefix, log)
+    const attempt = t.attempt
+    const failure = outcome.kind === 'failed' ? outcome.error : undefined
+    const stderr = failure instanceof AttemptError ? failure.stderrTail : ''
+    switch (queue.kind) {
+      case 'complete':
+        log.info(
+          {
+            attempt,
+            seconds: outcome.kind === 'completed' ? outcome.seconds.toFixed(2) : undefined,
+            artifacts: t.artifacts?.length,
+          },
+          'job completed',
+        )
+        return outcome.kind === 'completed' ? outcome.result : undefined
+      case 'wait':
+        log.warn({ attempt }, 'job interrupted by shutdown; requeued')
+        await job.moveToWait(token)
+        throw new WaitingError()
+      case 'delay':
+        log.warn(
+          { attempt, reason: failure?.reason, delay: queue.until - Date.now(), stderr },
+          'attempt failed; will retry',
+        )
+        await job.moveToDelayed(queue.until, token)
+        throw new DelayedError()
+      default:
+        if (t.status === 'cancelled') log.info({ attempt }, 'job cancelled')
+        else if (failure)
+          log.warn({ attempt, reason: failure.reason, stderr: stderr ? `\n${stderr}` : '' }, 'job failed')
+        throw new UnrecoverableError(queue.kind === 'fail' ? queue.message : t.message)
+    }
+  }
+
+  /** Row (after the reporter's queued progress), then event in the attempt's seq order, then history. */
+  private apply(entry: RunningJob, t: Transition, outputPrefix: string, log: Logger): Promise<boolean> {
+    const { state, metrics } = this.deps
+    const { jobId, type, reporter } = entry
+    // Set with the attempt: every transition of this runner is of a started attempt.
+    if (!reporter) throw new Error(`job ${jobId}: no attempt started`)
+    return apply({ jobId, type }, t, {
+      count: (counts) => metrics.count(type, counts),
+      dropPartial: () => this.dropPartialOutput(outputPrefix, log),
+      write: async (w) => {
+        await reporter.flush()
+        return state.finishAttempt(jobId, w.attempt, w)
+      },
+      emit: (event, terminal) => reporter.publish(event, terminal),
+      record: (event) => state.recordEvent(event),
+    })
+  }
+
+  /**
+   * A fault of the host itself (not of the job) during an attempt: the attempt ends failed (crash), so
+   * the row does not stay running. Returns the message for BullMQ.
+   */
+  async endOnHostFault(
+    entry: RunningJob,
+    err: unknown,
+    plan: Pick<AttemptPlan, 'maxAttempts' | 'outputPrefix'>,
+  ): Promise<string> {
+    const progress = entry.reporter?.progress ?? 0
+    const t = decide(
+      { kind: 'host-fault', cause: err, progress },
+      entry.attempt ?? 0,
+      this.policy(plan.maxAttempts),
+    )
+    const log = this.deps.logger.child({ jobId: entry.jobId, type: entry.type })
+    log.error({ err }, t.message)
+    if (entry.attempt !== undefined) await this.apply(entry, t, plan.outputPrefix, log).catch(() => false)
+    return t.message
+  }
+
+  /**
+   * Puts back a job for an engine this host lacks, without an attempt, for another host to take:
+   * delayed (never spinning), its row still waiting with a message that says what to configure. When no
+   * host has the engine the job waits so, re-checked less and less often, until one starts or the job
+   * is cancelled.
+   */
+  private async waitForEngine(job: Job, token: string | undefined, entry: RunningJob, engine: Engine) {
+    const { jobId, type } = entry
+    const { logger, state } = this.deps
+    const message = `waiting for a GPU host with engine ${engine}: ${ENGINE_SETUP[engine]} on one`
+    const delay = engineWaitDelay(
+      Date.now() - job.timestamp,
+      this.deps.engineWait ?? { baseMs: 5_000, maxMs: 60_000 },
+    )
+    // The message and its event once, not at every re-check; best effort, since putting the job back is
+    // what must happen (a store that fails here must not fail the job).
+    try {
+      const row = await state.noteWaiting(jobId, message)
+      if (row) {
+        logger.info({ jobId, type, engine }, message)
+        const { emit, record } = eventPorts({ redis: this.deps.redis, records: state })
+        await record(
+          await emit(
+            {
+              jobId,
+              type,
+              status: row.status,
+              progress: row.progress,
+              message,
+              attempt: row.attempt,
+              timestamp: new Date().toISOString(),
+            },
+            false,
+          ),
+        )
+      }
+    } catch (err) {
+      logger.warn({ jobId, err: (err as Error).message }, 'could not record why the job waits')
+    }
+    await job.moveToDelayed(Date.now() + delay, token)
+    throw new DelayedError()
+  }
+
+  /**
+   * A job that ends cancelled or failed for good keeps no partial output: the files under its prefix that
+   * no manifest covers are removed, before the final state is stored and announced. A failure here is
+   * logged; the reconciler sweeps such jobs again.
+   */
+  private async dropPartialOutput(prefix: string, log: Logger): Promise<void> {
+    const { s3, config } = this.deps
+    try {
+      const removed = await removeUncovered(s3.client, config.s3.bucket, prefix)
+      if (removed > 0) log.info({ removed, prefix }, 'removed partial artifacts of an unfinished job')
+    } catch (err) {
+      log.warn(
+        { err: (err as Error).message, prefix },
+        'could not remove partial artifacts; the reconciler retries',
+      )
+    }
+  }
+}

@@ -1,0 +1,391 @@
+/**
+ * The one writer of job rows, for the gateway and the GPU hosts alike. Every write is guarded (`guard()` of
+ * guard.ts, the SQL form of `mayWrite` in lifecycle.ts): a host that lost its job (stalled, then taken by another
+ * host) cannot overwrite the newer attempt's state, and the terminal state is written once. How a call
+ * meets an unreachable Postgres is the caller's: the host retries (`retryWhileDown`, db-call.ts), the gateway fails
+ * fast with a 503.
+ */
+import { and, asc, count, eq, gt, inArray, isNull, lt, sql } from 'drizzle-orm'
+import type { JobError, JobStatus } from '../common.ts'
+import { TERMINAL_STATUSES } from '../common.ts'
+import type { Db } from '../db/connect.ts'
+import { recordJobEvent } from '../db/events.ts'
+import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
+import type { ProgressEvent } from '../events.ts'
+import type { JobType } from '../params/index.ts'
+import type { DbCall } from './db-call.ts'
+import { NotQueuedError } from './errors.ts'
+import { guard, olderThan, unfinished } from './guard.ts'
+import type { ArtifactEntry, RowWrite, WrittenStatus } from './lifecycle.ts'
+
+/** A job to create: the gateway's submit, or the host's row for a job another producer added. */
+export interface NewJob {
+  jobId: string
+  type: JobType
+  params: Record<string, unknown>
+  owner?: string | null | undefined
+  priority?: number | undefined
+  timeoutSec?: number | undefined
+  maxAttempts: number
+  outputPrefix: string
+}
+
+/** How an attempt ends (a Transition of lifecycle.ts is one). */
+export interface AttemptEnd {
+  status: Exclude<JobStatus, 'running'>
+  progress: number
+  message: string
+  result?: unknown
+  error?: JobError | null | undefined
+  artifacts?: ArtifactEntry[] | undefined
+  nextAttemptAt?: Date | null | undefined
+}
+
+const rowOf = (job: NewJob) => ({
+  id: job.jobId,
+  type: job.type,
+  status: 'queued' as const,
+  params: job.params,
+  owner: job.owner ?? null,
+  priority: job.priority ?? null,
+  timeoutSec: job.timeoutSec ?? null,
+  maxAttempts: job.maxAttempts,
+  outputPrefix: job.outputPrefix,
+})
+
+/** Statuses that count against a token's MAX_QUEUED_JOBS_PER_TOKEN. */
+const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
+
+/** The row writes of the job lifecycle, and the reads that choose what the reconciler writes. */
+export class JobRecords {
+  private readonly call: DbCall
+  private readonly host: string
+
+  /** `host` names the writer in attempt rows; `call` wraps every database call (default: as is). */
+  constructor(
+    private readonly db: Db,
+    opts: { host?: string; call?: DbCall } = {},
+  ) {
+    this.host = opts.host ?? 'unknown'
+    this.call = opts.call ?? ((_what, fn) => fn())
+  }
+
+  /** Whether a row write `write` would change job `jobId` now (the guard alone, for tests and checks). */
+  async mayWrite(jobId: string, write: RowWrite): Promise<boolean> {
+    const rows = await this.call('guard', () =>
+      this.db
+        .select({ id: jobs.id })
+        .from(jobs)
+        .where(and(eq(jobs.id, jobId), guard(write))),
+    )
+    return rows.length > 0
+  }
+
+  /**
+   * Inserts a queued job unless the id exists (idempotent submit: the existing row) or the owner has
+   * `maxUnfinished` unfinished jobs already. Serialised per owner (an advisory lock), so concurrent
+   * submits cannot overshoot the quota.
+   */
+  claim(
+    job: NewJob,
+    maxUnfinished: number,
+  ): Promise<{ row: JobRow } | { existing: JobRow } | { overQuota: true }> {
+    const owner = job.owner ?? null
+    return this.call('claim job', () =>
+      this.db.transaction(async (tx) => {
+        await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`gpu-jobs-owner:${owner ?? ''}`}))`)
+        const [existing] = await tx.select().from(jobs).where(eq(jobs.id, job.jobId))
+        if (existing) return { existing }
+        const [unfinishedJobs] = await tx
+          .select({ n: count() })
+          .from(jobs)
+          .where(
+            and(
+              inArray(jobs.status, UNFINISHED),
+              owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, owner),
+            ),
+          )
+        if ((unfinishedJobs?.n ?? 0) >= maxUnfinished) return { overQuota: true as const }
+        const [row] = await tx.insert(jobs).values(rowOf(job)).onConflictDoNothing().returning()
+        if (row) return { row }
+        const [raced] = await tx.select().from(jobs).where(eq(jobs.id, job.jobId))
+        if (!raced) throw new Error(`job ${job.jobId} neither inserted nor found`)
+        return { existing: raced }
+      }),
+    )
+  }
+
+  /** Creates the row of a job added by another producer (the gateway creates its own). */
+  ensureJob(job: NewJob): Promise<void> {
+    return this.call('ensure job', async () => {
+      await this.db.insert(jobs).values(rowOf(job)).onConflictDoNothing()
+    })
+  }
+
+  /** Removes a job that was never queued (its add was refused). */
+  remove(jobId: string): Promise<void> {
+    return this.call('remove job', async () => {
+      await this.db.delete(jobs).where(and(eq(jobs.id, jobId), eq(jobs.status, 'queued')))
+    })
+  }
+
+  /** Removes a NOT_QUEUED tombstone, once Redis is known to hold nothing of it. */
+  removeNotQueued(jobId: string): Promise<void> {
+    return this.call('remove tombstone', async () => {
+      await this.db
+        .delete(jobs)
+        .where(
+          and(
+            eq(jobs.id, jobId),
+            eq(jobs.status, 'cancelled'),
+            sql`${jobs.error}->>'code' = ${NotQueuedError.CODE}`,
+          ),
+        )
+    })
+  }
+
+  /**
+   * The message of a job put back in the queue without an attempt (no engine for it on the host that
+   * took it); the row keeps its status (queued, or retrying between attempts). The row when the message
+   * changed, null when it said so already or the job is no longer waiting (cancelled, running elsewhere).
+   */
+  noteWaiting(jobId: string, message: string): Promise<JobRow | null> {
+    return this.call('waiting message', async () => {
+      const [row] = await this.db
+        .update(jobs)
+        .set({ message, updatedAt: new Date() })
+        .where(and(eq(jobs.id, jobId), guard({ kind: 'waiting' }), sql`${jobs.message} <> ${message}`))
+        .returning()
+      return row ?? null
+    })
+  }
+
+  /**
+   * Starts the next attempt: status running, attempt + 1, an attempt row; an attempt left unfinished by a
+   * host that died is closed as interrupted. Null when the job is already terminal (cancelled meanwhile).
+   */
+  startAttempt(jobId: string): Promise<JobRow | null> {
+    return this.call('start attempt', () =>
+      this.db.transaction(async (tx) => {
+        const [row] = await tx
+          .update(jobs)
+          .set({
+            status: 'running',
+            attempt: sql`${jobs.attempt} + 1`,
+            startedAt: sql`coalesce(${jobs.startedAt}, now())`,
+            host: this.host,
+            nextAttemptAt: null,
+            updatedAt: new Date(),
+          })
+          .where(and(eq(jobs.id, jobId), guard({ kind: 'start' })))
+          .returning()
+        if (!row) return null
+        await tx
+          .update(jobAttempts)
+          .set({
+            finishedAt: new Date(),
+            outcome: 'interrupted',
+            reason: 'crash',
+            message: 'the host running this attempt stopped',
+          })
+          .where(and(eq(jobAttempts.jobId, jobId), isNull(jobAttempts.finishedAt)))
+        await tx
+          .insert(jobAttempts)
+          .values({ jobId, attempt: row.attempt, host: this.host })
+          .onConflictDoUpdate({
+            target: [jobAttempts.jobId, jobAttempts.attempt],
+            set: {
+              host: this.host,
+              startedAt: new Date(),
+              finishedAt: null,
+              outcome: null,
+              reason: null,
+              message: null,
+            },
+          })
+        return row
+      }),
+    )
+  }
+
+  setAttemptPid(jobId: string, attempt: number, pid: number): Promise<void> {
+    return this.call('attempt pid', async () => {
+      await this.db
+        .update(jobAttempts)
+        .set({ pid })
+        .where(and(eq(jobAttempts.jobId, jobId), eq(jobAttempts.attempt, attempt)))
+    })
+  }
+
+  /** Latest progress of a running attempt (throttled by the caller). */
+  progress(jobId: string, attempt: number, event: ProgressEvent): Promise<void> {
+    return this.call('progress', async () => {
+      await this.db
+        .update(jobs)
+        .set({
+          progress: event.progress,
+          message: event.message,
+          lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})`,
+          updatedAt: new Date(),
+        })
+        .where(and(eq(jobs.id, jobId), guard({ kind: 'progress', attempt })))
+    })
+  }
+
+  /**
+   * Ends an attempt (`queued`: interrupted and put back). Written only if the job is not terminal yet and
+   * this is still its current attempt; returns whether this call wrote it. The caller publishes the event
+   * afterwards, so a client that sees the event finds the row already in its final state.
+   */
+  finishAttempt(jobId: string, attempt: number, end: AttemptEnd): Promise<boolean> {
+    const now = new Date()
+    const terminal = TERMINAL_STATUSES.includes(end.status)
+    return this.call('finish attempt', () =>
+      this.db.transaction(async (tx) => {
+        const [row] = await tx
+          .update(jobs)
+          .set({
+            status: end.status,
+            progress: end.progress,
+            message: end.message,
+            result: end.result === undefined ? undefined : (end.result ?? null),
+            error: end.error === undefined ? undefined : end.error,
+            finishedAt: terminal ? now : null,
+            nextAttemptAt: end.nextAttemptAt ?? null,
+            updatedAt: now,
+          })
+          .where(and(eq(jobs.id, jobId), guard({ kind: 'finish', attempt })))
+          .returning({ id: jobs.id })
+        await tx
+          .update(jobAttempts)
+          .set({
+            finishedAt: now,
+            outcome: end.status === 'queued' ? 'interrupted' : end.status,
+            reason: end.error?.reason ?? null,
+            message: end.error?.message ?? null,
+          })
+          // The first end recorded stands: a host that lost the job to another must not rewrite it.
+          .where(
+            and(
+              eq(jobAttempts.jobId, jobId),
+              eq(jobAttempts.attempt, attempt),
+              isNull(jobAttempts.finishedAt),
+            ),
+          )
+        if (!row) return false
+        if (end.artifacts) {
+          await tx.delete(jobArtifacts).where(eq(jobArtifacts.jobId, jobId))
+          if (end.artifacts.length > 0)
+            await tx.insert(jobArtifacts).values(end.artifacts.map((a) => ({ jobId, ...a })))
+        }
+        return true
+      }),
+    )
+  }
+
+  /** Marks a job cancelled unless it is terminal already; returns whether this call did it. */
+  cancel(jobId: string, error: JobError, message: string): Promise<boolean> {
+    return this.call('cancel job', async () => {
+      const now = new Date()
+      const rows = await this.db
+        .update(jobs)
+        .set({ status: 'cancelled', error, message, finishedAt: now, updatedAt: now, nextAttemptAt: null })
+        .where(and(eq(jobs.id, jobId), guard({ kind: 'cancel' })))
+        .returning({ id: jobs.id })
+      return rows.length > 0
+    })
+  }
+
+  /**
+   * The reconciler's write for a job the queue lost: `queued` or `retrying` again (to be re-added), or
+   * `failed` with reason `lost`. Guarded: only if the row still has the status and attempt it was read
+   * with and nobody wrote it within `graceMs`, so a concurrent host or gateway write wins cleanly.
+   * An attempt left open (its host is gone with the queue's data) is closed. Returns whether it wrote.
+   */
+  markLost(
+    row: Pick<JobRow, 'id' | 'status' | 'attempt'>,
+    graceMs: number,
+    end: { status: WrittenStatus; message: string; error?: JobError | undefined },
+  ): Promise<boolean> {
+    const now = new Date()
+    const failed = TERMINAL_STATUSES.includes(end.status)
+    return this.call('reconcile job', () =>
+      this.db.transaction(async (tx) => {
+        const [written] = await tx
+          .update(jobs)
+          .set({
+            status: end.status,
+            message: end.message,
+            updatedAt: now,
+            ...(failed ? { error: end.error, finishedAt: now, nextAttemptAt: null } : {}),
+          })
+          .where(
+            and(
+              eq(jobs.id, row.id),
+              guard({ kind: 'lost', status: row.status, attempt: row.attempt }),
+              olderThan(graceMs),
+            ),
+          )
+          .returning({ id: jobs.id })
+        if (!written) return false
+        await tx
+          .update(jobAttempts)
+          .set({
+            finishedAt: now,
+            outcome: failed ? 'failed' : 'interrupted',
+            reason: 'lost',
+            message: 'the queue lost this job (Redis data lost)',
+          })
+          .where(and(eq(jobAttempts.jobId, row.id), isNull(jobAttempts.finishedAt)))
+        return true
+      }),
+    )
+  }
+
+  /** Keeps a status change in the job's history and moves the row's seq forward. */
+  recordEvent(event: ProgressEvent): Promise<void> {
+    return this.call('event', () => recordJobEvent(this.db, event))
+  }
+
+  /**
+   * Rows that are not finished (queued, retrying, running) and that nobody has written for `graceMs`,
+   * oldest first: the reconciler's candidates. The grace keeps it clear of a gateway that has written
+   * the row and is about to add the BullMQ job.
+   */
+  staleUnfinished(graceMs: number, limit: number): Promise<JobRow[]> {
+    return this.call('stale jobs', () =>
+      this.db
+        .select()
+        .from(jobs)
+        .where(and(unfinished(), olderThan(graceMs)))
+        .orderBy(asc(jobs.updatedAt))
+        .limit(limit),
+    )
+  }
+
+  /**
+   * Jobs that ended cancelled or failed after `since` and at least `graceMs` ago, oldest first: the
+   * reconciler removes their partial artifacts (e.g. of a job the gateway cancelled while it waited to
+   * retry, which no host was running).
+   */
+  endedUnfinished(
+    since: Date,
+    graceMs: number,
+    limit: number,
+  ): Promise<{ id: string; outputPrefix: string; finishedAt: Date | null }[]> {
+    return this.call('ended jobs', () =>
+      this.db
+        .select({ id: jobs.id, outputPrefix: jobs.outputPrefix, finishedAt: jobs.finishedAt })
+        .from(jobs)
+        .where(
+          and(
+            inArray(jobs.status, ['cancelled', 'failed']),
+            gt(jobs.finishedAt, since),
+            lt(jobs.finishedAt, sql`now() - make_interval(secs => ${graceMs / 1000})`),
+          ),
+        )
+        .orderBy(asc(jobs.finishedAt))
+        .limit(limit),
+    )
+  }
+}

@@ -16,10 +16,10 @@ import { isTerminal, JobId, JobStatus } from '../../schema/common.ts'
 import type { Config } from '../../schema/config.ts'
 import type { JobRow } from '../../schema/db/tables.ts'
 import type { JobEnvelope } from '../../schema/envelope.ts'
+import { announceQueued, cancelByRequest } from '../../schema/jobs/requests.ts'
 import { findUnsafeJson } from '../../schema/json-safety.ts'
 import { CANCEL_CHANNEL, cancelKey, eventLogKey, seqKey } from '../../schema/keys.ts'
 import { JobType, outputPrefixFor, TYPE_DEFAULTS } from '../../schema/params/index.ts'
-import { emitEvent, emitFirstEvent } from '../../schema/progress-log.ts'
 import { checkSubmission } from '../../schema/submission.ts'
 import {
   ApiError,
@@ -184,16 +184,7 @@ export function jobRoutes(deps: JobsDeps): Hono {
    */
   async function recordQueued(jobId: string, type: JobType): Promise<void> {
     try {
-      const event = await emitFirstEvent(redis, {
-        jobId,
-        type,
-        status: 'queued',
-        progress: 0,
-        message: 'queued',
-        attempt: 0,
-        timestamp: new Date().toISOString(),
-      })
-      if (event) await store.recordEvent(event)
+      await announceQueued({ redis, records: store }, { jobId, type })
     } catch (err) {
       logger.warn({ jobId, err: (err as Error).message }, 'job queued, but its queued event was not recorded')
     }
@@ -303,26 +294,8 @@ export function jobRoutes(deps: JobsDeps): Hono {
    * Cancels a job no host runs (queued, retrying, or just removed from the queue): the row first, then
    * the event (whoever sees the event finds the final state stored), then the history.
    */
-  async function cancelUnrun(row: JobRow, fresh: JobRow): Promise<void> {
-    const error = { code: 'CANCELLED', reason: 'cancelled' as const, message: 'cancelled by request' }
-    if (!(await store.cancel(row.id, error, 'cancelled'))) return
-    const event = await onBackend('Redis', () =>
-      emitEvent(
-        redis,
-        {
-          jobId: row.id,
-          type: row.type,
-          status: 'cancelled',
-          progress: fresh.progress,
-          message: 'cancelled',
-          attempt: fresh.attempt,
-          timestamp: new Date().toISOString(),
-        },
-        { terminal: true },
-      ),
-    )
-    await store.recordEvent(event)
-  }
+  const cancelUnrun = (fresh: JobRow) =>
+    cancelByRequest({ redis, records: store, onRedis: (fn) => onBackend('Redis', fn) }, fresh)
 
   app.post('/api/jobs/:jobId/cancel', async (c) => {
     const row = await access.visibleJob(c.req.param('jobId'), c.get('owner'))
@@ -334,7 +307,7 @@ export function jobRoutes(deps: JobsDeps): Hono {
     if (removed === 1 || row.status === 'queued' || row.status === 'retrying') {
       const fresh = await store.get(jobId)
       if (fresh && !isTerminal(fresh.status) && (removed === 1 || fresh.status !== 'running'))
-        await cancelUnrun(row, fresh)
+        await cancelUnrun(fresh)
     }
     await onBackend('Redis', () => redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId })))
     deps.onChanged(jobId)

@@ -12,6 +12,7 @@ import type { ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { rm } from 'node:fs/promises'
 import http from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Queue } from 'bullmq'
 import { like } from 'drizzle-orm'
 import WebSocket from 'ws'
@@ -34,7 +35,6 @@ import {
   ratio,
   rounded,
   type Summary,
-  sleep,
   stopChild,
   summarize,
 } from './lib.ts'

@@ -142,8 +142,6 @@ export function machineBusyPercent(before: ReturnType<typeof cpuTimes>): number 
 /** The machine's load: 1-minute load average now (others' work shows here before a benchmark starts). */
 export const loadAverage1m = (): number => Math.round((os.loadavg()[0] ?? 0) * 100) / 100
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-
 /** Forks a TypeScript (or JS) module of bench/ under tsx with an IPC channel; stdout/stderr inherited. */
 export function forkTs(file: string, env: Record<string, string> = {}): ChildProcess {
   return fork(path.join(BENCH_DIR, file), [], {

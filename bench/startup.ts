@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 /**
  * startup (walking skeleton): time from `POST /api/train` to the job's handler starting in its fresh
  * child process, against raw BullMQ pick-up and a bare `fork()` measured in the same run.
@@ -227,7 +228,7 @@ export async function startup(): Promise<BenchResult> {
     // Round-robin, so that whatever else the machine does falls on every method alike.
     for (let i = 0; i < WARMUP + JOBS; i++) {
       const warm = i >= WARMUP
-      if (GAP_MS > 0) await new Promise((r) => setTimeout(r, GAP_MS))
+      if (GAP_MS > 0) await sleep(GAP_MS)
       await ours.once(warm)
       await bullmqT.once(warm)
       await forkT.once(warm)

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process'
 import { constants } from 'node:fs'
 import { access, mkdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { probeRedis } from './clients.ts'
 import { StartupError } from './startup.ts'
 
@@ -91,7 +92,7 @@ export async function startEmbeddedRedis(opts: {
       break
     } catch {
       if (Date.now() > deadline) throw await failed('did not answer within 15 s')
-      await new Promise((r) => setTimeout(r, 100))
+      await sleep(100)
     }
   }
   return {

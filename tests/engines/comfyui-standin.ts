@@ -20,6 +20,7 @@ import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { isDeepStrictEqual } from 'node:util'
 import { type WebSocket, WebSocketServer } from 'ws'
 
@@ -277,7 +278,7 @@ export class ComfyStandin {
       if (line.dir === 'ws_text' || line.dir === 'ws_binary') {
         const gap = (line.t - lastT) * speed * 1000
         lastT = line.t
-        await new Promise((r) => setTimeout(r, Math.max(0, gap)))
+        await sleep(Math.max(0, gap))
         if (this.closed) return
         if (line.dir === 'ws_text') {
           if (line.raw === this.sidFrame) continue // sent on each connect instead

@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { Queue } from 'bullmq'
@@ -247,7 +248,7 @@ export async function waitFor<T>(
       throw new Error(
         `timed out waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`,
       )
-    await new Promise((r) => setTimeout(r, 50))
+    await sleep(50)
   }
 }
 

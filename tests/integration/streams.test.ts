@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { connect, type Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { eq } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
@@ -45,7 +46,6 @@ afterAll(async () => {
 })
 
 const auth = { authorization: `Bearer ${TOKEN}` }
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 async function gauge(baseUrl: string, name: string): Promise<number> {
   const text = await (await fetch(`${baseUrl}/metrics`)).text()
@@ -398,12 +398,7 @@ async function flood(
     // Our own send buffer may fill (the gateway stopped reading): wait for it, or for the end.
     const flushed = socket.write(batch)
     sent += 500
-    if (!flushed)
-      await Promise.race([
-        new Promise((r) => socket.once('drain', r)),
-        closed,
-        new Promise((r) => setTimeout(r, 500)),
-      ])
+    if (!flushed) await Promise.race([new Promise((r) => socket.once('drain', r)), closed, sleep(500)])
     else await new Promise((r) => setImmediate(r))
   }
   return sent

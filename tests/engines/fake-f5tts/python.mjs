@@ -25,6 +25,7 @@ import {
   writeFileSync,
 } from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { f5Checkpoint } from './torch-zip.mjs'
 
@@ -32,7 +33,6 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const transcript = (name) => readFileSync(path.join(here, 'transcripts', name))
 const env = process.env
 const argv = process.argv.slice(2)
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 if (env.F5_STANDIN_LOG)
   appendFileSync(

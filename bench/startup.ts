@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 /**
  * startup (walking skeleton): time from `POST /api/train` to the job's handler starting in its fresh
  * child process, against raw BullMQ pick-up and a bare `fork()` measured in the same run.
@@ -9,6 +8,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Queue, Worker } from 'bullmq'
 import { like } from 'drizzle-orm'
 import type { Histogram } from 'prom-client'

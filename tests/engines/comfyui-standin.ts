@@ -26,6 +26,14 @@ import { type WebSocket, WebSocketServer } from 'ws'
 
 export const TRANSCRIPTS_DIR = new URL('./transcripts/comfyui/', import.meta.url)
 
+/** The four files transcript t02's video graph makes, streamed from /view, and their content types. */
+export const T02_OUTPUTS: readonly [name: string, contentType: string][] = [
+  ['anim_00002_.webp', 'image/webp'],
+  ['apng_00002_.png', 'image/png'],
+  ['webm_00002_.webm', 'video/webm'],
+  ['mp4_00002_.mp4', 'video/mp4'],
+]
+
 type Line =
   | { t: number; dir: 'ws_text'; raw: string }
   | { t: number; dir: 'ws_binary'; length: number; head_hex: string }

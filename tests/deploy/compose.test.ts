@@ -6,16 +6,12 @@ import {
   documentedEnvNames,
   durationSeconds,
   envFileValues,
-  get,
-  isMap,
-  parseYaml,
   readRepoFile,
   repoRoot,
   run,
   which,
-  type YamlMap,
-  type YamlValue,
 } from './helpers.ts'
+import { get, isMap, parseYaml, type YamlMap, type YamlValue } from './yaml.ts'
 
 const COMPOSE_FILE = 'infra/docker-compose.yml'
 const ENV_EXAMPLE = '.env.example'

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { postJob, type Stack, startStack, waitStatus } from '../helpers/stack.ts'
+import { type Stack, startStack } from '../helpers/stack.ts'
 import { ComfyStandin, type StandinOptions, T02_OUTPUTS, TRANSCRIPTS_DIR } from './comfyui-standin.ts'
 
 /**
@@ -32,13 +32,13 @@ async function submitRecorded(opts: StandinOptions, extra: Record<string, unknow
   // KILL_GRACE_SEC: the time a cancelled job process has to interrupt ComfyUI and see it stop.
   const st = await startStack({ env: { COMFYUI_URL: s.url, KILL_GRACE_SEC: '10' } })
   stack = st
-  const { status, json } = await postJob(st, {
+  const { status, json } = await st.post({
     type: 'render_video',
     params: { engine: 'comfyui', workflow: s.graphOf(0) },
     ...extra,
   })
   const jobId = json.jobId as string
-  const ended = (timeoutMs: number) => waitStatus(st, jobId, ['completed', 'failed', 'cancelled'], timeoutMs)
+  const ended = (timeoutMs: number) => st.waitStatus(jobId, ['completed', 'failed', 'cancelled'], timeoutMs)
   return { s, stack: st, status, jobId, ended }
 }
 

@@ -115,8 +115,21 @@ export interface Stack {
   queue: Queue
   dataDir: string
   url: (p: string) => string
+  /** The job's status body (`GET /api/status/:jobId`); throws unless it answers 200. */
+  job(jobId: string): Promise<JobStatusBody>
+  /** Waits until the job has one of `statuses` (default: a terminal one), by the gateway's status route. */
+  waitStatus(jobId: string, statuses?: string[], timeoutMs?: number): Promise<JobStatusBody>
+  /** Every attempt row of a job, oldest first. */
+  attempts(jobId: string): ReturnType<typeof attemptsOf>
+  /** Keys under a job's prefix in the stack's bucket. */
+  keysUnder(prefix: string): Promise<string[]>
+  /** `POST /api/train` with `body`. */
+  post(body: unknown): Promise<{ status: number; json: Record<string, unknown> }>
   close(): Promise<void>
 }
+
+/** The statuses a job ends in. */
+export const TERMINAL: string[] = ['completed', 'failed', 'cancelled']
 
 export const quietLogger = () => pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
 
@@ -190,7 +203,7 @@ export async function startStack(
   const queueConnection = createRedis(redisUrl)
   queueConnection.on('error', () => {})
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix })
-  return {
+  const stack: Stack = {
     config,
     env,
     prefix,
@@ -203,6 +216,11 @@ export async function startStack(
     queue,
     dataDir,
     url: (p) => `${gateway.url}${p}`,
+    job: (jobId) => getJob(stack, jobId),
+    waitStatus: (jobId, statuses = TERMINAL, timeoutMs) => waitStatus(stack, jobId, statuses, timeoutMs),
+    attempts: (jobId) => attemptsOf(database, jobId),
+    keysUnder: (prefix) => keysUnder(stack, prefix),
+    post: (body) => postJob(stack, body),
     close: async () => {
       await gateway.close()
       if (opts.withHost !== false) await host.close()
@@ -215,6 +233,7 @@ export async function startStack(
       await rm(dataDir, { recursive: true, force: true })
     },
   }
+  return stack
 }
 
 export async function postJob(

@@ -117,6 +117,13 @@ export interface Stack {
   url: (p: string) => string
   /** The job's status body (`GET /api/status/:jobId`); throws unless it answers 200. */
   job(jobId: string): Promise<JobStatusBody>
+  /** Waits until the job's status body passes `accept` (a throw counts as "not yet"), and returns it. */
+  waitJob(
+    jobId: string,
+    accept: (job: JobStatusBody) => boolean,
+    timeoutMs: number,
+    what: string,
+  ): Promise<JobStatusBody>
   /** Waits until the job has one of `statuses` (default: a terminal one), by the gateway's status route. */
   waitStatus(jobId: string, statuses?: string[], timeoutMs?: number): Promise<JobStatusBody>
   /** Every attempt row of a job, oldest first. */
@@ -217,6 +224,15 @@ export async function startStack(
     dataDir,
     url: (p) => `${gateway.url}${p}`,
     job: (jobId) => getJob(stack, jobId),
+    waitJob: (jobId, accept, timeoutMs, what) =>
+      waitFor(
+        async () => {
+          const job = await getJob(stack, jobId)
+          return accept(job) ? job : null
+        },
+        timeoutMs,
+        what,
+      ),
     waitStatus: (jobId, statuses = TERMINAL, timeoutMs) => waitStatus(stack, jobId, statuses, timeoutMs),
     attempts: (jobId) => attemptsOf(database, jobId),
     keysUnder: (prefix) => keysUnder(stack, prefix),

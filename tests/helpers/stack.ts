@@ -18,9 +18,10 @@ import { groupMembers } from '../../gpu-host/process-group.ts'
 import type { ReconcilerOptions } from '../../gpu-host/reconciler.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
 import { createRedis, createS3Client } from '../../schema/clients.ts'
+import type { JobStatus } from '../../schema/common.ts'
 import { type Config, loadConfig } from '../../schema/config.ts'
 import { type Database, openDatabase } from '../../schema/db/connect.ts'
-import { jobAttempts } from '../../schema/db/tables.ts'
+import { jobAttempts, jobs } from '../../schema/db/tables.ts'
 import { QUEUE_NAME } from '../../schema/keys.ts'
 import type { JobType } from '../../schema/params/index.ts'
 
@@ -132,6 +133,8 @@ export interface Stack {
   keysUnder(prefix: string): Promise<string[]>
   /** `POST /api/train` with `body`. */
   post(body: unknown): Promise<{ status: number; json: Record<string, unknown> }>
+  /** A train_lora job row written straight to the database (no queued job, no event), owned by `owner`. */
+  insertJob(jobId: string, status: JobStatus, owner?: string): Promise<void>
   close(): Promise<void>
 }
 
@@ -237,6 +240,11 @@ export async function startStack(
     attempts: (jobId) => attemptsOf(database, jobId),
     keysUnder: (prefix) => keysUnder(stack, prefix),
     post: (body) => postJob(stack, body),
+    insertJob: async (jobId, status, owner) => {
+      await database.db
+        .insert(jobs)
+        .values({ id: jobId, type: 'train_lora', status, params: {}, owner, outputPrefix: `loras/${jobId}` })
+    },
     close: async () => {
       await gateway.close()
       if (opts.withHost !== false) await host.close()

@@ -505,13 +505,7 @@ describe('GET /api/jobs/:jobId/artifacts/<path> refuses bad paths and ranges', (
 
   beforeAll(async () => {
     created.push(jobId)
-    await stack.database.db.insert(jobs).values({
-      id: jobId,
-      type: 'train_lora',
-      status: 'completed',
-      params: {},
-      outputPrefix: `loras/${jobId}`,
-    })
+    await stack.insertJob(jobId, 'completed')
     for (const rel of ['out.bin', 'sub dir/ü.bin']) {
       const key = `loras/${jobId}/${rel}`
       await stack.s3.client.send(

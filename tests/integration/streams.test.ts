@@ -69,14 +69,7 @@ const streamsBackToZero = (baseUrl = stack.gateway.url) =>
 /** A job row of alice's, and `events` events in its replay log (the last one terminal when `status` is). */
 async function makeJob(status: JobStatus, events: number): Promise<string> {
   const jobId = `st-${randomUUID().slice(0, 8)}`
-  await stack.database.db.insert(jobs).values({
-    id: jobId,
-    type: 'train_lora',
-    status,
-    params: {},
-    owner: 'alice',
-    outputPrefix: `loras/${jobId}`,
-  })
+  await stack.insertJob(jobId, status, 'alice')
   let seq = 0
   for (let i = 1; i <= events; i++) {
     const last = i === events

@@ -142,7 +142,16 @@ export function machineBusyPercent(before: ReturnType<typeof cpuTimes>): number 
 /** The machine's load: 1-minute load average now (others' work shows here before a benchmark starts). */
 export const loadAverage1m = (): number => Math.round((os.loadavg()[0] ?? 0) * 100) / 100
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+/**
+ * The whole machine's load over a measurement: the 1-minute load average as it starts, and how busy all
+ * cores have been since (`busyPercent()`, null off Linux).
+ *
+ * @example const machine = machineLoad(); await measure(); record(machine.loadAverage1mAtStart, machine.busyPercent())
+ */
+export function machineLoad(): { loadAverage1mAtStart: number; busyPercent(): number | null } {
+  const before = cpuTimes()
+  return { loadAverage1mAtStart: loadAverage1m(), busyPercent: () => machineBusyPercent(before) }
+}
 
 /** Forks a TypeScript (or JS) module of bench/ under tsx with an IPC channel; stdout/stderr inherited. */
 export function forkTs(file: string, env: Record<string, string> = {}): ChildProcess {

@@ -17,17 +17,7 @@ import type { Slot } from '../gpu-host/gpus.ts'
 import { HostMetrics, QUEUE_STATES } from '../gpu-host/metrics.ts'
 import { ERROR_REASONS, JOB_STATUSES } from '../schema/common.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
-import {
-  type BenchResult,
-  cpuTimes,
-  loadAverage1m,
-  machineBusyPercent,
-  printTable,
-  ratio,
-  rounded,
-  type Summary,
-  summarize,
-} from './lib.ts'
+import { type BenchResult, machineLoad, printTable, ratio, rounded, type Summary, summarize } from './lib.ts'
 
 const RENDERS = Number(process.env.BENCH_METRICS_RENDERS ?? 2000)
 const WARMUP = 200
@@ -155,8 +145,7 @@ export async function metrics(): Promise<BenchResult> {
     `metrics: ${RENDERS} renders of each registry, interleaved; series (gpu_worker_*): ${variants.map((v, i) => `${v.key} ${series[i]} (${gpuWorkerSeries[i]})`).join(', ')}`,
   )
 
-  const loadAtStart = loadAverage1m()
-  const cpu0 = cpuTimes()
+  const machine = machineLoad()
   const measured: Measured[] = variants.map(() => ({ wallMs: [], cpuMs: [] }))
   for (let i = 0; i < WARMUP + RENDERS; i++) {
     for (const [k, v] of variants.entries()) {
@@ -171,7 +160,7 @@ export async function metrics(): Promise<BenchResult> {
     }
   }
 
-  const busy = machineBusyPercent(cpu0)
+  const busy = machine.busyPercent()
   const stats = variants.map((v, k) => {
     const m = measured[k] as Measured
     const wall = summarize(m.wallMs)
@@ -219,7 +208,9 @@ export async function metrics(): Promise<BenchResult> {
     ['ours / bare + process metrics (fair)', ...Object.values(ratios.oursOverBareWithDefaults)],
     ['ours / bare, no process metrics', ...Object.values(ratios.oursOverBareNoDefaults)],
   ])
-  console.log(`machine: load average ${loadAtStart} at start; all cores ${busy}% busy during the renders`)
+  console.log(
+    `machine: load average ${machine.loadAverage1mAtStart} at start; all cores ${busy}% busy during the renders`,
+  )
   console.log(
     `\nCPU share of one scrape every ${SCRAPE_INTERVAL_S} s: ${ours.cpuSharePct.toFixed(4)}% of one core (goal < 1%)`,
   )
@@ -254,7 +245,10 @@ export async function metrics(): Promise<BenchResult> {
           cpuSharePctAt15s: Math.round(s.cpuSharePct * 10_000) / 10_000,
         },
       ]),
-      ['machineLoad', { loadAverage1mAtStart: loadAtStart, machineCpuBusyPercentDuringRenders: busy }],
+      [
+        'machineLoad',
+        { loadAverage1mAtStart: machine.loadAverage1mAtStart, machineCpuBusyPercentDuringRenders: busy },
+      ],
       [
         'ratios',
         {

@@ -5,12 +5,13 @@
  * time after each kill (from the kill until every job the dead host held runs again elsewhere).
  */
 import { readdir, readFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { inArray } from 'drizzle-orm'
 import { jobAttempts, jobEvents, jobs } from '../schema/db/tables.ts'
 import { type HostProcess, startHostProcess } from '../tests/helpers/host-process.ts'
 import { addFixtureJob, startStack } from '../tests/helpers/stack.ts'
-import { type BenchResult, fmt, printTable, sleep, summarize } from './lib.ts'
+import { type BenchResult, fmt, printTable, summarize } from './lib.ts'
 
 const TOTAL = 300
 

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Queue, Worker } from 'bullmq'
 import { like } from 'drizzle-orm'
 import type { Histogram } from 'prom-client'
@@ -20,9 +21,7 @@ import {
   BENCH_DIR,
   type BenchResult,
   clock,
-  cpuTimes,
-  loadAverage1m,
-  machineBusyPercent,
+  machineLoad,
   printTable,
   ratio,
   rounded,
@@ -215,19 +214,18 @@ export async function startup(): Promise<BenchResult> {
   console.log(
     `startup: ${JOBS} jobs through the stack one at a time (GPU_SLOTS=1), interleaved round-robin with the baselines`,
   )
-  const loadAtStart = loadAverage1m()
   const ours = await oursTrial()
   const bullmqT = await bullmqTrial()
   const forkT = await forkTrial([])
   const forkTsxT = await forkTrial(['--import', 'tsx'])
   const t = clock()
-  const cpu0 = cpuTimes()
+  const machine = machineLoad()
   let measured = 0
   try {
     // Round-robin, so that whatever else the machine does falls on every method alike.
     for (let i = 0; i < WARMUP + JOBS; i++) {
       const warm = i >= WARMUP
-      if (GAP_MS > 0) await new Promise((r) => setTimeout(r, GAP_MS))
+      if (GAP_MS > 0) await sleep(GAP_MS)
       await ours.once(warm)
       await bullmqT.once(warm)
       await forkT.once(warm)
@@ -241,7 +239,7 @@ export async function startup(): Promise<BenchResult> {
   const subprocessStart = await ours.subprocessStart()
   await ours.close()
   const loopSec = (clock() - t) / 1000
-  const busy = machineBusyPercent(cpu0)
+  const busy = machine.busyPercent()
   const bullmq = bullmqT.latencies
   const fork = forkT.latencies
   const forkTsx = forkTsxT.latencies
@@ -282,7 +280,7 @@ export async function startup(): Promise<BenchResult> {
     `\ngpu_worker_subprocess_start_seconds (host's own view, fork -> 'started'): count ${sp.count}, mean ${sp.meanMs.toFixed(1)} ms; cumulative buckets ${JSON.stringify(sp.bucketsLe)}`,
   )
   console.log(
-    `(${WARMUP} + ${JOBS} rounds took ${loopSec.toFixed(1)} s; load average at start ${loadAtStart}, machine CPU busy ${busy}% meanwhile)`,
+    `(${WARMUP} + ${JOBS} rounds took ${loopSec.toFixed(1)} s; load average at start ${machine.loadAverage1mAtStart}, machine CPU busy ${busy}% meanwhile)`,
   )
 
   const r = (x: Summary) => rounded(x, 2)
@@ -329,7 +327,10 @@ export async function startup(): Promise<BenchResult> {
         cumulativeBucketsLeSeconds: sp.bucketsLe,
       },
       roundsWallSeconds: Math.round(loopSec * 10) / 10,
-      machineLoad: { loadAverage1mAtStart: loadAtStart, machineCpuBusyPercentDuringRounds: busy },
+      machineLoad: {
+        loadAverage1mAtStart: machine.loadAverage1mAtStart,
+        machineCpuBusyPercentDuringRounds: busy,
+      },
     },
   }
 }

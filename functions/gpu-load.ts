@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
-import { access, constants } from 'node:fs/promises'
 import path from 'node:path'
+import { findExecutable } from '../schema/executables.ts'
 import type { HandlerContext } from './sdk/context.ts'
 
 /** Where the compiled cuda/ programs live: GPU_JOBS_BIN, the image's folder, or a local `make` build. */
@@ -8,20 +8,6 @@ const binDirs = (): string[] =>
   [process.env.GPU_JOBS_BIN, '/opt/gpu-jobs/bin', path.resolve('cuda/build')].filter(
     (d): d is string => typeof d === 'string' && d !== '',
   )
-
-async function findWorkload(): Promise<string | null> {
-  for (const dir of binDirs()) {
-    const file = path.join(dir, 'workload')
-    if (
-      await access(file, constants.X_OK).then(
-        () => true,
-        () => false,
-      )
-    )
-      return file
-  }
-  return null
-}
 
 export interface GpuLoad {
   stop(): Promise<void>
@@ -37,7 +23,7 @@ export async function startGpuLoad(
   opts: { seconds: number; vramMb: number },
 ): Promise<GpuLoad | null> {
   if (ctx.gpu.uuid === null) return null
-  const bin = await findWorkload()
+  const bin = await findExecutable('workload', binDirs())
   if (!bin) {
     ctx.log.info(
       'GPU present but no cuda workload binary (set GPU_JOBS_BIN or run `make -C cuda`): simulating on the CPU only',

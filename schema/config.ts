@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { defaultEngineVar, ENGINES, type Engine, type EngineSettings } from './engines.ts'
+import * as v from 'valibot'
+import { defaultEngineVar, ENGINES, type Engine, type EngineSettings, isEngineOf } from './engines.ts'
 import { JOB_TYPES, type JobType } from './params/index.ts'
 
 /** Configuration of the gateway and the GPU host, read once from the environment at start. */
@@ -69,45 +70,145 @@ export class ConfigError extends Error {
 
 type Env = Record<string, string | undefined>
 
+// Each schema below checks one variable; its messages say why a value is wrong and never repeat the value
+// of a URL or a secret (URLs carry passwords). `loadConfig` puts the variable's name in front.
+
+const integer = (fallback: number, min: number, max: number) =>
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.check(
+        (s) => Number.isInteger(Number(s)) && Number(s) >= min && Number(s) <= max,
+        (issue) => `must be an integer from ${min} to ${max}, got "${issue.input}"`,
+      ),
+      v.transform(Number),
+    ),
+    String(fallback),
+  )
+
+const url = (protocols: string[]) =>
+  v.pipe(
+    v.string(),
+    v.check(
+      (s) => URL.canParse(s) && protocols.includes(new URL(s).protocol),
+      `must be a ${protocols.join(' or ')}// URL`,
+    ),
+  )
+
+const text = (fallback: string) => v.optional(v.string(), fallback)
+const absolutePath = v.pipe(
+  v.string(),
+  v.transform((dir: string) => path.resolve(dir)),
+)
+const matching = (pattern: RegExp, why: string) => v.pipe(v.string(), v.regex(pattern, why))
+
+/** A comma-separated list, entries trimmed, empty ones dropped. */
+const list = v.pipe(
+  v.string(),
+  v.transform((s: string) =>
+    s
+      .split(',')
+      .map((entry) => entry.trim())
+      .filter(Boolean),
+  ),
+)
+
+// 16+ characters: long enough that guessing (rate-limited per client) cannot succeed. Names have no
+// "." because a token's own jobIds are `<name>.<jobId>` (see gateway/app.ts), which must not collide.
+const TOKEN_ENTRY = new RegExp(`^[A-Za-z0-9_-]{1,32}:.{${MIN_TOKEN_LENGTH},}$`)
+const tokenPairs = (entries: string[]): [string, string][] =>
+  entries.map((entry) => [entry.slice(0, entry.indexOf(':')), entry.slice(entry.indexOf(':') + 1)])
+const repeatedName = (entries: string[]): string | undefined =>
+  tokenPairs(entries)
+    .map(([name]) => name)
+    .find((name, i, names) => names.indexOf(name) !== i)
+
+const apiTokens = v.pipe(
+  list,
+  v.everyItem(
+    (entry) => TOKEN_ENTRY.test(entry),
+    `each entry must be name:token, a name of 1 to 32 letters, digits, "_" or "-" and a token of at least ${MIN_TOKEN_LENGTH} characters`,
+  ),
+  v.check(
+    (entries) => repeatedName(entries) === undefined,
+    (issue) => `the name "${repeatedName(issue.input)}" appears twice`,
+  ),
+  v.transform((entries) => new Map(tokenPairs(entries))),
+)
+
+const isOrigin = (entry: string): boolean => {
+  if (!URL.canParse(entry)) return false
+  const u = new URL(entry)
+  return (u.protocol === 'http:' || u.protocol === 'https:') && entry.replace(/\/$/, '') === u.origin
+}
+const allowedOrigins = v.pipe(
+  list,
+  v.everyItem(isOrigin, 'each entry must be an origin such as https://console.example.com'),
+  v.transform((entries) => new Set(entries.map((entry) => new URL(entry).origin))),
+)
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
+/** The environment: one entry per variable the code reads (empty counts as unset). */
+const EnvSchema = v.object({
+  REDIS_URL: v.optional(url(['redis:', 'rediss:']), 'redis://127.0.0.1:6379'),
+  DATABASE_URL: v.optional(url(['postgres:', 'postgresql:'])),
+  S3_ENDPOINT: v.optional(url(['http:', 'https:'])),
+  S3_REGION: text('us-east-1'),
+  S3_BUCKET: v.optional(matching(/^[a-z0-9-]{3,63}$/, 'must be a valid bucket name'), 'gpu-artifacts'),
+  S3_ACCESS_KEY_ID: text('S3RVER'),
+  S3_SECRET_ACCESS_KEY: text('S3RVER'),
+  DATA_DIR: v.optional(absolutePath, './data'),
+  MODELS_DIR: v.optional(absolutePath, '/opt/models'),
+  API_TOKENS: v.optional(apiTokens, ''),
+  METRICS_TOKEN: v.optional(v.string()),
+  RATE_LIMIT_RPS: integer(50, 1, 100_000),
+  MAX_STREAMS_PER_TOKEN: integer(50, 1, 100_000),
+  MAX_QUEUED_JOBS_PER_TOKEN: integer(1000, 1, 10_000_000),
+  MAX_PARAMS_BYTES: integer(64 * 1024, 1024, 1024 * 1024),
+  ALLOWED_ORIGINS: v.optional(allowedOrigins, ''),
+  GATEWAY_PORT: integer(8080, 0, 65535),
+  GATEWAY_HOST: v.optional(v.string()),
+  METRICS_PORT: integer(9464, 0, 65535),
+  METRICS_HOST: v.optional(
+    matching(/^[A-Za-z0-9.:-]+$/, 'must be an IP address or a host name'),
+    '127.0.0.1',
+  ),
+  S3RVER_PORT: integer(9000, 0, 65535),
+  GPU_SLOTS: integer(1, 1, 64),
+  SIMULATE_STEP_MS: integer(200, 0, 600_000),
+  KILL_GRACE_SEC: integer(10, 0, 3600),
+  RETRY_BACKOFF_MS: integer(5000, 0, 3_600_000),
+  SHUTDOWN_GRACE_SEC: integer(30, 0, 86_400),
+  // A Redis Cluster hash tag ({name}) keeps all of a queue's keys on one slot, as BullMQ requires there.
+  QUEUE_PREFIX: v.optional(
+    matching(
+      /^(\{[A-Za-z0-9_-]+\}|[A-Za-z0-9_-]+)$/,
+      'letters, digits, "_" and "-", optionally as a hash tag such as {gpu-jobs}',
+    ),
+    'bull',
+  ),
+  HOST_ID: v.optional(v.string()),
+  COMFYUI_URL: v.optional(url(['http:', 'https:'])),
+  KOHYA_DIR: v.optional(absolutePath),
+  KOHYA_PYTHON: text('python3'),
+  F5TTS_DIR: v.optional(absolutePath),
+  F5TTS_PYTHON: text('python3'),
+  ...Object.fromEntries(
+    JOB_TYPES.map((type) => {
+      const engines: readonly string[] = ENGINES[type]
+      return [
+        defaultEngineVar(type),
+        v.optional(v.picklist(engines, `must be one of ${engines.join(', ')}`)),
+      ] as const
+    }),
+  ),
+  LOG_LEVEL: v.optional(v.picklist(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`), 'info'),
+  LOG_FORMAT: v.optional(v.picklist(['pretty', 'json'], 'must be pretty or json')),
+})
+
 /** Every variable the code reads, for documentation checks. */
-export const ENV_VARS = [
-  'REDIS_URL',
-  'DATABASE_URL',
-  'S3_ENDPOINT',
-  'S3_REGION',
-  'S3_BUCKET',
-  'S3_ACCESS_KEY_ID',
-  'S3_SECRET_ACCESS_KEY',
-  'DATA_DIR',
-  'MODELS_DIR',
-  'API_TOKENS',
-  'METRICS_TOKEN',
-  'RATE_LIMIT_RPS',
-  'MAX_STREAMS_PER_TOKEN',
-  'MAX_QUEUED_JOBS_PER_TOKEN',
-  'MAX_PARAMS_BYTES',
-  'ALLOWED_ORIGINS',
-  'GATEWAY_PORT',
-  'GATEWAY_HOST',
-  'METRICS_PORT',
-  'METRICS_HOST',
-  'S3RVER_PORT',
-  'GPU_SLOTS',
-  'SIMULATE_STEP_MS',
-  'KILL_GRACE_SEC',
-  'RETRY_BACKOFF_MS',
-  'SHUTDOWN_GRACE_SEC',
-  'QUEUE_PREFIX',
-  'HOST_ID',
-  'COMFYUI_URL',
-  'KOHYA_DIR',
-  'KOHYA_PYTHON',
-  'F5TTS_DIR',
-  'F5TTS_PYTHON',
-  ...JOB_TYPES.map(defaultEngineVar),
-  'LOG_LEVEL',
-  'LOG_FORMAT',
-] as const
+export const ENV_VARS: readonly string[] = Object.keys(EnvSchema.entries)
 
 const SECRET_VARS = new Set([
   'REDIS_URL',
@@ -118,159 +219,85 @@ const SECRET_VARS = new Set([
   'METRICS_TOKEN',
 ])
 
-/**
- * Reads and validates the configuration; collects every problem before failing so that one run shows
- * them all. Secrets also accept `NAME_FILE` (Docker secrets).
- */
-export function loadConfig(env: Env = process.env): Config {
-  const problems: string[] = []
-
-  const raw = (name: string): string | undefined => {
+/** The variables as the schema reads them: empty ones dropped, secrets read from `NAME_FILE` where given. */
+function resolveEnv(env: Env, problems: string[]): Env {
+  const resolved: Env = {}
+  for (const name of ENV_VARS) {
     const file = env[`${name}_FILE`]
     if (file && SECRET_VARS.has(name)) {
       try {
-        return readFileSync(file, 'utf8').trim()
+        resolved[name] = readFileSync(file, 'utf8').trim()
       } catch (err) {
         problems.push(`${name}_FILE: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
-        return undefined
       }
-    }
-    const value = env[name]
-    return value === '' ? undefined : value
+    } else if (env[name] !== '') resolved[name] = env[name]
   }
-  const int = (name: string, fallback: number, min: number, max: number): number => {
-    const value = raw(name)
-    if (value === undefined) return fallback
-    const n = Number(value)
-    if (!Number.isInteger(n) || n < min || n > max) {
-      problems.push(`${name}: must be an integer from ${min} to ${max}, got "${value}"`)
-      return fallback
-    }
-    return n
-  }
-  const url = (name: string, protocols: string[], fallback?: string): string | undefined => {
-    const value = raw(name) ?? fallback
-    if (value === undefined) return undefined
-    try {
-      const parsed = new URL(value)
-      if (!protocols.includes(parsed.protocol)) throw new Error('protocol')
-    } catch {
-      // Never print the value: URLs carry passwords.
-      problems.push(`${name}: must be a ${protocols.join(' or ')}// URL`)
-    }
-    return value
-  }
+  return resolved
+}
 
-  const dir = (name: string): string | undefined => {
-    const value = raw(name)
-    return value === undefined ? undefined : path.resolve(value)
+/**
+ * Reads and validates the configuration; collects every problem before failing so that one run shows
+ * them all. Secrets also accept `NAME_FILE` (Docker secrets).
+ *
+ * @example loadConfig({ GATEWAY_PORT: '8081' }).gatewayPort // 8081
+ */
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = []
+  const resolved = resolveEnv(env, problems)
+  const parsed = v.safeParse(EnvSchema, resolved, { abortEarly: false })
+  if (!parsed.success)
+    for (const issue of parsed.issues)
+      problems.push(`${issue.path?.[0]?.key ?? 'environment'}: ${issue.message}`)
+  if (problems.length > 0 || !parsed.success) throw new ConfigError(problems)
+  const e = parsed.output
+  // DEFAULT_ENGINE_<TYPE> entries come from a list, so their names are not keys of the output's type.
+  const byName: Record<string, unknown> = e
+  const defaultEngines: Partial<Record<JobType, Engine>> = {}
+  for (const type of JOB_TYPES) {
+    const engine = byName[defaultEngineVar(type)]
+    if (isEngineOf(type, engine)) defaultEngines[type] = engine
   }
-  const defaultEngines = (): Partial<Record<JobType, Engine>> => {
-    const chosen: Partial<Record<JobType, Engine>> = {}
-    for (const type of JOB_TYPES) {
-      const name = defaultEngineVar(type)
-      const value = raw(name)
-      if (value === undefined) continue
-      const engines: readonly string[] = ENGINES[type]
-      if (engines.includes(value)) chosen[type] = value as Engine
-      else problems.push(`${name}: must be one of ${engines.join(', ')}`)
-    }
-    return chosen
-  }
-
-  // 16+ characters: long enough that guessing (rate-limited per client) cannot succeed. Names have no
-  // "." because a token's own jobIds are `<name>.<jobId>` (see gateway/app.ts), which must not collide.
-  const apiTokens = new Map<string, string>()
-  const tokens = raw('API_TOKENS')
-  if (tokens) {
-    for (const pair of tokens
-      .split(',')
-      .map((s) => s.trim())
-      .filter(Boolean)) {
-      const at = pair.indexOf(':')
-      const name = pair.slice(0, at)
-      const token = pair.slice(at + 1)
-      if (at <= 0 || token.length < MIN_TOKEN_LENGTH || !/^[A-Za-z0-9_-]{1,32}$/.test(name)) {
-        problems.push(
-          `API_TOKENS: each entry must be name:token, a name of 1 to 32 letters, digits, "_" or "-" and a token of at least ${MIN_TOKEN_LENGTH} characters`,
-        )
-        break
-      }
-      if (apiTokens.has(name)) problems.push(`API_TOKENS: the name "${name}" appears twice`)
-      apiTokens.set(name, token)
-    }
-  }
-
-  const allowedOrigins = new Set<string>()
-  for (const entry of (raw('ALLOWED_ORIGINS') ?? '')
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean)) {
-    let origin: string | undefined
-    try {
-      const u = new URL(entry)
-      if ((u.protocol === 'http:' || u.protocol === 'https:') && entry.replace(/\/$/, '') === u.origin)
-        origin = u.origin
-    } catch {}
-    if (origin) allowedOrigins.add(origin)
-    else problems.push('ALLOWED_ORIGINS: each entry must be an origin such as https://console.example.com')
-  }
-
-  const dataDir = path.resolve(raw('DATA_DIR') ?? './data')
-  const config: Config = {
-    redisUrl: url('REDIS_URL', ['redis:', 'rediss:'], 'redis://127.0.0.1:6379') ?? '',
-    redisDefault: raw('REDIS_URL') === undefined,
-    databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
+  return {
+    redisUrl: e.REDIS_URL,
+    redisDefault: resolved.REDIS_URL === undefined,
+    databaseUrl: e.DATABASE_URL,
     s3: {
-      endpoint: url('S3_ENDPOINT', ['http:', 'https:']),
-      region: raw('S3_REGION') ?? 'us-east-1',
-      bucket: raw('S3_BUCKET') ?? 'gpu-artifacts',
-      accessKeyId: raw('S3_ACCESS_KEY_ID') ?? 'S3RVER',
-      secretAccessKey: raw('S3_SECRET_ACCESS_KEY') ?? 'S3RVER',
+      endpoint: e.S3_ENDPOINT,
+      region: e.S3_REGION,
+      bucket: e.S3_BUCKET,
+      accessKeyId: e.S3_ACCESS_KEY_ID,
+      secretAccessKey: e.S3_SECRET_ACCESS_KEY,
     },
-    dataDir,
-    modelsDir: path.resolve(raw('MODELS_DIR') ?? '/opt/models'),
-    apiTokens,
-    metricsToken: raw('METRICS_TOKEN'),
-    rateLimitRps: int('RATE_LIMIT_RPS', 50, 1, 100_000),
-    maxStreamsPerToken: int('MAX_STREAMS_PER_TOKEN', 50, 1, 100_000),
-    maxQueuedJobsPerToken: int('MAX_QUEUED_JOBS_PER_TOKEN', 1000, 1, 10_000_000),
-    maxParamsBytes: int('MAX_PARAMS_BYTES', 64 * 1024, 1024, 1024 * 1024),
-    allowedOrigins,
-    gatewayPort: int('GATEWAY_PORT', 8080, 0, 65535),
-    gatewayHost: raw('GATEWAY_HOST'),
-    metricsPort: int('METRICS_PORT', 9464, 0, 65535),
-    metricsHost: raw('METRICS_HOST') ?? '127.0.0.1',
-    s3rverPort: int('S3RVER_PORT', 9000, 0, 65535),
-    gpuSlots: int('GPU_SLOTS', 1, 1, 64),
+    dataDir: e.DATA_DIR,
+    modelsDir: e.MODELS_DIR,
+    apiTokens: e.API_TOKENS,
+    metricsToken: e.METRICS_TOKEN,
+    rateLimitRps: e.RATE_LIMIT_RPS,
+    maxStreamsPerToken: e.MAX_STREAMS_PER_TOKEN,
+    maxQueuedJobsPerToken: e.MAX_QUEUED_JOBS_PER_TOKEN,
+    maxParamsBytes: e.MAX_PARAMS_BYTES,
+    allowedOrigins: e.ALLOWED_ORIGINS,
+    gatewayPort: e.GATEWAY_PORT,
+    gatewayHost: e.GATEWAY_HOST,
+    metricsPort: e.METRICS_PORT,
+    metricsHost: e.METRICS_HOST,
+    s3rverPort: e.S3RVER_PORT,
+    gpuSlots: e.GPU_SLOTS,
     engines: {
-      simulateStepMs: int('SIMULATE_STEP_MS', 200, 0, 600_000),
-      comfyuiUrl: url('COMFYUI_URL', ['http:', 'https:']),
-      kohyaDir: dir('KOHYA_DIR'),
-      kohyaPython: raw('KOHYA_PYTHON') ?? 'python3',
-      f5ttsDir: dir('F5TTS_DIR'),
-      f5ttsPython: raw('F5TTS_PYTHON') ?? 'python3',
+      simulateStepMs: e.SIMULATE_STEP_MS,
+      comfyuiUrl: e.COMFYUI_URL,
+      kohyaDir: e.KOHYA_DIR,
+      kohyaPython: e.KOHYA_PYTHON,
+      f5ttsDir: e.F5TTS_DIR,
+      f5ttsPython: e.F5TTS_PYTHON,
     },
-    defaultEngines: defaultEngines(),
-    killGraceSec: int('KILL_GRACE_SEC', 10, 0, 3600),
-    retryBackoffMs: int('RETRY_BACKOFF_MS', 5000, 0, 3_600_000),
-    shutdownGraceSec: int('SHUTDOWN_GRACE_SEC', 30, 0, 86_400),
-    queuePrefix: raw('QUEUE_PREFIX') ?? 'bull',
-    hostId: raw('HOST_ID') ?? `${process.env.HOSTNAME ?? 'host'}-${process.pid}`,
-    logLevel: raw('LOG_LEVEL') ?? 'info',
-    logFormat: undefined,
+    defaultEngines,
+    killGraceSec: e.KILL_GRACE_SEC,
+    retryBackoffMs: e.RETRY_BACKOFF_MS,
+    shutdownGraceSec: e.SHUTDOWN_GRACE_SEC,
+    queuePrefix: e.QUEUE_PREFIX,
+    hostId: e.HOST_ID ?? `${process.env.HOSTNAME ?? 'host'}-${process.pid}`,
+    logLevel: e.LOG_LEVEL,
+    logFormat: e.LOG_FORMAT,
   }
-  if (!/^[A-Za-z0-9.:-]+$/.test(config.metricsHost))
-    problems.push('METRICS_HOST: must be an IP address or a host name')
-  if (!/^[a-z0-9-]{3,63}$/.test(config.s3.bucket)) problems.push('S3_BUCKET: must be a valid bucket name')
-  // A Redis Cluster hash tag ({name}) keeps all of a queue's keys on one slot, as BullMQ requires there.
-  if (!/^(\{[A-Za-z0-9_-]+\}|[A-Za-z0-9_-]+)$/.test(config.queuePrefix))
-    problems.push('QUEUE_PREFIX: letters, digits, "_" and "-", optionally as a hash tag such as {gpu-jobs}')
-  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel))
-    problems.push('LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent')
-  const logFormat = raw('LOG_FORMAT')
-  if (logFormat === 'pretty' || logFormat === 'json') config.logFormat = logFormat
-  else if (logFormat !== undefined) problems.push('LOG_FORMAT: must be pretty or json')
-  if (problems.length > 0) throw new ConfigError(problems)
-  return config
 }

@@ -3,26 +3,15 @@
  * that has one installed but not running, stopped with `npm start` and killed when `npm start` dies.
  */
 import { spawn } from 'node:child_process'
-import { constants } from 'node:fs'
-import { access, mkdir, readFile } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { probeRedis } from './clients.ts'
+import { findExecutable } from './executables.ts'
 import { StartupError } from './startup.ts'
 
 /** The full path of `command` on PATH, or undefined. */
-export async function findOnPath(command: string): Promise<string | undefined> {
-  for (const dir of (process.env.PATH ?? '').split(path.delimiter).filter(Boolean)) {
-    const file = path.join(dir, command)
-    if (
-      await access(file, constants.X_OK).then(
-        () => true,
-        () => false,
-      )
-    )
-      return file
-  }
-  return undefined
-}
+export const findOnPath = (command: string): Promise<string | undefined> => findExecutable(command)
 
 export interface EmbeddedRedis {
   /** redis-server's pid (also in `dir/redis.pid`). */
@@ -91,7 +80,7 @@ export async function startEmbeddedRedis(opts: {
       break
     } catch {
       if (Date.now() > deadline) throw await failed('did not answer within 15 s')
-      await new Promise((r) => setTimeout(r, 100))
+      await sleep(100)
     }
   }
   return {

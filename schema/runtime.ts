@@ -1,4 +1,5 @@
 import pino, { type Logger } from 'pino'
+import { prettyFactory } from 'pino-pretty'
 import { probeRedis } from './clients.ts'
 import { type Config, ConfigError, loadConfig } from './config.ts'
 
@@ -15,15 +16,7 @@ export function configOrExit(): Config {
   }
 }
 
-const LEVELS: Record<number, string> = {
-  10: 'TRACE',
-  20: 'DEBUG',
-  30: 'INFO',
-  40: 'WARN',
-  50: 'ERROR',
-  60: 'FATAL',
-}
-const OMIT = new Set(['level', 'time', 'msg', 'pid', 'name', 'hostname'])
+const OMIT = new Set(['level', 'time', 'msg', 'pid', 'name', 'hostname', 'component'])
 
 // C0 controls, DEL, C1 controls (ESC's 8-bit twin CSI is U+009B) and the Unicode line/paragraph separators:
 // any of them in a logged string could end the line or drive the terminal and so forge a log entry.
@@ -36,25 +29,33 @@ export function escapeControl(text: string): string {
   return text.replace(CONTROL, (c) => SHORT[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }
 
+/** `12:00:01.234 INFO  [gateway] message  key=value ...`: pino-pretty's own layout adds a colon and brackets. */
+const formatEntry = (entry: Record<string, unknown>): string => {
+  const level = pino.levels.labels[Number(entry.level)]?.toUpperCase() ?? String(entry.level)
+  const time = new Date(Number(entry.time)).toISOString().slice(11, 23)
+  const fields = Object.entries(entry)
+    .filter(([k]) => !OMIT.has(k))
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+  const where = String(entry.component ?? entry.name)
+  return `${time} ${level.padEnd(5)} [${where}] ${String(entry.msg ?? '')}${fields.length ? `  ${fields.join(' ')}` : ''}`
+}
+
+// pino-pretty parses the entry (dropping `__proto__` keys) and names the level; the whole line comes from
+// `formatEntry`, so the fields it would print itself are hidden.
+const prettify = prettyFactory({
+  colorize: false,
+  singleLine: true,
+  hideObject: true,
+  ignore: [...OMIT].join(','),
+  messageFormat: formatEntry,
+})
+
 /**
- * One readable line per log entry: `12:00:01.234 INFO  [gateway] message key=value ...`. Message, keys and
- * values are escaped with `escapeControl` (they can carry client input).
+ * One readable line per log entry: `12:00:01.234 INFO  [gateway] message key=value ...`. The whole line is
+ * escaped with `escapeControl` (message, keys and values can carry client input).
  */
 export function prettyLine(json: string): string {
-  let entry: Record<string, unknown>
-  try {
-    entry = JSON.parse(json) as Record<string, unknown>
-  } catch {
-    return json
-  }
-  const time = new Date(Number(entry.time)).toISOString().slice(11, 23)
-  const level = (LEVELS[Number(entry.level)] ?? String(entry.level)).padEnd(5)
-  const where = escapeControl(String(entry.component ?? entry.name))
-  const fields = Object.entries(entry)
-    .filter(([k]) => !OMIT.has(k) && k !== 'component')
-    .map(([k, v]) => escapeControl(`${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`))
-  const msg = escapeControl(String(entry.msg ?? ''))
-  return `${time} ${level} [${where}] ${msg}${fields.length ? `  ${fields.join(' ')}` : ''}\n`
+  return `${escapeControl(prettify(json).replace(/\n$/, ''))}\n`
 }
 
 /** Logs as JSON lines (for log collectors), or as readable lines on a terminal (LOG_FORMAT). */

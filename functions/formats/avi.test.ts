@@ -1,8 +1,36 @@
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import ffprobeInstaller from '@ffprobe-installer/ffprobe'
 import { describe, expect, it } from 'vitest'
 import { AVI_MAX_BYTES, aviFileSize, encodeAvi, readAvi, rowStride } from './avi.ts'
 import { RiffFormatError } from './riff.ts'
 
 const encode = (...args: Parameters<typeof encodeAvi>): Buffer => Buffer.concat([...encodeAvi(...args)])
+
+// The installer ships a static ffprobe for the common platforms; elsewhere the check below is skipped.
+const FFPROBE = ffprobeInstaller.path
+const HAS_FFPROBE = existsSync(FFPROBE)
+
+/** What ffprobe, a reader that is not ours, makes of a file: its video stream and its container. */
+async function probe(file: Buffer) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'avi-probe-'))
+  try {
+    await writeFile(path.join(dir, 'out.avi'), file)
+    const args = ['-v', 'error', '-count_frames', '-show_streams', '-show_format', '-of', 'json', 'out.avi']
+    const { stdout } = await promisify(execFile)(FFPROBE, args, { cwd: dir })
+    const probed = JSON.parse(stdout) as {
+      streams: Record<string, unknown>[]
+      format: { format_name: string; duration: string; tags?: Record<string, string> }
+    }
+    return { stream: probed.streams[0], streams: probed.streams.length, format: probed.format }
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
 
 describe('avi', () => {
   it('writes the size it announces, with headers, frames and index that agree', () => {
@@ -17,6 +45,28 @@ describe('avi', () => {
     expect(avi.frameBytes).toBe(32 * 4)
     expect(avi.info).toEqual({ ISFT: 'test', ICMT: 'simulated' })
   })
+
+  it.skipIf(!HAS_FFPROBE)(
+    `is read by ffprobe: codec, size, frame count, rate and duration${HAS_FFPROBE ? '' : ' (skipped: no ffprobe for this platform in @ffprobe-installer)'}`,
+    async () => {
+      const { stream, streams, format } = await probe(
+        encode({ width: 10, height: 4, frames: 3, fps: 12, info: { ISFT: 'gpu-jobs simulate' } }),
+      )
+      expect(streams).toBe(1)
+      expect(stream).toMatchObject({
+        codec_type: 'video',
+        codec_name: 'rawvideo',
+        pix_fmt: 'bgr24',
+        width: 10,
+        height: 4,
+        r_frame_rate: '12/1',
+        nb_read_frames: '3',
+      })
+      expect(format.format_name).toBe('avi')
+      expect(Number(format.duration)).toBeCloseTo(3 / 12, 5)
+      expect(format.tags?.software).toBe('gpu-jobs simulate')
+    },
+  )
 
   it('stores rows bottom-up as BGR, with zeroed row padding', () => {
     const file = encode({

@@ -45,6 +45,37 @@ describe('safetensors', () => {
     expect(tensorValues(file, parsed, 'c.alpha')).toEqual([8])
   })
 
+  it('writes the layout the format specifies, read here without our reader', () => {
+    // The spec (huggingface/safetensors): an u64 little-endian header length, a JSON header of
+    // {name: {dtype, shape, data_offsets: [begin, end]}} plus an optional string map __metadata__, then the
+    // data, the offsets relative to its start.
+    const file = encode(
+      {
+        w: { dtype: 'F32', shape: [2, 2], data: floatBytes('F32', 4, (i) => i - 1.5) },
+        h: { dtype: 'F16', shape: [3], data: floatBytes('F16', 3, (i) => [-1, -2, 8][i] ?? 0) },
+      },
+      { format: 'pt' },
+    )
+    const headerBytes = Number(file.readBigUInt64LE(0))
+    const header = JSON.parse(file.subarray(8, 8 + headerBytes).toString('utf8')) as Record<
+      string,
+      { dtype: string; shape: number[]; data_offsets: [number, number] }
+    > & { __metadata__?: Record<string, string> }
+    const data = file.subarray(8 + headerBytes)
+    const { __metadata__: metadata, ...tensors } = header
+    expect(metadata).toEqual({ format: 'pt' })
+    expect(Object.keys(tensors).sort()).toEqual(['h', 'w'])
+    expect(tensors.w).toMatchObject({ dtype: 'F32', shape: [2, 2] })
+    expect(tensors.h).toMatchObject({ dtype: 'F16', shape: [3] })
+    const bytes = (name: 'h' | 'w') => data.subarray(...(tensors[name]?.data_offsets ?? [0, 0]))
+    const w = bytes('w')
+    expect(Array.from({ length: 4 }, (_, i) => w.readFloatLE(i * 4))).toEqual([-1.5, -0.5, 0.5, 1.5])
+    // IEEE binary16 bit patterns of -1, -2 and 8.
+    const h = bytes('h')
+    expect(Array.from({ length: 3 }, (_, i) => h.readUInt16LE(i * 2))).toEqual([0xbc00, 0xc000, 0x4800])
+    expect(Math.max(...Object.values(tensors).map((t) => t.data_offsets[1]))).toBe(data.length)
+  })
+
   it('refuses a tensor whose bytes do not match its shape, and non-string metadata', () => {
     expect(() => encode({ x: { dtype: 'F32', shape: [2], data: new Uint8Array(4) } })).toThrow(/needs 8/)
     expect(() => encode({}, { n: 1 as unknown as string })).toThrow(/must be a string/)

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest'
+import { WaveFile } from 'wavefile'
 import { RiffFormatError } from './riff.ts'
 import { encodeWav, readWav, synthesizeVoice, wavSamples } from './wav.ts'
 
@@ -14,6 +15,16 @@ describe('wav', () => {
     expect(wav.durationSec).toBeCloseTo(5 / 24_000)
     expect(wav.info).toEqual({ INAM: 'Ada', ICMT: 'simulated, odd length' })
     expect([...wavSamples(file, wav)]).toEqual([...samples])
+  })
+
+  it('writes what an independent reader (wavefile) reads back: rate, channels, bit depth, tags and samples', () => {
+    const samples = Int16Array.from([0, 1000, -1000, 32767, -32768, 7])
+    const wav = new WaveFile(encodeWav(samples, 22_050, { INAM: 'Ada', ICMT: 'simulated' }))
+    expect(wav.fmt).toMatchObject({ audioFormat: 1, numChannels: 1, sampleRate: 22_050, bitsPerSample: 16 })
+    expect(wav.bitDepth).toBe('16')
+    expect(wav.getTag('INAM')).toBe('Ada')
+    expect(wav.getTag('ICMT')).toBe('simulated')
+    expect([...wav.getSamples(false, Int16Array)]).toEqual([...samples])
   })
 
   it('synthesises a deterministic, audible, unclipped voice-like signal', () => {

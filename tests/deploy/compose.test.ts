@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import path from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
@@ -11,7 +12,7 @@ import {
   run,
   which,
 } from './helpers.ts'
-import { get, isMap, parseYaml, type YamlMap, type YamlValue } from './yaml-lite.ts'
+import { get, isMap, parseYaml, type YamlMap, type YamlValue } from './yaml.ts'
 
 const COMPOSE_FILE = 'infra/docker-compose.yml'
 const ENV_EXAMPLE = '.env.example'
@@ -176,14 +177,16 @@ function findComposeCli(): ComposeCli | undefined {
   const v1 = which('docker-compose')
   if (v1) return { file: v1, prefix: [], label: 'docker-compose' }
   const docker = which('docker')
-  if (docker) return { file: docker, prefix: ['compose'], label: 'docker compose' }
+  // A docker CLI without its compose plugin answers `docker compose` with "unknown command".
+  if (docker && spawnSync(docker, ['compose', 'version'], { stdio: 'ignore' }).status === 0)
+    return { file: docker, prefix: ['compose'], label: 'docker compose' }
   return undefined
 }
 
 const cli = findComposeCli()
 const suiteName = cli
   ? `${cli.label} config`
-  : 'docker-compose config (skipped: neither docker-compose nor docker is on PATH; apt-get install docker-compose)'
+  : 'docker-compose config (skipped: neither docker-compose nor docker with its compose plugin is on PATH; apt-get install docker-compose)'
 
 function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   // Only what the CLI needs: an inherited REDIS_URL or POSTGRES_PASSWORD must not change the result.

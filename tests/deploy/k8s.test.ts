@@ -3,7 +3,7 @@ import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { ENV_VARS } from '../../schema/config.ts'
 import { readRepoFile, repoRoot, run, which } from './helpers.ts'
-import { get, isMap, parseYamlDocuments, type YamlMap, type YamlValue } from './yaml-lite.ts'
+import { get, isMap, parseYamlDocuments, type YamlMap, type YamlValue } from './yaml.ts'
 
 const K8S_DIR = 'infra/k8s'
 const NAMESPACE = 'gpu-jobs'

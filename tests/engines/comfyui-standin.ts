@@ -20,10 +20,19 @@ import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { isDeepStrictEqual } from 'node:util'
 import { type WebSocket, WebSocketServer } from 'ws'
 
 export const TRANSCRIPTS_DIR = new URL('./transcripts/comfyui/', import.meta.url)
+
+/** The four files transcript t02's video graph makes, streamed from /view, and their content types. */
+export const T02_OUTPUTS: readonly [name: string, contentType: string][] = [
+  ['anim_00002_.webp', 'image/webp'],
+  ['apng_00002_.png', 'image/png'],
+  ['webm_00002_.webm', 'video/webm'],
+  ['mp4_00002_.mp4', 'video/mp4'],
+]
 
 type Line =
   | { t: number; dir: 'ws_text'; raw: string }
@@ -277,7 +286,7 @@ export class ComfyStandin {
       if (line.dir === 'ws_text' || line.dir === 'ws_binary') {
         const gap = (line.t - lastT) * speed * 1000
         lastT = line.t
-        await new Promise((r) => setTimeout(r, Math.max(0, gap)))
+        await sleep(Math.max(0, gap))
         if (this.closed) return
         if (line.dir === 'ws_text') {
           if (line.raw === this.sidFrame) continue // sent on each connect instead

@@ -10,7 +10,7 @@ import renderVideo, { WORKFLOW_FILE } from '../../functions/render_video/index.t
 import { NonRetryableError, RetryableError } from '../../functions/sdk/errors.ts'
 import { createTestContext, runHandler, type TestContext } from '../../functions/sdk/testing.ts'
 import { expectProgressToEndAt100, rejectionOf } from '../../functions/test-support.ts'
-import { ComfyStandin, type StandinOptions, TRANSCRIPTS_DIR } from './comfyui-standin.ts'
+import { ComfyStandin, type StandinOptions, T02_OUTPUTS, TRANSCRIPTS_DIR } from './comfyui-standin.ts'
 
 /**
  * render_video's `comfyui` engine against the stand-in ComfyUI, which replays the recorded transcripts
@@ -40,6 +40,14 @@ async function context(comfyuiUrl: string, jobId = 'comfy-job-1'): Promise<TestC
   const t = await createTestContext({ type: 'render_video', jobId, comfyuiUrl })
   cleanups.push(() => t.cleanup())
   return t
+}
+
+/** A stand-in replaying `opts.transcript`, a context pointed at it, and a run of render_video on the graph it recorded at `graph`. */
+async function replaying(opts: StandinOptions, graph = opts.startAt ?? 0) {
+  const s = await standin(opts)
+  const t = await context(s.url)
+  const run = () => runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(graph) }, t)
+  return { s, t, run }
 }
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
@@ -96,13 +104,8 @@ describe('the ComfyUI stand-in', () => {
 
 describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   it('t02: runs an inline video graph, streams all four outputs from /view with their content types', async () => {
-    const s = await standin({ transcript: T02 })
-    const t = await context(s.url)
-    const result = (await runHandler(
-      renderVideo,
-      { engine: 'comfyui', workflow: s.graphOf(0) },
-      t,
-    )) as Record<string, unknown>
+    const { s, t, run } = await replaying({ transcript: T02 })
+    const result = (await run()) as Record<string, unknown>
     expect(result).toMatchObject({
       engine: 'comfyui',
       simulated: false,
@@ -111,13 +114,7 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
       files: ['anim_00002_.webp', 'apng_00002_.png', 'webm_00002_.webm', 'mp4_00002_.mp4', WORKFLOW_FILE],
       cachedNodes: 0,
     })
-    const expected: [string, string][] = [
-      ['anim_00002_.webp', 'image/webp'],
-      ['apng_00002_.png', 'image/png'],
-      ['webm_00002_.webm', 'video/webm'],
-      ['mp4_00002_.mp4', 'video/mp4'],
-    ]
-    for (const [name, type] of expected) {
+    for (const [name, type] of T02_OUTPUTS) {
       const file = t.artifacts.files.get(name)
       expect(file?.record.contentType, name).toBe(type)
       expect(file?.record.sha256, name).toBe(sha256(viewFile(name)))
@@ -144,9 +141,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t02: reports nodes done out of nodes to run, each message naming the node by class and id', async () => {
-    const s = await standin({ transcript: T02 })
-    const t = await context(s.url)
-    await runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(0) }, t)
+    const { t, run } = await replaying({ transcript: T02 })
+    await run()
     expectProgressToEndAt100(t.progress)
     const messages = t.progress.map((p) => p.message ?? '')
     expect(messages).toContain('queued in ComfyUI as prompt 0e027229-d454-44a8-8add-40633a213cc7 (9 nodes)')
@@ -171,9 +167,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t05: uses value/max inside a node and ignores the binary preview frames', async () => {
-    const s = await standin({ transcript: T05 })
-    const t = await context(s.url)
-    const result = (await runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(0) }, t)) as {
+    const { s, t, run } = await replaying({ transcript: T05 })
+    const result = (await run()) as {
       files: string[]
     }
     expect(s.binarySent).toBe(8)
@@ -191,13 +186,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t01: an image graph: the PNG from /view, progress rising to 100 over the six nodes', async () => {
-    const s = await standin({ transcript: T01 })
-    const t = await context(s.url)
-    const result = (await runHandler(
-      renderVideo,
-      { engine: 'comfyui', workflow: s.graphOf(0) },
-      t,
-    )) as Record<string, unknown>
+    const { s, t, run } = await replaying({ transcript: T01 })
+    const result = (await run()) as Record<string, unknown>
     expect(result).toMatchObject({
       promptId: '50d816e8-c780-4d0d-9f30-5a09ede85003',
       files: ['img_00001_.png', WORKFLOW_FILE],
@@ -218,13 +208,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t01: counts cached nodes as done and still fetches the cached outputs', async () => {
-    const s = await standin({ transcript: T01, startAt: 5 })
-    const t = await context(s.url)
-    const result = (await runHandler(
-      renderVideo,
-      { engine: 'comfyui', workflow: s.graphOf(5) },
-      t,
-    )) as Record<string, unknown>
+    const { s, t, run } = await replaying({ transcript: T01, startAt: 5 })
+    const result = (await run()) as Record<string, unknown>
     expect(result).toMatchObject({ promptId: '754ce4e1-fc41-4d77-a821-90c9fd71b38f', cachedNodes: 6 })
     expect(t.progress.map((p) => p.message)).toContain('ComfyUI: 6 of 6 nodes cached')
     expect(t.progress.find((p) => p.message === 'ComfyUI: 6 of 6 nodes cached')?.percent).toBe(90)
@@ -237,9 +222,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t03: a runtime error fails the job naming the node, its type and the exception', async () => {
-    const s = await standin({ transcript: T03 })
-    const t = await context(s.url)
-    const err = await rejectionOf(runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(0) }, t))
+    const { t, run } = await replaying({ transcript: T03 })
+    const err = await rejectionOf(run())
     expect(err).toBeInstanceOf(NonRetryableError)
     expect(err.code).toBe('COMFYUI_EXECUTION_ERROR')
     expect(err.message).toBe(
@@ -252,9 +236,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t04: a 400 from /prompt is not retryable and names each node and input', async () => {
-    const s = await standin({ transcript: T04, startAt: 1 })
-    const t = await context(s.url)
-    const err = await rejectionOf(runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(1) }, t))
+    const { run } = await replaying({ transcript: T04, startAt: 1 })
+    const err = await rejectionOf(run())
     expect(err).toBeInstanceOf(NonRetryableError)
     expect(err).toMatchObject({ reason: 'invalid_params', code: 'COMFYUI_INVALID_PROMPT' })
     expect(err.message).toBe(
@@ -268,9 +251,8 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t04: an inner validation exception and an unknown node class are named too', async () => {
-    const s = await standin({ transcript: T04, startAt: 3 })
-    const t = await context(s.url)
-    const err = await rejectionOf(runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(3) }, t))
+    const { run } = await replaying({ transcript: T04, startAt: 3 })
+    const err = await rejectionOf(run())
     expect(err.message).toBe(
       'ComfyUI refused the workflow: params.workflow.4.inputs.image (ImageBlend): Exception when validating inner node: tuple index out of range [exception_during_inner_validation]',
     )
@@ -286,12 +268,11 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t06: cancel while running interrupts the prompt and waits for it to stop, leaving ComfyUI idle', async () => {
-    const s = await standin({ transcript: T06, others: [1] })
-    const t = await context(s.url)
+    const { s, t, run } = await replaying({ transcript: T06, others: [1] })
     const reason = new Error('job cancelled')
     abortWhen(t, s.reached(2), reason)
     const started = Date.now()
-    const err = await rejectionOf(runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(0) }, t))
+    const err = await rejectionOf(run())
     expect(err).toBe(reason)
     const posts = s.requests.filter((r) => r.method === 'POST').map((r) => [r.path, r.body])
     expect(posts).toEqual([
@@ -306,11 +287,10 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
   })
 
   it('t06: a timeout takes the same path (interrupt, wait) and rejects with the timeout', async () => {
-    const s = await standin({ transcript: T06, others: [1], speed: 0.3 })
-    const t = await context(s.url)
+    const { s, t, run } = await replaying({ transcript: T06, others: [1], speed: 0.3 })
     const reason = Object.assign(new Error('job timeout'), { name: 'AbortError', reason: 'timeout' })
     abortWhen(t, s.reached(2), reason)
-    const err = await rejectionOf(runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(0) }, t))
+    const err = await rejectionOf(run())
     expect(err).toBe(reason)
     expect(s.requests.some((r) => r.path === '/interrupt')).toBe(true)
     await expect.poll(() => s.idle, { timeout: 1000 }).toBe(true)
@@ -318,11 +298,10 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
 
   it('t07: cancel while pending deletes the prompt from the queue; it never runs', async () => {
     // Prompts 0 and 2 (front) were another client's; ours is request 1, pending behind them.
-    const s = await standin({ transcript: T07, others: [0, 2, 6] })
-    const t = await context(s.url)
+    const { s, t, run } = await replaying({ transcript: T07, others: [0, 2, 6] }, 1)
     const reason = new Error('job cancelled')
     abortWhen(t, s.reached(3), reason)
-    const err = await rejectionOf(runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(1) }, t))
+    const err = await rejectionOf(run())
     expect(err).toBe(reason)
     const posts = s.requests.filter((r) => r.method === 'POST').map((r) => [r.path, r.body])
     expect(posts).toEqual([
@@ -343,9 +322,12 @@ describe('render_video on ComfyUI (stand-in replaying the transcripts)', () => {
 
   it('survives a WebSocket drop: reconnects with the same client id and finds the end in /history', async () => {
     // Dropped after SaveVideo starts: the rest (executed, execution_success, executing null) is lost.
-    const s = await standin({ transcript: T02, speed: 0.05, dropAfter: (raw) => raw.includes('"node": "9"') })
-    const t = await context(s.url)
-    const result = (await runHandler(renderVideo, { engine: 'comfyui', workflow: s.graphOf(0) }, t)) as {
+    const { s, t, run } = await replaying({
+      transcript: T02,
+      speed: 0.05,
+      dropAfter: (raw) => raw.includes('"node": "9"'),
+    })
+    const result = (await run()) as {
       files: string[]
     }
     expect(s.framesLost).toBeGreaterThan(0)

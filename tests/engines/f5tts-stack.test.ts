@@ -5,7 +5,7 @@
  */
 import { readdir } from 'node:fs/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { getJob, keysUnder, postJob, type Stack, startStack, waitFor, waitStatus } from '../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 import { type F5Standin, makeF5Standin, stillRunning, writeSpeakerDataset } from './fake-f5tts/standin.ts'
 
 let s: F5Standin
@@ -24,7 +24,7 @@ afterAll(async () => {
 })
 
 const submit = async (extra: Record<string, unknown> = {}) => {
-  const { status, json } = await postJob(stack, {
+  const { status, json } = await stack.post({
     type: 'train_voice',
     params: { speakerName: 'Ada', datasetPath: 'speaker_ds', epochs: 1, engine: 'f5tts' },
     ...extra,
@@ -36,12 +36,12 @@ const submit = async (extra: Record<string, unknown> = {}) => {
 describe('train_voice f5tts through the stack (stand-in engine)', () => {
   it('ends completed with model_last.pt, vocab.txt and speaker.json in the bucket, in the manifest', async () => {
     const jobId = await submit()
-    const done = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
+    const done = await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)
     expect(done.error ?? null).toBe(null)
     expect(done.status).toBe('completed')
     expect(done.result).toMatchObject({ engine: 'f5tts', updates: 3, finalLoss: 43.4, simulated: false })
 
-    expect(await keysUnder(stack, `voices/${jobId}`)).toEqual(
+    expect(await stack.keysUnder(`voices/${jobId}`)).toEqual(
       ['manifest.json', 'model_last.pt', 'speaker.json', 'vocab.txt'].map((f) => `voices/${jobId}/${f}`),
     )
     const model = Buffer.from(
@@ -69,31 +69,31 @@ describe('train_voice f5tts through the stack (stand-in engine)', () => {
     const before = new Set(await s.pids())
     const jobId = await submit()
     await waitFor(
-      async () => (await getJob(stack, jobId)).message?.startsWith('Epoch 1/1 - update=1'),
+      async () => (await stack.job(jobId)).message?.startsWith('Epoch 1/1 - update=1'),
       30_000,
       'the first update',
     )
     const res = await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
     expect(res.status).toBeLessThan(300)
-    const body = await waitStatus(stack, jobId, ['cancelled'], 30_000)
+    const body = await stack.waitStatus(jobId, ['cancelled'], 30_000)
     expect(body.status).toBe('cancelled')
     const pids = (await s.pids()).filter((p) => !before.has(p))
     expect(pids.length).toBeGreaterThanOrEqual(4)
     await waitFor(async () => (await stillRunning(pids)).length === 0, 10_000, 'the stand-in to be gone')
-    expect(await keysUnder(stack, `voices/${jobId}`)).toEqual([])
+    expect(await stack.keysUnder(`voices/${jobId}`)).toEqual([])
   })
 
   it('timed out mid-run: failed with reason timeout, every stand-in process gone, nothing in the bucket', async () => {
     await s.configure({ stepMs: 1500 })
     const before = new Set(await s.pids())
     const jobId = await submit({ timeoutSec: 4, maxAttempts: 1 })
-    const body = await waitStatus(stack, jobId, ['failed', 'completed'], 60_000)
+    const body = await stack.waitStatus(jobId, ['failed', 'completed'], 60_000)
     expect(body.status).toBe('failed')
     expect(body.error?.reason).toBe('timeout')
     const pids = (await s.pids()).filter((p) => !before.has(p))
     expect(pids.length).toBeGreaterThanOrEqual(4)
     await waitFor(async () => (await stillRunning(pids)).length === 0, 10_000, 'the stand-in to be gone')
-    expect(await keysUnder(stack, `voices/${jobId}`)).toEqual([])
+    expect(await stack.keysUnder(`voices/${jobId}`)).toEqual([])
     // Nothing the trainer wrote reached the shared checkout.
     expect(await readdir(`${s.f5Dir}/ckpts`)).toEqual(['README.md'])
   })

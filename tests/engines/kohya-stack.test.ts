@@ -1,18 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { readSafetensors } from '../../functions/formats/safetensors.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
-import {
-  attemptsOf,
-  getJob,
-  groupGone,
-  keysUnder,
-  postJob,
-  processGone,
-  type Stack,
-  startStack,
-  waitFor,
-  waitStatus,
-} from '../helpers/stack.ts'
+import { groupGone, processGone, type Stack, startStack, waitFor } from '../helpers/stack.ts'
 import { KOHYA_PYTHON, type KohyaFixture, makeKohyaFixture } from './fake-kohya/fixture.ts'
 
 let stack: Stack | undefined
@@ -50,14 +39,14 @@ const events = async (s: Stack, jobId: string): Promise<ProgressEvent[]> => {
 describe('train_lora on kohya through the whole stack (stand-in sd-scripts)', () => {
   it('gateway -> queue -> GPU host -> job process -> trainer -> bucket: lora.safetensors with its ss_* metadata', async () => {
     const { stack: s } = await start({ stepMs: 30 })
-    const posted = await postJob(s, job('kohya-stack-1'))
+    const posted = await s.post(job('kohya-stack-1'))
     expect(posted.status).toBe(202)
-    const done = await waitStatus(s, 'kohya-stack-1', ['completed', 'failed'], 60_000)
+    const done = await s.waitStatus('kohya-stack-1', ['completed', 'failed'], 60_000)
     expect(done.error ?? null).toBeNull()
     expect(done.status).toBe('completed')
     expect(done.result).toMatchObject({ engine: 'kohya', simulated: false, trainImages: 4 })
 
-    expect(await keysUnder(s, 'loras/kohya-stack-1')).toEqual([
+    expect(await s.keysUnder('loras/kohya-stack-1')).toEqual([
       'loras/kohya-stack-1/lora.safetensors',
       'loras/kohya-stack-1/manifest.json',
       'loras/kohya-stack-1/training_config.toml',
@@ -82,13 +71,13 @@ describe('train_lora on kohya through the whole stack (stand-in sd-scripts)', ()
 
   it('cancel mid-run: the trainer ran in the job process group, which is gone; nothing in the bucket', async () => {
     const { stack: s, kohya: k } = await start({ stepMs: 30, hangAtStep: 1 })
-    await postJob(s, job('kohya-stack-2'))
+    await s.post(job('kohya-stack-2'))
     await waitFor(
-      async () => (await getJob(s, 'kohya-stack-2')).message?.includes('loss='),
+      async () => (await s.job('kohya-stack-2')).message?.includes('loss='),
       60_000,
       'a loss in the progress',
     )
-    const jobPid = (await attemptsOf(s.database, 'kohya-stack-2')).at(-1)?.pid
+    const jobPid = (await s.attempts('kohya-stack-2')).at(-1)?.pid
     expect(jobPid).toBeGreaterThan(0)
     const calls = await k.calls()
     expect(calls.map((c) => c.role)).toEqual(['launcher', 'trainer'])
@@ -97,10 +86,10 @@ describe('train_lora on kohya through the whole stack (stand-in sd-scripts)', ()
 
     const cancelled = await fetch(s.url('/api/jobs/kohya-stack-2/cancel'), { method: 'POST' })
     expect(cancelled.status).toBeLessThan(300)
-    const body = await waitStatus(s, 'kohya-stack-2', ['cancelled'], 30_000)
+    const body = await s.waitStatus('kohya-stack-2', ['cancelled'], 30_000)
     expect(body.status).toBe('cancelled')
     expect(await groupGone(jobPid!)).toBe(true)
     for (const c of calls) expect(await processGone(c.pid)).toBe(true)
-    expect(await keysUnder(s, 'loras/kohya-stack-2')).toEqual([])
+    expect(await s.keysUnder('loras/kohya-stack-2')).toEqual([])
   })
 })

@@ -12,6 +12,7 @@ import {
 } from '../../functions/test-support.ts'
 import trainLora, { CONFIG_FILE, LORA_FILE } from '../../functions/train_lora/index.ts'
 import { datasetSubsets, datasetToml } from '../../functions/train_lora/kohya.ts'
+import { expectKohyaLora } from '../helpers/kohya-lora.ts'
 import { processGone } from '../helpers/stack.ts'
 import { KOHYA_PYTHON, type KohyaFixture, makeKohyaFixture } from './fake-kohya/fixture.ts'
 
@@ -89,23 +90,21 @@ describe('train_lora on kohya (stand-in sd-scripts)', () => {
     const written = await readFile(path.join(t.ctx.paths.scratch, 'kohya', 'output', LORA_FILE))
     const stored = t.artifacts.files.get(LORA_FILE)?.bytes
     expect(stored && Buffer.compare(stored, written)).toBe(0)
-    const lora = readSafetensors(stored!)
-    expect(lora.metadata).toMatchObject({
-      ss_network_module: 'networks.lora',
-      ss_network_dim: '4',
-      ss_network_alpha: '1.0',
-      ss_learning_rate: '0.0002',
-      ss_mixed_precision: 'no',
-      ss_output_name: 'lora',
-      ss_sd_model_name: 'tiny-sd15',
-    })
-    expect(JSON.parse(lora.metadata.ss_datasets ?? '')).toMatchObject([
+    const lora = expectKohyaLora(
+      stored,
+      {
+        ss_network_dim: '4',
+        ss_network_alpha: '1.0',
+        ss_learning_rate: '0.0002',
+        ss_mixed_precision: 'no',
+        ss_sd_model_name: 'tiny-sd15',
+      },
       {
         resolution: [64, 64],
         num_train_images: 30,
         subsets: [{ image_dir: '10_sks dog', num_repeats: 10, class_tokens: 'sks dog' }],
       },
-    ])
+    )
     expect(lora.metadata.simulated).toBeUndefined()
     expect(
       lora.tensors.get(

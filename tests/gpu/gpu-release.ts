@@ -7,6 +7,7 @@
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { DirectoryArtifactStore } from '../../functions/sdk/local-artifacts.ts'
 import { readGpus, slotsFor } from '../../gpu-host/gpus.ts'
 import { groupMembers } from '../../gpu-host/process-group.ts'
@@ -14,7 +15,6 @@ import { JobProcess } from '../../gpu-host/runner.ts'
 
 const HANDLER = process.env.GPU_CHECK_HANDLER ?? path.resolve('tests/fixtures/handlers/gpu-alloc.ts')
 const MIB = Number(process.env.GPU_CHECK_MIB ?? 8192)
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 async function usedMb(uuid: string): Promise<number> {
   const g = (await readGpus())?.find((x) => x.uuid === uuid)

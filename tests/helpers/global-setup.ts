@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import postgres from 'postgres'
 import { probeRedis } from '../../schema/clients.ts'
 import { freePort, redisServerArgs } from './ports.ts'
@@ -39,7 +40,7 @@ async function privateRedis(): Promise<{ url: string; stop(): Promise<void> }> {
       break
     } catch {
       if (Date.now() > deadline) throw new Error(`redis-server on ${url} did not answer within 15 s`)
-      await new Promise((r) => setTimeout(r, 100))
+      await sleep(100)
     }
   }
   say(`private redis-server at ${url}`)

@@ -1,104 +1,36 @@
 import { randomUUID } from 'node:crypto'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
+import { readFile, rm } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
+import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { Queue } from 'bullmq'
 import { asc, eq } from 'drizzle-orm'
 import type { Redis } from 'ioredis'
 import pino from 'pino'
-import postgres from 'postgres'
-import S3rver from 's3rver'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { GpuHost } from '../../gpu-host/host.ts'
 import { groupMembers } from '../../gpu-host/process-group.ts'
 import type { ReconcilerOptions } from '../../gpu-host/reconciler.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
 import { createRedis, createS3Client } from '../../schema/clients.ts'
+import type { JobStatus } from '../../schema/common.ts'
 import { type Config, loadConfig } from '../../schema/config.ts'
 import { type Database, openDatabase } from '../../schema/db/connect.ts'
-import { jobAttempts } from '../../schema/db/tables.ts'
+import { jobAttempts, jobs } from '../../schema/db/tables.ts'
 import { QUEUE_NAME } from '../../schema/keys.ts'
 import type { JobType } from '../../schema/params/index.ts'
+import { makeDataDir, type S3Server, startS3, TEST_DATABASE_URL, TEST_REDIS_URL } from './stores.ts'
 
-/**
- * Postgres and Redis of the tests: TEST_DATABASE_URL and TEST_REDIS_URL, which the globalSetup
- * (tests/helpers/global-setup.ts) fills in when unset; the fall-backs only serve a file run without it.
- */
-export const TEST_DATABASE_URL =
-  process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
-export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
-
-/**
- * A database of its own on the tests' Postgres server (migrated when a stack opens it), for a stack whose
- * GPU host runs the reconciler: it takes every unfinished row of its database for one of its own queue.
- */
-export async function isolatedDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
-  const name = `gpu_jobs_iso_${randomUUID().slice(0, 8)}`
-  const admin = postgres(TEST_DATABASE_URL, { max: 1, onnotice: () => {} })
-  await admin.unsafe(`create database ${name}`)
-  const url = new URL(TEST_DATABASE_URL)
-  url.pathname = `/${name}`
-  return {
-    url: url.toString(),
-    drop: async () => {
-      await admin.unsafe(`drop database if exists ${name} with (force)`)
-      await admin.end()
-    },
-  }
-}
-
-export interface S3Server {
-  endpoint: string
-  client: S3Client
-  dir: string
-  close(): Promise<void>
-  /** Stops the server, keeping its files (restart with `startS3(port, dir)`). */
-  stop(): Promise<void>
-}
-
-/** An in-process s3rver on a free port, in a temp dir. */
-export async function startS3(port = 0, existingDir?: string): Promise<S3Server> {
-  const dir = existingDir ?? (await mkdtemp(path.join(tmpdir(), 's3rver-')))
-  const server = new S3rver({ address: '127.0.0.1', port, directory: dir, silent: true })
-  const addr = (await server.run()) as AddressInfo
-  const endpoint = `http://127.0.0.1:${addr.port}`
-  const client = createS3Client({
-    endpoint,
-    region: 'us-east-1',
-    bucket: 'x',
-    accessKeyId: 'S3RVER',
-    secretAccessKey: 'S3RVER',
-  })
-  return {
-    endpoint,
-    client,
-    dir,
-    close: async () => {
-      client.destroy()
-      await server.close()
-      if (!existingDir) await rm(dir, { recursive: true, force: true })
-    },
-    stop: async () => {
-      await server.close()
-    },
-  }
-}
-
-/** A DATA_DIR with a small dataset folder `ds` (and an empty `empty`). */
-export async function makeDataDir(): Promise<string> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'gpu-data-'))
-  await mkdir(path.join(dir, 'ds'), { recursive: true })
-  await mkdir(path.join(dir, 'empty'), { recursive: true })
-  for (let i = 0; i < 4; i++) {
-    await writeFile(path.join(dir, 'ds', `img${i}.png`), `image ${i}`)
-    await writeFile(path.join(dir, 'ds', `img${i}.txt`), `a photo of sks person, pose ${i}`)
-    await writeFile(path.join(dir, 'ds', `clip${i}.wav`), `audio ${i}`)
-  }
-  return dir
-}
+// The stores' helpers, for the tests that import everything from here.
+export {
+  isolatedDatabase,
+  makeDataDir,
+  type S3Server,
+  startS3,
+  TEST_DATABASE_URL,
+  TEST_REDIS_URL,
+} from './stores.ts'
 
 export interface Stack {
   config: Config
@@ -114,8 +46,30 @@ export interface Stack {
   queue: Queue
   dataDir: string
   url: (p: string) => string
+  /** The job's status body (`GET /api/status/:jobId`); throws unless it answers 200. */
+  job(jobId: string): Promise<JobStatusBody>
+  /** Waits until the job's status body passes `accept` (a throw counts as "not yet"), and returns it. */
+  waitJob(
+    jobId: string,
+    accept: (job: JobStatusBody) => boolean,
+    timeoutMs: number,
+    what: string,
+  ): Promise<JobStatusBody>
+  /** Waits until the job has one of `statuses` (default: a terminal one), by the gateway's status route. */
+  waitStatus(jobId: string, statuses?: string[], timeoutMs?: number): Promise<JobStatusBody>
+  /** Every attempt row of a job, oldest first. */
+  attempts(jobId: string): ReturnType<typeof attemptsOf>
+  /** Keys under a job's prefix in the stack's bucket. */
+  keysUnder(prefix: string): Promise<string[]>
+  /** `POST /api/train` with `body`. */
+  post(body: unknown): Promise<{ status: number; json: Record<string, unknown> }>
+  /** A train_lora job row written straight to the database (no queued job, no event), owned by `owner`. */
+  insertJob(jobId: string, status: JobStatus, owner?: string): Promise<void>
   close(): Promise<void>
 }
+
+/** The statuses a job ends in. */
+export const TERMINAL: string[] = ['completed', 'failed', 'cancelled']
 
 export const quietLogger = () => pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
 
@@ -189,7 +143,7 @@ export async function startStack(
   const queueConnection = createRedis(redisUrl)
   queueConnection.on('error', () => {})
   const queue = new Queue(QUEUE_NAME, { connection: queueConnection, prefix })
-  return {
+  const stack: Stack = {
     config,
     env,
     prefix,
@@ -202,6 +156,25 @@ export async function startStack(
     queue,
     dataDir,
     url: (p) => `${gateway.url}${p}`,
+    job: (jobId) => getJob(stack, jobId),
+    waitJob: (jobId, accept, timeoutMs, what) =>
+      waitFor(
+        async () => {
+          const job = await getJob(stack, jobId)
+          return accept(job) ? job : null
+        },
+        timeoutMs,
+        what,
+      ),
+    waitStatus: (jobId, statuses = TERMINAL, timeoutMs) => waitStatus(stack, jobId, statuses, timeoutMs),
+    attempts: (jobId) => attemptsOf(database, jobId),
+    keysUnder: (prefix) => keysUnder(stack, prefix),
+    post: (body) => postJob(stack, body),
+    insertJob: async (jobId, status, owner) => {
+      await database.db
+        .insert(jobs)
+        .values({ id: jobId, type: 'train_lora', status, params: {}, owner, outputPrefix: `loras/${jobId}` })
+    },
     close: async () => {
       await gateway.close()
       if (opts.withHost !== false) await host.close()
@@ -214,6 +187,7 @@ export async function startStack(
       await rm(dataDir, { recursive: true, force: true })
     },
   }
+  return stack
 }
 
 export async function postJob(
@@ -247,7 +221,7 @@ export async function waitFor<T>(
       throw new Error(
         `timed out waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`,
       )
-    await new Promise((r) => setTimeout(r, 50))
+    await sleep(50)
   }
 }
 

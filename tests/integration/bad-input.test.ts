@@ -81,6 +81,15 @@ interface Case {
   secret?: string
 }
 
+/** A train_lora submission whose datasetPath is refused (400 invalid_params naming params.datasetPath). */
+const refusedDatasetPath = (name: string, datasetPath: string): Case => ({
+  name,
+  body: lora({ datasetPath }),
+  status: 400,
+  code: 'invalid_params',
+  field: 'params.datasetPath',
+})
+
 const cases: Case[] = [
   { name: 'invalid JSON', body: (id) => `{"jobId":"${id}","type":`, status: 400, code: 'invalid_json' },
   {
@@ -283,27 +292,9 @@ const cases: Case[] = [
     field: 'priority',
     secret: '2097152',
   },
-  {
-    name: 'datasetPath with ..',
-    body: lora({ datasetPath: '../etc' }),
-    status: 400,
-    code: 'invalid_params',
-    field: 'params.datasetPath',
-  },
-  {
-    name: 'absolute datasetPath elsewhere',
-    body: lora({ datasetPath: '/etc' }),
-    status: 400,
-    code: 'invalid_params',
-    field: 'params.datasetPath',
-  },
-  {
-    name: 'symlink out of DATA_DIR',
-    body: lora({ datasetPath: 'escape' }),
-    status: 400,
-    code: 'invalid_params',
-    field: 'params.datasetPath',
-  },
+  refusedDatasetPath('datasetPath with ..', '../etc'),
+  refusedDatasetPath('absolute datasetPath elsewhere', '/etc'),
+  refusedDatasetPath('symlink out of DATA_DIR', 'escape'),
   // DATA_DIR itself and the platform's own folders in it are not datasets.
   ...[
     '.',
@@ -321,29 +312,9 @@ const cases: Case[] = [
     '.lock',
     '.hidden/x',
     'to-scratch',
-  ].map(
-    (datasetPath): Case => ({
-      name: `datasetPath "${datasetPath}"`,
-      body: lora({ datasetPath }),
-      status: 400,
-      code: 'invalid_params',
-      field: 'params.datasetPath',
-    }),
-  ),
-  {
-    name: 'absolute datasetPath of DATA_DIR itself',
-    body: lora({ datasetPath: '<DATA_DIR>' }),
-    status: 400,
-    code: 'invalid_params',
-    field: 'params.datasetPath',
-  },
-  {
-    name: 'absolute datasetPath of a reserved folder',
-    body: lora({ datasetPath: '<DATA_DIR>/pglite' }),
-    status: 400,
-    code: 'invalid_params',
-    field: 'params.datasetPath',
-  },
+  ].map((datasetPath) => refusedDatasetPath(`datasetPath "${datasetPath}"`, datasetPath)),
+  refusedDatasetPath('absolute datasetPath of DATA_DIR itself', '<DATA_DIR>'),
+  refusedDatasetPath('absolute datasetPath of a reserved folder', '<DATA_DIR>/pglite'),
   {
     name: 'timeoutSec out of range',
     body: lora({}, { timeoutSec: 0 }),
@@ -534,13 +505,7 @@ describe('GET /api/jobs/:jobId/artifacts/<path> refuses bad paths and ranges', (
 
   beforeAll(async () => {
     created.push(jobId)
-    await stack.database.db.insert(jobs).values({
-      id: jobId,
-      type: 'train_lora',
-      status: 'completed',
-      params: {},
-      outputPrefix: `loras/${jobId}`,
-    })
+    await stack.insertJob(jobId, 'completed')
     for (const rel of ['out.bin', 'sub dir/ü.bin']) {
       const key = `loras/${jobId}/${rel}`
       await stack.s3.client.send(

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
+import { completeDemoJob } from '../helpers/demo-job.ts'
 import { freePort } from '../helpers/ports.ts'
 import { startS3, TEST_DATABASE_URL, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 
@@ -113,26 +114,7 @@ describe('a second npm start in the same folder', () => {
     )
     expect(first.child.exitCode).toBeNull()
     expect((await readFile(lockFile, 'utf8')).trim()).toBe(String(first.child.pid))
-    const res = await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/api/train`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        type: 'train_lora',
-        params: { baseModel: 'sd15', datasetPath: 'demo', epochs: 1 },
-      }),
-    })
-    expect(res.status).toBe(202)
-    const { jobId } = (await res.json()) as { jobId: string }
-    await waitFor(
-      async () =>
-        (
-          (await (await fetch(`http://127.0.0.1:${env.GATEWAY_PORT}/api/status/${jobId}`)).json()) as {
-            status: string
-          }
-        ).status === 'completed',
-      60_000,
-      'the first instance to complete a job',
-    )
+    await completeDemoJob(`http://127.0.0.1:${env.GATEWAY_PORT}`, 'the first instance to complete a job')
     first.child.kill('SIGTERM')
     expect((await first.exit).code).toBe(0)
     expect(existsSync(lockFile)).toBe(false)

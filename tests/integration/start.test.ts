@@ -3,6 +3,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
+import { completeDemoJob } from '../helpers/demo-job.ts'
 import { freePort } from '../helpers/ports.ts'
 import { TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 
@@ -67,27 +68,8 @@ describe('npm start (all-in-one, embedded Postgres and S3)', () => {
       `npm start to be ready: ${p.output()}`,
     )
     expect(p.output()).toContain(`embedded S3 server at http://127.0.0.1:${s3Port}`)
-    const res = await fetch(`http://127.0.0.1:${gatewayPort}/api/train`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        type: 'train_lora',
-        params: { baseModel: 'sd15', datasetPath: 'demo', epochs: 1 },
-      }),
-    })
-    expect(res.status).toBe(202)
-    const { jobId } = (await res.json()) as { jobId: string }
-    const body = await waitFor(
-      async () => {
-        const s = (await (await fetch(`http://127.0.0.1:${gatewayPort}/api/status/${jobId}`)).json()) as {
-          status: string
-          artifacts: { path: string }[]
-        }
-        return s.status === 'completed' ? s : null
-      },
-      60_000,
-      'the job to complete',
-    )
+    const body = await completeDemoJob(`http://127.0.0.1:${gatewayPort}`, 'the job to complete')
+    const { jobId } = body
     expect(body.artifacts.map((a) => a.path)).toContain('lora.safetensors')
     // The embedded S3 server keeps the files under DATA_DIR/s3.
     const bucketDir = path.join(dataDir, 's3', 'gpu-artifacts', 'loras', jobId)

@@ -70,14 +70,7 @@ const streamsBackToZero = (baseUrl = stack.gateway.url) =>
 /** A job row of alice's, and `events` events in its replay log (the last one terminal when `status` is). */
 async function makeJob(status: JobStatus, events: number): Promise<string> {
   const jobId = `st-${randomUUID().slice(0, 8)}`
-  await stack.database.db.insert(jobs).values({
-    id: jobId,
-    type: 'train_lora',
-    status,
-    params: {},
-    owner: 'alice',
-    outputPrefix: `loras/${jobId}`,
-  })
+  await stack.insertJob(jobId, status, 'alice')
   let seq = 0
   for (let i = 1; i <= events; i++) {
     const last = i === events
@@ -145,40 +138,44 @@ async function openStreams(baseUrl: string, jobId: string, n: number): Promise<n
   return statuses
 }
 
+/** `count` raw SSE clients of `jobId` one after another, each gone once `reached(client)` has resolved. */
+async function dropClients(
+  jobId: string,
+  count: number,
+  reached: (client: ReturnType<typeof rawGet>) => Promise<unknown>,
+): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const r = rawGet(stack.gateway.port, `/api/jobs/${jobId}/events`)
+    await reached(r)
+    r.socket.destroy()
+    await r.ended
+  }
+}
+
+/** Every slot is free again: the gauge reads 0 and MAX_STREAMS streams open (and close) at once. */
+async function expectAllSlotsBack(jobId: string): Promise<void> {
+  await streamsBackToZero()
+  expect(await openStreams(stack.gateway.url, jobId, MAX_STREAMS)).toEqual(Array(MAX_STREAMS).fill(200))
+  await streamsBackToZero()
+}
+
 describe('SSE gives back its slot on every path', () => {
   it('60 clients that go away right after sending the request (before the headers)', async () => {
     const jobId = await makeJob('running', 1)
-    const port = stack.gateway.port
-    for (let i = 0; i < 60; i++) {
-      const r = rawGet(port, `/api/jobs/${jobId}/events`)
-      await new Promise<void>((resolve) => r.socket.once('connect', () => resolve()))
-      // The request is on the wire; the client is gone before the gateway has looked the job up.
-      r.socket.destroy()
-      await r.ended
-    }
-    await streamsBackToZero()
-    expect(await openStreams(stack.gateway.url, jobId, MAX_STREAMS)).toEqual(Array(MAX_STREAMS).fill(200))
-    await streamsBackToZero()
+    // The request is on the wire; the client is gone before the gateway has looked the job up.
+    await dropClients(
+      jobId,
+      60,
+      (r) => new Promise<void>((resolve) => r.socket.once('connect', () => resolve())),
+    )
+    await expectAllSlotsBack(jobId)
   })
 
   it('60 clients that go away right after the headers, and 20 mid-stream', async () => {
     const jobId = await makeJob('running', 2)
-    const port = stack.gateway.port
-    for (let i = 0; i < 60; i++) {
-      const r = rawGet(port, `/api/jobs/${jobId}/events`)
-      await r.until(/^HTTP\/1\.1 200/, 'the headers')
-      r.socket.destroy()
-      await r.ended
-    }
-    for (let i = 0; i < 20; i++) {
-      const r = rawGet(port, `/api/jobs/${jobId}/events`)
-      await r.until(/"seq":2/, 'the current state')
-      r.socket.destroy()
-      await r.ended
-    }
-    await streamsBackToZero()
-    expect(await openStreams(stack.gateway.url, jobId, MAX_STREAMS)).toEqual(Array(MAX_STREAMS).fill(200))
-    await streamsBackToZero()
+    await dropClients(jobId, 60, (r) => r.until(/^HTTP\/1\.1 200/, 'the headers'))
+    await dropClients(jobId, 20, (r) => r.until(/"seq":2/, 'the current state'))
+    await expectAllSlotsBack(jobId)
   })
 
   it('the job ends: the stream ends after the terminal event', async () => {

@@ -25,14 +25,15 @@ import {
   writeFileSync,
 } from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import wavefile from 'wavefile'
 import { f5Checkpoint } from './torch-zip.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const transcript = (name) => readFileSync(path.join(here, 'transcripts', name))
 const env = process.env
 const argv = process.argv.slice(2)
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 if (env.F5_STANDIN_LOG)
   appendFileSync(
@@ -374,21 +375,9 @@ async function finetune(scriptPath, args) {
 
 /** A 24 kHz mono 16-bit PCM WAV of silence, as torchaudio.save writes the samples (header + data). */
 function silentWav(seconds) {
-  const data = Buffer.alloc(Math.round(24_000 * seconds) * 2)
-  const h = Buffer.alloc(44)
-  h.write('RIFF', 0, 'latin1')
-  h.writeUInt32LE(36 + data.length, 4)
-  h.write('WAVEfmt ', 8, 'latin1')
-  h.writeUInt32LE(16, 16)
-  h.writeUInt16LE(1, 20)
-  h.writeUInt16LE(1, 22)
-  h.writeUInt32LE(24_000, 24)
-  h.writeUInt32LE(48_000, 28)
-  h.writeUInt16LE(2, 32)
-  h.writeUInt16LE(16, 34)
-  h.write('data', 36, 'latin1')
-  h.writeUInt32LE(data.length, 40)
-  return Buffer.concat([h, data])
+  const wav = new wavefile.WaveFile()
+  wav.fromScratch(1, 24_000, '16', new Int16Array(Math.round(24_000 * seconds)))
+  return Buffer.from(wav.toBuffer())
 }
 
 const [first, ...rest] = argv

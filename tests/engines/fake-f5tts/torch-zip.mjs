@@ -27,6 +27,18 @@ export function pickleDict(obj) {
   return Buffer.concat(parts)
 }
 
+/** Little-endian fields, in order: each `[bytes, value]` with bytes 2 or 4 (zip's record layout). */
+function fields(...spec) {
+  const buf = Buffer.alloc(spec.reduce((n, [bytes]) => n + bytes, 0))
+  let at = 0
+  for (const [bytes, value] of spec) {
+    if (bytes === 2) buf.writeUInt16LE(value, at)
+    else buf.writeUInt32LE(value, at)
+    at += bytes
+  }
+  return buf
+}
+
 /** A stored (method 0) zip of `entries` ([name, Buffer][]), data aligned to 64 bytes as torch's writer does. */
 export function storedZip(entries) {
   const chunks = []
@@ -36,46 +48,48 @@ export function storedZip(entries) {
     const nameBuf = Buffer.from(name, 'utf8')
     const crc = crc32(data) >>> 0
     // Padding in an extra field ("FB", as PyTorchStreamWriter writes it) so the data starts on 64 bytes.
-    const headerLen = 30 + nameBuf.length
-    let pad = (64 - ((offset + headerLen + 4) % 64)) % 64
+    const pad = (64 - ((offset + 30 + nameBuf.length + 4) % 64)) % 64
     const extra = Buffer.alloc(4 + pad)
     extra.write('FB', 0, 'latin1')
     extra.writeUInt16LE(pad, 2)
-    pad = extra.length
-    const local = Buffer.alloc(30)
-    local.writeUInt32LE(0x04034b50, 0)
-    local.writeUInt16LE(20, 4)
-    local.writeUInt16LE(0, 6)
-    local.writeUInt16LE(0, 8)
-    local.writeUInt32LE(0, 10)
-    local.writeUInt32LE(crc, 14)
-    local.writeUInt32LE(data.length, 18)
-    local.writeUInt32LE(data.length, 22)
-    local.writeUInt16LE(nameBuf.length, 26)
-    local.writeUInt16LE(extra.length, 28)
+    // Version 2.0, no flags, stored, no date; then crc, both sizes, the name's and the extra field's length.
+    const sizes = [
+      [4, crc],
+      [4, data.length],
+      [4, data.length],
+      [2, nameBuf.length],
+    ]
+    const local = fields([4, 0x04034b50], [2, 20], [2, 0], [2, 0], [4, 0], ...sizes, [2, extra.length])
     chunks.push(local, nameBuf, extra, data)
-    const dir = Buffer.alloc(46)
-    dir.writeUInt32LE(0x02014b50, 0)
-    dir.writeUInt16LE(20, 4)
-    dir.writeUInt16LE(20, 6)
-    dir.writeUInt16LE(0, 8)
-    dir.writeUInt16LE(0, 10)
-    dir.writeUInt32LE(0, 12)
-    dir.writeUInt32LE(crc, 16)
-    dir.writeUInt32LE(data.length, 20)
-    dir.writeUInt32LE(data.length, 24)
-    dir.writeUInt16LE(nameBuf.length, 28)
-    dir.writeUInt32LE(offset, 42)
+    // The same, made by version 2.0, with no extra field, comment, disk or attributes, and the entry's offset.
+    const dir = fields(
+      [4, 0x02014b50],
+      [2, 20],
+      [2, 20],
+      [2, 0],
+      [2, 0],
+      [4, 0],
+      ...sizes,
+      [4, 0],
+      [4, 0],
+      [4, 0],
+      [4, offset],
+    )
     central.push(dir, nameBuf)
-    offset += 30 + nameBuf.length + extra.length + data.length
+    offset += local.length + nameBuf.length + extra.length + data.length
   }
   const dirBuf = Buffer.concat(central)
-  const end = Buffer.alloc(22)
-  end.writeUInt32LE(0x06054b50, 0)
-  end.writeUInt16LE(entries.length, 8)
-  end.writeUInt16LE(entries.length, 10)
-  end.writeUInt32LE(dirBuf.length, 12)
-  end.writeUInt32LE(offset, 16)
+  const count = entries.length
+  const end = fields(
+    [4, 0x06054b50],
+    [2, 0],
+    [2, 0],
+    [2, count],
+    [2, count],
+    [4, dirBuf.length],
+    [4, offset],
+    [2, 0],
+  )
   return Buffer.concat([...chunks, dirBuf, end])
 }
 

@@ -22,6 +22,7 @@ import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { sd15LoraTensors } from '../../../functions/formats/kohya-lora.ts'
 import { encodeSafetensors } from '../../../functions/formats/safetensors.ts'
@@ -49,7 +50,6 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const PYTHON = path.join(here, 'python')
 const argv = process.argv.slice(2)
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const die = (code: number, message: string): never => {
   process.stderr.write(`${message}\n`)
   process.exit(code)

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ffprobe, HAS_FFPROBE } from '../../../functions/test-support.ts'
-import { postJob, type Stack, startStack, waitFor, waitStatus } from '../../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../../helpers/stack.ts'
 
 /**
  * render_video against a REAL ComfyUI (`npm run test:engines` with COMFYUI_URL set, e.g. the engines lab's
@@ -65,12 +65,12 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
 
   it('smoke: the model-free template to a playable h264 mp4 in the bucket', async () => {
     const started = Date.now()
-    const { json } = await postJob(stack, {
+    const { json } = await stack.post({
       type: 'render_video',
       params: { engine: 'comfyui', workflow: 'smoke', width: 128, height: 96, frames: 24, fps: 12 },
     })
     const jobId = json.jobId as string
-    const done = await waitStatus(stack, jobId, ['completed', 'failed', 'cancelled'], 120_000)
+    const done = await stack.waitStatus(jobId, ['completed', 'failed', 'cancelled'], 120_000)
     expect(done.error ?? null).toBeNull()
     expect(done.status).toBe('completed')
     const result = done.result as { files: string[]; promptId: string }
@@ -113,12 +113,12 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
         inputs: { video: ['6', 0], filename_prefix: 'gpu-jobs-real/mp4', format: 'mp4', codec: 'h264' },
       },
     }
-    const { json } = await postJob(stack, {
+    const { json } = await stack.post({
       type: 'render_video',
       params: { engine: 'comfyui', workflow: graph },
     })
     const jobId = json.jobId as string
-    const done = await waitStatus(stack, jobId, ['completed', 'failed', 'cancelled'], 120_000)
+    const done = await stack.waitStatus(jobId, ['completed', 'failed', 'cancelled'], 120_000)
     expect(done.error ?? null).toBeNull()
     expect(done.status).toBe('completed')
     const types = Object.fromEntries(done.artifacts.map((a) => [path.extname(a.path), a.contentType]))
@@ -130,7 +130,7 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
   })
 
   it('a cancel mid-run interrupts the prompt: ComfyUI runs nothing and has nothing queued afterwards', async () => {
-    const { json } = await postJob(stack, {
+    const { json } = await stack.post({
       type: 'render_video',
       params: { engine: 'comfyui', workflow: slowGraph(0x101010 + (Date.now() % 1000)) },
       maxAttempts: 1,
@@ -149,7 +149,7 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
     const cancelledAt = Date.now()
     const cancel = await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
     expect(cancel.status).toBeLessThan(300)
-    const end = await waitStatus(stack, jobId, ['completed', 'failed', 'cancelled'], 60_000)
+    const end = await stack.waitStatus(jobId, ['completed', 'failed', 'cancelled'], 60_000)
     expect(end.status).toBe('cancelled')
     // Read at the moment the job says cancelled.
     expect(await comfyQueue()).toEqual({ running: [], pending: [] })
@@ -170,7 +170,7 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
       })
     ).json()) as { prompt_id: string }
     try {
-      const { json } = await postJob(stack, {
+      const { json } = await stack.post({
         type: 'render_video',
         params: { engine: 'comfyui', workflow: slowGraph(0x303030 + (Date.now() % 1000)) },
         maxAttempts: 1,
@@ -186,7 +186,7 @@ describe.skipIf(why !== '')(`render_video on a real ComfyUI ${why ? `(skipped: $
       )
       const cancel = await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
       expect(cancel.status).toBeLessThan(300)
-      const end = await waitStatus(stack, jobId, ['completed', 'failed', 'cancelled'], 60_000)
+      const end = await stack.waitStatus(jobId, ['completed', 'failed', 'cancelled'], 60_000)
       expect(end.status).toBe('cancelled')
       const q = await comfyQueue()
       expect(q.pending).not.toContain(ours)

@@ -10,15 +10,7 @@ import { readdir, readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_VOICE_BASE_MODEL } from '../../../schema/params/index.ts'
-import {
-  getJob,
-  keysUnder,
-  postJob,
-  type Stack,
-  startStack,
-  waitFor,
-  waitStatus,
-} from '../../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../../helpers/stack.ts'
 import { writeSpeakerDataset } from '../fake-f5tts/standin.ts'
 
 const { F5TTS_DIR, F5TTS_PYTHON, MODELS_DIR } = process.env
@@ -55,7 +47,7 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
       data: (await readdir(path.join(F5TTS_DIR!, 'data'))).sort(),
     }
     const started = Date.now()
-    const { status, json } = await postJob(stack, {
+    const { status, json } = await stack.post({
       type: 'train_voice',
       params: { speakerName: 'Ada', datasetPath: 'speaker_ds', epochs: 1, engine: 'f5tts', baseModel },
       timeoutSec: 30 * 60,
@@ -63,7 +55,7 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     })
     expect(status).toBe(202)
     const jobId = json.jobId as string
-    const done = await waitStatus(stack, jobId, ['completed', 'failed', 'cancelled'], 19 * 60_000)
+    const done = await stack.waitStatus(jobId, ['completed', 'failed', 'cancelled'], 19 * 60_000)
     const seconds = (Date.now() - started) / 1000
     console.log(
       `real F5-TTS job ${done.status} in ${seconds.toFixed(1)} s`,
@@ -73,7 +65,7 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     expect(done.status).toBe('completed')
     expect(done.result).toMatchObject({ engine: 'f5tts', simulated: false, vocabSize: 2545 })
 
-    const keys = await keysUnder(stack, `voices/${jobId}`)
+    const keys = await stack.keysUnder(`voices/${jobId}`)
     expect(keys).toEqual(
       ['manifest.json', 'model_last.pt', 'speaker.json', 'vocab.txt'].map((f) => `voices/${jobId}/${f}`),
     )
@@ -105,7 +97,7 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
   })
 
   it('cancelled while training: the launcher, trainer and DataLoader workers gone, nothing in the bucket', async () => {
-    const { json } = await postJob(stack, {
+    const { json } = await stack.post({
       type: 'train_voice',
       params: { speakerName: 'Ada', datasetPath: 'speaker_ds', epochs: 1, engine: 'f5tts', baseModel },
       maxAttempts: 1,
@@ -114,7 +106,7 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     // Cancel once the whole tree is up: the epoch bar is drawn, then iterating the DataLoader forks its workers.
     const barOrEnd = await waitFor(
       async () => {
-        const job = await getJob(stack, jobId)
+        const job = await stack.job(jobId)
         return job.message?.startsWith('Epoch 1/1') ||
           ['failed', 'completed', 'cancelled'].includes(job.status)
           ? job
@@ -136,10 +128,10 @@ describe.skipIf(skip !== null)(skip ?? 'train_voice on the real F5-TTS', () => {
     console.log(`F5-TTS processes at cancel: ${running.length}`)
     const cancelledAt = Date.now()
     expect((await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBeLessThan(300)
-    await waitStatus(stack, jobId, ['cancelled'], 60_000)
+    await stack.waitStatus(jobId, ['cancelled'], 60_000)
     console.log(`cancelled in ${((Date.now() - cancelledAt) / 1000).toFixed(1)} s`)
     expect(await f5Processes()).toEqual([])
-    expect(await keysUnder(stack, `voices/${jobId}`)).toEqual([])
+    expect(await stack.keysUnder(`voices/${jobId}`)).toEqual([])
   })
 })
 

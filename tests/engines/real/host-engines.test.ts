@@ -11,16 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { describeEngines, detectEngines } from '../../../gpu-host/engines.ts'
 import type { GpuHost } from '../../../gpu-host/host.ts'
 import { loadConfig } from '../../../schema/config.ts'
-import {
-  attemptsOf,
-  FIXTURE_DISPATCH,
-  getJob,
-  type Stack,
-  startHost,
-  startStack,
-  waitFor,
-  waitStatus,
-} from '../../helpers/stack.ts'
+import { FIXTURE_DISPATCH, type Stack, startHost, startStack } from '../../helpers/stack.ts'
 
 const env = process.env
 const ENGINE_VARS = ['COMFYUI_URL', 'KOHYA_DIR', 'KOHYA_PYTHON', 'F5TTS_DIR', 'F5TTS_PYTHON'] as const
@@ -38,6 +29,17 @@ const comfyuiAnswers = env.COMFYUI_URL
     )
   : false
 
+/** The engine's interpreter, in its checkout and offline, imports `modules` without an error. */
+function expectImports(python: string, cwd: string | undefined, modules: string): void {
+  const r = spawnSync(python, ['-c', `import ${modules}`], {
+    cwd,
+    encoding: 'utf8',
+    env: { ...env, HF_HUB_OFFLINE: '1' },
+  })
+  expect(r.stderr.split('\n').slice(-5).join('\n')).not.toMatch(/Error/)
+  expect(r.status).toBe(0)
+}
+
 describe.skipIf(none)(
   'engines per host, against the real engines (set COMFYUI_URL, KOHYA_DIR or F5TTS_DIR)',
   () => {
@@ -54,23 +56,11 @@ describe.skipIf(none)(
 
     // What "resolves to an executable" promises: that interpreter runs the engine's own modules.
     it.skipIf(!env.KOHYA_DIR)('KOHYA_PYTHON imports accelerate and sd-scripts in KOHYA_DIR', () => {
-      const r = spawnSync(settings.kohyaPython, ['-c', 'import accelerate, library.train_util'], {
-        cwd: settings.kohyaDir,
-        encoding: 'utf8',
-        env: { ...env, HF_HUB_OFFLINE: '1' },
-      })
-      expect(r.stderr.split('\n').slice(-5).join('\n')).not.toMatch(/Error/)
-      expect(r.status).toBe(0)
+      expectImports(settings.kohyaPython, settings.kohyaDir, 'accelerate, library.train_util')
     })
 
     it.skipIf(!env.F5TTS_DIR)('F5TTS_PYTHON imports the fine-tuning CLI of F5TTS_DIR', () => {
-      const r = spawnSync(settings.f5ttsPython, ['-c', 'import f5_tts.train.finetune_cli'], {
-        cwd: settings.f5ttsDir,
-        encoding: 'utf8',
-        env: { ...env, HF_HUB_OFFLINE: '1' },
-      })
-      expect(r.stderr.split('\n').slice(-5).join('\n')).not.toMatch(/Error/)
-      expect(r.status).toBe(0)
+      expectImports(settings.f5ttsPython, settings.f5ttsDir, 'f5_tts.train.finetune_cli')
     })
 
     describe('through the stack', () => {
@@ -122,11 +112,11 @@ describe.skipIf(none)(
             }),
           )
           for (const jobId of jobs) {
-            expect(await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)).toMatchObject({
+            expect(await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)).toMatchObject({
               status: 'completed',
               attempt: 1,
             })
-            expect((await attemptsOf(stack.database, jobId)).map((a) => a.host)).toEqual([capable.hostId])
+            expect((await stack.attempts(jobId)).map((a) => a.host)).toEqual([capable.hostId])
           }
           // And with the capable host gone, the next one waits with what to configure.
           await capable.close()
@@ -136,11 +126,9 @@ describe.skipIf(none)(
             { jobId, type: 'train_lora', params: { mode: 'ok', engine: 'kohya' } },
             { jobId },
           )
-          const waiting = await waitFor(
-            async () => {
-              const body = await getJob(stack, jobId)
-              return body.message.startsWith('waiting for a GPU host with engine kohya') ? body : null
-            },
+          const waiting = await stack.waitJob(
+            jobId,
+            (body) => body.message.startsWith('waiting for a GPU host with engine kohya'),
             15_000,
             'the waiting message',
           )

@@ -12,10 +12,10 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { crc32, deflateSync } from 'node:zlib'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { readSafetensors } from '../../../functions/formats/safetensors.ts'
 import { createTestContext, runHandler, type TestContext } from '../../../functions/sdk/testing.ts'
 import { expectProgressToEndAt100, rejectionOf } from '../../../functions/test-support.ts'
 import trainLora, { CONFIG_FILE, LORA_FILE } from '../../../functions/train_lora/index.ts'
+import { expectKohyaLora } from '../../helpers/kohya-lora.ts'
 
 const { KOHYA_DIR, MODELS_DIR } = process.env
 const KOHYA_PYTHON = process.env.KOHYA_PYTHON ?? 'python3'
@@ -123,25 +123,16 @@ describe.skipIf(skip)(`train_lora on real kohya sd-scripts${why ? ` (skipped: ${
       rank: 4,
       mixedPrecision: 'no',
     })
-    const bytes = t.artifacts.files.get(LORA_FILE)?.bytes
-    expect(bytes).toBeDefined()
-    const lora = readSafetensors(bytes!)
-    expect(lora.metadata).toMatchObject({
-      ss_network_module: 'networks.lora',
-      ss_network_dim: '4',
-      ss_output_name: 'lora',
-      ss_steps: '2',
-      ss_num_train_images: '2',
-      ss_mixed_precision: 'no',
-    })
     // With --dataset_config kohya describes the dataset in ss_datasets.
-    expect(JSON.parse(lora.metadata.ss_datasets ?? '')).toMatchObject([
+    const lora = expectKohyaLora(
+      t.artifacts.files.get(LORA_FILE)?.bytes,
+      { ss_network_dim: '4', ss_steps: '2', ss_num_train_images: '2', ss_mixed_precision: 'no' },
       {
         resolution: [64, 64],
         num_train_images: 2,
         subsets: [{ image_dir: '1_tinyobj', num_repeats: 1, class_tokens: 'tinyobj' }],
       },
-    ])
+    )
     expect(JSON.parse(lora.metadata.ss_dataset_dirs ?? '')).toEqual({
       '1_tinyobj': { n_repeats: 1, img_count: 2 },
     })

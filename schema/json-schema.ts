@@ -7,7 +7,7 @@
 import { mkdir, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { toJsonSchema } from '@valibot/to-json-schema'
+import { type ConversionConfig, toJsonSchema } from '@valibot/to-json-schema'
 import type * as v from 'valibot'
 import { JobStatusBody, SubmitJobBody } from './api.ts'
 import { isUsableJobId, RESERVED_JOB_ID } from './common.ts'
@@ -17,17 +17,31 @@ import { JOB_CATALOG, JOB_TYPES, type JobType } from './params/index.ts'
 
 const outDir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'json')
 
-/** A valibot schema as JSON Schema (draft-07, with its `$schema`). */
-export const jsonSchemaOf = (schema: v.GenericSchema): Record<string, unknown> =>
-  toJsonSchema(schema, {
-    errorMode: 'ignore',
+const conversion: ConversionConfig = {
+  errorMode: 'ignore',
+  overrideAction: ({ valibotAction, jsonSchema }) => {
     // Checks have no JSON Schema form of their own; this one has an exact one.
-    overrideAction: ({ valibotAction, jsonSchema }) =>
+    if (
       valibotAction.type === 'check' &&
       (valibotAction as v.CheckAction<string, undefined>).requirement === isUsableJobId
-        ? { ...jsonSchema, not: { pattern: RESERVED_JOB_ID.source } }
-        : undefined,
-  }) as Record<string, unknown>
+    )
+      return { ...jsonSchema, not: { pattern: RESERVED_JOB_ID.source } }
+    // A record's `properties` metadata is a schema of the keys it knows (render_video's inputs).
+    const known =
+      valibotAction.type === 'metadata'
+        ? (valibotAction as v.MetadataAction<unknown, Record<string, unknown>>).metadata.properties
+        : undefined
+    if (isSchema(known)) return { ...jsonSchema, properties: toJsonSchema(known, conversion).properties }
+    return undefined
+  },
+}
+
+/** A valibot schema as JSON Schema (draft-07, with its `$schema`). */
+export const jsonSchemaOf = (schema: v.GenericSchema): Record<string, unknown> =>
+  toJsonSchema(schema, conversion) as Record<string, unknown>
+
+const isSchema = (x: unknown): x is v.GenericSchema =>
+  typeof x === 'object' && x !== null && (x as { kind?: unknown }).kind === 'schema'
 
 /**
  * A job type's params as JSON Schema, titled and described by its catalog entry; `x-form.id` is the prefix

@@ -26,14 +26,23 @@ const dimension = v.pipe(
   v.multipleOf(8, 'must be a multiple of 8'),
 )
 
+const DEFAULT_NEGATIVE = 'blurry, low quality, watermark, text, deformed'
+
 /**
- * The template inputs the console's form offers, documented in JSON Schema (`inputs` itself takes any keys).
- * `TemplateInputs` in ../workflow.ts checks them, with the others, when a job is submitted.
+ * The job inputs a template understands, with their defaults; other keys may fill a custom template's
+ * placeholders. Checked for inline graphs too, so a key means the same whatever the workflow (../workflow.ts,
+ * when a job is submitted and again when it runs).
  */
-const TEMPLATE_INPUT_FIELDS = {
-  prompt: { type: 'string', default: '', 'x-form': { rows: 2, placeholder: 'a red fox in the snow' } },
-  seed: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
-}
+export const TemplateInputs = v.looseObject({
+  prompt: v.optional(v.pipe(v.string(), form({ rows: 2, placeholder: 'a red fox in the snow' })), ''),
+  negative: v.optional(v.string(), DEFAULT_NEGATIVE),
+  seed: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER))),
+  steps: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(200)), 20),
+  cfg: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(30)), 7),
+  sampler: v.optional(v.pipe(v.string(), v.minLength(1)), 'euler'),
+  scheduler: v.optional(v.pipe(v.string(), v.minLength(1)), 'normal'),
+  checkpoint: v.optional(v.pipe(v.string(), v.minLength(1)), 'v1-5-pruned-emaonly.safetensors'),
+})
 
 export const RenderVideoParams = v.strictObject({
   workflow: v.optional(
@@ -48,7 +57,8 @@ export const RenderVideoParams = v.strictObject({
     v.pipe(
       v.record(v.string(), v.unknown()),
       v.description("The template's variables; other keys fill a custom template's placeholders."),
-      v.metadata({ properties: TEMPLATE_INPUT_FIELDS }),
+      // The inputs the console's form offers, as JSON Schema `properties` (see schema/json-schema.ts).
+      v.metadata({ properties: v.pick(TemplateInputs, ['prompt', 'seed']) }),
     ),
     {},
   ),

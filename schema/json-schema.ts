@@ -71,7 +71,8 @@ export function jsonSchemas(): Record<string, unknown> {
   )
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+/** Writes schema/json/*.schema.json. */
+async function writeJsonSchemas(): Promise<void> {
   await mkdir(outDir, { recursive: true })
   const docs = jsonSchemas()
   for (const [name, doc] of Object.entries(docs))
@@ -80,3 +81,11 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     `wrote ${Object.keys(docs).length} JSON Schema files to ${path.relative(process.cwd(), outDir)}/\n`,
   )
 }
+
+// Run as `npm run schema:json`. No top-level await: the gateway imports this module (openapi.ts), and a
+// module with one cannot be require()d.
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1]))
+  writeJsonSchemas().catch((err: unknown) => {
+    process.stderr.write(`schema:json: ${err instanceof Error ? err.message : String(err)}\n`)
+    process.exitCode = 1
+  })

@@ -1,4 +1,3 @@
-import { toJsonSchema } from '@valibot/to-json-schema'
 import type * as v from 'valibot'
 import {
   Artifact,
@@ -10,12 +9,12 @@ import {
 } from '../schema/api.ts'
 import { JOB_STATUSES } from '../schema/common.ts'
 import { ProgressEvent, WsClientMessage } from '../schema/events.ts'
-import { JOB_TYPES, PARAMS_BY_TYPE } from '../schema/params/index.ts'
+import { jsonSchemaOf, paramsJsonSchema } from '../schema/json-schema.ts'
+import { JOB_TYPES } from '../schema/params/index.ts'
 
-const schema = (s: v.GenericSchema) => {
-  const { $schema: _drop, ...rest } = toJsonSchema(s, { errorMode: 'ignore' }) as Record<string, unknown>
-  return rest
-}
+/** A component: its JSON Schema without `$schema` (OpenAPI 3.1 components are JSON Schema 2020-12). */
+const component = ({ $schema: _drop, ...rest }: Record<string, unknown>) => rest
+const schema = (s: v.GenericSchema) => component(jsonSchemaOf(s))
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` })
 const json = (name: string, description: string) => ({
   description,
@@ -90,7 +89,8 @@ export function openApiDocument(): Record<string, unknown> {
         ErrorBody: schema(ErrorBody),
         ProgressEvent: schema(ProgressEvent),
         WsClientMessage: schema(WsClientMessage),
-        ...Object.fromEntries(Object.entries(PARAMS_BY_TYPE).map(([t, s]) => [`Params_${t}`, schema(s)])),
+        // The console builds its job forms from these (gateway/console/job-types.js).
+        ...Object.fromEntries(JOB_TYPES.map((t) => [`Params_${t}`, component(paramsJsonSchema(t))])),
       },
     },
     security: [{ bearer: [] }],

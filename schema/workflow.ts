@@ -1,7 +1,10 @@
 import { readdir, readFile } from 'node:fs/promises'
 import * as v from 'valibot'
 import { type FieldIssue, toFieldIssues } from './issues.ts'
-import { ComfyGraph, type RenderVideoParams } from './params/render-video.ts'
+import { ComfyGraph, type RenderVideoParams, TemplateInputs } from './params/render-video.ts'
+
+/** Declared with render_video's params, whose JSON Schema documents the ones the console's form offers. */
+export { TemplateInputs }
 
 /**
  * render_video's workflows and every check of them that needs no engine, in one place: the gateway runs
@@ -15,23 +18,6 @@ const TEMPLATE_DIR = new URL('./workflows/', import.meta.url)
 const TEMPLATE_NAME = /^[a-z0-9_-]{1,64}$/
 /** A whole input value that names a variable; the value replaces it with its JSON type (a number stays a number). */
 const PLACEHOLDER = /^\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}$/
-
-const DEFAULT_NEGATIVE = 'blurry, low quality, watermark, text, deformed'
-
-/**
- * The job inputs a template understands, with their defaults; other keys may fill a custom template's
- * placeholders. Checked for inline graphs too, so a key means the same whatever the workflow.
- */
-export const TemplateInputs = v.looseObject({
-  prompt: v.optional(v.string(), ''),
-  negative: v.optional(v.string(), DEFAULT_NEGATIVE),
-  seed: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER))),
-  steps: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(200)), 20),
-  cfg: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(30)), 7),
-  sampler: v.optional(v.pipe(v.string(), v.minLength(1)), 'euler'),
-  scheduler: v.optional(v.pipe(v.string(), v.minLength(1)), 'normal'),
-  checkpoint: v.optional(v.pipe(v.string(), v.minLength(1)), 'v1-5-pruned-emaonly.safetensors'),
-})
 
 /**
  * Node types that produce files, which ComfyUI requires a prompt to reach (`OUTPUT_NODE`). Custom output

@@ -5,14 +5,19 @@
 // made here (stream.js, which the CLI shares).
 
 import { route } from './job-detail.js'
-import { loadList } from './jobs-list.js'
+import { loadJobTypes } from './job-types.js'
+import { loadList, offerTypeFilter } from './jobs-list.js'
 import { liveOptions, startLive } from './live.js'
 import { JobStream } from './stream.js'
-import { showType } from './submit-form.js'
+import { offerTypes } from './submit-form.js'
 import './topbar.js'
 
-showType()
 startLive(new JobStream(liveOptions))
 void loadList()
 window.addEventListener('hashchange', route)
 route()
+// The forms come from the gateway's job catalog; the rest of the page does not wait for them.
+void loadJobTypes().then((types) => {
+  offerTypes(types)
+  offerTypeFilter(types)
+})

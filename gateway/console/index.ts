@@ -25,6 +25,7 @@ export const CONSOLE_ASSETS: Readonly<Record<string, string>> = {
   'job-types.js': JAVASCRIPT,
   'jobs-list.js': JAVASCRIPT,
   'live.js': JAVASCRIPT,
+  'schema-form.js': JAVASCRIPT,
   'state.js': JAVASCRIPT,
   'stream.js': JAVASCRIPT,
   'submit-form.js': JAVASCRIPT,

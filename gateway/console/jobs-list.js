@@ -181,7 +181,9 @@ onFrame((changed) => {
   }
 })
 
-$('filter-type').append(...typeOptions({ described: false }))
+/** Offers the job types (job-types.js) in the type filter. */
+export const offerTypeFilter = (types) => $('filter-type').append(...typeOptions(types, { described: false }))
+
 $('filter-status').addEventListener('change', () => void loadList({ fresh: true }))
 $('filter-type').addEventListener('change', () => void loadList({ fresh: true }))
 $('refresh').addEventListener('click', () => void loadList())

@@ -1,19 +1,24 @@
-// The new-job form: its fields by type (built from job-types.js), reading it into an API body,
-// showing the API's field issues next to their fields, and submitting.
+// The new-job form: its fields by type (built from each type's params schema by schema-form.js),
+// reading it into an API body, showing the API's field issues next to their fields, and submitting.
 
 import { api, jobPath, request } from './api.js'
 import { $, h } from './dom.js'
 import { shortId } from './format.js'
-import { fieldsetFor, JOB_TYPES, typeOptions } from './job-types.js'
+import { typeOptions } from './job-types.js'
 import { matchesFilters } from './jobs-list.js'
 import { syncFollows } from './live.js'
+import { fieldsetFor } from './schema-form.js'
 import { mergeJob, store } from './state.js'
 
 const form = /** @type {HTMLFormElement} */ ($('submit-form'))
 const typeSelect = /** @type {HTMLSelectElement} */ ($('f-type'))
 
-typeSelect.append(...typeOptions())
-for (const t of JOB_TYPES) form.insertBefore(fieldsetFor(t), $('options'))
+/** Offers the job types (job-types.js): their options, and a fieldset each, the first one shown. */
+export function offerTypes(types) {
+  typeSelect.append(...typeOptions(types))
+  for (const t of types) form.insertBefore(fieldsetFor(t), $('options'))
+  showType()
+}
 
 const activeFieldset = () =>
   /** @type {HTMLFieldSetElement} */ (form.querySelector(`fieldset[data-type="${typeSelect.value}"]`))
@@ -39,6 +44,7 @@ function setPath(obj, keys, value) {
 
 /** The value of a control as the API wants it; undefined leaves it out (the default applies). */
 function readControl(el, problems) {
+  if (el.type === 'checkbox') return el.checked
   if (el.type === 'number') {
     if (el.validity.badInput) {
       problems.push({ path: el.name, message: 'must be a number' })
@@ -48,11 +54,11 @@ function readControl(el, problems) {
   }
   const text = el.value.trim()
   if (text === '') return undefined
-  if (el.dataset.kind === 'workflow' && text.startsWith('{')) {
+  if (el.dataset.kind === 'json' && text.startsWith('{')) {
     try {
       return JSON.parse(text)
     } catch {
-      problems.push({ path: el.name, message: 'must be a template name or a valid JSON graph' })
+      problems.push({ path: el.name, message: 'must be valid JSON (or text not starting with {)' })
       return undefined
     }
   }

@@ -1,7 +1,7 @@
 /**
  * The catalog of job types: one entry per type, the only place a type is declared. Everything else that
  * varies by type (JOB_TYPES, PARAMS_BY_TYPE, ARTIFACT_PREFIX, TYPE_DEFAULTS, ENGINES, the handler list in
- * functions/index.ts, the contract test's params) is derived from it. It lives in schema/ so the gateway can
+ * functions/index.ts, the contract test's params, the web console's forms) is derived from it. It lives in schema/ so the gateway can
  * read it without loading handler code: the handler is named by its module path, which only the GPU host's
  * side (functions/index.ts) imports.
  */
@@ -23,6 +23,12 @@ type ParamsWithEngine = v.StrictObjectSchema<
 
 /** One job type, in the shape of a Trigger.dev task: everything about it but its `run`. */
 export interface JobTypeEntry<P extends ParamsWithEngine = ParamsWithEngine> {
+  /** What it is called in a few words (the console's type select and form): `LoRA training`. */
+  title: string
+  /** One line on what it does (its params' JSON Schema description, the console form's hint). */
+  description: string
+  /** The prefix of its console form's element ids (`lora-epochs`); the type name when absent. */
+  formId?: string
   /** The params schema; unknown keys are rejected and `engine` picks the engine (`simulate` first). */
   params: P
   /** S3 key prefix of the artifacts: `<prefix>/<jobId>/...`. */
@@ -42,24 +48,30 @@ const entry = <P extends ParamsWithEngine>(e: JobTypeEntry<P>): JobTypeEntry<P> 
 
 /** Every job type. Adding one is adding an entry here (and its handler module). */
 export const JOB_CATALOG = {
-  /** LoRA fine-tuning of an SD1.5 model on a folder of captioned images (kohya sd-scripts). */
   train_lora: entry({
+    title: 'LoRA training',
+    description: 'Fine-tunes an SD1.5 model on a folder of captioned images (kohya sd-scripts).',
+    formId: 'lora',
     params: TrainLoraParams,
     artifactPrefix: 'loras',
     defaults: { timeoutSec: 6 * 3600, maxAttempts: 3, vramMb: 12_000 },
     handler: 'functions/train_lora/index.ts',
     example: { baseModel: 'sd15', datasetPath: 'lora_ds' },
   }),
-  /** Voice cloning: F5-TTS fine-tuned on a speaker's clips and their transcripts. */
   train_voice: entry({
+    title: 'Voice cloning',
+    description: "Fine-tunes F5-TTS on a speaker's clips and their transcripts.",
+    formId: 'voice',
     params: TrainVoiceParams,
     artifactPrefix: 'voices',
     defaults: { timeoutSec: 4 * 3600, maxAttempts: 3, vramMb: 8_000 },
     handler: 'functions/train_voice/index.ts',
     example: { speakerName: 'Ada', datasetPath: 'voice_ds' },
   }),
-  /** Video rendering: a ComfyUI workflow (a template kept in the repo, or an inline graph). */
   render_video: entry({
+    title: 'Video rendering',
+    description: 'Runs a ComfyUI workflow: a template kept in the repo, or an inline graph.',
+    formId: 'video',
     params: RenderVideoParams,
     artifactPrefix: 'videos',
     defaults: { timeoutSec: 2 * 3600, maxAttempts: 2, vramMb: 16_000 },

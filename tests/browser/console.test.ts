@@ -8,6 +8,7 @@ import type { Browser, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
+import { JOB_CATALOG, JOB_TYPES } from '../../schema/params/index.ts'
 import { lastEvent } from '../../schema/progress-log.ts'
 import { quietLogger, type Stack, startStack } from '../helpers/stack.ts'
 
@@ -126,6 +127,25 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
         ).localStorage.getItem('gpu-jobs.apiToken'),
       ),
     ).toBe(TOKEN)
+  })
+
+  it("builds each type's form from the job catalog: a control per param, the schema's defaults and ranges", async () => {
+    await poll(() => page.locator('#f-type option').count()).toBe(JOB_TYPES.length)
+    for (const type of JOB_TYPES) {
+      const names = await page
+        .locator(`fieldset[data-type="${type}"] [name]`)
+        .evaluateAll((els) => els.map((el) => el.getAttribute('name') ?? ''))
+      // Nested params (render_video's inputs.prompt) are fields of their own under one top-level key.
+      const topLevel = [...new Set(names.map((n) => n.split('.')[1]))]
+      expect(topLevel, type).toEqual(Object.keys(JOB_CATALOG[type].params.entries))
+    }
+    expect(await page.locator('#f-type option').first().textContent()).toBe('train_lora: LoRA training')
+    expect(await page.locator('#lora-epochs').inputValue()).toBe('10')
+    expect(await page.locator('#lora-epochs').getAttribute('max')).toBe('1000')
+    expect(await page.locator('#lora-learningRate').getAttribute('step')).toBe('any')
+    expect(await page.locator('#video-width').getAttribute('step')).toBe('8')
+    expect(await page.locator('#voice-language').inputValue()).toBe('en')
+    expect(await page.locator('#lora-engine option').allTextContents()).toEqual(['simulate', 'kohya'])
   })
 
   it('submits a train_lora job and follows it live to completion, then shows its details', async () => {
@@ -281,6 +301,7 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
       epochs: '1',
     })
     expect(await page.locator('fieldset[data-type="train_lora"]').isHidden()).toBe(true)
+    await page.screenshot({ path: path.join(OUT_DIR, 'console-voice-form.png') })
     await poll(() => row(voiceId).getAttribute('data-status')).toBe('completed')
     expect(await row(voiceId).locator('td').nth(1).textContent()).toBe('train_voice')
     expect((await api<JobStatusBody>(`/api/status/${voiceId}`)).params).toMatchObject({
@@ -290,6 +311,7 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
     })
 
     const videoId = await submitJob('render_video', 'video', { prompt: 'a red fox', seed: '7', frames: '3' })
+    await page.screenshot({ path: path.join(OUT_DIR, 'console-video-form.png') })
     expect((await api<JobStatusBody>(`/api/status/${videoId}`)).params).toMatchObject({
       workflow: 'default',
       inputs: { prompt: 'a red fox', seed: 7 },

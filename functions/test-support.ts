@@ -55,11 +55,17 @@ export async function makeDataDir(): Promise<DataDirFixture> {
   return { dataDir, outside, cleanup: () => rm(root, { recursive: true, force: true }) }
 }
 
+/** What a suite's test context may set besides its DATA_DIR and step time: job type and id, engine settings. */
+export type SuiteContextOptions = Omit<
+  NonNullable<Parameters<typeof createTestContext>[0]>,
+  'dataDir' | 'simulateStepMs'
+>
+
 export interface HandlerSuite {
   /** The suite's DATA_DIR fixture (made before its first test). */
   readonly fx: DataDirFixture
   /** A new test context over the fixture, its simulated steps `simulateStepMs` long; removed after the suite. */
-  context(simulateStepMs?: number, opts?: { type?: JobType; jobId?: string }): Promise<TestContext>
+  context(simulateStepMs?: number, opts?: SuiteContextOptions): Promise<TestContext>
 }
 
 /**

@@ -148,6 +148,43 @@ export function expectProgressToEndAt100(progress: readonly RecordedProgress[]):
   expect(progress.at(-1)?.percent).toBe(100)
 }
 
+/**
+ * Checks a training run's progress: it rises to exactly 100; `count` of its events are per-step ones
+ * (`Epoch ...`), the first matching `first` and the last `last`; the loss they report falls from the first
+ * to the last. Returns those losses.
+ */
+export function expectEpochProgress(
+  progress: readonly RecordedProgress[],
+  count: number,
+  first: RegExp,
+  last: RegExp,
+): number[] {
+  expectProgressToEndAt100(progress)
+  const steps = progress.filter((p) => p.message?.startsWith('Epoch '))
+  expect(steps).toHaveLength(count)
+  expect(steps[0]?.message).toMatch(first)
+  expect(steps.at(-1)?.message).toMatch(last)
+  const losses = steps.map((p) => Number(p.message?.split('loss=')[1]))
+  expect(losses.at(-1)).toBeLessThan(losses[0]!)
+  return losses
+}
+
+/**
+ * Aborts `t`'s signal after its `calls`-th progress event and checks that `run` then rejects with that reason
+ * within 2 s and stores nothing: a handler that honours its signal between steps.
+ */
+export async function expectStopsAfterProgress(
+  t: TestContext,
+  calls: number,
+  run: () => Promise<unknown>,
+): Promise<void> {
+  const reason = abortAfterProgress(t, calls)
+  const started = performance.now()
+  expect(await rejectionOf(run())).toBe(reason)
+  expect(performance.now() - started).toBeLessThan(2000)
+  expect(t.artifacts.files.size).toBe(0)
+}
+
 /** Aborts `t`'s signal right after its `calls`-th progress event; returns the reason it aborts with. */
 export function abortAfterProgress(
   t: TestContext,

@@ -45,18 +45,12 @@ async function run(params: Record<string, unknown>): Promise<{ outcome: RunOutco
 
 /** The class of paths that would leave `<prefix>/`, or collide with the manifest. */
 const BAD_PATHS = [
-  '..',
-  '../x.txt',
-  'a/../../x.txt',
-  '/etc/x',
-  'a//b',
-  'a/',
-  '',
-  '.',
-  './a',
-  'a\\..\\b',
-  'a\0b',
-  'manifest.json',
+  // Out of the prefix: up, or absolute.
+  ...['..', '../x.txt', 'a/../../x.txt', '/etc/x'],
+  // Not in normal form: an empty segment, a trailing slash, nothing, dot segments.
+  ...['a//b', 'a/', '', '.', './a'],
+  // Up through Windows separators, a NUL byte, and the manifest's own name.
+  ...['a\\..\\b', 'a\0b', 'manifest.json'],
 ]
 
 describe('artifacts through the host', () => {

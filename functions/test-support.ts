@@ -55,11 +55,17 @@ export async function makeDataDir(): Promise<DataDirFixture> {
   return { dataDir, outside, cleanup: () => rm(root, { recursive: true, force: true }) }
 }
 
+/** What a suite's test context may set besides its DATA_DIR and step time: job type and id, engine settings. */
+export type SuiteContextOptions = Omit<
+  NonNullable<Parameters<typeof createTestContext>[0]>,
+  'dataDir' | 'simulateStepMs'
+>
+
 export interface HandlerSuite {
   /** The suite's DATA_DIR fixture (made before its first test). */
   readonly fx: DataDirFixture
   /** A new test context over the fixture, its simulated steps `simulateStepMs` long; removed after the suite. */
-  context(simulateStepMs?: number, opts?: { type?: JobType; jobId?: string }): Promise<TestContext>
+  context(simulateStepMs?: number, opts?: SuiteContextOptions): Promise<TestContext>
 }
 
 /**
@@ -140,6 +146,43 @@ export function expectProgressToEndAt100(progress: readonly RecordedProgress[]):
     if (i > 0) expect(p.percent).toBeGreaterThanOrEqual(progress[i - 1]!.percent)
   }
   expect(progress.at(-1)?.percent).toBe(100)
+}
+
+/**
+ * Checks a training run's progress: it rises to exactly 100; `count` of its events are per-step ones
+ * (`Epoch ...`), the first matching `first` and the last `last`; the loss they report falls from the first
+ * to the last. Returns those losses.
+ */
+export function expectEpochProgress(
+  progress: readonly RecordedProgress[],
+  count: number,
+  first: RegExp,
+  last: RegExp,
+): number[] {
+  expectProgressToEndAt100(progress)
+  const steps = progress.filter((p) => p.message?.startsWith('Epoch '))
+  expect(steps).toHaveLength(count)
+  expect(steps[0]?.message).toMatch(first)
+  expect(steps.at(-1)?.message).toMatch(last)
+  const losses = steps.map((p) => Number(p.message?.split('loss=')[1]))
+  expect(losses.at(-1)).toBeLessThan(losses[0]!)
+  return losses
+}
+
+/**
+ * Aborts `t`'s signal after its `calls`-th progress event and checks that `run` then rejects with that reason
+ * within 2 s and stores nothing: a handler that honours its signal between steps.
+ */
+export async function expectStopsAfterProgress(
+  t: TestContext,
+  calls: number,
+  run: () => Promise<unknown>,
+): Promise<void> {
+  const reason = abortAfterProgress(t, calls)
+  const started = performance.now()
+  expect(await rejectionOf(run())).toBe(reason)
+  expect(performance.now() - started).toBeLessThan(2000)
+  expect(t.artifacts.files.size).toBe(0)
 }
 
 /** Aborts `t`'s signal right after its `calls`-th progress event; returns the reason it aborts with. */

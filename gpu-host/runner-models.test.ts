@@ -9,16 +9,15 @@ import { connect, createServer, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { MemoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { createS3Client } from '../schema/clients.ts'
+import { fixtureJob } from '../tests/helpers/fixture-process.ts'
 import { type S3Server, startS3 } from '../tests/helpers/stack.ts'
 import { S3ModelFetcher } from './model-fetch.ts'
 import { JobProcess } from './runner.ts'
 
-const FIXTURE = fileURLToPath(new URL('../tests/fixtures/handlers/ensures-model.ts', import.meta.url))
 const bucket = 'runner-models'
 const SIZE = 4 * 1024 * 1024
 let s3: S3Server
@@ -87,24 +86,18 @@ async function job(withFetcher: boolean) {
     secretAccessKey: 'S3RVER',
   })
   const outcomes: string[] = []
-  const proc = new JobProcess({
-    job: {
+  const proc = new JobProcess(
+    fixtureJob('ensures-model', {
       jobId: 'j1',
-      type: 'train_lora',
-      params: { mode: 'ensures-model', model: 'big.bin', source: `s3://${bucket}/models/big.bin` },
-      attempt: 1,
-    },
-    gpu: { index: null, uuid: null, name: null, vramTotalMb: null },
-    cudaVisibleDevices: undefined,
-    paths: { scratch: path.join(root, 'scratch'), models: modelsDir, data: root },
-    engines: { simulateStepMs: 0 },
-    artifacts: new MemoryArtifactStore('loras/j1'),
-    ...(withFetcher ? { models: new S3ModelFetcher(client, bucket, modelsDir) } : {}),
-    onModelCache: (model, outcome, bytes) => outcomes.push(`${model} ${outcome} ${bytes}`),
-    timeoutMs: 60_000,
-    killGraceMs: 2000,
-    handlerModule: FIXTURE,
-  })
+      root,
+      modelsDir,
+      params: { model: 'big.bin', source: `s3://${bucket}/models/big.bin` },
+      artifacts: new MemoryArtifactStore('loras/j1'),
+      ...(withFetcher ? { models: new S3ModelFetcher(client, bucket, modelsDir) } : {}),
+      onModelCache: (model, outcome, bytes) => outcomes.push(`${model} ${outcome} ${bytes}`),
+      timeoutMs: 60_000,
+    }),
+  )
   return { proc, modelsDir, outcomes, done: proc.done.finally(() => client.destroy()) }
 }
 

@@ -7,12 +7,11 @@ import { createHash } from 'node:crypto'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { afterEach, describe, expect, it } from 'vitest'
 import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
+import { fixtureJob } from '../tests/helpers/fixture-process.ts'
 import { JobProcess, type RunOutcome } from './runner.ts'
 
-const FIXTURE = fileURLToPath(new URL('../tests/fixtures/handlers/writes-artifacts.ts', import.meta.url))
 const dirs: string[] = []
 afterEach(async () => {
   for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true })
@@ -31,34 +30,27 @@ async function run(params: Record<string, unknown>): Promise<{ outcome: RunOutco
   const root = await mkdtemp(path.join(tmpdir(), 'runner-art-'))
   dirs.push(root)
   const out = path.join(root, 'out')
-  const proc = new JobProcess({
-    job: { jobId: 'j1', type: 'train_lora', params: { mode: 'writes-artifacts', ...params }, attempt: 1 },
-    gpu: { index: null, uuid: null, name: null, vramTotalMb: null },
-    cudaVisibleDevices: undefined,
-    paths: { scratch: path.join(root, 'scratch'), models: root, data: root },
-    engines: { simulateStepMs: 0 },
-    artifacts: new DirectoryArtifactStore(out, 'loras/j1'),
-    timeoutMs: 30_000,
-    killGraceMs: 1000,
-    handlerModule: FIXTURE,
-  })
+  const proc = new JobProcess(
+    fixtureJob('writes-artifacts', {
+      jobId: 'j1',
+      root,
+      params,
+      artifacts: new DirectoryArtifactStore(out, 'loras/j1'),
+      timeoutMs: 30_000,
+      killGraceMs: 1000,
+    }),
+  )
   return { outcome: await proc.done, root }
 }
 
 /** The class of paths that would leave `<prefix>/`, or collide with the manifest. */
 const BAD_PATHS = [
-  '..',
-  '../x.txt',
-  'a/../../x.txt',
-  '/etc/x',
-  'a//b',
-  'a/',
-  '',
-  '.',
-  './a',
-  'a\\..\\b',
-  'a\0b',
-  'manifest.json',
+  // Out of the prefix: up, or absolute.
+  ...['..', '../x.txt', 'a/../../x.txt', '/etc/x'],
+  // Not in normal form: an empty segment, a trailing slash, nothing, dot segments.
+  ...['a//b', 'a/', '', '.', './a'],
+  // Up through Windows separators, a NUL byte, and the manifest's own name.
+  ...['a\\..\\b', 'a\0b', 'manifest.json'],
 ]
 
 describe('artifacts through the host', () => {

@@ -4,8 +4,8 @@ import { readSafetensors, tensorValues } from '../formats/safetensors.ts'
 import { NonRetryableError } from '../sdk/errors.ts'
 import { runHandler } from '../sdk/testing.ts'
 import {
-  abortAfterProgress,
-  expectProgressToEndAt100,
+  expectEpochProgress,
+  expectStopsAfterProgress,
   handlerSuite,
   itRefusesBadDatasets,
   rejectionOf,
@@ -107,13 +107,12 @@ describe('train_lora (simulate)', () => {
   it('reports one kohya-style progress event per step, rising to exactly 100', async () => {
     const t = await context()
     const result = (await runHandler(trainLora, params(), t)) as { finalLoss: number }
-    expectProgressToEndAt100(t.progress)
-    const steps = t.progress.filter((p) => p.message?.startsWith('Epoch '))
-    expect(steps).toHaveLength(30)
-    expect(steps[0]?.message).toMatch(/^Epoch 1\/3 - loss=0\.\d{4}$/)
-    expect(steps.at(-1)?.message).toMatch(/^Epoch 3\/3 - loss=0\.\d{4}$/)
-    const losses = steps.map((p) => Number(p.message?.split('loss=')[1]))
-    expect(losses.at(-1)).toBeLessThan(losses[0]!)
+    const losses = expectEpochProgress(
+      t.progress,
+      30,
+      /^Epoch 1\/3 - loss=0\.\d{4}$/,
+      /^Epoch 3\/3 - loss=0\.\d{4}$/,
+    )
     expect(result.finalLoss).toBe(losses.at(-1))
   })
 
@@ -138,13 +137,8 @@ describe('train_lora (simulate)', () => {
 
   it('stops promptly when the job is cancelled between steps', async () => {
     const t = await context(5)
-    const reason = abortAfterProgress(t, 3)
-    const started = performance.now()
-    const err = await rejectionOf(runHandler(trainLora, params({ epochs: 100 }), t))
-    expect(err).toBe(reason)
-    expect(performance.now() - started).toBeLessThan(2000)
+    await expectStopsAfterProgress(t, 3, () => runHandler(trainLora, params({ epochs: 100 }), t))
     expect(t.progress.length).toBeLessThanOrEqual(4)
-    expect(t.artifacts.files.size).toBe(0)
   })
 
   it('stops promptly when the job is cancelled in the middle of a long step', async () => {

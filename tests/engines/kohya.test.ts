@@ -1,33 +1,19 @@
 import { mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it } from 'vitest'
 import { readSafetensors } from '../../functions/formats/safetensors.ts'
 import { NonRetryableError, RetryableError } from '../../functions/sdk/errors.ts'
-import { createTestContext, runHandler, type TestContext } from '../../functions/sdk/testing.ts'
-import {
-  type DataDirFixture,
-  expectProgressToEndAt100,
-  makeDataDir,
-  rejectionOf,
-} from '../../functions/test-support.ts'
+import { runHandler, type TestContext } from '../../functions/sdk/testing.ts'
+import { expectProgressToEndAt100, handlerSuite, rejectionOf } from '../../functions/test-support.ts'
 import trainLora, { CONFIG_FILE, LORA_FILE } from '../../functions/train_lora/index.ts'
 import { datasetSubsets, datasetToml } from '../../functions/train_lora/kohya.ts'
 import { expectKohyaLora } from '../helpers/kohya-lora.ts'
 import { processGone } from '../helpers/stack.ts'
 import { KOHYA_PYTHON, type KohyaFixture, makeKohyaFixture } from './fake-kohya/fixture.ts'
 
-let data: DataDirFixture
+const suite = handlerSuite({ type: 'train_lora', jobId: 'kohya-job-1' })
 let kohya: KohyaFixture
-const contexts: TestContext[] = []
-
-beforeAll(async () => {
-  data = await makeDataDir()
-})
-afterAll(async () => {
-  await data.cleanup()
-})
 afterEach(async () => {
-  await Promise.all(contexts.splice(0).map((t) => t.cleanup()))
   await kohya?.cleanup()
 })
 
@@ -36,17 +22,12 @@ const setup = async (
   engine: Record<string, string> = {},
 ) => {
   kohya = await makeKohyaFixture(scenario)
-  const t = await createTestContext({
-    type: 'train_lora',
-    jobId: 'kohya-job-1',
-    dataDir: data.dataDir,
+  return suite.context(0, {
     modelsDir: kohya.modelsDir,
     kohyaDir: kohya.kohyaDir,
     kohyaPython: KOHYA_PYTHON,
     ...engine,
   })
-  contexts.push(t)
-  return t
 }
 
 const params = (extra: Record<string, unknown> = {}) => ({
@@ -178,7 +159,7 @@ describe('train_lora on kohya (stand-in sd-scripts)', () => {
         'enable_bucket = false',
         '',
         '  [[datasets.subsets]]',
-        `  image_dir = ${JSON.stringify(path.join(data.dataDir, 'lora_ds', '10_sks dog'))}`,
+        `  image_dir = ${JSON.stringify(path.join(suite.fx.dataDir, 'lora_ds', '10_sks dog'))}`,
         '  num_repeats = 10',
         '  class_tokens = "sks dog"',
         '',
@@ -218,7 +199,7 @@ describe('train_lora on kohya (stand-in sd-scripts)', () => {
   })
 
   it('makes one subset of images right in the dataset folder and one per <repeats>_<tokens> folder, skipping others', async () => {
-    const dir = path.join(data.dataDir, 'mixed_ds')
+    const dir = path.join(suite.fx.dataDir, 'mixed_ds')
     await mkdir(path.join(dir, '5_red cat'), { recursive: true })
     await mkdir(path.join(dir, 'notes'), { recursive: true })
     await writeFile(path.join(dir, 'a.png'), 'x')
@@ -242,7 +223,7 @@ describe('train_lora on kohya (stand-in sd-scripts)', () => {
     ['a symlink that leads out of MODELS_DIR', 'escape'],
   ])('refuses %s as baseModel before starting anything', async (_what, baseModel) => {
     const t = await setup()
-    await symlink(data.outside, path.join(kohya.modelsDir, 'escape'))
+    await symlink(suite.fx.outside, path.join(kohya.modelsDir, 'escape'))
     const err = await rejectionOf(runHandler(trainLora, params({ baseModel }), t))
     expect(err).toBeInstanceOf(NonRetryableError)
     expect(err.reason).toBe('invalid_params')

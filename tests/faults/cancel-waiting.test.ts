@@ -2,14 +2,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   addFixtureJob,
   FIXTURE_DISPATCH,
-  getJob,
   isolatedDatabase,
-  keysUnder,
-  postJob,
   type Stack,
   startStack,
   waitFor,
-  waitStatus,
 } from '../helpers/stack.ts'
 
 describe('cancelling a job that is not running', () => {
@@ -36,7 +32,7 @@ describe('cancelling a job that is not running', () => {
   })
 
   it('removes a queued job from the queue and marks it cancelled', async () => {
-    const { json } = await postJob(idle, {
+    const { json } = await idle.post({
       type: 'train_lora',
       params: { baseModel: 'sd15', datasetPath: 'ds' },
     })
@@ -46,7 +42,7 @@ describe('cancelling a job that is not running', () => {
     expect(res.status).toBe(202)
     expect(await res.json()).toMatchObject({ jobId, status: 'cancelled' })
     expect(await idle.queue.getJob(jobId)).toBeUndefined()
-    const body = await getJob(idle, jobId)
+    const body = await idle.job(jobId)
     expect(body).toMatchObject({ status: 'cancelled', error: { reason: 'cancelled' } })
     expect(body.finishedAt).not.toBeNull()
     // A second cancel is a conflict.
@@ -55,7 +51,7 @@ describe('cancelling a job that is not running', () => {
 
   it('removes a retrying job from the delayed set and it never runs again; its partial files go', async () => {
     const jobId = await addFixtureJob(slow, 'throws', { maxAttempts: 3 })
-    const retrying = await waitStatus(slow, jobId, ['retrying'], 15_000)
+    const retrying = await slow.waitStatus(jobId, ['retrying'], 15_000)
     expect(retrying.attempt).toBe(1)
     // The row says retrying a moment before BullMQ has moved the job to its delayed set.
     await waitFor(
@@ -65,14 +61,14 @@ describe('cancelling a job that is not running', () => {
     )
     const res = await fetch(slow.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
     expect(res.status).toBe(202)
-    const body = await getJob(slow, jobId)
+    const body = await slow.job(jobId)
     expect(body).toMatchObject({ status: 'cancelled', attempt: 1 })
     expect(body.nextAttemptAt).toBeNull()
     expect(await slow.queue.getJob(jobId)).toBeUndefined()
     // Attempt 1 left a file and no host runs the job any more: the reconciler's sweep removes it.
-    expect(await keysUnder(slow, `loras/${jobId}`)).toEqual([`loras/${jobId}/attempt-1.txt`])
+    expect(await slow.keysUnder(`loras/${jobId}`)).toEqual([`loras/${jobId}/attempt-1.txt`])
     await waitFor(
-      async () => (await keysUnder(slow, `loras/${jobId}`)).length === 0,
+      async () => (await slow.keysUnder(`loras/${jobId}`)).length === 0,
       15_000,
       'the partial files of the cancelled job to be removed',
     )

@@ -2,17 +2,7 @@ import { eq } from 'drizzle-orm'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { jobEvents } from '../../schema/db/tables.ts'
 import { type HostProcess, startHostProcess } from '../helpers/host-process.ts'
-import {
-  addFixtureJob,
-  attemptsOf,
-  getJob,
-  groupGone,
-  keysUnder,
-  type Stack,
-  startStack,
-  waitFor,
-  waitStatus,
-} from '../helpers/stack.ts'
+import { addFixtureJob, groupGone, type Stack, startStack, TERMINAL, waitFor } from '../helpers/stack.ts'
 import { runningJobPid } from './running-job.ts'
 
 let stack: Stack
@@ -49,10 +39,10 @@ describe('a GPU host killed with kill -9', () => {
     const orphanGoneMs = Date.now() - killedAt
 
     const b = await host('b')
-    const body = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
+    const body = await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)
     const recoveredMs = Date.now() - killedAt
     expect(body).toMatchObject({ status: 'completed', attempt: 2 })
-    const attempts = await attemptsOf(stack.database, jobId)
+    const attempts = await stack.attempts(jobId)
     expect(attempts.map((x) => [x.attempt, x.outcome, x.host])).toEqual([
       [1, 'interrupted', `${stack.prefix}-a`],
       [2, 'completed', `${stack.prefix}-b`],
@@ -61,10 +51,10 @@ describe('a GPU host killed with kill -9', () => {
     expect(recoveredMs).toBeLessThan(35_000)
     const terminal = (
       await stack.database.db.select().from(jobEvents).where(eq(jobEvents.jobId, jobId))
-    ).filter((e) => ['completed', 'failed', 'cancelled'].includes(e.status))
+    ).filter((e) => TERMINAL.includes(e.status))
     expect(terminal).toHaveLength(1)
     const prefix = `loras/${jobId}`
-    expect(await keysUnder(stack, prefix)).toEqual([
+    expect(await stack.keysUnder(prefix)).toEqual([
       `${prefix}/attempt-2.txt`,
       `${prefix}/manifest.json`,
       `${prefix}/out.txt`,
@@ -82,13 +72,13 @@ describe('SIGTERM to a GPU host', () => {
     const a = await host('drain', { SHUTDOWN_GRACE_SEC: '4', GPU_SLOTS: '2' })
     const short = await addFixtureJob(stack, 'ok', { maxAttempts: 3 }, { steps: 10, stepMs: 100 })
     const long = await addFixtureJob(stack, 'ok', { maxAttempts: 3 }, { steps: 100, stepMs: 100 })
-    await waitStatus(stack, short, ['running'], 20_000)
-    await waitStatus(stack, long, ['running'], 20_000)
+    await stack.waitStatus(short, ['running'], 20_000)
+    await stack.waitStatus(long, ['running'], 20_000)
     // `running` is written before the job process has booted (seconds under tsx on a loaded machine):
     // wait for the short job's first step, so what is left of it (under 1 s) is well inside the grace.
-    await waitFor(async () => (await getJob(stack, short)).progress > 0, 20_000, 'the short job to step')
+    await stack.waitJob(short, (b) => b.progress > 0, 20_000, 'the short job to step')
     const longAttempt = await waitFor(
-      async () => (await attemptsOf(stack.database, long)).find((x) => x.pid),
+      async () => (await stack.attempts(long)).find((x) => x.pid),
       10_000,
       'pid',
     )
@@ -101,13 +91,13 @@ describe('SIGTERM to a GPU host', () => {
     expect(Date.now() - asked).toBeLessThan(8000)
     expect(await groupGone(longAttempt?.pid ?? 0)).toBe(true)
 
-    expect(await getJob(stack, short)).toMatchObject({ status: 'completed', attempt: 1 })
+    expect(await stack.job(short)).toMatchObject({ status: 'completed', attempt: 1 })
     // Back in the queue at once, not after a stalled check.
-    expect(await getJob(stack, long)).toMatchObject({ status: 'queued' })
+    expect(await stack.job(long)).toMatchObject({ status: 'queued' })
     expect(await stack.queue.getJobState(long)).toBe('waiting')
 
     await host('after-drain')
-    const body = await waitStatus(stack, long, ['completed', 'failed'], 30_000)
+    const body = await stack.waitStatus(long, ['completed', 'failed'], 30_000)
     expect(body).toMatchObject({ status: 'completed', attempt: 2 })
   })
 })

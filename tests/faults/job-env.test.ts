@@ -18,7 +18,6 @@ import {
   TEST_DATABASE_URL,
   TEST_REDIS_URL,
   waitFor,
-  waitStatus,
 } from '../helpers/stack.ts'
 import { runningJobPid } from './running-job.ts'
 
@@ -127,7 +126,7 @@ describe('the environment of job processes', () => {
     )
     for (const pid of spares) expectNoSecrets(await environOf(pid), `the warm spare ${pid}`)
 
-    const body = await waitStatus(stack, jobId, ['completed', 'failed'], 30_000)
+    const body = await stack.waitStatus(jobId, ['completed', 'failed'], 30_000)
     expect(body.status).toBe('completed')
     expect(body.artifacts.map((a) => a.path).sort()).toEqual(['attempt-1.txt', 'out.txt'])
     for (const a of body.artifacts) {

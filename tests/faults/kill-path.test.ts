@@ -4,16 +4,12 @@ import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   addFixtureJob,
-  attemptsOf,
   FIXTURE_DISPATCH,
-  getJob,
   groupGone,
-  keysUnder,
   processGone,
   type Stack,
   startStack,
   waitFor,
-  waitStatus,
 } from '../helpers/stack.ts'
 
 let stack: Stack
@@ -41,7 +37,7 @@ const addWriter = (jobId: string, path: string, envelope: Record<string, unknown
 
 /** The process group of every attempt is gone: no child, no grandchild (read from /proc). */
 async function expectNoProcessLeft(jobId: string): Promise<void> {
-  const attempts = await attemptsOf(stack.database, jobId)
+  const attempts = await stack.attempts(jobId)
   expect(attempts.length).toBeGreaterThan(0)
   for (const a of attempts) {
     expect(a.pid).toBeGreaterThan(0)
@@ -57,7 +53,7 @@ describe('hard timeout', () => {
   ])('%s: %s is killed at the deadline, reason timeout', async (mode) => {
     const started = Date.now()
     const jobId = await submit(mode, { timeoutSec: 1, maxAttempts: 1 })
-    const body = await waitStatus(stack, jobId, ['failed', 'completed'], 20_000)
+    const body = await stack.waitStatus(jobId, ['failed', 'completed'], 20_000)
     expect(body.status).toBe('failed')
     expect(body.error).toMatchObject({ reason: 'timeout' })
     const elapsed = Date.now() - started
@@ -65,24 +61,22 @@ describe('hard timeout', () => {
     // Deadline + grace + confirmation, with room for a loaded machine.
     expect(elapsed).toBeLessThan(8000)
     await expectNoProcessLeft(jobId)
-    const [attempt] = await attemptsOf(stack.database, jobId)
+    const [attempt] = await stack.attempts(jobId)
     expect(attempt).toMatchObject({ outcome: 'failed', reason: 'timeout', host: stack.config.hostId })
   })
 
   it('kills grandchildren that ignore SIGTERM too', async () => {
     const jobId = await submit('spawns-grandchildren', { timeoutSec: 2, maxAttempts: 1 })
-    const running = await waitFor(
-      async () => {
-        const b = await getJob(stack, jobId)
-        return b.message.startsWith('grandchildren') ? b : null
-      },
+    const running = await stack.waitJob(
+      jobId,
+      (b) => b.message.startsWith('grandchildren'),
       15_000,
       'grandchildren to start',
     )
     const pids = running.message.replace('grandchildren ', '').split(',').map(Number)
     expect(pids).toHaveLength(2)
     for (const pid of pids) expect(await processGone(pid)).toBe(false)
-    const body = await waitStatus(stack, jobId, ['failed'], 20_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 20_000)
     expect(body.error).toMatchObject({ reason: 'timeout' })
     for (const pid of pids) expect(await processGone(pid)).toBe(true)
     await expectNoProcessLeft(jobId)
@@ -90,7 +84,7 @@ describe('hard timeout', () => {
 
   it('a per-job timeoutSec overrides the handler default (600 s)', async () => {
     const jobId = await submit('ok', { timeoutSec: 1, maxAttempts: 1 }, { steps: 100, stepMs: 100 })
-    const body = await waitStatus(stack, jobId, ['failed', 'completed'], 20_000)
+    const body = await stack.waitStatus(jobId, ['failed', 'completed'], 20_000)
     expect(body.error).toMatchObject({ reason: 'timeout' })
   })
 })
@@ -98,14 +92,14 @@ describe('hard timeout', () => {
 describe('retries', () => {
   it('retries a throwing handler with backoff, shows retrying and the next attempt time, records every attempt', async () => {
     const jobId = await submit('throws', { maxAttempts: 3 })
-    const retrying = await waitStatus(stack, jobId, ['retrying'], 15_000)
+    const retrying = await stack.waitStatus(jobId, ['retrying'], 15_000)
     expect(retrying.nextAttemptAt).not.toBeNull()
     expect(Date.parse(retrying.nextAttemptAt ?? '')).toBeGreaterThan(Date.parse(retrying.updatedAt) - 1)
-    const body = await waitStatus(stack, jobId, ['failed'], 20_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 20_000)
     expect(body.attempt).toBe(3)
     expect(body.error).toMatchObject({ reason: 'handler_error' })
     expect(body.error?.message).toContain('boom on attempt 3')
-    const attempts = await attemptsOf(stack.database, jobId)
+    const attempts = await stack.attempts(jobId)
     expect(attempts.map((a) => [a.attempt, a.outcome, a.reason])).toEqual([
       [1, 'retrying', 'handler_error'],
       [2, 'retrying', 'handler_error'],
@@ -123,10 +117,10 @@ describe('retries', () => {
 
   it('a retried job that succeeds keeps only the final attempt files and one manifest', async () => {
     const jobId = await submit('throws', { maxAttempts: 3 }, { succeedOnAttempt: 2, steps: 2, stepMs: 5 })
-    const body = await waitStatus(stack, jobId, ['completed', 'failed'], 20_000)
+    const body = await stack.waitStatus(jobId, ['completed', 'failed'], 20_000)
     expect(body).toMatchObject({ status: 'completed', attempt: 2 })
     const prefix = `loras/${jobId}`
-    expect(await keysUnder(stack, prefix)).toEqual([
+    expect(await stack.keysUnder(prefix)).toEqual([
       `${prefix}/attempt-2.txt`,
       `${prefix}/manifest.json`,
       `${prefix}/out.txt`,
@@ -136,22 +130,22 @@ describe('retries', () => {
 
   it('a job that fails for good leaves no partial artifacts', async () => {
     const jobId = await submit('throws', { maxAttempts: 2 })
-    const body = await waitStatus(stack, jobId, ['failed'], 15_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 15_000)
     expect(body.attempt).toBe(2)
     // Both attempts wrote attempt-<n>.txt before throwing.
-    expect(await keysUnder(stack, `loras/${jobId}`)).toEqual([])
+    expect(await stack.keysUnder(`loras/${jobId}`)).toEqual([])
   })
 
   it('fails at once on a non-retryable error', async () => {
     const jobId = await submit('throws-non-retryable', { maxAttempts: 3 })
-    const body = await waitStatus(stack, jobId, ['failed'], 15_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 15_000)
     expect(body.attempt).toBe(1)
     expect(body.error).toMatchObject({ reason: 'invalid_dataset', message: 'the dataset is unusable' })
   })
 
   it('treats an exit with a non-zero code as a crash', async () => {
     const jobId = await submit('exits-nonzero', { maxAttempts: 1 })
-    const body = await waitStatus(stack, jobId, ['failed'], 15_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 15_000)
     expect(body.error).toMatchObject({ reason: 'crash' })
     expect(body.error?.message).toContain('exited with code 3')
     await expectNoProcessLeft(jobId)
@@ -159,7 +153,7 @@ describe('retries', () => {
 
   it('retries a process killed by a signal, then fails with reason crash', async () => {
     const jobId = await submit('crashes-by-signal', { maxAttempts: 2 })
-    const body = await waitStatus(stack, jobId, ['failed'], 15_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 15_000)
     expect(body.attempt).toBe(2)
     expect(body.error?.message).toContain('SIGKILL')
     expect(body.error).toMatchObject({ reason: 'crash' })
@@ -169,7 +163,7 @@ describe('retries', () => {
     const jobId = await submit('floods-progress', { maxAttempts: 1 })
     const health = await fetch(stack.url('/healthz'))
     expect(health.status).toBe(200)
-    const body = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
+    const body = await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)
     expect(body).toMatchObject({ status: 'completed', progress: 100 })
   })
 })
@@ -177,22 +171,18 @@ describe('retries', () => {
 describe('cancellation', () => {
   it('kills a running job (SIGTERM, grace, SIGKILL of the group) and never retries it', async () => {
     const jobId = await submit('ignores-sigterm', { maxAttempts: 3 })
-    await waitStatus(stack, jobId, ['running'], 15_000)
-    await waitFor(
-      async () => (await getJob(stack, jobId)).message === 'ignoring SIGTERM',
-      15_000,
-      'handler to run',
-    )
+    await stack.waitStatus(jobId, ['running'], 15_000)
+    await stack.waitJob(jobId, (b) => b.message === 'ignoring SIGTERM', 15_000, 'handler to run')
     const asked = Date.now()
     const res = await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
     expect(res.status).toBe(202)
-    const body = await waitStatus(stack, jobId, ['cancelled', 'failed', 'completed'], 15_000)
+    const body = await stack.waitStatus(jobId, ['cancelled', 'failed', 'completed'], 15_000)
     expect(body.status).toBe('cancelled')
     // Within 2 s plus the grace period (1 s here).
     expect(Date.now() - asked).toBeLessThan(3000 + 1000)
     await expectNoProcessLeft(jobId)
     await sleep(500)
-    const after = await getJob(stack, jobId)
+    const after = await stack.job(jobId)
     expect(after).toMatchObject({ status: 'cancelled', attempt: 1 })
     expect(await stack.queue.getJob(jobId).then((j) => j?.attemptsMade ?? 0)).toBeLessThanOrEqual(1)
   })
@@ -207,17 +197,17 @@ describe('cancellation', () => {
       },
     )
     const prefix = `loras/${jobId}`
-    await waitFor(async () => (await keysUnder(stack, prefix)).length > 0, 15_000, 'the partial file')
+    await waitFor(async () => (await stack.keysUnder(prefix)).length > 0, 15_000, 'the partial file')
     expect((await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })).status).toBe(202)
     // The files go before the final state is stored, so they are gone when the job shows cancelled.
-    const body = await waitStatus(stack, jobId, ['cancelled', 'failed', 'completed'], 15_000)
+    const body = await stack.waitStatus(jobId, ['cancelled', 'failed', 'completed'], 15_000)
     expect(body.status).toBe('cancelled')
-    expect(await keysUnder(stack, prefix)).toEqual([])
+    expect(await stack.keysUnder(prefix)).toEqual([])
   })
 
   it('answers 409 for a finished job and 404 for an unknown one', async () => {
     const jobId = await submit('ok', {}, { steps: 1, stepMs: 1 })
-    await waitStatus(stack, jobId, ['completed'], 15_000)
+    await stack.waitStatus(jobId, ['completed'], 15_000)
     const res = await fetch(stack.url(`/api/jobs/${jobId}/cancel`), { method: 'POST' })
     expect(res.status).toBe(409)
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('conflict')
@@ -243,7 +233,7 @@ describe('artifact keys stay under <prefix>/<jobId>/', () => {
       const jobId = `fx-prefix-${randomUUID().slice(0, 8)}`
       const before = await bucketKeys()
       await addWriter(jobId, 'x.txt', { artifacts: { outputPrefix: prefixOf(jobId) } })
-      const body = await waitStatus(stack, jobId, ['failed', 'completed'], 15_000)
+      const body = await stack.waitStatus(jobId, ['failed', 'completed'], 15_000)
       expect(body.error).toMatchObject({ reason: 'invalid_params' })
       expect(body.error?.message).toContain('artifacts.outputPrefix')
       expect(await bucketKeys()).toEqual(before)

@@ -4,7 +4,7 @@ import path from 'node:path'
 import { CreateBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type HostProcess, startHostProcess } from '../helpers/host-process.ts'
-import { addFixtureJob, attemptsOf, type Stack, startStack, waitStatus } from '../helpers/stack.ts'
+import { addFixtureJob, type Stack, startStack } from '../helpers/stack.ts'
 
 /**
  * `ctx.models.ensure` through the real stack: two GPU host processes share one MODELS_DIR (as GPU hosts
@@ -54,10 +54,10 @@ describe('ctx.models.ensure on two GPU hosts sharing MODELS_DIR', () => {
       await addFixtureJob(stack, 'ensures-model', {}, params),
       await addFixtureJob(stack, 'ensures-model', {}, params),
     ]
-    const done = await Promise.all(jobs.map((id) => waitStatus(stack, id, ['completed', 'failed'], 60_000)))
+    const done = await Promise.all(jobs.map((id) => stack.waitStatus(id, ['completed', 'failed'], 60_000)))
     for (const d of done)
       expect(d).toMatchObject({ status: 'completed', result: { file: MODEL, size: body.length } })
-    const ran = await Promise.all(jobs.map(async (id) => (await attemptsOf(stack.database, id))[0]?.host))
+    const ran = await Promise.all(jobs.map(async (id) => (await stack.attempts(id))[0]?.host))
     expect(new Set(ran)).toEqual(new Set([`${stack.prefix}-a`, `${stack.prefix}-b`]))
 
     expect(await sum('gpu_worker_model_cache_misses_total', MODEL)).toBe(1)
@@ -93,7 +93,7 @@ describe('ctx.models.ensure on two GPU hosts sharing MODELS_DIR', () => {
         sha256: sha('something else'),
       },
     )
-    const body2 = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
+    const body2 = await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)
     expect(body2).toMatchObject({ status: 'failed', attempt: 1, error: { code: 'MODEL_CHECKSUM_MISMATCH' } })
     expect(body2.error?.message).toMatch(/model "checkpoints\/wrong.safetensors": sha256 mismatch/)
     expect((await readdir(path.join(modelsDir, 'checkpoints'))).filter((f) => f.includes('wrong'))).toEqual(
@@ -116,7 +116,7 @@ describe('ctx.models.ensure on two GPU hosts sharing MODELS_DIR', () => {
       { maxAttempts: 3 },
       { model: 'x.bin', source: `s3://${stack.config.s3.bucket}-x/models/x.bin` },
     )
-    const failed = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
+    const failed = await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)
     expect(failed).toMatchObject({ status: 'failed', attempt: 1 })
     expect(failed.error?.message).toMatch(
       /model "x.bin": s3:\/\/.* refused: models are fetched only from this host's bucket/,

@@ -16,17 +16,7 @@ import { createRedis } from '../../schema/clients.ts'
 import { jobEvents, jobs } from '../../schema/db/tables.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import { eventLogKey, QUEUE_NAME, seqKey } from '../../schema/keys.ts'
-import {
-  attemptsOf,
-  isolatedDatabase,
-  keysUnder,
-  postJob,
-  quietLogger,
-  type Stack,
-  startStack,
-  waitFor,
-  waitStatus,
-} from '../helpers/stack.ts'
+import { isolatedDatabase, quietLogger, type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 let stack: Stack
 let subscriber: Redis
@@ -71,9 +61,9 @@ const lora = { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds
 
 describe('reconciling jobs the queue lost', () => {
   it('re-queues one with attempts left (it then completes) and fails one without (reason lost), with events', async () => {
-    const { json: a } = await postJob(stack, { ...lora, priority: 3, timeoutSec: 120, maxAttempts: 2 })
+    const { json: a } = await stack.post({ ...lora, priority: 3, timeoutSec: 120, maxAttempts: 2 })
     const requeueId = a.jobId as string
-    const { json: b } = await postJob(stack, { ...lora, maxAttempts: 1 })
+    const { json: b } = await stack.post({ ...lora, maxAttempts: 1 })
     const failId = b.jobId as string
     // The second was running on a host that is gone too: attempt 1 of 1 started, never ended.
     const deadHost = new JobState(stack.database.db, `${stack.prefix}-dead-host`)
@@ -98,14 +88,14 @@ describe('reconciling jobs the queue lost', () => {
       15_000,
       'the failed event',
     )
-    const failed = await waitStatus(stack, failId, ['failed'], 1000)
+    const failed = await stack.waitStatus(failId, ['failed'], 1000)
     expect(failed.error).toMatchObject({ code: 'LOST', reason: 'lost' })
     expect(failed.finishedAt).not.toBeNull()
-    const [attempt] = await attemptsOf(stack.database, failId)
+    const [attempt] = await stack.attempts(failId)
     expect(attempt).toMatchObject({ outcome: 'failed', reason: 'lost' })
-    expect(await keysUnder(stack, `loras/${failId}`)).toEqual([])
+    expect(await stack.keysUnder(`loras/${failId}`)).toEqual([])
 
-    const done = await waitStatus(stack, requeueId, ['completed', 'failed'], 30_000)
+    const done = await stack.waitStatus(requeueId, ['completed', 'failed'], 30_000)
     expect(done).toMatchObject({ status: 'completed', attempt: 1, maxAttempts: 2 })
     // Re-added from the row: same id, options and params.
     const bull = await stack.queue.getJob(requeueId)
@@ -167,7 +157,7 @@ describe('reconciling jobs the queue lost', () => {
     afterAll(() => reconcilerRedis?.disconnect())
 
     it('a row written within the grace period (a gateway about to add its job) is not touched', async () => {
-      const { json } = await postJob(stack, lora)
+      const { json } = await stack.post(lora)
       const jobId = json.jobId as string
       await stack.queue.remove(jobId)
       const report = await reconciler(60_000).runOnce()
@@ -187,7 +177,7 @@ describe('reconciling jobs the queue lost', () => {
     })
 
     it('a concurrent write wins: a row touched after it was read is not rewritten', async () => {
-      const { json } = await postJob(stack, lora)
+      const { json } = await stack.post(lora)
       const jobId = json.jobId as string
       const state = new JobState(stack.database.db, 'test')
       const [row] = await stack.database.db.select().from(jobs).where(eq(jobs.id, jobId))

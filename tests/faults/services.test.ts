@@ -10,15 +10,12 @@ import { freePort, redisServerArgs } from '../helpers/ports.ts'
 import {
   addFixtureJob,
   FIXTURE_DISPATCH,
-  getJob,
-  postJob,
   type S3Server,
   type Stack,
   startS3,
   startStack,
   TEST_DATABASE_URL,
   waitFor,
-  waitStatus,
 } from '../helpers/stack.ts'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts'
 
@@ -80,7 +77,7 @@ describe('Redis restarted mid-run (AOF on)', () => {
     const running = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 40, stepMs: 100 })
     const queued = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 3, stepMs: 10 })
     await waitFor(
-      async () => ((await getJob(stack, running).catch(() => null))?.progress ?? 0) > 10,
+      async () => ((await stack.job(running).catch(() => null))?.progress ?? 0) > 10,
       20_000,
       'progress',
     )
@@ -92,11 +89,11 @@ describe('Redis restarted mid-run (AOF on)', () => {
     await sleep(500)
     redis = spawn('redis-server', args, { stdio: 'ignore' })
 
-    expect(await waitStatus(stack, running, ['completed', 'failed'], 40_000)).toMatchObject({
+    expect(await stack.waitStatus(running, ['completed', 'failed'], 40_000)).toMatchObject({
       status: 'completed',
       attempt: 1,
     })
-    expect(await waitStatus(stack, queued, ['completed', 'failed'], 40_000)).toMatchObject({
+    expect(await stack.waitStatus(queued, ['completed', 'failed'], 40_000)).toMatchObject({
       status: 'completed',
     })
     await waitFor(
@@ -124,13 +121,13 @@ describe('Postgres unreachable', () => {
 
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 30, stepMs: 100 })
     await waitFor(
-      async () => ((await getJob(stack, jobId).catch(() => null))?.progress ?? 0) > 5,
+      async () => ((await stack.job(jobId).catch(() => null))?.progress ?? 0) > 5,
       20_000,
       'progress',
     )
     await proxy.cut()
 
-    const res = await postJob(stack, { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds' } })
+    const res = await stack.post({ type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds' } })
     expect(res.status).toBe(503)
     expect(res.json).toMatchObject({ error: { code: 'backend_unavailable' } })
     expect(String((res.json.error as { message: string }).message)).toMatch(/Postgres/)
@@ -140,7 +137,7 @@ describe('Postgres unreachable', () => {
 
     await sleep(4000)
     await proxy.restore()
-    const body = await waitStatus(stack, jobId, ['completed', 'failed'], 60_000)
+    const body = await stack.waitStatus(jobId, ['completed', 'failed'], 60_000)
     expect(body).toMatchObject({ status: 'completed', progress: 100, attempt: 1 })
     expect((await fetch(stack.url('/readyz'))).status).toBe(200)
   })
@@ -161,15 +158,15 @@ describe('S3 stopped', () => {
     // Long enough that S3 is down before the job's first upload even on a loaded machine (a 1 s job
     // could finish its uploads before s3.stop() returned).
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 60, stepMs: 100 })
-    await waitStatus(stack, jobId, ['running'], 20_000)
+    await stack.waitStatus(jobId, ['running'], 20_000)
     await s3.stop()
-    const body = await waitStatus(stack, jobId, ['failed', 'completed'], 60_000)
+    const body = await stack.waitStatus(jobId, ['failed', 'completed'], 60_000)
     expect(body.status).toBe('failed')
     expect(body.error).toMatchObject({ reason: 'storage' })
 
     s3 = await startS3(port, dir)
     const next = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 2, stepMs: 10 })
-    expect(await waitStatus(stack, next, ['completed', 'failed'], 30_000)).toMatchObject({
+    expect(await stack.waitStatus(next, ['completed', 'failed'], 30_000)).toMatchObject({
       status: 'completed',
     })
   })

@@ -58,7 +58,7 @@ export interface Stack {
   /** Waits until the job has one of `statuses` (default: a terminal one), by the gateway's status route. */
   waitStatus(jobId: string, statuses?: string[], timeoutMs?: number): Promise<JobStatusBody>
   /** Every attempt row of a job, oldest first. */
-  attempts(jobId: string): ReturnType<typeof attemptsOf>
+  attempts(jobId: string): Promise<(typeof jobAttempts.$inferSelect)[]>
   /** Keys under a job's prefix in the stack's bucket. */
   keysUnder(prefix: string): Promise<string[]>
   /** `POST /api/train` with `body`. */
@@ -156,20 +156,51 @@ export async function startStack(
     queue,
     dataDir,
     url: (p) => `${gateway.url}${p}`,
-    job: (jobId) => getJob(stack, jobId),
+    job: async (jobId) => {
+      const res = await fetch(stack.url(`/api/status/${jobId}`))
+      if (res.status !== 200) throw new Error(`status ${res.status} for ${jobId}`)
+      return (await res.json()) as JobStatusBody
+    },
     waitJob: (jobId, accept, timeoutMs, what) =>
       waitFor(
         async () => {
-          const job = await getJob(stack, jobId)
+          const job = await stack.job(jobId)
           return accept(job) ? job : null
         },
         timeoutMs,
         what,
       ),
-    waitStatus: (jobId, statuses = TERMINAL, timeoutMs) => waitStatus(stack, jobId, statuses, timeoutMs),
-    attempts: (jobId) => attemptsOf(database, jobId),
-    keysUnder: (prefix) => keysUnder(stack, prefix),
-    post: (body) => postJob(stack, body),
+    waitStatus: (jobId, statuses = TERMINAL, timeoutMs = 30_000) =>
+      waitFor(
+        async () => {
+          const res = await fetch(stack.url(`/api/status/${jobId}`)).catch(() => null)
+          if (res?.status !== 200) return null
+          const body = (await res.json()) as JobStatusBody
+          return statuses.includes(body.status) ? body : null
+        },
+        timeoutMs,
+        `job ${jobId} to be ${statuses.join('|')}`,
+      ),
+    attempts: (jobId) =>
+      database.db
+        .select()
+        .from(jobAttempts)
+        .where(eq(jobAttempts.jobId, jobId))
+        .orderBy(asc(jobAttempts.attempt)),
+    keysUnder: async (prefix) => {
+      const listed = await s3.client.send(
+        new ListObjectsV2Command({ Bucket: config.s3.bucket, Prefix: `${prefix}/` }),
+      )
+      return (listed.Contents ?? []).map((o) => o.Key ?? '').sort()
+    },
+    post: async (body) => {
+      const res = await fetch(stack.url('/api/train'), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      })
+      return { status: res.status, json: (await res.json()) as Record<string, unknown> }
+    },
     insertJob: async (jobId, status, owner) => {
       await database.db
         .insert(jobs)
@@ -188,18 +219,6 @@ export async function startStack(
     },
   }
   return stack
-}
-
-export async function postJob(
-  stack: Stack,
-  body: unknown,
-): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(stack.url('/api/train'), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  })
-  return { status: res.status, json: (await res.json()) as Record<string, unknown> }
 }
 
 /** Polls `fn` until it returns something truthy; a throw counts as "not yet" (a row not written yet). */
@@ -228,40 +247,6 @@ export async function waitFor<T>(
 /** The fixture dispatcher: map `train_lora` to it and pick a failure mode with `params.mode`. */
 export const FIXTURE_DISPATCH = fileURLToPath(new URL('../fixtures/handlers/dispatch.ts', import.meta.url))
 
-export async function getJob(stack: Stack, jobId: string): Promise<JobStatusBody & { status: string }> {
-  const res = await fetch(stack.url(`/api/status/${jobId}`))
-  if (res.status !== 200) throw new Error(`status ${res.status} for ${jobId}`)
-  return (await res.json()) as JobStatusBody
-}
-
-/** Waits until the job has one of `statuses` (by the gateway's status route). */
-export function waitStatus(
-  stack: Stack,
-  jobId: string,
-  statuses: string[],
-  timeoutMs = 30_000,
-): Promise<JobStatusBody> {
-  return waitFor(
-    async () => {
-      const res = await fetch(stack.url(`/api/status/${jobId}`)).catch(() => null)
-      if (res?.status !== 200) return null
-      const body = (await res.json()) as JobStatusBody
-      return statuses.includes(body.status) ? body : null
-    },
-    timeoutMs,
-    `job ${jobId} to be ${statuses.join('|')}`,
-  )
-}
-
-/** Every attempt row of a job, oldest first. */
-export async function attemptsOf(db: Database, jobId: string) {
-  return db.db
-    .select()
-    .from(jobAttempts)
-    .where(eq(jobAttempts.jobId, jobId))
-    .orderBy(asc(jobAttempts.attempt))
-}
-
 /** True when no live process of group `pgid` is left, read from /proc. */
 export async function groupGone(pgid: number): Promise<boolean> {
   const members = await groupMembers(pgid)
@@ -274,14 +259,6 @@ export async function processGone(pid: number): Promise<boolean> {
   if (stat === null) return true
   const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]
   return state === 'Z' || state === 'X'
-}
-
-/** Keys under a job's prefix in the stack's bucket. */
-export async function keysUnder(stack: Stack, prefix: string): Promise<string[]> {
-  const listed = await stack.s3.client.send(
-    new ListObjectsV2Command({ Bucket: stack.config.s3.bucket, Prefix: `${prefix}/` }),
-  )
-  return (listed.Contents ?? []).map((o) => o.Key ?? '').sort()
 }
 
 /** Adds a fixture job straight to the queue (its params are the fixture's, which the gateway would refuse). */

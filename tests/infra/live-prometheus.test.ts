@@ -27,7 +27,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
-import { postJob, type Stack, startStack, waitFor } from '../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 import {
   allRules,
   DEFAULT_VARIABLE_VALUES,
@@ -229,7 +229,7 @@ describe.skipIf(!version)(`dashboard and rules on a live Prometheus (${version ?
   const recordExprs = recordingRuleExpressions()
 
   async function submit(body: Record<string, unknown>): Promise<string> {
-    const { status, json } = await postJob(stack as Stack, body)
+    const { status, json } = await (stack as Stack).post(body)
     if (status !== 202) throw new Error(`submit ${JSON.stringify(body)}: ${status} ${JSON.stringify(json)}`)
     return json.jobId as string
   }

@@ -9,7 +9,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { postJob, type Stack, startStack, waitFor } from '../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 /** Path to promtool; Debian/Ubuntu: `apt-get install prometheus`. */
 const PROMTOOL = process.env.PROMTOOL ?? 'promtool'
@@ -83,7 +83,7 @@ describe.skipIf(!version)(`promtool check metrics on live /metrics (${version ??
     ]
     const ids: string[] = []
     for (const job of jobs) {
-      const { status, json } = await postJob(s, job)
+      const { status, json } = await s.post(job)
       expect(status).toBe(202)
       ids.push(json.jobId as string)
     }

@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import WebSocket from 'ws'
 import { jobAttempts, jobEvents, jobs } from '../../schema/db/tables.ts'
 import { freePort } from '../helpers/ports.ts'
-import { type Stack, startStack, waitFor, waitStatus } from '../helpers/stack.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 const LORA = { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds', epochs: 1 } }
 
@@ -470,7 +470,7 @@ describe('Redis down or stalled (a private redis-server)', () => {
       body: JSON.stringify({ ...LORA, jobId }),
     })
     expect(again.status).toBe(202)
-    expect((await waitStatus(stack, jobId, ['completed', 'failed'], 30_000)).status).toBe('completed')
+    expect((await stack.waitStatus(jobId, ['completed', 'failed'], 30_000)).status).toBe('completed')
   })
 
   it('Redis stopped: submit, cancel and SSE answer 503 naming Redis within seconds; status answers from Postgres', async () => {
@@ -480,7 +480,7 @@ describe('Redis down or stalled (a private redis-server)', () => {
       body: JSON.stringify(LORA),
     })
     const known = String(done.json.jobId)
-    await waitStatus(stack, known, ['completed'], 30_000)
+    await stack.waitStatus(known, ['completed'], 30_000)
     await stopRedis()
     const jobId = `down-${randomUUID().slice(0, 8)}`
     const timed = async (

@@ -5,7 +5,7 @@ import WebSocket from 'ws'
 import type { JobStatusBody } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import type { JobType } from '../../schema/params/index.ts'
-import { postJob, type Stack, startStack, waitStatus } from '../helpers/stack.ts'
+import { type Stack, startStack } from '../helpers/stack.ts'
 
 let stack: Stack
 beforeAll(async () => {
@@ -58,7 +58,7 @@ const cases: { type: JobType; params: Record<string, unknown>; prefix: string; f
 
 describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
   it('queues, streams every event in order, completes with artifacts, manifest and metrics', async () => {
-    const submitted = await postJob(stack, { type, params })
+    const submitted = await stack.post({ type, params })
     expect(submitted.status).toBe(202)
     const jobId = submitted.json.jobId as string
     expect(submitted.json).toMatchObject({
@@ -138,7 +138,7 @@ describe.each(cases)('$type end to end', ({ type, params, prefix, file }) => {
 
 describe('late subscribers and replay', () => {
   it('a subscriber after the end gets the final state; after=N replays the rest', async () => {
-    const { json } = await postJob(stack, {
+    const { json } = await stack.post({
       type: 'train_lora',
       params: { baseModel: 'sd15', datasetPath: 'ds', epochs: 1 },
     })
@@ -182,7 +182,7 @@ describe('other producers', () => {
       { jobId, type: 'train_voice', params: { speakerName: 'bo', datasetPath: 'ds', epochs: 1 } },
       { jobId },
     )
-    const body = await waitStatus(stack, jobId, ['completed'], 30_000)
+    const body = await stack.waitStatus(jobId, ['completed'], 30_000)
     expect(body.artifacts.map((a) => a.key)).toContain(`voices/${jobId}/voice.wav`)
   })
 
@@ -193,7 +193,7 @@ describe('other producers', () => {
       { jobId, type: 'train_lora', params: { baseModel: 'x', datasetPath: 'ds', epochs: 'many' } },
       { jobId },
     )
-    const body = await waitStatus(stack, jobId, ['failed'], 30_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 30_000)
     expect(body.error).toMatchObject({ reason: 'invalid_params' })
     expect(body.error?.message).toContain('params.epochs')
     expect(body.attempt).toBe(1)
@@ -206,7 +206,7 @@ describe('other producers', () => {
       { jobId, type: 'train_lora', params: { baseModel: 'x\u0000', datasetPath: 'ds\ud800' } },
       { jobId },
     )
-    const body = await waitStatus(stack, jobId, ['failed'], 30_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 30_000)
     expect(body.error).toMatchObject({ reason: 'invalid_params' })
     expect(body.params).toEqual({})
   })

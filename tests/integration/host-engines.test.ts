@@ -10,16 +10,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { GpuHost } from '../../gpu-host/host.ts'
 import { jobEvents, jobs } from '../../schema/db/tables.ts'
 import {
-  attemptsOf,
   FIXTURE_DISPATCH,
-  getJob,
   isolatedDatabase,
-  postJob,
   type Stack,
   startHost,
   startStack,
   waitFor,
-  waitStatus,
 } from '../helpers/stack.ts'
 
 const KOHYA_WAIT = 'waiting for a GPU host with engine kohya: set KOHYA_DIR and KOHYA_PYTHON on one'
@@ -122,7 +118,7 @@ describe('engines per host', () => {
     const jobId = await addJob({ engine: 'kohya' })
     const waiting = await waitFor(
       async () => {
-        const body = await getJob(stack, jobId)
+        const body = await stack.job(jobId)
         return body.message === KOHYA_WAIT ? body : null
       },
       10_000,
@@ -132,8 +128,8 @@ describe('engines per host', () => {
     // Several re-checks (200 ms doubling to 1 s) and a reconciler pass or more later: still waiting,
     // still no attempt, the message published once, and the job taken a handful of times, not spun on.
     await sleep(2500)
-    expect(await getJob(stack, jobId)).toMatchObject({ status: 'queued', attempt: 0, message: KOHYA_WAIT })
-    expect(await attemptsOf(stack.database, jobId)).toEqual([])
+    expect(await stack.job(jobId)).toMatchObject({ status: 'queued', attempt: 0, message: KOHYA_WAIT })
+    expect(await stack.attempts(jobId)).toEqual([])
     // Between re-checks it is delayed; a re-check holds it `active` for a moment, which a single sample
     // can hit on a loaded machine.
     await waitFor(async () => (await stack.queue.getJobState(jobId)) === 'delayed', 5000, 'delayed')
@@ -147,27 +143,27 @@ describe('engines per host', () => {
 
   it('a waiting job can be cancelled; a job the queue lost meanwhile is added again and still waits', async () => {
     const cancelled = await addJob({ engine: 'kohya' })
-    await waitFor(async () => (await getJob(stack, cancelled)).message === KOHYA_WAIT, 10_000, 'waiting')
+    await waitFor(async () => (await stack.job(cancelled)).message === KOHYA_WAIT, 10_000, 'waiting')
     const res = await fetch(stack.url(`/api/jobs/${cancelled}/cancel`), { method: 'POST' })
     expect(res.status).toBe(202)
-    expect(await getJob(stack, cancelled)).toMatchObject({ status: 'cancelled' })
+    expect(await stack.job(cancelled)).toMatchObject({ status: 'cancelled' })
     expect(await stack.queue.getJob(cancelled)).toBeUndefined()
 
     // Redis loses the waiting job: the reconciler adds it again from its row, and it waits again.
     const lost = await addJob({ engine: 'kohya' })
-    await waitFor(async () => (await getJob(stack, lost)).message === KOHYA_WAIT, 10_000, 'waiting')
+    await waitFor(async () => (await stack.job(lost)).message === KOHYA_WAIT, 10_000, 'waiting')
     await waitFor(async () => (await stack.queue.getJobState(lost)) === 'delayed', 5000, 'delayed')
     await (await stack.queue.getJob(lost))?.remove()
     await waitFor(async () => (await stack.queue.getJob(lost)) !== undefined, 10_000, 'the job re-added')
-    await waitFor(async () => (await getJob(stack, lost)).message === KOHYA_WAIT, 10_000, 'waiting again')
-    expect(await getJob(stack, lost)).toMatchObject({ status: 'queued', attempt: 0 })
+    await waitFor(async () => (await stack.job(lost)).message === KOHYA_WAIT, 10_000, 'waiting again')
+    expect(await stack.job(lost)).toMatchObject({ status: 'queued', attempt: 0 })
     expect((await stack.queue.getJob(lost))?.data.params).toMatchObject({ engine: 'kohya' })
   })
 
   it('a job that names no engine gets the host default, written into the job and its row', async () => {
     const jobId = await addJob({})
-    await waitFor(async () => (await getJob(stack, jobId)).message === KOHYA_WAIT, 10_000, 'waiting')
-    expect((await getJob(stack, jobId)).params).toMatchObject({ engine: 'kohya' })
+    await waitFor(async () => (await stack.job(jobId)).message === KOHYA_WAIT, 10_000, 'waiting')
+    expect((await stack.job(jobId)).params).toMatchObject({ engine: 'kohya' })
     expect((await stack.queue.getJob(jobId))?.data.params).toMatchObject({ mode: 'ok', engine: 'kohya' })
   })
 
@@ -179,7 +175,7 @@ describe('engines per host', () => {
       { jobId, type: 'render_video', params: { engine: 'kohya' } },
       { jobId },
     )
-    const body = await waitStatus(stack, jobId, ['failed'], 20_000)
+    const body = await stack.waitStatus(jobId, ['failed'], 20_000)
     expect(body.error).toMatchObject({ reason: 'invalid_params' })
     expect(body.error?.message).toContain('params.engine')
   })
@@ -212,9 +208,9 @@ describe('engines per host', () => {
     )
 
     for (const jobId of waiting) {
-      const done = await waitStatus(stack, jobId, ['completed', 'failed'], 20_000)
+      const done = await stack.waitStatus(jobId, ['completed', 'failed'], 20_000)
       expect(done).toMatchObject({ status: 'completed', attempt: 1 })
-      const attempts = await attemptsOf(stack.database, jobId)
+      const attempts = await stack.attempts(jobId)
       expect(attempts.map((a) => a.host)).toEqual([host.hostId])
       // The capable host's own default is simulate: the job ran as the first host resolved it.
       expect((await stack.queue.getJob(jobId))?.data.params).toMatchObject({ engine: 'kohya' })
@@ -228,15 +224,13 @@ describe('engines per host', () => {
       Array.from({ length: 5 }, () => addJob({ engine: 'simulate', steps: 4, stepMs: 50 })),
     )
     for (const jobId of [...kohya, ...simulate])
-      expect(await waitStatus(stack, jobId, ['completed', 'failed'], 30_000)).toMatchObject({
+      expect(await stack.waitStatus(jobId, ['completed', 'failed'], 30_000)).toMatchObject({
         status: 'completed',
         attempt: 1,
       })
-    for (const jobId of kohya)
-      expect((await attemptsOf(stack.database, jobId)).map((a) => a.host)).toEqual([host.hostId])
+    for (const jobId of kohya) expect((await stack.attempts(jobId)).map((a) => a.host)).toEqual([host.hostId])
     const simulateHosts = new Set<string>()
-    for (const jobId of simulate)
-      for (const a of await attemptsOf(stack.database, jobId)) simulateHosts.add(a.host)
+    for (const jobId of simulate) for (const a of await stack.attempts(jobId)) simulateHosts.add(a.host)
     // The host without kohya goes on running what it can (it is idle while the other runs kohya jobs).
     expect(simulateHosts.has(stack.config.hostId)).toBe(true)
   })
@@ -267,10 +261,10 @@ describe('DEFAULT_ENGINE_<TYPE> at the gateway', () => {
       jobId: `dflt-${randomUUID().slice(0, 8)}`,
       params: { baseModel: 'sd15', datasetPath: 'ds' },
     }
-    const first = await postJob(stack, body)
+    const first = await stack.post(body)
     expect(first.status).toBe(202)
     const jobId = first.json.jobId as string
-    expect((await getJob(stack, jobId)).params).toEqual({
+    expect((await stack.job(jobId)).params).toEqual({
       baseModel: 'sd15',
       datasetPath: 'ds',
       engine: 'kohya',
@@ -281,33 +275,31 @@ describe('DEFAULT_ENGINE_<TYPE> at the gateway', () => {
       engine: 'kohya',
     })
     // The same body again is the same job, and so is the body that names the engine it resolved to.
-    expect(await postJob(stack, body)).toMatchObject({ status: 200, json: { jobId } })
-    expect(await postJob(stack, { ...body, params: { ...body.params, engine: 'kohya' } })).toMatchObject({
+    expect(await stack.post(body)).toMatchObject({ status: 200, json: { jobId } })
+    expect(await stack.post({ ...body, params: { ...body.params, engine: 'kohya' } })).toMatchObject({
       status: 200,
       json: { jobId },
     })
     // Another engine under the same id is another request.
-    expect((await postJob(stack, { ...body, params: { ...body.params, engine: 'simulate' } })).status).toBe(
-      409,
-    )
+    expect((await stack.post({ ...body, params: { ...body.params, engine: 'simulate' } })).status).toBe(409)
   })
 
   it('keeps an engine the job names; types with no default get their first engine, simulate', async () => {
-    const named = await postJob(stack, {
+    const named = await stack.post({
       type: 'train_lora',
       params: { baseModel: 'sd15', datasetPath: 'ds', engine: 'simulate' },
     })
-    expect((await getJob(stack, named.json.jobId as string)).params).toMatchObject({ engine: 'simulate' })
-    const voice = await postJob(stack, {
+    expect((await stack.job(named.json.jobId as string)).params).toMatchObject({ engine: 'simulate' })
+    const voice = await stack.post({
       type: 'train_voice',
       params: { speakerName: 'a', datasetPath: 'ds' },
     })
     expect(voice.status).toBe(202)
-    expect((await getJob(stack, voice.json.jobId as string)).params).toMatchObject({ engine: 'simulate' })
+    expect((await stack.job(voice.json.jobId as string)).params).toMatchObject({ engine: 'simulate' })
   })
 
   it('still refuses an engine the type does not have, naming params.engine', async () => {
-    const res = await postJob(stack, {
+    const res = await stack.post({
       type: 'train_lora',
       params: { baseModel: 'sd15', datasetPath: 'ds', engine: 'f5tts' },
     })

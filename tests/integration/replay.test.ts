@@ -4,19 +4,16 @@ import WebSocket from 'ws'
 import { type Gateway, startGateway } from '../../gateway/server.ts'
 import { CLOSE_SLOW_CLIENT } from '../../gateway/ws.ts'
 import { createS3Client } from '../../schema/clients.ts'
-import { jobs } from '../../schema/db/tables.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import { emitEvent } from '../../schema/progress-log.ts'
 import {
   addFixtureJob,
   FIXTURE_DISPATCH,
-  getJob,
-  postJob,
   quietLogger,
   type Stack,
   startStack,
+  TERMINAL,
   waitFor,
-  waitStatus,
 } from '../helpers/stack.ts'
 
 let stack: Stack
@@ -27,7 +24,7 @@ afterAll(async () => {
   await stack?.close()
 })
 
-const isTerminal = (e: ProgressEvent) => ['completed', 'failed', 'cancelled'].includes(e.status)
+const isTerminal = (e: ProgressEvent) => TERMINAL.includes(e.status)
 
 /** A client that follows one job and, when its socket drops, reconnects and resumes after its last seq. */
 function follower(baseUrl: () => string, jobId: string, after?: number) {
@@ -72,8 +69,8 @@ describe('replay and resume at every seam', () => {
   it('subscribed before the job starts: the queued state, then every event', async () => {
     // Occupy the only slot so the next job waits in the queue.
     const blocker = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 15, stepMs: 100 })
-    await waitStatus(stack, blocker, ['running'])
-    const { json } = await postJob(stack, {
+    await stack.waitStatus(blocker, ['running'])
+    const { json } = await stack.post({
       type: 'train_voice',
       params: { speakerName: 'q', datasetPath: 'ds', epochs: 1 },
     })
@@ -81,7 +78,7 @@ describe('replay and resume at every seam', () => {
     const f = follower(() => stack.gateway.url, jobId)
     await waitFor(async () => f.events.length > 0, 5000, 'the queued state')
     expect(f.events[0]).toMatchObject({ status: 'queued', seq: 1 })
-    expect((await getJob(stack, blocker)).status).toBe('running')
+    expect((await stack.job(blocker)).status).toBe('running')
     const events = await f.done
     expectContiguous(events)
     expect(events.at(-1)).toMatchObject({ status: 'completed', progress: 100 })
@@ -90,14 +87,7 @@ describe('replay and resume at every seam', () => {
 
   it('subscribed mid-run with after=N: every event after N, no gap, no duplicate at the seam', async () => {
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 30, stepMs: 50 })
-    const live = await waitFor(
-      async () => {
-        const b = await getJob(stack, jobId).catch(() => null)
-        return b && b.progress >= 30 ? b : null
-      },
-      20_000,
-      'mid-run',
-    )
+    const live = await stack.waitJob(jobId, (b) => b.progress >= 30, 20_000, 'mid-run')
     const f = follower(() => stack.gateway.url, jobId, 2)
     const events = await f.done
     expect(events[0]?.seq).toBe(3)
@@ -107,11 +97,7 @@ describe('replay and resume at every seam', () => {
 
   it('without after: the current state first, then live', async () => {
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 30, stepMs: 50 })
-    await waitFor(
-      async () => ((await getJob(stack, jobId).catch(() => null))?.progress ?? 0) >= 20,
-      20_000,
-      'mid-run',
-    )
+    await stack.waitJob(jobId, (b) => b.progress >= 20, 20_000, 'mid-run')
     const f = follower(() => stack.gateway.url, jobId)
     const events = await f.done
     expect(events[0]?.status).toBe('running')
@@ -121,7 +107,7 @@ describe('replay and resume at every seam', () => {
 
   it('the gateway restarted mid-run: clients reconnect and resume from their last seq', async () => {
     const jobId = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 40, stepMs: 75 })
-    await waitStatus(stack, jobId, ['running'])
+    await stack.waitStatus(jobId, ['running'])
     const port = stack.gateway.port
     let current: Gateway = stack.gateway
     const f = follower(() => `http://127.0.0.1:${port}`, jobId, 0)
@@ -144,13 +130,7 @@ describe('replay and resume at every seam', () => {
 
   it('drops a client too slow to read its events with close code 4008, without growing the gateway', async () => {
     const jobId = `slow-${stack.prefix}`
-    await stack.database.db.insert(jobs).values({
-      id: jobId,
-      type: 'train_lora',
-      status: 'running',
-      params: {},
-      outputPrefix: `loras/${jobId}`,
-    })
+    await stack.insertJob(jobId, 'running')
     const ws = new WebSocket(`${stack.gateway.url.replace('http', 'ws')}/ws?jobId=${jobId}`)
     const closed = new Promise<number>((resolve) => ws.on('close', (c) => resolve(c)))
     await new Promise((r) => ws.on('message', r))

@@ -16,12 +16,12 @@ import { MemoryArtifactStore } from '../../../functions/sdk/local-artifacts.ts'
 import { createModelCache } from '../../../functions/sdk/models.ts'
 import { S3ModelFetcher } from '../../../gpu-host/model-fetch.ts'
 import { JobProcess } from '../../../gpu-host/runner.ts'
+import { fixtureJob } from '../../helpers/fixture-process.ts'
 import { type S3Server, startS3 } from '../../helpers/stack.ts'
 
 const FILE = process.env.MODELS_REAL_FILE ?? process.env.F5TTS_PRETRAIN
 const DIR = process.env.MODELS_REAL_DIR ?? process.env.KOHYA_MODEL
 const WORKER = fileURLToPath(new URL('../../fixtures/model-cache-worker.ts', import.meta.url))
-const FIXTURE = fileURLToPath(new URL('../../fixtures/handlers/ensures-model.ts', import.meta.url))
 
 let root: string
 beforeAll(async () => {
@@ -126,29 +126,22 @@ describe.skipIf(!FILE)(`a real checkpoint file (${FILE ?? 'set MODELS_REAL_FILE 
         rssPeak = Math.max(rssPeak, process.memoryUsage().rss)
       }, 100)
       const t = Date.now()
-      const outcome = await new JobProcess({
-        job: {
+      const outcome = await new JobProcess(
+        fixtureJob('ensures-model', {
           jobId: 'real-1',
-          type: 'train_lora',
+          root,
+          modelsDir,
           params: {
-            mode: 'ensures-model',
             model: 'pretrained.safetensors',
             source: 's3://models-real/models/pretrained.safetensors',
             sha256,
           },
-          attempt: 1,
-        },
-        gpu: { index: null, uuid: null, name: null, vramTotalMb: null },
-        cudaVisibleDevices: undefined,
-        paths: { scratch: path.join(root, 'scratch'), models: modelsDir, data: root },
-        engines: { simulateStepMs: 0 },
-        artifacts: new MemoryArtifactStore('loras/real-1'),
-        models: new S3ModelFetcher(s3.client, 'models-real', modelsDir),
-        onModelCache: (m, o, bytes) => outcomes.push(`${m} ${o} ${bytes}`),
-        timeoutMs: 10 * 60_000,
-        killGraceMs: 2000,
-        handlerModule: FIXTURE,
-      }).done
+          artifacts: new MemoryArtifactStore('loras/real-1'),
+          models: new S3ModelFetcher(s3.client, 'models-real', modelsDir),
+          onModelCache: (m, o, bytes) => outcomes.push(`${m} ${o} ${bytes}`),
+          timeoutMs: 10 * 60_000,
+        }),
+      ).done
       clearInterval(sampler)
       const ms = Date.now() - t
       log(

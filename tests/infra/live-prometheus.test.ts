@@ -17,6 +17,7 @@
  *
  * Skipped when `prometheus` is not installed (`apt-get install prometheus`, or set PROMETHEUS).
  */
+
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -24,6 +25,7 @@ import { createServer, type Server } from 'node:http'
 import { createServer as createNetServer } from 'node:net'
 import { hostname, tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
@@ -393,7 +395,7 @@ describe.skipIf(!version)(`dashboard and rules on a live Prometheus (${version ?
     // Two rounds with a scrape between them: labelled histograms (durations, queue wait) get their series
     // on the first observation, so rate() sees an increase only from the second one on.
     await round(1)
-    await new Promise((r) => setTimeout(r, 2500))
+    await sleep(2500)
     const timedOut = await submit({
       type: 'render_video',
       params: { inputs: { prompt: HANG } },
@@ -435,7 +437,7 @@ describe.skipIf(!version)(`dashboard and rules on a live Prometheus (${version ?
         if (await problem(expr)) failing.push(expr)
       }
       if (failing.length === 0 || Date.now() > deadline) break
-      await new Promise((r) => setTimeout(r, 1000))
+      await sleep(1000)
     }
   }, 120_000)
 

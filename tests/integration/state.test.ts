@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JobStore } from '../../gateway/store.ts'
 import { JobState } from '../../gpu-host/state.ts'
@@ -116,7 +117,7 @@ function stateSuite(
         const job = newJob(owner)
         await store.insert(job)
         ids.push(job.jobId)
-        await new Promise((r) => setTimeout(r, 5))
+        await sleep(5)
       }
       const seen: string[] = []
       let cursor: string | undefined

@@ -1,4 +1,4 @@
-import { isConnectionError } from '../schema/clients.ts'
+import { isConnectionError, isRedisConnectionError, isUnsentRedisCommand } from '../schema/clients.ts'
 import type { FieldIssue } from '../schema/issues.ts'
 
 /** An error the API reports as `{error: {code, message, issues?}}` with its HTTP status. */
@@ -45,30 +45,17 @@ export class BackendUnavailableError extends ApiError {
 /** Connection failures of Redis, Postgres or S3: the request gets a 503, the process stays up. */
 export const isBackendDown = isConnectionError
 
-/**
- * Whether ioredis refused a command without sending it (disconnected, and the offline queue is off:
- * schema/clients.ts FAIL_FAST_REDIS), so Redis never saw it. ioredis raises a plain `Error` for this, with
- * no class, name or code to check, so its message is the only sign; this is the one place that reads it.
- */
-export const isUnsentRedisCommand = (err: unknown): boolean =>
-  err instanceof Error && /enableOfflineQueue/.test(err.message)
-
-/** ioredis' other connection failures, which are plain `Error`s too (see `isUnsentRedisCommand`). */
-const REDIS_CONNECTION_MESSAGE = /Command timed out|Connection is closed|MaxRetriesPerRequest/
+/** A Redis command refused unsent (see schema/clients.ts): Redis never saw it. */
+export { isUnsentRedisCommand }
 
 /**
  * Which backing service a connection error came from, by its shape, for errors that no call site
- * tagged: the AWS SDK's carry `$metadata`, ioredis' say so in their message, the rest are postgres.js'.
+ * tagged: the AWS SDK's carry `$metadata`, ioredis' are recognised by schema/clients.ts, the rest are
+ * postgres.js'.
  */
 export function backendOf(err: unknown): Backend {
-  const e = err as { $metadata?: unknown; message?: string; name?: string } | undefined
-  if (e?.$metadata !== undefined) return 'S3'
-  if (
-    isUnsentRedisCommand(err) ||
-    REDIS_CONNECTION_MESSAGE.test(e?.message ?? '') ||
-    e?.name === 'MaxRetriesPerRequestError'
-  )
-    return 'Redis'
+  if ((err as { $metadata?: unknown } | undefined)?.$metadata !== undefined) return 'S3'
+  if (isRedisConnectionError(err)) return 'Redis'
   return 'Postgres'
 }
 

@@ -1,55 +1,44 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Registry } from 'prom-client'
+import { counter, declareSeries, gauge, histogram } from '../schema/metrics.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
+
+const HTTP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+
+// biome-ignore format: a table, one series a line
+const GATEWAY_SERIES = {
+  httpDuration: histogram('gateway_http_request_duration_seconds', ['method', 'route', 'status'], HTTP_BUCKETS, 'HTTP request duration in seconds, by method, route pattern and status.'),
+  websockets: gauge('gateway_websocket_connections', [], 'Open WebSocket connections.'),
+  sseStreams: gauge('gateway_sse_streams', [], 'Open Server-Sent Events streams.'),
+  forwarded: counter('gateway_events_forwarded_total', ['transport'], 'Progress events sent to clients, by transport (ws, sse).'),
+  dropped: counter('gateway_events_dropped_total', ['transport', 'reason'], 'Progress events not sent because the client was too slow or gone, by transport and reason.'),
+  submitted: counter('gateway_jobs_submitted_total', ['type'], 'Jobs accepted by POST /api/train, by type.'),
+  rateLimited: counter('gateway_rate_limited_total', [], 'API requests refused with 429 by the per-token rate limit.'),
+}
+
+type GatewaySeries = ReturnType<typeof declareSeries<typeof GATEWAY_SERIES>>
 
 /** The gateway's own metrics (`GET /metrics` on the gateway port). No job-id labels. */
 export class GatewayMetrics {
   readonly registry = new Registry()
-  readonly httpDuration: Histogram<'method' | 'route' | 'status'>
-  readonly websockets: Gauge
-  readonly sseStreams: Gauge
-  readonly forwarded: Counter<'transport'>
-  readonly dropped: Counter<'transport' | 'reason'>
-  readonly submitted: Counter<'type'>
-  readonly rateLimited: Counter
+  readonly httpDuration: GatewaySeries['httpDuration']
+  readonly websockets: GatewaySeries['websockets']
+  readonly sseStreams: GatewaySeries['sseStreams']
+  readonly forwarded: GatewaySeries['forwarded']
+  readonly dropped: GatewaySeries['dropped']
+  readonly submitted: GatewaySeries['submitted']
+  readonly rateLimited: GatewaySeries['rateLimited']
 
   constructor() {
-    const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry })
-    this.httpDuration = new Histogram({
-      name: 'gateway_http_request_duration_seconds',
-      help: 'HTTP request duration in seconds, by method, route pattern and status.',
-      labelNames: ['method', 'route', 'status'],
-      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers,
-    })
-    this.websockets = new Gauge({
-      name: 'gateway_websocket_connections',
-      help: 'Open WebSocket connections.',
-      registers,
-    })
-    this.sseStreams = new Gauge({
-      name: 'gateway_sse_streams',
-      help: 'Open Server-Sent Events streams.',
-      registers,
-    })
-    this.forwarded = new Counter({
-      name: 'gateway_events_forwarded_total',
-      help: 'Progress events sent to clients, by transport (ws, sse).',
-      labelNames: ['transport'],
-      registers,
-    })
-    this.dropped = new Counter({
-      name: 'gateway_events_dropped_total',
-      help: 'Progress events not sent because the client was too slow or gone, by transport and reason.',
-      labelNames: ['transport', 'reason'],
-      registers,
-    })
-    this.submitted = new Counter({
-      name: 'gateway_jobs_submitted_total',
-      help: 'Jobs accepted by POST /api/train, by type.',
-      labelNames: ['type'],
-      registers,
-    })
+    ;({
+      httpDuration: this.httpDuration,
+      websockets: this.websockets,
+      sseStreams: this.sseStreams,
+      forwarded: this.forwarded,
+      dropped: this.dropped,
+      submitted: this.submitted,
+      rateLimited: this.rateLimited,
+    } = declareSeries(this.registry, GATEWAY_SERIES))
     // Series exist from the start, so the first event of each kind is counted by rate() and increase().
     for (const transport of ['ws', 'sse']) this.forwarded.inc({ transport }, 0)
     for (const [transport, reason] of [
@@ -59,10 +48,5 @@ export class GatewayMetrics {
     ] as const)
       this.dropped.inc({ transport, reason }, 0)
     for (const type of JOB_TYPES) this.submitted.inc({ type }, 0)
-    this.rateLimited = new Counter({
-      name: 'gateway_rate_limited_total',
-      help: 'API requests refused with 429 by the per-token rate limit.',
-      registers,
-    })
   }
 }

@@ -1,14 +1,7 @@
 import { and, asc, desc, eq, lt, or, type SQL, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
-import {
-  type JobArtifactRow,
-  type JobAttemptRow,
-  type JobRow,
-  jobArtifacts,
-  jobAttempts,
-  jobs,
-} from '../schema/db/tables.ts'
+import { type JobArtifactRow, type JobRow, jobArtifacts, jobs } from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import { NotQueuedError } from '../schema/jobs/errors.ts'
 import { JobRecords, type NewJob } from '../schema/jobs/records.ts'
@@ -113,16 +106,6 @@ export class JobStore {
         .from(jobArtifacts)
         .where(eq(jobArtifacts.jobId, jobId))
         .orderBy(asc(jobArtifacts.path)),
-    )
-  }
-
-  attempts(jobId: string): Promise<JobAttemptRow[]> {
-    return this.pg(() =>
-      this.db
-        .select()
-        .from(jobAttempts)
-        .where(eq(jobAttempts.jobId, jobId))
-        .orderBy(asc(jobAttempts.attempt)),
     )
   }
 

@@ -1,15 +1,8 @@
 import * as v from 'valibot'
-import { ErrorReason } from '../schema/common.ts'
+import { ArtifactRecord } from '../schema/api.ts'
+import { JobError } from '../schema/common.ts'
 import { EngineSettings } from '../schema/engines.ts'
 import { JobType } from '../schema/params/index.ts'
-
-export const ArtifactRecordSchema = v.object({
-  path: v.string(),
-  key: v.string(),
-  size: v.number(),
-  sha256: v.string(),
-  contentType: v.string(),
-})
 
 /** Host -> child. */
 export const ParentMessage = v.variant('kind', [
@@ -29,7 +22,7 @@ export const ParentMessage = v.variant('kind', [
   }),
   v.object({ kind: v.literal('abort'), reason: v.picklist(['cancelled', 'timeout', 'shutdown']) }),
   /** The host stored the artifact of request `id`. */
-  v.object({ kind: v.literal('artifact-stored'), id: v.number(), record: ArtifactRecordSchema }),
+  v.object({ kind: v.literal('artifact-stored'), id: v.number(), record: ArtifactRecord }),
   /** The host did not store it: a bad path (not retryable) or storage trouble (retryable). */
   v.object({
     kind: v.literal('artifact-refused'),
@@ -49,13 +42,8 @@ export const ParentMessage = v.variant('kind', [
 ])
 export type ParentMessage = v.InferOutput<typeof ParentMessage>
 
-export const ChildError = v.object({
-  name: v.string(),
-  message: v.string(),
-  code: v.string(),
-  reason: ErrorReason,
-  retryable: v.boolean(),
-})
+/** A job process's failure: the job's error (code, reason, message), its class name and whether to retry. */
+export const ChildError = v.object({ name: v.string(), ...JobError.entries, retryable: v.boolean() })
 export type ChildError = v.InferOutput<typeof ChildError>
 
 /** Child -> host. Every message is validated on arrival; a child that sends garbage is killed. */

@@ -20,15 +20,21 @@ export const SubmitJobResponse = v.object({
 })
 export type SubmitJobResponse = v.InferOutput<typeof SubmitJobResponse>
 
-/** One file of a job's output; `path` is relative to the job's prefix, `url` the gateway's download route. */
-export const Artifact = v.object({
+/**
+ * One stored file of a job's output, as its manifest lists it and a job process is told it was stored;
+ * `path` is relative to the job's prefix.
+ */
+export const ArtifactRecord = v.object({
   path: v.string(),
   key: v.string(),
   size: v.number(),
   sha256: v.string(),
   contentType: v.string(),
-  url: v.string(),
 })
+export type ArtifactRecord = v.InferOutput<typeof ArtifactRecord>
+
+/** One file of a job's output in the API: its record and `url`, the gateway's download route. */
+export const Artifact = v.object({ ...ArtifactRecord.entries, url: v.string() })
 export type Artifact = v.InferOutput<typeof Artifact>
 
 /** `GET /api/status/:jobId`. */

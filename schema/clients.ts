@@ -63,6 +63,11 @@ export async function probeRedis(url: string, timeoutMs = 2000): Promise<void> {
   }
 }
 
+/**
+ * Codes that mean "could not reach the service": Node's socket errors (Redis, Postgres, S3 alike; ioredis
+ * sets ETIMEDOUT on a connect timeout too), postgres.js' own connection codes, and Postgres' SQLSTATEs for
+ * a server going away.
+ */
 const CONNECTION_CODES = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
@@ -74,7 +79,7 @@ const CONNECTION_CODES = new Set([
   'CONNECTION_CLOSED',
   'CONNECTION_ENDED',
   'CONNECTION_DESTROYED',
-  // Postgres: admin shutdown, cannot connect now, connection failure / does not exist.
+  // Postgres: admin shutdown (terminating connection), cannot connect now, connection failure / does not exist.
   '57P01',
   '57P03',
   '08006',
@@ -83,18 +88,45 @@ const CONNECTION_CODES = new Set([
 ])
 
 /**
+ * ioredis' connection failures that are plain `Error`s, with no class, name or code to check (ioredis 6:
+ * `CONNECTION_CLOSED_ERROR_MSG`, Command.js' timeout, Redis.js' refusal with the offline queue off), so
+ * their message is the only sign. This is the one place that reads ioredis' messages.
+ */
+const IOREDIS_PLAIN_FAILURES = {
+  closed: 'Connection is closed.',
+  timedOut: 'Command timed out',
+  unsent: "Stream isn't writeable and enableOfflineQueue options is false",
+} as const
+
+/** Which of ioredis' plain-`Error` connection failures `err` is, if any. */
+function ioredisPlainFailure(err: unknown): keyof typeof IOREDIS_PLAIN_FAILURES | undefined {
+  if (!(err instanceof Error)) return undefined
+  const kinds = Object.keys(IOREDIS_PLAIN_FAILURES) as (keyof typeof IOREDIS_PLAIN_FAILURES)[]
+  return kinds.find((kind) => err.message.startsWith(IOREDIS_PLAIN_FAILURES[kind]))
+}
+
+/**
+ * Whether ioredis refused a command without sending it (disconnected, and the offline queue is off:
+ * FAIL_FAST_REDIS), so Redis never saw it.
+ */
+export const isUnsentRedisCommand = (err: unknown): boolean => ioredisPlainFailure(err) === 'unsent'
+
+/**
+ * A failure of a Redis connection: ioredis' plain ones, or its one typed class, `MaxRetriesPerRequestError`
+ * (checked by name: ioredis does not export the class from its entry point).
+ */
+export const isRedisConnectionError = (err: unknown): boolean =>
+  ioredisPlainFailure(err) !== undefined || (err instanceof Error && err.name === 'MaxRetriesPerRequestError')
+
+/**
  * A failure to reach Redis, Postgres or S3 (down, restarting, unreachable), as opposed to a bad query or
- * request: worth a retry, or a 503.
+ * request: worth a retry, or a 503. By code (its own or its cause's: Drizzle wraps a failed query), else
+ * one of ioredis' connection errors.
  */
 export function isConnectionError(err: unknown): boolean {
-  const e = err as { code?: string; message?: string; cause?: { code?: string } } | undefined
-  const code = e?.code ?? e?.cause?.code ?? ''
-  return (
-    CONNECTION_CODES.has(code) ||
-    /Connection is closed|connect ECONNREFUSED|Stream isn't writeable|MaxRetriesPerRequest|Command timed out|ETIMEDOUT|terminat/.test(
-      e?.message ?? '',
-    )
-  )
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | undefined
+  const code = e?.code ?? e?.cause?.code
+  return (typeof code === 'string' && CONNECTION_CODES.has(code)) || isRedisConnectionError(err)
 }
 
 /** Readiness of the backing services: `ok`, or `down: <why>` for each, each check bounded by `timeoutMs`. */

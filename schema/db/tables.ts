@@ -49,13 +49,17 @@ export const jobs = pgTable(
 )
 export type JobRow = typeof jobs.$inferSelect
 
+/** The `job_id` column of a job's child rows: gone with the job. A function: a column builder is per table. */
+const jobIdRef = () =>
+  text('job_id')
+    .notNull()
+    .references(() => jobs.id, { onDelete: 'cascade' })
+
 /** One row per attempt: where and when it ran, and how it ended. */
 export const jobAttempts = pgTable(
   'job_attempts',
   {
-    jobId: text('job_id')
-      .notNull()
-      .references(() => jobs.id, { onDelete: 'cascade' }),
+    jobId: jobIdRef(),
     attempt: integer('attempt').notNull(),
     host: text('host').notNull(),
     pid: integer('pid'),
@@ -73,9 +77,7 @@ export type JobAttemptRow = typeof jobAttempts.$inferSelect
 export const jobEvents = pgTable(
   'job_events',
   {
-    jobId: text('job_id')
-      .notNull()
-      .references(() => jobs.id, { onDelete: 'cascade' }),
+    jobId: jobIdRef(),
     seq: integer('seq').notNull(),
     status: text('status').$type<JobStatus>().notNull(),
     progress: doublePrecision('progress').notNull(),
@@ -90,9 +92,7 @@ export const jobEvents = pgTable(
 export const jobArtifacts = pgTable(
   'job_artifacts',
   {
-    jobId: text('job_id')
-      .notNull()
-      .references(() => jobs.id, { onDelete: 'cascade' }),
+    jobId: jobIdRef(),
     path: text('path').notNull(),
     key: text('key').notNull(),
     size: bigint('size', { mode: 'number' }).notNull(),

@@ -5,12 +5,13 @@
  * meets an unreachable Postgres is the caller's: the host retries (`retryWhileDown`, db-call.ts), the gateway fails
  * fast with a 503.
  */
-import { and, asc, count, eq, gt, inArray, isNull, lt, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gt, inArray, isNull, lt, type SQL, sql } from 'drizzle-orm'
+import type { PgUpdateSetSource } from 'drizzle-orm/pg-core'
 import type { JobError, JobStatus } from '../common.ts'
 import { TERMINAL_STATUSES } from '../common.ts'
 import type { Db } from '../db/connect.ts'
 import { recordJobEvent } from '../db/events.ts'
-import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
+import { type JobAttemptRow, type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
 import type { ProgressEvent } from '../events.ts'
 import type { JobType } from '../params/index.ts'
 import type { DbCall } from './db-call.ts'
@@ -54,6 +55,36 @@ const rowOf = (job: NewJob) => ({
 })
 
 /** Statuses that count against a token's MAX_QUEUED_JOBS_PER_TOKEN. */
+/** Writes the job row where `where` holds; returns whether it did (a guarded write that lost writes none). */
+async function writeJob(
+  db: Db,
+  values: PgUpdateSetSource<typeof jobs>,
+  where: SQL | undefined,
+): Promise<boolean> {
+  const rows = await db.update(jobs).set(values).where(where).returning({ id: jobs.id })
+  return rows.length > 0
+}
+
+/** How an attempt row ends: when, its outcome, and why. */
+type AttemptClose = Pick<JobAttemptRow, 'finishedAt' | 'outcome' | 'reason' | 'message'>
+
+/**
+ * Closes the job's attempt rows that are still open (only attempt `attempt`'s when given). The first end
+ * recorded stands: a host that lost the job to another must not rewrite it.
+ */
+async function closeOpenAttempts(db: Db, jobId: string, end: AttemptClose, attempt?: number): Promise<void> {
+  await db
+    .update(jobAttempts)
+    .set(end)
+    .where(
+      and(
+        eq(jobAttempts.jobId, jobId),
+        attempt === undefined ? undefined : eq(jobAttempts.attempt, attempt),
+        isNull(jobAttempts.finishedAt),
+      ),
+    )
+}
+
 const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
 
 /** The row writes of the job lifecycle, and the reads that choose what the reconciler writes. */
@@ -180,15 +211,12 @@ export class JobRecords {
           .where(and(eq(jobs.id, jobId), guard({ kind: 'start' })))
           .returning()
         if (!row) return null
-        await tx
-          .update(jobAttempts)
-          .set({
-            finishedAt: new Date(),
-            outcome: 'interrupted',
-            reason: 'crash',
-            message: 'the host running this attempt stopped',
-          })
-          .where(and(eq(jobAttempts.jobId, jobId), isNull(jobAttempts.finishedAt)))
+        await closeOpenAttempts(tx, jobId, {
+          finishedAt: new Date(),
+          outcome: 'interrupted',
+          reason: 'crash',
+          message: 'the host running this attempt stopped',
+        })
         await tx
           .insert(jobAttempts)
           .values({ jobId, attempt: row.attempt, host: this.host })
@@ -239,40 +267,27 @@ export class JobRecords {
    */
   finishAttempt(jobId: string, attempt: number, end: AttemptEnd): Promise<boolean> {
     const now = new Date()
-    const terminal = TERMINAL_STATUSES.includes(end.status)
+    const row: PgUpdateSetSource<typeof jobs> = {
+      status: end.status,
+      progress: end.progress,
+      message: end.message,
+      result: end.result === undefined ? undefined : (end.result ?? null),
+      error: end.error === undefined ? undefined : end.error,
+      finishedAt: TERMINAL_STATUSES.includes(end.status) ? now : null,
+      nextAttemptAt: end.nextAttemptAt ?? null,
+      updatedAt: now,
+    }
+    const close: AttemptClose = {
+      finishedAt: now,
+      outcome: end.status === 'queued' ? 'interrupted' : end.status,
+      reason: end.error?.reason ?? null,
+      message: end.error?.message ?? null,
+    }
     return this.call('finish attempt', () =>
       this.db.transaction(async (tx) => {
-        const [row] = await tx
-          .update(jobs)
-          .set({
-            status: end.status,
-            progress: end.progress,
-            message: end.message,
-            result: end.result === undefined ? undefined : (end.result ?? null),
-            error: end.error === undefined ? undefined : end.error,
-            finishedAt: terminal ? now : null,
-            nextAttemptAt: end.nextAttemptAt ?? null,
-            updatedAt: now,
-          })
-          .where(and(eq(jobs.id, jobId), guard({ kind: 'finish', attempt })))
-          .returning({ id: jobs.id })
-        await tx
-          .update(jobAttempts)
-          .set({
-            finishedAt: now,
-            outcome: end.status === 'queued' ? 'interrupted' : end.status,
-            reason: end.error?.reason ?? null,
-            message: end.error?.message ?? null,
-          })
-          // The first end recorded stands: a host that lost the job to another must not rewrite it.
-          .where(
-            and(
-              eq(jobAttempts.jobId, jobId),
-              eq(jobAttempts.attempt, attempt),
-              isNull(jobAttempts.finishedAt),
-            ),
-          )
-        if (!row) return false
+        const written = await writeJob(tx, row, and(eq(jobs.id, jobId), guard({ kind: 'finish', attempt })))
+        await closeOpenAttempts(tx, jobId, close, attempt)
+        if (!written) return false
         if (end.artifacts) {
           await tx.delete(jobArtifacts).where(eq(jobArtifacts.jobId, jobId))
           if (end.artifacts.length > 0)
@@ -287,12 +302,11 @@ export class JobRecords {
   cancel(jobId: string, error: JobError, message: string): Promise<boolean> {
     return this.call('cancel job', async () => {
       const now = new Date()
-      const rows = await this.db
-        .update(jobs)
-        .set({ status: 'cancelled', error, message, finishedAt: now, updatedAt: now, nextAttemptAt: null })
-        .where(and(eq(jobs.id, jobId), guard({ kind: 'cancel' })))
-        .returning({ id: jobs.id })
-      return rows.length > 0
+      return writeJob(
+        this.db,
+        { status: 'cancelled', error, message, finishedAt: now, updatedAt: now, nextAttemptAt: null },
+        and(eq(jobs.id, jobId), guard({ kind: 'cancel' })),
+      )
     })
   }
 
@@ -311,32 +325,27 @@ export class JobRecords {
     const failed = TERMINAL_STATUSES.includes(end.status)
     return this.call('reconcile job', () =>
       this.db.transaction(async (tx) => {
-        const [written] = await tx
-          .update(jobs)
-          .set({
+        const written = await writeJob(
+          tx,
+          {
             status: end.status,
             message: end.message,
             updatedAt: now,
             ...(failed ? { error: end.error, finishedAt: now, nextAttemptAt: null } : {}),
-          })
-          .where(
-            and(
-              eq(jobs.id, row.id),
-              guard({ kind: 'lost', status: row.status, attempt: row.attempt }),
-              olderThan(graceMs),
-            ),
-          )
-          .returning({ id: jobs.id })
+          },
+          and(
+            eq(jobs.id, row.id),
+            guard({ kind: 'lost', status: row.status, attempt: row.attempt }),
+            olderThan(graceMs),
+          ),
+        )
         if (!written) return false
-        await tx
-          .update(jobAttempts)
-          .set({
-            finishedAt: now,
-            outcome: failed ? 'failed' : 'interrupted',
-            reason: 'lost',
-            message: 'the queue lost this job (Redis data lost)',
-          })
-          .where(and(eq(jobAttempts.jobId, row.id), isNull(jobAttempts.finishedAt)))
+        await closeOpenAttempts(tx, row.id, {
+          finishedAt: now,
+          outcome: failed ? 'failed' : 'interrupted',
+          reason: 'lost',
+          message: 'the queue lost this job (Redis data lost)',
+        })
         return true
       }),
     )

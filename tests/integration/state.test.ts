@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JobStore } from '../../gateway/store.ts'
 import { JobState } from '../../gpu-host/state.ts'
 import { type Database, openDatabase } from '../../schema/db/connect.ts'
-import { TEST_DATABASE_URL } from '../helpers/stack.ts'
+import { attemptsOf, TEST_DATABASE_URL } from '../helpers/stack.ts'
 
 /** One suite for the state layer, run against every driver: postgres.js and the embedded PGlite. */
 function stateSuite(
@@ -100,7 +100,7 @@ function stateSuite(
       expect(row).toMatchObject({ status: 'completed', result: { ok: true }, lastSeq: 7 })
       expect(row?.finishedAt).not.toBeNull()
       expect((await store.artifacts(job.jobId)).map((a) => a.path)).toEqual(['a.bin'])
-      const attempts = await store.attempts(job.jobId)
+      const attempts = await attemptsOf(database, job.jobId)
       expect(attempts.map((a) => [a.attempt, a.host, a.outcome])).toEqual([
         [1, 'host-a', 'interrupted'],
         [2, 'host-b', 'completed'],

@@ -77,6 +77,10 @@ export const quietLogger = () => pino({ level: process.env.TEST_LOG_LEVEL ?? 'si
  * A whole system on real Redis, Postgres and s3rver: gateway and GPU host in this process, a unique
  * queue prefix and bucket, and free ports.
  */
+/** A job's attempt rows, first attempt first. */
+export const attemptsOf = (database: Database, jobId: string) =>
+  database.db.select().from(jobAttempts).where(eq(jobAttempts.jobId, jobId)).orderBy(asc(jobAttempts.attempt))
+
 export async function startStack(
   opts: {
     env?: Record<string, string>
@@ -181,12 +185,7 @@ export async function startStack(
         timeoutMs,
         `job ${jobId} to be ${statuses.join('|')}`,
       ),
-    attempts: (jobId) =>
-      database.db
-        .select()
-        .from(jobAttempts)
-        .where(eq(jobAttempts.jobId, jobId))
-        .orderBy(asc(jobAttempts.attempt)),
+    attempts: (jobId) => attemptsOf(database, jobId),
     keysUnder: async (prefix) => {
       const listed = await s3.client.send(
         new ListObjectsV2Command({ Bucket: config.s3.bucket, Prefix: `${prefix}/` }),

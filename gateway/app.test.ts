@@ -15,6 +15,7 @@ import { createRedis, createS3Client, FAIL_FAST_REDIS } from '../schema/clients.
 import { loadConfig } from '../schema/config.ts'
 import { type Database, openDatabase } from '../schema/db/connect.ts'
 import { QUEUE_NAME } from '../schema/keys.ts'
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../tests/helpers/stores.ts'
 import { createApp, rowSnapshot } from './app.ts'
 import { EventHub } from './hub.ts'
 import { GatewayMetrics } from './metrics.ts'
@@ -22,8 +23,6 @@ import { StreamCounter } from './rate-limit.ts'
 import { JobStore } from './store.ts'
 
 // The tests' Postgres and Redis (tests/helpers/global-setup.ts fills these in).
-const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/gpu_jobs_test'
-const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 const ALICE = 'alice-app-token-0123456789'
 const BOB = 'bob-app-token-0123456789'
 

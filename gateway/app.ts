@@ -88,7 +88,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
 
   // The cross-cutting rules, in order: cross-site refusal, wrong-token throttle (before auth, per client
   // address), auth, then the per-token request rate. WebSocket upgrades pass through the same ones.
-  app.use(requestMetrics({ metrics }))
+  app.use(requestMetrics({ metrics, logger }))
   app.use(originGuard({ policy: originPolicy(config), exempt: (p) => PROBE_PATHS.has(p) }))
   app.use(
     authFailureLimit({

@@ -31,7 +31,7 @@ import { readGpus, type Slot } from './gpus.ts'
 import type { HostMetrics } from './metrics.ts'
 import { S3ModelFetcher } from './model-fetch.ts'
 import { groupMembers } from './process-group.ts'
-import { Reporter } from './reporter.ts'
+import { progressMilestones, Reporter } from './reporter.ts'
 import { JobProcess } from './runner.ts'
 import { invalidateManifest, publishManifest, removeUncovered, S3ArtifactStore } from './s3-artifacts.ts'
 import type { SlotPool } from './slots.ts'
@@ -152,6 +152,9 @@ export class AttemptRunner {
       seconds: took,
     })
     const scratch = path.join(config.dataDir, 'scratch', `${jobId}-${attempt}`)
+    const milestones = progressMilestones((pct, msg) =>
+      log.info({ attempt, progress: pct }, `${pct}%: ${msg}`),
+    )
     let run: Awaited<JobProcess['done']>
     try {
       try {
@@ -173,13 +176,20 @@ export class AttemptRunner {
           timeoutMs: plan.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,
           handlerModule: this.deps.handlerModules?.[type],
-          onProgress: (pct, msg) => reporter.report(pct, msg),
+          onProgress: (pct, msg) => {
+            reporter.report(pct, msg)
+            milestones.reached(pct, reporter.message)
+          },
           onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
           onStarted: (ms) => metrics.subprocessStart.observe(ms / 1000),
         },
         slots.takeSpare(slot),
       )
       entry.proc = proc
+      log.info(
+        { attempt, slot: slot.id, gpu: slot.cudaVisibleDevices, pid: proc.pid },
+        `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId} (slot ${slot.id})`,
+      )
       void state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
       // A cancel that arrived while the process was starting.
       if (entry.cancelRequested) proc.abort('cancelled')
@@ -238,7 +248,7 @@ export class AttemptRunner {
             seconds: outcome.kind === 'completed' ? outcome.seconds.toFixed(2) : undefined,
             artifacts: t.artifacts?.length,
           },
-          'job completed',
+          `job completed: ${t.message}`,
         )
         return outcome.kind === 'completed' ? outcome.result : undefined
       case 'wait':
@@ -248,14 +258,17 @@ export class AttemptRunner {
       case 'delay':
         log.warn(
           { attempt, reason: failure?.reason, delay: queue.until - Date.now(), stderr },
-          'attempt failed; will retry',
+          `attempt ${attempt} failed; will retry: ${t.message}`,
         )
         await job.moveToDelayed(queue.until, token)
         throw new DelayedError()
       default:
-        if (t.status === 'cancelled') log.info({ attempt }, 'job cancelled')
+        if (t.status === 'cancelled') log.info({ attempt }, `job cancelled: ${t.message}`)
         else if (failure)
-          log.warn({ attempt, reason: failure.reason, stderr: stderr ? `\n${stderr}` : '' }, 'job failed')
+          log.warn(
+            { attempt, reason: failure.reason, stderr: stderr ? `\n${stderr}` : '' },
+            `job failed: ${t.message}`,
+          )
         throw new UnrecoverableError(queue.kind === 'fail' ? queue.message : t.message)
     }
   }

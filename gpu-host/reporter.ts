@@ -92,3 +92,21 @@ export class Reporter {
     if (this.persistTimer) await this.persist()
   }
 }
+
+/**
+ * Calls `log` once as a job's progress passes each quarter (25, 50, 75 %), so the service log shows how a
+ * job goes without a line per progress event (the events themselves are in the job's history).
+ */
+export function progressMilestones(log: (pct: number, message: string) => void) {
+  let next = 25
+  return {
+    reached(pct: number, message: string): void {
+      let passed: number | undefined
+      while (next < 100 && pct >= next) {
+        passed = next
+        next += 25
+      }
+      if (passed !== undefined) log(passed, message)
+    },
+  }
+}

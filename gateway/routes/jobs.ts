@@ -252,7 +252,8 @@ export function jobRoutes(deps: JobsDeps): Hono {
     )
     await recordQueued(jobId, type)
     metrics.submitted.inc({ type })
-    logger.info({ jobId, type, owner }, 'job queued')
+    // The owner only when there is one (no `owner: null` on every line of a token-less gateway).
+    logger.info({ jobId, type, ...(owner === null ? {} : { owner }) }, 'job queued')
     return c.json({ jobId, status: 'queued', ...urls } satisfies SubmitJobResponse, 202)
   }
   const body = jsonBody({ maxBytes: MAX_BODY_BYTES })

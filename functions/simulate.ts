@@ -42,7 +42,14 @@ const round2 = (x: number): number => Math.round(x * 100) / 100
  */
 export async function runSimulatedSteps(
   ctx: Pick<HandlerContext, 'signal' | 'progress' | 'engines'> & Partial<Pick<HandlerContext, 'gpu' | 'log'>>,
-  plan: { totalSteps: number; message: (step: number) => string; endPercent?: number; vramMb?: number },
+  plan: {
+    totalSteps: number
+    message: (step: number) => string
+    /** Numbers to chart with each step's progress (ctx.progress's third argument). */
+    metrics?: (step: number) => Record<string, number>
+    endPercent?: number
+    vramMb?: number
+  },
 ): Promise<void> {
   const { totalSteps, message, endPercent = STEPS_END_PERCENT } = plan
   const stepMs = Math.max(0, ctx.engines.simulateStepMs)
@@ -56,7 +63,8 @@ export async function runSimulatedSteps(
   try {
     for (let step = 1; step <= totalSteps; step++) {
       await abortableSleep(stepMs, ctx.signal)
-      ctx.progress(round2((step / totalSteps) * endPercent), message(step))
+      const text = message(step)
+      ctx.progress(round2((step / totalSteps) * endPercent), text, plan.metrics?.(step))
     }
   } finally {
     await load?.stop()
@@ -116,6 +124,8 @@ export async function simulateTraining(
       finalLoss = Number(loss(step / totalSteps).toFixed(plan.digits))
       return plan.message({ step, epoch: epochOf(step), loss: finalLoss.toFixed(plan.digits) })
     },
+    // Called after `message` for the same step, so it reports the loss that the message shows.
+    metrics: (step) => ({ loss: finalLoss, epoch: epochOf(step) }),
   })
   throwIfAborted(ctx.signal)
   return { totalSteps, finalLoss }

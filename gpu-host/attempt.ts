@@ -176,8 +176,8 @@ export class AttemptRunner {
           timeoutMs: plan.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,
           handlerModule: this.deps.handlerModules?.[type],
-          onProgress: (pct, msg) => {
-            reporter.report(pct, msg)
+          onProgress: (pct, msg, metrics) => {
+            reporter.report(pct, msg, metrics)
             milestones.reached(pct, reporter.message)
           },
           onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),

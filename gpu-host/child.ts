@@ -11,6 +11,7 @@ import type { HandlerContext } from '../functions/sdk/context.ts'
 import type { AnyHandler } from '../functions/sdk/define.ts'
 import { NonRetryableError, RetryableError } from '../functions/sdk/errors.ts'
 import { createModelCache } from '../functions/sdk/models.ts'
+import { ProgressMetrics } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { AbortError } from '../schema/jobs/errors.ts'
 import { HostArtifactStore } from './child-artifacts.ts'
@@ -81,14 +82,27 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
     (text: string, fields?: Record<string, unknown>): void => {
       void send({ kind: 'log', level, msg: text, fields })
     }
+  let warnedMetrics = false
   const ctx: HandlerContext = {
     jobId: msg.job.jobId,
     type: msg.job.type,
     attempt: msg.job.attempt,
     signal: controller.signal,
-    progress: (percent, message) => {
+    progress: (percent, message, metrics) => {
       const pct = Math.min(100, Math.max(0, Number.isFinite(percent) ? percent : 0))
-      void send({ kind: 'progress', percent: pct, message })
+      // Metrics the event cannot carry (NaN, too many, odd names) are left out, said once in the job's
+      // log: a chart's bad point must not fail the job, as an invalid IPC message would.
+      const checked = metrics === undefined ? undefined : v.safeParse(ProgressMetrics, metrics)
+      if (checked && !checked.success && !warnedMetrics) {
+        warnedMetrics = true
+        log('warn')(`progress metrics left out: ${describeIssues(toFieldIssues(checked.issues, 'metrics'))}`)
+      }
+      void send({
+        kind: 'progress',
+        percent: pct,
+        message,
+        ...(checked?.success ? { metrics: checked.output } : {}),
+      })
     },
     log: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
     artifacts: {

@@ -2,6 +2,7 @@ import * as v from 'valibot'
 import { ArtifactRecord } from '../schema/api.ts'
 import { JobError } from '../schema/common.ts'
 import { EngineSettings } from '../schema/engines.ts'
+import { ProgressMetrics } from '../schema/events.ts'
 import { JobType } from '../schema/params/index.ts'
 
 /** Host -> child. */
@@ -54,6 +55,7 @@ export const ChildMessage = v.variant('kind', [
     kind: v.literal('progress'),
     percent: v.pipe(v.number(), v.minValue(0), v.maxValue(100)),
     message: v.optional(v.pipe(v.string(), v.maxLength(2000))),
+    metrics: v.optional(ProgressMetrics),
   }),
   v.object({
     kind: v.literal('log'),

@@ -1,7 +1,8 @@
 import type { Job } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { JobStatus } from '../schema/common.ts'
-import type { ProgressEvent, UnsequencedEvent } from '../schema/events.ts'
+import type { MetricPoint } from '../schema/db/events.ts'
+import type { ProgressEvent, ProgressMetrics, UnsequencedEvent } from '../schema/events.ts'
 import type { JobRecords } from '../schema/jobs/records.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { emitEvent } from '../schema/progress-log.ts'
@@ -10,6 +11,8 @@ import { emitEvent } from '../schema/progress-log.ts'
 const PERSIST_INTERVAL_MS = 250
 /** Events waiting for Redis beyond this are coalesced (a handler flooding progress): the newest wins. */
 const MAX_PENDING = 1000
+/** Metric points kept per attempt; beyond, they still ride on the events but are counted, not stored. */
+export const MAX_METRIC_POINTS = 5000
 
 /**
  * Publishes one attempt's events in order (replay log + pub/sub, then the job row and BullMQ's progress,
@@ -24,10 +27,17 @@ export class Reporter {
   private lastPersist = 0
   private persistTimer: NodeJS.Timeout | undefined
   private latest: ProgressEvent | undefined
+  /** Metric points published but not stored yet (written with the throttled progress). */
+  private points: MetricPoint[] = []
+  private pointsKept = 0
+  /** Metric points past MAX_METRIC_POINTS, not stored. */
+  metricPointsDropped = 0
 
   constructor(
     private readonly redis: Redis,
-    private readonly state: Pick<JobRecords, 'progress'>,
+    private readonly state: Pick<JobRecords, 'progress'> & {
+      recordMetrics?(points: MetricPoint[]): Promise<void>
+    },
     private readonly job: Job,
     private readonly info: { jobId: string; type: JobType; attempt: number },
     private readonly log: (msg: string, err?: unknown) => void,
@@ -50,7 +60,7 @@ export class Reporter {
   }
 
   /** A progress report from the handler. */
-  report(percent: number, message: string | undefined): void {
+  report(percent: number, message: string | undefined, metrics?: ProgressMetrics): void {
     // Progress never goes backwards within an attempt; a message alone keeps the last percent.
     this.progress = Math.max(this.progress, percent)
     if (message !== undefined) this.message = message
@@ -62,10 +72,26 @@ export class Reporter {
     this.chain = this.chain
       .then(async () => {
         this.pending -= 1
-        this.latest = await emitEvent(this.redis, this.event('running', progress, text))
+        const event = await emitEvent(this.redis, {
+          ...this.event('running', progress, text),
+          ...(metrics === undefined ? {} : { metrics }),
+        })
+        this.latest = event
+        if (metrics !== undefined) this.keepPoint(event, metrics)
         this.schedulePersist()
       })
       .catch((err: unknown) => this.log('could not publish progress', err))
+  }
+
+  private keepPoint(event: ProgressEvent, metrics: ProgressMetrics): void {
+    if (this.pointsKept >= MAX_METRIC_POINTS) {
+      if (this.metricPointsDropped++ === 0)
+        this.log(`more than ${MAX_METRIC_POINTS} metric points in this attempt: the rest are not stored`)
+      return
+    }
+    this.pointsKept += 1
+    const { jobId, seq, attempt, progress, timestamp } = event
+    this.points.push({ jobId, seq, attempt, progress, metrics, at: new Date(timestamp) })
   }
 
   private schedulePersist(): void {
@@ -80,9 +106,12 @@ export class Reporter {
     const event = this.latest
     if (!event) return
     this.lastPersist = Date.now()
+    const points = this.points
+    this.points = []
     await Promise.all([
       this.state.progress(this.info.jobId, this.info.attempt, event),
       this.job.updateProgress(event.progress),
+      points.length > 0 ? this.state.recordMetrics?.(points) : undefined,
     ]).catch((err: unknown) => this.log('could not persist progress', err))
   }
 

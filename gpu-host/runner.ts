@@ -6,6 +6,7 @@ import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
 import { checkModelName } from '../functions/sdk/models.ts'
 import { type EngineSettingsInput, engineSettings } from '../schema/engines.ts'
+import type { ProgressMetrics } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import {
   AbortError,
@@ -47,7 +48,7 @@ export interface RunJobOptions {
   timeoutMs: number
   killGraceMs: number
   handlerModule?: string | undefined
-  onProgress?(percent: number, message: string | undefined): void
+  onProgress?(percent: number, message: string | undefined, metrics?: ProgressMetrics): void
   onLog?(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void
   onArtifact?(record: ArtifactRecord): void
   /** The handler is about to run: fork-to-start time, for the start-up histogram. */
@@ -260,7 +261,7 @@ export class JobProcess {
           opts.onStarted?.(performance.now() - startedAt)
           break
         case 'progress':
-          opts.onProgress?.(msg.percent, msg.message)
+          opts.onProgress?.(msg.percent, msg.message, msg.metrics)
           break
         case 'log':
           opts.onLog?.(msg.level, msg.msg, msg.fields)

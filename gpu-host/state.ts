@@ -1,5 +1,6 @@
 import type { Db } from '../schema/db/connect.ts'
-import { retryWhileDown } from '../schema/jobs/db-call.ts'
+import { type MetricPoint, recordMetricPoints } from '../schema/db/events.ts'
+import { type DbCall, retryWhileDown } from '../schema/jobs/db-call.ts'
 import { JobRecords } from '../schema/jobs/records.ts'
 
 /**
@@ -8,7 +9,17 @@ import { JobRecords } from '../schema/jobs/records.ts'
  * unreachable, so an attempt's end is not lost to a database restart.
  */
 export class JobState extends JobRecords {
+  private readonly metricsDb: { db: Db; call: DbCall }
+
   constructor(db: Db, host: string, log: (msg: string) => void = () => {}) {
-    super(db, { host, call: retryWhileDown(log) })
+    const call = retryWhileDown(log)
+    super(db, { host, call })
+    this.metricsDb = { db, call }
+  }
+
+  /** Keeps the metrics a job reported with its progress (job_metrics). */
+  recordMetrics(points: MetricPoint[]): Promise<void> {
+    const { db, call } = this.metricsDb
+    return call('metrics', () => recordMetricPoints(db, points))
   }
 }

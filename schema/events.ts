@@ -3,6 +3,22 @@ import { JobId, JobStatus, Progress } from './common.ts'
 import { JobType } from './params/index.ts'
 
 /**
+ * Numbers a handler reports beside its progress (`ctx.progress(pct, message, { loss: 0.34 })`), e.g. for a
+ * loss curve: at most 16, named like identifiers, finite.
+ */
+export const ProgressMetrics = v.pipe(
+  v.record(
+    v.pipe(
+      v.string(),
+      v.regex(/^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$/, 'must be a name of up to 64 letters, digits, _ . : -'),
+    ),
+    v.pipe(v.number(), v.finite('must be a finite number')),
+  ),
+  v.check((m) => Object.keys(m).length <= 16, 'must have at most 16 entries'),
+)
+export type ProgressMetrics = v.InferOutput<typeof ProgressMetrics>
+
+/**
  * A progress event, as published on Redis channel `progress:<jobId>` and sent over WebSocket and SSE.
  * The first five fields are the published shape; `seq` rises by one per event of a job.
  */
@@ -15,6 +31,8 @@ export const ProgressEvent = v.object({
   seq: v.pipe(v.number(), v.integer(), v.minValue(1)),
   type: JobType,
   attempt: v.pipe(v.number(), v.integer(), v.minValue(0)),
+  /** Optional, additive: only on the progress events of a handler that reports metrics. */
+  metrics: v.optional(ProgressMetrics),
 })
 export type ProgressEvent = v.InferOutput<typeof ProgressEvent>
 

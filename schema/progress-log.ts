@@ -40,7 +40,13 @@ export async function emitEvent(
     message: event.message,
     timestamp: event.timestamp,
   }).slice(0, -1)
-  const tail = `,${JSON.stringify({ type: event.type, attempt: event.attempt }).slice(1)}`
+  // `metrics` is optional and additive: after the fields every event has.
+  const rest = {
+    type: event.type,
+    attempt: event.attempt,
+    ...(event.metrics ? { metrics: event.metrics } : {}),
+  }
+  const tail = `,${JSON.stringify(rest).slice(1)}`
   const seq = (await redis.eval(
     onlyFirst ? EMIT_FIRST_SCRIPT : EMIT_SCRIPT,
     2,

@@ -74,8 +74,12 @@ export interface HandlerContext {
   attempt: number
   /** Aborted on cancel, timeout and shutdown; its `reason` says which. */
   signal: AbortSignal
-  /** Reports progress from 0 to 100 with an optional message; cheap, call it as often as a step ends. */
-  progress(percent: number, message?: string): void
+  /**
+   * Reports progress from 0 to 100 with an optional message, and optionally numbers to chart (e.g.
+   * `{ loss: 0.34 }`: at most 16, finite; they ride on the event and are kept with the job); cheap, call it
+   * as often as a step ends.
+   */
+  progress(percent: number, message?: string, metrics?: Record<string, number>): void
   log: HandlerLogger
   artifacts: ArtifactStore
   paths: {

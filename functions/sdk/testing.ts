@@ -14,6 +14,7 @@ import { createModelCache, type ModelCacheOutcome, type S3ObjectFetcher } from '
 export interface RecordedProgress {
   percent: number
   message: string | undefined
+  metrics?: Record<string, number>
 }
 
 export interface TestContext {
@@ -67,8 +68,8 @@ export async function createTestContext(
     type,
     attempt: opts.attempt ?? 1,
     signal: controller.signal,
-    progress: (percent, message) => {
-      progress.push({ percent, message })
+    progress: (percent, message, metrics) => {
+      progress.push({ percent, message, ...(metrics === undefined ? {} : { metrics }) })
     },
     log: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
     artifacts,

@@ -1,7 +1,7 @@
 import { eq, sql } from 'drizzle-orm'
 import type { ProgressEvent } from '../events.ts'
 import type { Db } from './connect.ts'
-import { jobEvents, jobs } from './tables.ts'
+import { jobEvents, jobMetrics, jobs } from './tables.ts'
 
 /**
  * Keeps one published event in the job's SQL history (`job_events`, once per seq) and moves the row's
@@ -25,4 +25,20 @@ export async function recordJobEvent(db: Db, event: ProgressEvent): Promise<void
     .update(jobs)
     .set({ lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})` })
     .where(eq(jobs.id, event.jobId))
+}
+
+/** One progress event's metrics, as `job_metrics` keeps them. */
+export interface MetricPoint {
+  jobId: string
+  seq: number
+  attempt: number
+  progress: number
+  metrics: Record<string, number>
+  at: Date
+}
+
+/** Keeps a batch of metric points (once per seq: a retried write adds nothing twice). */
+export async function recordMetricPoints(db: Db, points: MetricPoint[]): Promise<void> {
+  if (points.length === 0) return
+  await db.insert(jobMetrics).values(points).onConflictDoNothing()
 }

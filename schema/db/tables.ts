@@ -88,6 +88,23 @@ export const jobEvents = pgTable(
   (t) => [primaryKey({ columns: [t.jobId, t.seq] })],
 )
 
+/**
+ * The numbers a job reported beside its progress (`ctx.progress(pct, message, metrics)`), one row per
+ * event that carried them, so a loss curve survives the replay log's cap and TTL.
+ */
+export const jobMetrics = pgTable(
+  'job_metrics',
+  {
+    jobId: jobIdRef(),
+    seq: integer('seq').notNull(),
+    attempt: integer('attempt').notNull(),
+    progress: doublePrecision('progress').notNull(),
+    metrics: jsonb('metrics').$type<Record<string, number>>().notNull(),
+    at: ts('at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.seq] })],
+)
+
 /** The files of a job's final output, as listed in its manifest. */
 export const jobArtifacts = pgTable(
   'job_artifacts',

@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto'
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3'
+import { asc, eq } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import type { JobStatusBody } from '../../schema/api.ts'
+import { jobMetrics } from '../../schema/db/tables.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import type { JobType } from '../../schema/params/index.ts'
 import { type Stack, startStack } from '../helpers/stack.ts'
@@ -209,5 +211,33 @@ describe('other producers', () => {
     const body = await stack.waitStatus(jobId, ['failed'], 30_000)
     expect(body.error).toMatchObject({ reason: 'invalid_params' })
     expect(body.params).toEqual({})
+  })
+})
+
+describe('metrics on progress', () => {
+  it("a training job's progress events carry its loss (as its message shows it), and job_metrics keeps every point", async () => {
+    const submitted = await stack.post({
+      type: 'train_voice',
+      params: { speakerName: 'ann', datasetPath: 'ds', epochs: 2 },
+    })
+    const jobId = submitted.json.jobId as string
+    const events = await follow(jobId)
+    const withMetrics = events.filter((e) => e.metrics !== undefined)
+    expect(withMetrics).toHaveLength(20) // 2 epochs x 10 steps
+    for (const e of withMetrics) {
+      expect(e.status).toBe('running')
+      expect(e.message).toContain(`loss=${e.metrics?.loss}`)
+      expect(Object.keys(e)).toEqual([...Object.keys(events[0] ?? {}), 'metrics'])
+    }
+    // The other events keep their exact shape.
+    expect(events.filter((e) => e.metrics === undefined).every((e) => !('metrics' in e))).toBe(true)
+    const rows = await stack.database.db
+      .select()
+      .from(jobMetrics)
+      .where(eq(jobMetrics.jobId, jobId))
+      .orderBy(asc(jobMetrics.seq))
+    expect(rows.map((r) => [r.seq, r.attempt, r.metrics])).toEqual(
+      withMetrics.map((e) => [e.seq, e.attempt, e.metrics]),
+    )
   })
 })

@@ -1,28 +1,19 @@
-import { execFile } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { promisify } from 'node:util'
-import ffprobeInstaller from '@ffprobe-installer/ffprobe'
 import { describe, expect, it } from 'vitest'
+import { ffprobe, HAS_FFPROBE } from '../test-support.ts'
 import { AVI_MAX_BYTES, aviFileSize, encodeAvi, readAvi, rowStride } from './avi.ts'
 import { RiffFormatError } from './riff.ts'
 
 const encode = (...args: Parameters<typeof encodeAvi>): Buffer => Buffer.concat([...encodeAvi(...args)])
-
-// The installer ships a static ffprobe for the common platforms; elsewhere the check below is skipped.
-const FFPROBE = ffprobeInstaller.path
-const HAS_FFPROBE = existsSync(FFPROBE)
 
 /** What ffprobe, a reader that is not ours, makes of a file: its video stream and its container. */
 async function probe(file: Buffer) {
   const dir = await mkdtemp(path.join(tmpdir(), 'avi-probe-'))
   try {
     await writeFile(path.join(dir, 'out.avi'), file)
-    const args = ['-v', 'error', '-count_frames', '-show_streams', '-show_format', '-of', 'json', 'out.avi']
-    const { stdout } = await promisify(execFile)(FFPROBE, args, { cwd: dir })
-    const probed = JSON.parse(stdout) as {
+    const probed = (await ffprobe(path.join(dir, 'out.avi'))) as unknown as {
       streams: Record<string, unknown>[]
       format: { format_name: string; duration: string; tags?: Record<string, string> }
     }

@@ -11,7 +11,7 @@ import {
   HAS_FFPROBE,
   rejectionOf,
 } from '../test-support.ts'
-import renderVideo, { VIDEO_FILE, WORKFLOW_FILE } from './index.ts'
+import renderVideo, { PREVIEW_FILE, previewOf, VIDEO_FILE, WORKFLOW_FILE } from './index.ts'
 import { listTemplates, resolveWorkflow } from './workflow.ts'
 
 const contexts: TestContext[] = []
@@ -51,7 +51,7 @@ describe('render_video (simulate)', () => {
     expect(result).toMatchObject({
       engine: 'simulate',
       simulated: true,
-      files: [VIDEO_FILE, WORKFLOW_FILE],
+      files: [VIDEO_FILE, PREVIEW_FILE, WORKFLOW_FILE],
       workflow: 'default',
       outputNodes: ['9'],
       seed: 42,
@@ -206,4 +206,40 @@ describe('render_video (simulate)', () => {
       nb_read_frames: '10',
     })
   })
+})
+
+describe('the preview', () => {
+  it('is small, sampled evenly and as long as the clip', () => {
+    expect(previewOf({ width: 1280, height: 720, frames: 120, fps: 24 })).toMatchObject({
+      width: 320,
+      height: 180,
+      frames: 48,
+      fps: 9.6, // 48 frames over the clip's 5 s
+    })
+    expect(previewOf({ width: 64, height: 48, frames: 6, fps: 6 })).toMatchObject({
+      width: 64,
+      height: 48,
+      frames: 6,
+      fps: 6,
+    })
+  })
+
+  it.skipIf(!HAS_FFPROBE)(
+    'a simulated render stores an animated PNG that ffprobe reads as one (skipped: no ffprobe)',
+    async () => {
+      const t = await context()
+      await runHandler(renderVideo, { ...small, inputs: { prompt: 'a fox' } }, t)
+      const stored = t.artifacts.files.get(PREVIEW_FILE)
+      expect(stored?.record.contentType).toBe('image/png')
+      const file = path.join(t.ctx.paths.scratch, 'preview-check.png')
+      await writeFile(file, stored!.bytes)
+      const probed = await ffprobe(file)
+      expect(probed.streams[0]).toMatchObject({
+        codec_name: 'apng',
+        width: 64,
+        height: 48,
+        nb_read_frames: '6',
+      })
+    },
+  )
 })

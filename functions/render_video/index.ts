@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream'
 import { JOB_CATALOG, type RenderVideoParams } from '../../schema/params/index.ts'
-import { AVI_MAX_BYTES, aviFileSize, encodeAvi } from '../formats/avi.ts'
+import { encodeApng } from '../formats/apng.ts'
+import { AVI_MAX_BYTES, aviFileSize, encodeAvi, testPattern } from '../formats/avi.ts'
 import type { HandlerContext } from '../sdk/context.ts'
 import { defineHandler, engineResult } from '../sdk/define.ts'
 import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
@@ -11,6 +12,11 @@ import { type ResolvedWorkflow, resolveWorkflow } from './workflow.ts'
 /** Artifact names, relative to `videos/<jobId>/`. */
 export const VIDEO_FILE = 'video.avi'
 export const WORKFLOW_FILE = 'workflow.json'
+/** An animated PNG of the same clip, small, for browsers: they play APNG in an `<img>`, not an AVI. */
+export const PREVIEW_FILE = 'preview.png'
+/** The preview's bounds: at most this wide and this many frames (sampled evenly, at the clip's length). */
+const PREVIEW_MAX_WIDTH = 320
+const PREVIEW_MAX_FRAMES = 48
 
 /**
  * Video rendering. Engines: `comfyui` (ComfyUI's HTTP + WebSocket API at COMFYUI_URL, see ./comfyui.ts and
@@ -71,12 +77,13 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
     VIDEO_FILE,
     Readable.from(encodeAvi({ width, height, frames, fps, info })),
   )
+  await ctx.artifacts.put(PREVIEW_FILE, Readable.from(encodeApng(previewOf(p))))
   await ctx.artifacts.put(WORKFLOW_FILE, `${JSON.stringify(workflow.graph, null, 2)}\n`)
   const durationSec = frames / fps
   ctx.progress(100, `Saved ${VIDEO_FILE} (${frames} frames, ${width}x${height} @ ${fps} fps)`)
 
   return {
-    ...engineResult('simulate', [VIDEO_FILE, WORKFLOW_FILE]),
+    ...engineResult('simulate', [VIDEO_FILE, PREVIEW_FILE, WORKFLOW_FILE]),
     ...renderSummary(p, workflow),
     steps: frames,
     durationSec,
@@ -112,3 +119,27 @@ const renderSummary = (p: RenderVideoParams, workflow: ResolvedWorkflow) => ({
   height: p.height,
   fps: p.fps,
 })
+
+/**
+ * The preview of a simulated clip: the AVI's test pattern at most PREVIEW_MAX_WIDTH wide (the same aspect)
+ * and PREVIEW_MAX_FRAMES frames, sampled evenly and played at a rate that keeps the clip's duration.
+ */
+export function previewOf({
+  width,
+  height,
+  frames,
+  fps,
+}: Pick<RenderVideoParams, 'width' | 'height' | 'frames' | 'fps'>) {
+  const scale = Math.min(1, PREVIEW_MAX_WIDTH / width)
+  const w = Math.max(1, Math.round(width * scale))
+  const h = Math.max(1, Math.round(height * scale))
+  const count = Math.min(frames, PREVIEW_MAX_FRAMES)
+  const paint = testPattern(w, h, frames)
+  return {
+    width: w,
+    height: h,
+    frames: count,
+    fps: (fps * count) / frames,
+    paint: (i: number, pixels: Uint8Array) => paint(Math.floor((i * frames) / count), pixels),
+  }
+}

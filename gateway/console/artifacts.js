@@ -4,6 +4,7 @@
 import { authHeaders } from './api.js'
 import { $, h } from './dom.js'
 import { fmtBytes } from './format.js'
+import { previewOf } from './previews.js'
 import { store } from './state.js'
 import { TERMINAL } from './stream.js'
 
@@ -18,6 +19,7 @@ export function renderArtifacts(d, job) {
   $('d-artifacts-empty').hidden = list.length > 0
   $('d-artifacts-empty').textContent = TERMINAL.has(job.status) ? 'None.' : 'None yet.'
   $('d-artifacts').hidden = list.length === 0
+  $('d-previews').replaceChildren(...list.flatMap((a) => previewOf(a) ?? []))
   $('d-artifact-rows').replaceChildren(
     ...list.map((a) => {
       const name = a.path.split('/').pop() || 'artifact'

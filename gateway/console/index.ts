@@ -25,6 +25,7 @@ export const CONSOLE_ASSETS: Readonly<Record<string, string>> = {
   'job-types.js': JAVASCRIPT,
   'jobs-list.js': JAVASCRIPT,
   'live.js': JAVASCRIPT,
+  'previews.js': JAVASCRIPT,
   'schema-form.js': JAVASCRIPT,
   'state.js': JAVASCRIPT,
   'stream.js': JAVASCRIPT,
@@ -46,6 +47,8 @@ export const CONSOLE_CSP = [
   "script-src 'self'",
   "style-src 'self'",
   "img-src 'self' data: blob:",
+  // Previews of audio and video artifacts: the download route, or a blob of it fetched with the token.
+  "media-src 'self' blob:",
   "connect-src 'self'",
   "base-uri 'none'",
   "form-action 'none'",

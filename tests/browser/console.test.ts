@@ -326,6 +326,72 @@ describe.skipIf(!hasChromium)('web console in Chromium', () => {
     await page.selectOption('#f-type', 'train_lora')
   })
 
+  it('previews artifacts: the LoRA header summary, the voice in a player, the render as an animated image', async () => {
+    const submit = async (type: string, params: Record<string, unknown>) =>
+      (await api<{ jobId: string }>('/api/train', { method: 'POST', body: JSON.stringify({ type, params }) }))
+        .jobId
+    const lora = await submit('train_lora', { baseModel: 'sd15', datasetPath: 'ds', epochs: 1, rank: 4 })
+    const voice = await submit('train_voice', { speakerName: 'ann', datasetPath: 'ds', epochs: 1 })
+    const video = await submit('render_video', {
+      inputs: { prompt: 'a fox' },
+      width: 64,
+      height: 48,
+      frames: 4,
+      fps: 4,
+    })
+    for (const id of [lora, voice, video])
+      await poll(() => api<JobStatusBody>(`/api/status/${id}`).then((j) => j.status)).toBe('completed')
+    const open = async (id: string) => {
+      await page.evaluate(
+        (hash) => {
+          ;(globalThis as unknown as { location: { hash: string } }).location.hash = hash
+        },
+        `#job=${encodeURIComponent(id)}`,
+      )
+      await poll(() => page.locator('#d-status').textContent()).toBe('completed')
+    }
+
+    await open(lora)
+    const summary = page.locator('#d-previews .preview.safetensors')
+    // The header's tensor count and the LoRA's rank (ss_network_dim), read with two Range requests.
+    await poll(() => summary.textContent()).toMatch(/Tensors\d+.*network_dim4/)
+    await closeDetail()
+
+    await open(voice)
+    // The player has read the WAV's header: its length is known (a WAV of the voice, in seconds).
+    await poll(() =>
+      page.evaluate(() => {
+        const audio = (globalThis as unknown as BrowserGlobals).document.querySelector(
+          '#d-previews audio',
+        ) as unknown as {
+          duration: number
+          readyState: number
+          error: { code: number } | null
+          src: string
+        } | null
+        return audio
+          ? {
+              ready: audio.readyState >= 1 && audio.duration > 0,
+              error: audio.error?.code ?? null,
+              src: audio.src.slice(0, 5),
+            }
+          : null
+      }),
+    ).toEqual({ ready: true, error: null, src: 'blob:' })
+    await closeDetail()
+
+    await open(video)
+    const size = await page.waitForFunction(() => {
+      const img = (globalThis as unknown as BrowserGlobals).document.querySelector(
+        '#d-previews img',
+      ) as unknown as { complete: boolean; naturalWidth: number; naturalHeight: number } | null
+      return img?.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null
+    })
+    expect(await size.jsonValue()).toEqual([64, 48])
+    await page.screenshot({ path: path.join(OUT_DIR, 'console-previews.png') })
+    await closeDetail()
+  })
+
   it('raised no script errors', () => {
     expect(pageErrors).toEqual([])
   })

@@ -11,7 +11,7 @@ import type { JobListBody, SubmitBatchResponse } from '../../schema/api.ts'
 import { createRedis } from '../../schema/clients.ts'
 import { jobs } from '../../schema/db/tables.ts'
 import { QUEUE_NAME } from '../../schema/keys.ts'
-import { type Stack, startStack, TEST_REDIS_URL } from '../helpers/stack.ts'
+import { type Stack, startStack, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts'
 
 const TOKENS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'] as const
@@ -185,6 +185,36 @@ describe('POST /api/jobs/batch', () => {
     expect(JSON.stringify(res.json)).toContain('nothing in this batch was queued')
     expect(await rowsOf([`dave.${tag}-new`])).toEqual([])
     expect(await stack.queue.getJobState(`dave.${tag}-new`)).toBe('unknown')
+  })
+
+  it('an add that stalls answers 503; what landed is undone, and the same batch again is queued', async () => {
+    const jobIds = [`${tag}-s1`, `${tag}-s2`]
+    const body = { jobs: jobIds.map((id) => voice(id)) }
+    const admin = createRedis(TEST_REDIS_URL)
+    try {
+      // Writes wait; the add reaches Redis and runs once the pause ends: its outcome is unknown to the gateway.
+      await admin.call('CLIENT', 'PAUSE', '5000', 'WRITE')
+      const t0 = Date.now()
+      const res = await batch('frank', body)
+      expect(Date.now() - t0).toBeLessThan(4500)
+      expect(res.status).toBe(503)
+      expect(res.json).toMatchObject({ error: { code: 'backend_unavailable' } })
+      expect(JSON.stringify(res.json)).toContain('nothing was queued')
+    } finally {
+      await admin.call('CLIENT', 'UNPAUSE')
+      admin.disconnect()
+    }
+    const scoped = jobIds.map((id) => `frank.${id}`)
+    await waitFor(
+      async () =>
+        (await rowsOf(scoped)).length === 0 &&
+        (await Promise.all(scoped.map((id) => stack.queue.getJobState(id)))).every((s) => s === 'unknown'),
+      20_000,
+      'the unqueued batch to be cleaned up',
+    )
+    const again = await batch('frank', body)
+    expect(again.status).toBe(202)
+    expect(again.json.jobs.map((j) => j.jobId)).toEqual(scoped)
   })
 
   it('counts the quota for the whole batch', async () => {

@@ -306,6 +306,10 @@ export function jobSubmitter(deps: SubmitDeps): Submitter {
     return existing
   }
 
+  /**
+   * The rows claimed in order (a resubmit keeps its row; a conflict or the quota undoes the ones claimed
+   * before it), then one add for the new jobs, then their queued events.
+   */
   async function submit(plans: Plan[], owner: string | null): Promise<Submitted[]> {
     const batch = plans.length > 1 || plans[0]?.at !== undefined
     const existing: (JobRow | null)[] = []

@@ -172,6 +172,31 @@ describe('createApp with injected stores, through app.request()', () => {
     })
   })
 
+  it('searches one’s own jobs by id prefix (?q=), and submits a batch in order', async () => {
+    const batch = await app.request(
+      '/api/jobs/batch',
+      as(ALICE, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ jobs: [voiceJob(), voiceJob()] }),
+      }),
+    )
+    expect(batch.status).toBe(202)
+    type Jobs = { jobs: { jobId: string; status: string }[] }
+    const { jobs } = (await batch.json()) as Jobs
+    expect(jobs.map((j) => j.status)).toEqual(['queued', 'queued'])
+    for (const { jobId } of jobs) {
+      expect(await queue.getJobState(jobId)).toBe('waiting')
+      const short = jobId.slice(0, 8)
+      const mine = (await (await app.request(`/api/jobs?q=${short}`, as(ALICE))).json()) as Jobs
+      expect(mine.jobs.map((j) => j.jobId)).toContain(jobId)
+      const bobs = (await (await app.request(`/api/jobs?q=${short}`, as(BOB))).json()) as Jobs
+      expect(bobs.jobs).toEqual([])
+    }
+    const long = await app.request(`/api/jobs?q=${'x'.repeat(201)}`, as(ALICE))
+    expect(await long.json()).toMatchObject({ error: { code: 'invalid_query', issues: [{ path: 'q' }] } })
+  })
+
   it('serves health without a token, and /ws only as an upgrade', async () => {
     expect(await (await app.request('/healthz')).json()).toEqual({ ok: true })
     expect((await app.request('/ws', as(ALICE))).status).toBe(404)

@@ -28,10 +28,12 @@ import { requestMetrics } from './middleware/request-metrics.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
 import { jobAccess } from './routes/access.ts'
 import { artifactRoutes } from './routes/artifacts.ts'
+import { batchRoutes } from './routes/batch.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
 import { statusBodies, statusRoutes } from './routes/status.ts'
+import { jobSubmitter } from './routes/submit.ts'
 import type { JobStore } from './store.ts'
 import { type WebSockets, WS_PATH, type WsLimits, webSockets } from './ws.ts'
 
@@ -121,7 +123,9 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   const bucket = config.s3.bucket
   app.route('/', healthRoutes({ redis, database: deps.database, s3: deps.s3, bucket, metrics, logger }))
   app.route('/', consoleApp)
-  app.route('/', jobRoutes({ ...deps, access, onChanged: bodies.forget }))
+  const submitter = jobSubmitter(deps)
+  app.route('/', batchRoutes({ config, submitter }))
+  app.route('/', jobRoutes({ ...deps, access, submitter, onChanged: bodies.forget }))
   app.route('/', statusRoutes({ bodies, access }))
   app.route('/', eventRoutes({ ...deps, access }))
   app.route('/', artifactRoutes({ store, access, s3: deps.s3, bucket }))

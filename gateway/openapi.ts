@@ -4,6 +4,7 @@ import {
   ErrorBody,
   JobListBody,
   JobStatusBody,
+  MAX_BATCH_JOBS,
   SubmitJobBody,
   SubmitJobResponse,
 } from '../schema/api.ts'
@@ -83,6 +84,20 @@ export function openApiDocument(): Record<string, unknown> {
       schemas: {
         SubmitJobBody: schema(SubmitJobBody),
         SubmitJobResponse: schema(SubmitJobResponse),
+        // By reference: each item is a SubmitJobBody, whatever shape that takes.
+        SubmitBatchBody: {
+          type: 'object',
+          properties: {
+            jobs: { type: 'array', items: ref('SubmitJobBody'), minItems: 1, maxItems: MAX_BATCH_JOBS },
+          },
+          required: ['jobs'],
+          additionalProperties: false,
+        },
+        SubmitBatchResponse: {
+          type: 'object',
+          properties: { jobs: { type: 'array', items: ref('SubmitJobResponse') } },
+          required: ['jobs'],
+        },
         JobStatusBody: schema(JobStatusBody),
         JobListBody: schema(JobListBody),
         Artifact: schema(Artifact),
@@ -111,8 +126,32 @@ export function openApiDocument(): Record<string, unknown> {
               schema: { type: 'integer', minimum: 1, maximum: 500, default: 50 },
             },
             { name: 'cursor', in: 'query', schema: { type: 'string' } },
+            {
+              name: 'q',
+              in: 'query',
+              description:
+                'search: jobs whose id starts with it (as typed) or whose message contains it (any case); % and _ are literal',
+              schema: { type: 'string', maxLength: 200 },
+            },
           ],
           responses: { '200': json('JobListBody', 'a page of jobs'), ...errors(400, 401, 429, 503) },
+        },
+      },
+      '/api/jobs/batch': {
+        post: {
+          operationId: 'submitJobs',
+          summary: `Submit 1 to ${MAX_BATCH_JOBS} jobs at once, all or none`,
+          description:
+            'Each item is checked like a single submit (errors name jobs[3].params.epochs); the quota counts the whole batch; a jobId resubmitted with the same request answers with its status; a conflict, the quota or a backend down refuses the whole batch and nothing is queued.',
+          requestBody: {
+            required: true,
+            content: { 'application/json': { schema: ref('SubmitBatchBody') } },
+          },
+          responses: {
+            '202': json('SubmitBatchResponse', 'queued: one answer per item, in order'),
+            '200': json('SubmitBatchResponse', 'every jobId existed already with the same request'),
+            ...errors(400, 401, 403, 409, 413, 415, 429, 503),
+          },
         },
       },
       '/api/status/{jobId}': { get: { ...status, operationId: 'getJobStatus' } },

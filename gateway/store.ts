@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, lt, or, type SQL, sql } from 'drizzle-orm'
+import { and, asc, desc, eq, ilike, like, lt, or, type SQL, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
 import { type JobArtifactRow, type JobRow, jobArtifacts, jobs } from '../schema/db/tables.ts'
@@ -109,19 +109,28 @@ export class JobStore {
     )
   }
 
-  /** A page of summaries, newest first. */
+  /**
+   * A page of summaries, newest first. `q` searches: jobs whose id starts with it (case as typed: ids are
+   * case-sensitive) or whose message contains it (any case); `%`, `_` and `\` in it are literal.
+   */
   list(opts: {
     owner?: string | null | undefined
     status?: JobStatus | undefined
     type?: JobType | undefined
     limit: number
     cursor?: string | undefined
+    q?: string | undefined
   }): Promise<{ rows: JobSummaryRow[]; nextCursor: string | null } | { badCursor: true }> {
     const where: SQL[] = []
     if (opts.owner !== undefined)
       where.push(opts.owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, opts.owner))
     if (opts.status) where.push(eq(jobs.status, opts.status))
     if (opts.type) where.push(eq(jobs.type, opts.type))
+    if (opts.q) {
+      // Backslash is LIKE's default escape character.
+      const literal = opts.q.replace(/[\\%_]/g, '\\$&')
+      where.push(or(like(jobs.id, `${literal}%`), ilike(jobs.message, `%${literal}%`)) as SQL)
+    }
     if (opts.cursor) {
       const c = decodeCursor(opts.cursor)
       if (!c) return Promise.resolve({ badCursor: true as const })

@@ -20,6 +20,22 @@ export const SubmitJobResponse = v.object({
 })
 export type SubmitJobResponse = v.InferOutput<typeof SubmitJobResponse>
 
+/** The most jobs one `POST /api/jobs/batch` may submit. */
+export const MAX_BATCH_JOBS = 100
+
+/**
+ * `POST /api/jobs/batch`: 1 to MAX_BATCH_JOBS submit bodies, each checked like a single submit (its
+ * errors name `jobs[3].params.epochs`), all queued or none.
+ */
+export const SubmitBatchBody = v.strictObject({
+  jobs: v.pipe(v.array(SubmitJobBody), v.minLength(1), v.maxLength(MAX_BATCH_JOBS)),
+})
+export type SubmitBatchBody = v.InferOutput<typeof SubmitBatchBody>
+
+/** The answer to a batch: one submit answer per body, in the bodies' order. */
+export const SubmitBatchResponse = v.object({ jobs: v.array(SubmitJobResponse) })
+export type SubmitBatchResponse = v.InferOutput<typeof SubmitBatchResponse>
+
 /**
  * One stored file of a job's output, as its manifest lists it and a job process is told it was stored;
  * `path` is relative to the job's prefix.

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util'
-import { GatewayClient, parseBaseUrl } from './client.ts'
+import type { JobSummary } from '../../schema/api.ts'
+import { ApiRequestError, GatewayClient, parseBaseUrl } from './client.ts'
 import type { ReconnectPolicy } from './follow.ts'
 import { HELP } from './help.ts'
 import { UsageError } from './params.ts'
@@ -95,4 +96,79 @@ export function oneId(positionals: string[], command: string): string {
 export function clientFor(io: RunIO, url: string | undefined): GatewayClient {
   const token = io.env.GPU_JOBS_TOKEN?.trim()
   return new GatewayClient(parseBaseUrl(url ?? io.env.GPU_JOBS_URL), token || undefined)
+}
+
+/** How many list pages (of 100) a short id's lookup reads before it settles with what it found. */
+const ID_LOOKUP_PAGES = 5
+/** How many candidates an ambiguous short id's error lists. */
+const SHOWN_CANDIDATES = 10
+
+/** A short id that starts more than one job's id: the error lists them (exit 3). */
+export class AmbiguousJobIdError extends Error {
+  override name = 'AmbiguousJobIdError'
+  constructor(
+    readonly typed: string,
+    readonly candidates: JobSummary[],
+    more: boolean,
+  ) {
+    const shown = candidates.slice(0, SHOWN_CANDIDATES)
+    super(
+      [
+        `job id "${typed}" is ambiguous: ${more ? 'at least ' : ''}${candidates.length} jobs' ids start with it; type more of it`,
+        ...shown.map((j) => `  ${j.jobId}  ${j.type}  ${j.status}  created ${j.createdAt}`),
+        ...(candidates.length > shown.length ? [`  (and ${candidates.length - shown.length} more)`] : []),
+      ].join('\n'),
+    )
+  }
+}
+
+/**
+ * The jobs whose id starts with `prefix`, from `GET /api/jobs?q=` (which also matches messages: those are
+ * left out); stops once two are found. Null when the API refuses the search.
+ */
+async function jobsStartingWith(
+  client: GatewayClient,
+  prefix: string,
+): Promise<{ found: JobSummary[]; more: boolean } | null> {
+  const found: JobSummary[] = []
+  let cursor: string | undefined
+  for (let page = 0; page < ID_LOOKUP_PAGES; page++) {
+    let body: Awaited<ReturnType<GatewayClient['list']>>
+    try {
+      body = await client.list({ q: prefix, limit: '100', cursor })
+    } catch (err) {
+      // Refused (a prefix no id can have), or not the gateway's list: the typed id's own error stands.
+      if (err instanceof ApiRequestError && (err.status === 400 || err.status === 404)) return null
+      throw err
+    }
+    found.push(...body.jobs.filter((j) => j.jobId.startsWith(prefix)))
+    if (found.length > 1 || body.nextCursor === null) return { found, more: body.nextCursor !== null }
+    cursor = body.nextCursor
+  }
+  return { found, more: true }
+}
+
+/**
+ * Runs `run` with the job id as typed, or, when the API knows no job by that id, with the one job whose
+ * id starts with it (the 8 characters the console and the CLI show). Every command that takes a job id
+ * goes through it; `run` must be a call whose 404 means "no such job". No such job: the API's 404;
+ * several: an AmbiguousJobIdError listing them.
+ *
+ * @example const job = await withJobId(client, oneId(positionals, 'status'), (id) => client.status(id))
+ */
+export async function withJobId<T>(
+  client: GatewayClient,
+  typed: string,
+  run: (jobId: string) => Promise<T>,
+): Promise<T> {
+  try {
+    return await run(typed)
+  } catch (err) {
+    if (!(err instanceof ApiRequestError && err.status === 404)) throw err
+    const lookup = await jobsStartingWith(client, typed)
+    const [only, ...others] = lookup?.found ?? []
+    if (!lookup || !only) throw err
+    if (others.length > 0) throw new AmbiguousJobIdError(typed, lookup.found, lookup.more)
+    return run(only.jobId)
+  }
 }

@@ -30,6 +30,8 @@ Commands:
 
 Run "gpu-jobs <command> --help" for a command's options.
 Every command takes --url <url> (overrides GPU_JOBS_URL) and -h/--help.
+A job <id> may be given by its start (the 8 characters "list" and the console show) when only one
+job's id starts with it.
 
 ${ENV_HELP}
 
@@ -71,13 +73,15 @@ Options:
       --json   print the API's JSON body instead
 
 ${ENV_HELP}`,
-  list: `Usage: gpu-jobs list [--status <s>] [--type <t>] [--limit <n>] [--cursor <c>] [--json]
+  list: `Usage: gpu-jobs list [--status <s>] [--type <t>] [--q <text>] [--limit <n>] [--cursor <c>] [--json]
 
 List jobs, newest first. When there are more, the command for the next page is printed on stderr.
 
 Options:
       --status <s>   only jobs in this status: queued, running, retrying, completed, failed, cancelled
       --type <t>     only jobs of this type: ${JOB_TYPES.join(', ')}
+      --q <text>     search: jobs whose id starts with <text> or whose message contains it (any case);
+                     also --search <text>
       --limit <n>    at most n jobs (1-500, default 50)
       --cursor <c>   the page after this cursor (from the previous page)
       --json         print the API's JSON body ({jobs, nextCursor}) instead

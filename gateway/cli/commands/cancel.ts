@@ -1,11 +1,11 @@
-import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
+import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
 
-/** `gpu-jobs cancel <id> [--json]`: a finished job is a conflict (exit 3). */
+/** `gpu-jobs cancel <id> [--json]` (`<id>` may be its start): a finished job is a conflict (exit 3). */
 export async function cancel(args: string[], io: RunIO): Promise<number> {
   const { values, positionals } = parse(args, { json: { type: 'boolean' } })
   if (values.help) return help(io, 'cancel')
-  const jobId = oneId(positionals, 'cancel')
-  const res = await clientFor(io, values.url).cancel(jobId)
+  const client = clientFor(io, values.url)
+  const res = await withJobId(client, oneId(positionals, 'cancel'), (id) => client.cancel(id))
   if (values.json) line(io.stdout, JSON.stringify(res))
   else if (res.status === 'cancelled') line(io.stdout, `cancelled ${res.jobId}`)
   else

@@ -1,5 +1,5 @@
 import type { GatewayClient } from '../client.ts'
-import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
+import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
 import { followJob, type Transport } from '../follow.ts'
 import { EventPrinter } from '../printer.ts'
 
@@ -45,13 +45,12 @@ export async function followToEnd(
   }
 }
 
-/** `gpu-jobs follow <id> [--sse] [--json]`. */
+/** `gpu-jobs follow <id> [--sse] [--json]` (`<id>` may be its start). */
 export async function follow(args: string[], io: RunIO): Promise<number> {
   const { values, positionals } = parse(args, { sse: { type: 'boolean' }, json: { type: 'boolean' } })
   if (values.help) return help(io, 'follow')
-  const jobId = oneId(positionals, 'follow')
-  return followToEnd(io, clientFor(io, values.url), jobId, {
-    transport: values.sse ? 'sse' : 'ws',
-    json: !!values.json,
-  })
+  const client = clientFor(io, values.url)
+  return withJobId(client, oneId(positionals, 'follow'), (jobId) =>
+    followToEnd(io, client, jobId, { transport: values.sse ? 'sse' : 'ws', json: !!values.json }),
+  )
 }

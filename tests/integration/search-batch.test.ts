@@ -1,0 +1,282 @@
+/**
+ * `GET /api/jobs?q=` (search by id prefix and message) and `POST /api/jobs/batch` (many submits, all or
+ * none) over HTTP against a real gateway, Redis and Postgres; no GPU host, so submitted jobs stay queued.
+ */
+import { randomUUID } from 'node:crypto'
+import { Queue } from 'bullmq'
+import { eq, inArray } from 'drizzle-orm'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { openApiDocument } from '../../gateway/openapi.ts'
+import type { JobListBody, SubmitBatchResponse } from '../../schema/api.ts'
+import { createRedis } from '../../schema/clients.ts'
+import { jobs } from '../../schema/db/tables.ts'
+import { QUEUE_NAME } from '../../schema/keys.ts'
+import { type Stack, startStack, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts'
+
+const TOKENS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'] as const
+type Who = (typeof TOKENS)[number]
+const token = (who: Who) => `${who}-search-token-0123456789`
+const QUOTA = 4
+
+let stack: Stack
+/** A word no other test's rows hold, so searches here find only this file's rows. */
+const tag = `t${randomUUID().slice(0, 8)}`
+
+beforeAll(async () => {
+  stack = await startStack({
+    withHost: false,
+    env: {
+      API_TOKENS: TOKENS.map((t) => `${t}:${token(t)}`).join(','),
+      MAX_QUEUED_JOBS_PER_TOKEN: String(QUOTA),
+    },
+  })
+})
+afterAll(async () => {
+  await stack?.close()
+})
+
+const call = (who: Who, path: string, body?: unknown) =>
+  fetch(stack.url(path), {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: {
+      authorization: `Bearer ${token(who)}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+const search = async (who: Who, query: string) => {
+  const res = await call(who, `/api/jobs?${query}`)
+  expect(res.status, query).toBe(200)
+  return (await res.json()) as JobListBody
+}
+const ids = (page: JobListBody) => page.jobs.map((j) => j.jobId).sort()
+
+/** A row as a host would have left it: `status`, `message`, owned by `who`. */
+async function row(id: string, who: Who, status: 'queued' | 'completed' | 'failed', message: string) {
+  await stack.insertJob(id, status, who)
+  await stack.database.db.update(jobs).set({ message }).where(eq(jobs.id, id))
+}
+
+describe('GET /api/jobs?q=', () => {
+  beforeAll(async () => {
+    await row(`${tag}-one`, 'alice', 'completed', 'Epoch 5/5 - Loss=0.10')
+    await row(`${tag}-two`, 'alice', 'failed', 'at 50% now')
+    await row(`${tag}x-three`, 'alice', 'queued', 'at 500 now')
+    await row(`a${tag}-four`, 'alice', 'completed', `a_b ${tag} in the message`)
+    await row(`a${tag}-five`, 'alice', 'completed', `axb ${tag}`)
+    await row(`${tag}-bobs`, 'bob', 'completed', `bob's ${tag}`)
+  })
+
+  it('finds jobs by id prefix and by text in the message, only the token’s own', async () => {
+    expect(ids(await search('alice', `q=${tag}-`))).toEqual([`${tag}-one`, `${tag}-two`])
+    expect(ids(await search('alice', `q=${tag}`))).toEqual(
+      [`${tag}-one`, `${tag}-two`, `${tag}x-three`, `a${tag}-four`, `a${tag}-five`].sort(),
+    )
+    // Any case in the message; the id prefix as typed (ids are case-sensitive).
+    expect(ids(await search('alice', 'q=loss%3D0.10'))).toContain(`${tag}-one`)
+    expect(ids(await search('alice', `q=${tag.toUpperCase()}-`))).toEqual([])
+    expect(ids(await search('bob', `q=${tag}`))).toEqual([`${tag}-bobs`])
+  })
+
+  it('takes % and _ literally', async () => {
+    const mine = (page: JobListBody) => ids(page).filter((id) => id.includes(tag))
+    expect(mine(await search('alice', `q=${encodeURIComponent('0%')}`))).toEqual([`${tag}-two`])
+    expect(mine(await search('alice', 'q=a_b'))).toEqual([`a${tag}-four`])
+    expect(mine(await search('alice', `q=${tag}_`))).toEqual([])
+  })
+
+  it('combines with status, type, limit and cursor', async () => {
+    expect(ids(await search('alice', `q=${tag}&status=queued`))).toEqual([`${tag}x-three`])
+    expect(ids(await search('alice', `q=${tag}&type=train_voice`))).toEqual([])
+    const first = await search('alice', `q=${tag}&limit=3`)
+    expect(first.jobs).toHaveLength(3)
+    expect(first.nextCursor).not.toBeNull()
+    const second = await search('alice', `q=${tag}&limit=3&cursor=${first.nextCursor}`)
+    expect(second.nextCursor).toBeNull()
+    expect([...ids(first), ...ids(second)].sort()).toEqual(ids(await search('alice', `q=${tag}`)))
+    // The list's shape is kept: summaries.
+    expect(Object.keys(first.jobs[0] ?? {})).not.toContain('params')
+  })
+
+  it('refuses a q over 200 characters or with NUL (400 naming q); an empty q is no search', async () => {
+    for (const q of ['x'.repeat(201), '%00']) {
+      const res = await call('alice', `/api/jobs?q=${q}`)
+      expect(res.status).toBe(400)
+      expect(await res.json()).toMatchObject({ error: { code: 'invalid_query', issues: [{ path: 'q' }] } })
+    }
+    expect((await call('alice', `/api/jobs?q=${'x'.repeat(200)}`)).status).toBe(200)
+    expect((await search('alice', 'q=')).jobs.length).toBeGreaterThanOrEqual(5)
+  })
+})
+
+const voice = (jobId?: string, epochs: unknown = 1) => ({
+  type: 'train_voice',
+  params: { speakerName: 'ann', datasetPath: 'ds', epochs },
+  ...(jobId === undefined ? {} : { jobId }),
+})
+const batch = async (who: Who, body: unknown) => {
+  const res = await call(who, '/api/jobs/batch', body)
+  return { status: res.status, json: (await res.json()) as SubmitBatchResponse }
+}
+/** The stored rows among `jobIds`. */
+const rowsOf = async (jobIds: string[]) =>
+  (await stack.database.db.select({ id: jobs.id }).from(jobs).where(inArray(jobs.id, jobIds))).map(
+    (r) => r.id,
+  )
+
+describe('POST /api/jobs/batch', () => {
+  it('queues every job with one request and answers in order, each job queued with its event', async () => {
+    const res = await batch('carol', { jobs: [voice(), voice(`${tag}-b`), voice()] })
+    expect(res.status).toBe(202)
+    const answers = res.json.jobs
+    expect(answers).toHaveLength(3)
+    expect(answers[1]?.jobId).toBe(`carol.${tag}-b`)
+    for (const a of answers) {
+      expect(a).toMatchObject({ status: 'queued', statusUrl: `/api/status/${a.jobId}` })
+      expect(await stack.queue.getJobState(a.jobId)).toBe('waiting')
+      const status = await (await call('carol', a.statusUrl)).json()
+      expect(status).toMatchObject({ jobId: a.jobId, status: 'queued', seq: 1 })
+    }
+    // The same request again is a resubmit (its status); a new job beside it is queued.
+    const again = await batch('carol', { jobs: [voice(`${tag}-b`), voice(`${tag}-c`)] })
+    expect(again.status).toBe(202)
+    expect(again.json.jobs.map((j) => [j.jobId, j.status])).toEqual([
+      [`carol.${tag}-b`, 'queued'],
+      [`carol.${tag}-c`, 'queued'],
+    ])
+    const resubmitOnly = await batch('carol', { jobs: [voice(`${tag}-b`)] })
+    expect(resubmitOnly.status).toBe(200)
+  })
+
+  it('names the item and field of a bad body; nothing of the batch is kept', async () => {
+    const res = await batch('frank', { jobs: [voice(`${tag}-ok`), voice(undefined, 0)] })
+    expect(res.status).toBe(400)
+    expect(res.json).toMatchObject({
+      error: { code: 'invalid_params', issues: [{ path: 'jobs[1].params.epochs' }] },
+    })
+    expect(JSON.stringify(res.json)).toContain('jobs[1].params.epochs')
+    const unknownField = await batch('frank', { jobs: [{ ...voice(), nope: 1 }] })
+    expect(unknownField.json).toMatchObject({
+      error: { code: 'invalid_request', issues: [{ path: 'jobs[0].nope' }] },
+    })
+    const twice = await batch('frank', { jobs: [voice(`${tag}-d`), voice(`${tag}-d`)] })
+    expect(twice.status).toBe(400)
+    expect(twice.json).toMatchObject({ error: { issues: [{ path: 'jobs[1].jobId' }] } })
+    for (const body of [
+      {},
+      { jobs: [] },
+      { jobs: 'x' },
+      { jobs: Array(101).fill(voice()) },
+      { jobs: [voice()], x: 1 },
+    ]) {
+      const shell = await batch('frank', body)
+      expect(shell.status, JSON.stringify(body).slice(0, 40)).toBe(400)
+      expect(shell.json).toMatchObject({ error: { code: 'invalid_request' } })
+    }
+    expect(await rowsOf([`frank.${tag}-ok`, `frank.${tag}-d`])).toEqual([])
+  })
+
+  it('refuses the whole batch with 409 when one jobId holds a different request, before anything is queued', async () => {
+    expect((await batch('dave', { jobs: [voice(`${tag}-x`)] })).status).toBe(202)
+    const res = await batch('dave', { jobs: [voice(`${tag}-new`), voice(`${tag}-x`, 2)] })
+    expect(res.status).toBe(409)
+    expect(res.json).toMatchObject({ error: { code: 'conflict', issues: [{ path: 'jobs[1].jobId' }] } })
+    expect(JSON.stringify(res.json)).toContain('nothing in this batch was queued')
+    expect(await rowsOf([`dave.${tag}-new`])).toEqual([])
+    expect(await stack.queue.getJobState(`dave.${tag}-new`)).toBe('unknown')
+  })
+
+  it('an add that stalls answers 503; what landed is undone, and the same batch again is queued', async () => {
+    const jobIds = [`${tag}-s1`, `${tag}-s2`]
+    const body = { jobs: jobIds.map((id) => voice(id)) }
+    const admin = createRedis(TEST_REDIS_URL)
+    try {
+      // Writes wait; the add reaches Redis and runs once the pause ends: its outcome is unknown to the gateway.
+      await admin.call('CLIENT', 'PAUSE', '5000', 'WRITE')
+      const t0 = Date.now()
+      const res = await batch('frank', body)
+      expect(Date.now() - t0).toBeLessThan(4500)
+      expect(res.status).toBe(503)
+      expect(res.json).toMatchObject({ error: { code: 'backend_unavailable' } })
+      expect(JSON.stringify(res.json)).toContain('nothing was queued')
+    } finally {
+      await admin.call('CLIENT', 'UNPAUSE')
+      admin.disconnect()
+    }
+    const scoped = jobIds.map((id) => `frank.${id}`)
+    await waitFor(
+      async () =>
+        (await rowsOf(scoped)).length === 0 &&
+        (await Promise.all(scoped.map((id) => stack.queue.getJobState(id)))).every((s) => s === 'unknown'),
+      20_000,
+      'the unqueued batch to be cleaned up',
+    )
+    const again = await batch('frank', body)
+    expect(again.status).toBe(202)
+    expect(again.json.jobs.map((j) => j.jobId)).toEqual(scoped)
+  })
+
+  it('counts the quota for the whole batch', async () => {
+    const over = await batch('erin', {
+      jobs: Array.from({ length: QUOTA + 1 }, (_, i) => voice(`${tag}-q${i}`)),
+    })
+    expect(over.status).toBe(429)
+    expect(over.json).toMatchObject({ error: { code: 'quota_exceeded' } })
+    expect(await rowsOf(Array.from({ length: QUOTA + 1 }, (_, i) => `erin.${tag}-q${i}`))).toEqual([])
+    const fits = await batch('erin', { jobs: Array.from({ length: QUOTA }, () => voice()) })
+    expect(fits.status).toBe(202)
+  })
+
+  it('is in the OpenAPI document, with q on the list', () => {
+    const doc = openApiDocument() as {
+      paths: Record<string, { post?: { operationId: string }; get?: { parameters: { name: string }[] } }>
+      components: { schemas: Record<string, unknown> }
+    }
+    expect(doc.paths['/api/jobs/batch']?.post?.operationId).toBe('submitJobs')
+    expect(doc.paths['/api/jobs']?.get?.parameters.map((p) => p.name)).toContain('q')
+    expect(doc.components.schemas.SubmitBatchBody).toMatchObject({
+      properties: { jobs: { items: { $ref: '#/components/schemas/SubmitJobBody' }, maxItems: 100 } },
+    })
+  })
+})
+
+describe('POST /api/jobs/batch with Redis down', () => {
+  let proxy: TcpProxy
+  let cut: Stack
+
+  beforeAll(async () => {
+    proxy = await startTcpProxy(
+      Number(new URL(TEST_REDIS_URL).port || 6379),
+      new URL(TEST_REDIS_URL).hostname,
+    )
+    cut = await startStack({ withHost: false, redisUrl: `redis://127.0.0.1:${proxy.port}` })
+  })
+  afterAll(async () => {
+    await proxy?.restore().catch(() => {})
+    await cut?.close()
+    await proxy?.close()
+  })
+
+  it('answers 503 naming Redis, and nothing is queued or kept', async () => {
+    const jobIds = [`${tag}-r1`, `${tag}-r2`]
+    await proxy.cut()
+    const res = await fetch(cut.url('/api/jobs/batch'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ jobs: jobIds.map((id) => voice(id)) }),
+    })
+    expect(res.status).toBe(503)
+    expect(await res.json()).toMatchObject({ error: { code: 'backend_unavailable' } })
+    expect(await rowsOf(jobIds)).toEqual([])
+    // Straight to Redis, not through the cut proxy.
+    const direct = createRedis(TEST_REDIS_URL)
+    const queue = new Queue(QUEUE_NAME, { connection: direct, prefix: cut.prefix })
+    try {
+      for (const id of jobIds) expect(await queue.getJobState(id)).toBe('unknown')
+    } finally {
+      await queue.close()
+      direct.disconnect()
+    }
+  })
+})

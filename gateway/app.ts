@@ -27,6 +27,7 @@ import {
 import { requestMetrics } from './middleware/request-metrics.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
 import { jobAccess } from './routes/access.ts'
+import { actionRoutes } from './routes/actions.ts'
 import { artifactRoutes } from './routes/artifacts.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
@@ -122,6 +123,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.route('/', healthRoutes({ redis, database: deps.database, s3: deps.s3, bucket, metrics, logger }))
   app.route('/', consoleApp)
   app.route('/', jobRoutes({ ...deps, access, onChanged: bodies.forget }))
+  app.route('/', actionRoutes({ ...deps, access, onChanged: bodies.forget }))
   app.route('/', statusRoutes({ bodies, access }))
   app.route('/', eventRoutes({ ...deps, access }))
   app.route('/', artifactRoutes({ store, access, s3: deps.s3, bucket }))

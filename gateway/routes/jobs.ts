@@ -1,7 +1,7 @@
 /**
  * The job resource: submit (`POST /api/train`, alias `POST /api/jobs`), list (`GET /api/jobs`) and cancel
- * (`POST /api/jobs/:jobId/cancel`). Status bodies are routes/status.ts; a submit's body rules are
- * schema/submission.ts.
+ * (`POST /api/jobs/:jobId/cancel`), with the one submit path (`jobSubmitter`) that re-runs (actions.ts)
+ * share. Status bodies are routes/status.ts; a submit's body rules are schema/submission.ts.
  */
 import { randomUUID } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
@@ -79,14 +79,8 @@ const sameRequest = (row: JobRow, req: Request): boolean =>
   (row.timeoutSec ?? undefined) === req.timeoutSec &&
   row.maxAttempts === req.maxAttempts
 
-/** The submit's body, parsed and checked: 400 (invalid), 413 (params over MAX_PARAMS_BYTES). */
-async function readSubmission(c: Context, config: Config): Promise<SubmitJobBody> {
-  let raw: unknown
-  try {
-    raw = await c.req.json()
-  } catch {
-    throw new ApiError(400, 'invalid_json', 'the body must be valid JSON')
-  }
+/** A submit's body, checked: 400 (invalid), 413 (params over MAX_PARAMS_BYTES). */
+async function checkBody(raw: unknown, config: Config): Promise<SubmitJobBody> {
   // Quota: what one job may hold in Redis and Postgres, before the params' own rules (a long string
   // is over the quota whatever else is wrong with it). Only JSON that is safe to walk is measured here:
   // stringify recurses, and checkSubmission reports what is unsafe.
@@ -107,11 +101,40 @@ async function readSubmission(c: Context, config: Config): Promise<SubmitJobBody
   return checked.body
 }
 
-/** @example app.route('/', jobRoutes({ config, store, redis, queue, metrics, logger, access, onChanged })) */
-export function jobRoutes(deps: JobsDeps): Hono {
-  const { config, store, redis, queue, metrics, logger, access } = deps
-  const authRequired = config.apiTokens.size > 0
-  const app = new Hono()
+/** The submit's body, parsed and checked (see checkBody). */
+async function readSubmission(c: Context, config: Config): Promise<SubmitJobBody> {
+  let raw: unknown
+  try {
+    raw = await c.req.json()
+  } catch {
+    throw new ApiError(400, 'invalid_json', 'the body must be valid JSON')
+  }
+  return checkBody(raw, config)
+}
+
+/** What a submit answers: 202 with a new job, 200 with the existing one of the same jobId. */
+export interface Submitted {
+  code: 200 | 202
+  body: SubmitJobResponse
+}
+
+export interface JobSubmitter {
+  /**
+   * Submits a checked body as `owner`: the row (quota), the BullMQ add, the queued event. A body without
+   * `jobId` gets a random UUID.
+   */
+  submit(owner: string | null, body: SubmitJobBody): Promise<Submitted>
+  /** The checks of a submit's body, for a body the gateway builds itself (a re-run). */
+  check(raw: unknown): Promise<SubmitJobBody>
+}
+
+/**
+ * The one submit path, shared by `POST /api/train` and `POST /api/jobs/:jobId/rerun`.
+ *
+ * @example const { submit } = jobSubmitter(deps); const { code, body } = await submit(owner, checked)
+ */
+export function jobSubmitter(deps: Omit<JobsDeps, 'access' | 'onChanged'>): JobSubmitter {
+  const { config, store, redis, queue, metrics, logger } = deps
 
   /**
    * Makes sure Redis holds nothing of a submit that answered 503 (its add may have landed): the BullMQ
@@ -190,10 +213,8 @@ export function jobRoutes(deps: JobsDeps): Hono {
     }
   }
 
-  const submit = async (c: Context) => {
-    const body = await readSubmission(c, config)
+  async function submit(owner: string | null, body: SubmitJobBody): Promise<Submitted> {
     const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body
-    const owner = c.get('owner')
     // An id this token owns already (one the API generated for it) is kept: resubmitting it is idempotent.
     const owned =
       requestedId !== undefined && owner !== null && (await store.get(requestedId))?.owner === owner
@@ -235,7 +256,7 @@ export function jobRoutes(deps: JobsDeps): Hono {
       const existing = claimed.existing
       if (existing.owner !== owner || !sameRequest(existing, request))
         throw new ApiError(409, 'conflict', `jobId "${jobId}" is already used by a different request`)
-      return c.json({ jobId, status: existing.status, ...urls } satisfies SubmitJobResponse, 200)
+      return { code: 200, body: { jobId, status: existing.status, ...urls } }
     }
     await enqueue(
       {
@@ -253,7 +274,21 @@ export function jobRoutes(deps: JobsDeps): Hono {
     await recordQueued(jobId, type)
     metrics.submitted.inc({ type })
     logger.info({ jobId, type, owner }, 'job queued')
-    return c.json({ jobId, status: 'queued', ...urls } satisfies SubmitJobResponse, 202)
+    return { code: 202, body: { jobId, status: 'queued', ...urls } }
+  }
+  return { submit, check: (raw) => checkBody(raw, config) }
+}
+
+/** @example app.route('/', jobRoutes({ config, store, redis, queue, metrics, logger, access, onChanged })) */
+export function jobRoutes(deps: JobsDeps): Hono {
+  const { config, store, redis, queue, access } = deps
+  const authRequired = config.apiTokens.size > 0
+  const app = new Hono()
+  const submitter = jobSubmitter(deps)
+
+  const submit = async (c: Context) => {
+    const { code, body } = await submitter.submit(c.get('owner'), await readSubmission(c, config))
+    return c.json(body satisfies SubmitJobResponse, code)
   }
   const body = jsonBody({ maxBytes: MAX_BODY_BYTES })
   app.post('/api/train', body, submit)

@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Queue } from 'bullmq'
+import { eq } from 'drizzle-orm'
 import type { Hono } from 'hono'
 import type { Redis } from 'ioredis'
 import pino from 'pino'
@@ -14,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createRedis, createS3Client, FAIL_FAST_REDIS } from '../schema/clients.ts'
 import { loadConfig } from '../schema/config.ts'
 import { type Database, openDatabase } from '../schema/db/connect.ts'
+import { jobAttempts, jobs } from '../schema/db/tables.ts'
 import { QUEUE_NAME } from '../schema/keys.ts'
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../tests/helpers/stores.ts'
 import { createApp, rowSnapshot } from './app.ts'
@@ -200,5 +202,99 @@ describe('createApp with injected stores, through app.request()', () => {
   it('serves health without a token, and /ws only as an upgrade', async () => {
     expect(await (await app.request('/healthz')).json()).toEqual({ ok: true })
     expect((await app.request('/ws', as(ALICE))).status).toBe(404)
+  })
+})
+
+describe('attempts, re-run and retry, through app.request()', () => {
+  const post = (token: string, path: string) => app.request(path, as(token, { method: 'POST' }))
+  const statusOf = async (token: string, jobId: string) =>
+    (await (await app.request(`/api/jobs/${jobId}`, as(token))).json()) as Record<string, unknown>
+  /** A submitted job made to look like one whose first attempt failed and that waits to retry. */
+  async function retryingJob(): Promise<string> {
+    const { jobId } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    const job = await queue.getJob(jobId)
+    await queue.remove(jobId)
+    await queue.add('train_voice', job?.data, { jobId, delay: 3_600_000 })
+    const startedAt = new Date(Date.now() - 5000)
+    await database.db
+      .update(jobs)
+      .set({ status: 'retrying', attempt: 1, startedAt, nextAttemptAt: new Date(Date.now() + 3_600_000) })
+      .where(eq(jobs.id, jobId))
+    await database.db.insert(jobAttempts).values({
+      jobId,
+      attempt: 1,
+      host: 'host-1',
+      pid: 4242,
+      startedAt,
+      finishedAt: new Date(),
+      outcome: 'retrying',
+      reason: 'crash',
+      message: 'exited with code 3',
+    })
+    return jobId
+  }
+
+  it('shows the attempts in the status body (none before the first), not in the list', async () => {
+    const { jobId: queued } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    expect((await statusOf(ALICE, queued)).attempts).toEqual([])
+    const jobId = await retryingJob()
+    const body = await statusOf(ALICE, jobId)
+    expect(body.attempts).toEqual([
+      {
+        attempt: 1,
+        hostId: 'host-1',
+        pid: 4242,
+        startedAt: expect.any(String),
+        finishedAt: expect.any(String),
+        outcome: 'failed',
+        reason: 'crash',
+        message: 'exited with code 3',
+      },
+    ])
+    const list = (await (await app.request('/api/jobs?status=retrying', as(ALICE))).json()) as {
+      jobs: Record<string, unknown>[]
+    }
+    expect(list.jobs.find((j) => j.jobId === jobId)).not.toHaveProperty('attempts')
+  })
+
+  it('re-runs a job as a new one with its type, params and options; another owner gets a 404', async () => {
+    const res = await submit(ALICE, { ...voiceJob(), priority: 3, timeoutSec: 120, maxAttempts: 2 })
+    const { jobId } = (await res.json()) as { jobId: string }
+    expect((await post(BOB, `/api/jobs/${jobId}/rerun`)).status).toBe(404)
+    const rerun = await post(ALICE, `/api/jobs/${jobId}/rerun`)
+    expect(rerun.status).toBe(202)
+    const created = (await rerun.json()) as Record<string, string>
+    expect(created.jobId).not.toBe(jobId)
+    expect(created).toEqual({
+      jobId: created.jobId,
+      status: 'queued',
+      statusUrl: `/api/status/${created.jobId}`,
+      streamUrl: `/ws?jobId=${created.jobId}`,
+    })
+    const [original, copy] = [await statusOf(ALICE, jobId), await statusOf(ALICE, created.jobId ?? '')]
+    expect(copy).toMatchObject({ type: original.type, params: original.params, maxAttempts: 2 })
+    const queued = await queue.getJob(created.jobId ?? '')
+    expect(queued?.data).toMatchObject({ type: 'train_voice', priority: 3, timeoutSec: 120, maxAttempts: 2 })
+    expect(queued?.opts.priority).toBe(3)
+    expect((await statusOf(BOB, created.jobId ?? '')).error).toMatchObject({ code: 'not_found' })
+  })
+
+  it('starts a retrying job’s next attempt now; anything else is a 409 naming its status', async () => {
+    const jobId = await retryingJob()
+    expect((await post(BOB, `/api/jobs/${jobId}/retry`)).status).toBe(404)
+    expect(await queue.getJobState(jobId)).toBe('delayed')
+    const res = await post(ALICE, `/api/jobs/${jobId}/retry`)
+    expect(res.status).toBe(202)
+    expect(await res.json()).toEqual({ jobId, status: 'retrying' })
+    expect(await queue.getJobState(jobId)).toBe('waiting')
+    const due = Date.parse(String((await statusOf(ALICE, jobId)).nextAttemptAt))
+    expect(due).toBeLessThanOrEqual(Date.now())
+    const { jobId: queued } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    const refused = await post(ALICE, `/api/jobs/${queued}/retry`)
+    expect(refused.status).toBe(409)
+    expect(await refused.json()).toMatchObject({
+      error: { code: 'conflict', message: expect.stringContaining('job is queued, not retrying') },
+    })
+    expect((await post(ALICE, '/api/jobs/no-such-job/retry')).status).toBe(404)
   })
 })

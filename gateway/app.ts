@@ -27,6 +27,7 @@ import {
 import { requestMetrics } from './middleware/request-metrics.ts'
 import { RateLimiter, type StreamCounter } from './rate-limit.ts'
 import { jobAccess } from './routes/access.ts'
+import { actionRoutes } from './routes/actions.ts'
 import { artifactRoutes } from './routes/artifacts.ts'
 import { batchRoutes } from './routes/batch.ts'
 import { eventRoutes } from './routes/events.ts'
@@ -126,6 +127,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   const submitter = jobSubmitter(deps)
   app.route('/', batchRoutes({ config, submitter }))
   app.route('/', jobRoutes({ ...deps, access, submitter, onChanged: bodies.forget }))
+  app.route('/', actionRoutes({ ...deps, access, submitter, onChanged: bodies.forget }))
   app.route('/', statusRoutes({ bodies, access }))
   app.route('/', eventRoutes({ ...deps, access }))
   app.route('/', artifactRoutes({ store, access, s3: deps.s3, bucket }))

@@ -5,6 +5,7 @@ import {
   JobListBody,
   JobStatusBody,
   MAX_BATCH_JOBS,
+  RetryJobResponse,
   SubmitJobBody,
   SubmitJobResponse,
 } from '../schema/api.ts'
@@ -32,7 +33,7 @@ const errors = (...codes: number[]) =>
           401: 'no or bad token',
           403: 'cross-site request (foreign Origin or Host; see ALLOWED_ORIGINS)',
           404: 'unknown job (or another owner’s)',
-          409: 'conflict (for a submit: the jobId exists with a different request)',
+          409: 'conflict (a submit: the jobId exists with a different request; a retry: the job is not retrying; a re-run: its stored params no longer pass)',
           413: 'body over 1 MB, or params over MAX_PARAMS_BYTES',
           415: 'body is not JSON (content-type: application/json)',
           416: 'Range malformed or past the end of the file (content-range: bytes */<size>)',
@@ -100,6 +101,7 @@ export function openApiDocument(): Record<string, unknown> {
         },
         JobStatusBody: schema(JobStatusBody),
         JobListBody: schema(JobListBody),
+        RetryJobResponse: schema(RetryJobResponse),
         Artifact: schema(Artifact),
         ErrorBody: schema(ErrorBody),
         ProgressEvent: schema(ProgressEvent),
@@ -163,6 +165,29 @@ export function openApiDocument(): Record<string, unknown> {
           parameters: [jobIdParam],
           responses: {
             '202': { description: 'cancelled, or cancellation sent to the host running it' },
+            ...errors(401, 404, 409, 429, 503),
+          },
+        },
+      },
+      '/api/jobs/{jobId}/rerun': {
+        post: {
+          operationId: 'rerunJob',
+          summary:
+            'Run a job again: a new job (new id) with its type, params as stored and options (priority, timeoutSec, maxAttempts)',
+          parameters: [jobIdParam],
+          responses: {
+            '202': json('SubmitJobResponse', 'the new job, queued'),
+            ...errors(401, 404, 409, 429, 503),
+          },
+        },
+      },
+      '/api/jobs/{jobId}/retry': {
+        post: {
+          operationId: 'retryJob',
+          summary: "Start a retrying job's next attempt now, before its backoff ends",
+          parameters: [jobIdParam],
+          responses: {
+            '202': json('RetryJobResponse', 'the next attempt is due now'),
             ...errors(401, 404, 409, 429, 503),
           },
         },

@@ -1,7 +1,14 @@
 import { and, asc, desc, eq, ilike, like, lt, or, type SQL, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
-import { type JobArtifactRow, type JobRow, jobArtifacts, jobs } from '../schema/db/tables.ts'
+import {
+  type JobArtifactRow,
+  type JobAttemptRow,
+  type JobRow,
+  jobArtifacts,
+  jobAttempts,
+  jobs,
+} from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import { NotQueuedError } from '../schema/jobs/errors.ts'
 import { JobRecords, type NewJob } from '../schema/jobs/records.ts'
@@ -107,6 +114,25 @@ export class JobStore {
         .where(eq(jobArtifacts.jobId, jobId))
         .orderBy(asc(jobArtifacts.path)),
     )
+  }
+
+  /** The job's attempt rows, first attempt first. */
+  attempts(jobId: string): Promise<JobAttemptRow[]> {
+    return this.pg(() =>
+      this.db
+        .select()
+        .from(jobAttempts)
+        .where(eq(jobAttempts.jobId, jobId))
+        .orderBy(asc(jobAttempts.attempt)),
+    )
+  }
+
+  /**
+   * Makes a retrying job's next attempt due now (see JobRecords.retryNow): the row when written, null
+   * when the job is no longer retrying.
+   */
+  retryNow(jobId: string): Promise<JobRow | null> {
+    return this.records.retryNow(jobId)
   }
 
   /**

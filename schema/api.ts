@@ -53,6 +53,23 @@ export type ArtifactRecord = v.InferOutput<typeof ArtifactRecord>
 export const Artifact = v.object({ ...ArtifactRecord.entries, url: v.string() })
 export type Artifact = v.InferOutput<typeof Artifact>
 
+/**
+ * One attempt of a job in its status body, as its attempt row has it (null: not known, or not yet).
+ * `outcome` is how the attempt ended (`failed` also when the job retried after it), null while it runs;
+ * `reason` is the failure's (`timeout`, `crash`, `cancelled`, ...).
+ */
+export const JobAttempt = v.object({
+  attempt: v.number(),
+  hostId: v.nullable(v.string()),
+  pid: v.nullable(v.number()),
+  startedAt: v.nullable(v.string()),
+  finishedAt: v.nullable(v.string()),
+  outcome: v.nullable(v.picklist(['completed', 'failed', 'cancelled', 'interrupted'])),
+  reason: v.nullable(v.string()),
+  message: v.nullable(v.string()),
+})
+export type JobAttempt = v.InferOutput<typeof JobAttempt>
+
 /** `GET /api/status/:jobId`. */
 export const JobStatusBody = v.object({
   jobId: JobId,
@@ -72,18 +89,24 @@ export const JobStatusBody = v.object({
   updatedAt: v.string(),
   nextAttemptAt: v.optional(v.nullable(v.string())),
   seq: v.number(),
+  /** Every attempt so far, first attempt first. */
+  attempts: v.array(JobAttempt),
 })
 export type JobStatusBody = v.InferOutput<typeof JobStatusBody>
 
 /**
- * One job in `GET /api/jobs`: the status body without `params`, `result` and `artifacts` (which can be
+ * One job in `GET /api/jobs`: the status body without `params`, `result`, `artifacts` and `attempts` (which can be
  * large; a list of 500 must stay small), from the stored state. `GET /api/status/:jobId` has the rest.
  */
-export const JobSummary = v.omit(JobStatusBody, ['params', 'result', 'artifacts'])
+export const JobSummary = v.omit(JobStatusBody, ['params', 'result', 'artifacts', 'attempts'])
 export type JobSummary = v.InferOutput<typeof JobSummary>
 
 export const JobListBody = v.object({ jobs: v.array(JobSummary), nextCursor: v.nullable(v.string()) })
 export type JobListBody = v.InferOutput<typeof JobListBody>
+
+/** `POST /api/jobs/:jobId/retry`: the job, whose next attempt is due now. */
+export const RetryJobResponse = v.object({ jobId: JobId, status: JobStatus })
+export type RetryJobResponse = v.InferOutput<typeof RetryJobResponse>
 
 export const ErrorBody = v.object({
   error: v.object({

@@ -27,6 +27,8 @@ Commands:
   list            list jobs, newest first
   cancel <id>     cancel a queued, retrying or running job
   follow <id>     watch a job's progress live until it ends
+  rerun <id>      submit a new job with a job's type, params and options
+  retry <id>      start a retrying job's next attempt now
 
 Run "gpu-jobs <command> --help" for a command's options.
 Every command takes --url <url> (overrides GPU_JOBS_URL) and -h/--help.
@@ -92,6 +94,28 @@ ${ENV_HELP}`,
 Cancel a queued, retrying or running job; a running job's process group is killed by its GPU host.
 A job that has already finished is refused (exit 3). Then "gpu-jobs follow <id>" exits 2 once it has
 stopped.
+
+Options:
+      --json   print the API's JSON response instead
+
+${ENV_HELP}`,
+  rerun: `Usage: gpu-jobs rerun <id> [--follow] [--sse] [--json]
+
+Submit a new job with the type, params (as stored) and options (priority, timeout, max attempts) of job
+<id>, whatever its status. Prints the new job's id; with --follow, then its progress.
+
+Options:
+  -f, --follow   then follow the new job like "gpu-jobs follow" (and exit with its exit code)
+      --sse      follow over Server-Sent Events instead of WebSocket
+      --json     print the API's JSON response (and, with --follow, each event as a JSON line)
+
+${ENV_HELP}
+
+${EXIT_HELP}`,
+  retry: `Usage: gpu-jobs retry <id> [--json]
+
+Start the next attempt of a retrying job (one whose attempt failed and that waits for its backoff) now;
+a GPU host takes it as soon as a slot is free. Any other status is refused (exit 3).
 
 Options:
       --json   print the API's JSON response instead

@@ -1,4 +1,4 @@
-import type { JobStatusBody, JobSummary } from '../../schema/api.ts'
+import type { JobAttempt, JobStatusBody, JobSummary } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 
 export const percent = (p: number): string => `${Number(p.toFixed(1))}%`
@@ -61,6 +61,40 @@ const when = (iso: string | null | undefined, now: number): string | undefined =
 
 const compactJson = (value: unknown, max = 300): string => truncate(JSON.stringify(value) ?? '', max)
 
+/** Rows of cells as lines, each column as wide as its widest cell (the last one left as is). */
+export function alignColumns(rows: string[][], indent = ''): string[] {
+  const widths: number[] = []
+  for (const r of rows) for (const [i, cell] of r.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length)
+  return rows.map(
+    (r) =>
+      indent +
+      r
+        .map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
+        .join('  ')
+        .trimEnd(),
+  )
+}
+
+/**
+ * The attempts of `gpu-jobs status`, one line each: `#1  host-a  12s  failed  crash  exited with code 3`
+ * (a running attempt: its duration so far).
+ */
+export function attemptLines(attempts: JobAttempt[], now = Date.now()): string[] {
+  const rows = attempts.map((a) => {
+    const start = a.startedAt ? Date.parse(a.startedAt) : Number.NaN
+    const end = a.finishedAt ? Date.parse(a.finishedAt) : now
+    return [
+      `#${a.attempt}`,
+      a.hostId ?? '-',
+      Number.isNaN(start) ? '-' : duration(end - start),
+      a.outcome ?? (a.finishedAt ? '-' : 'running'),
+      a.reason ?? '',
+      (a.message ?? '').replace(/\s+/g, ' '),
+    ]
+  })
+  return alignColumns(rows, '  ')
+}
+
 /** The human-readable summary of `gpu-jobs status`. */
 export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()): string {
   const rows: [string, string | undefined][] = [
@@ -84,6 +118,8 @@ export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()
   const lines = rows
     .filter((r): r is [string, string] => r[1] !== undefined)
     .map(([k, v]) => `${k.padEnd(10)}${v}`)
+  if (job.attempts.length > 0)
+    lines.push(`attempts (${job.attempts.length})`, ...attemptLines(job.attempts, now))
   if (job.artifacts.length > 0) {
     lines.push(`artifacts (${job.artifacts.length})`)
     const width = Math.max(...job.artifacts.map((a) => a.path.length))
@@ -106,11 +142,5 @@ export function jobTable(jobs: JobSummary[], now = Date.now()): string {
     `${duration(now - Date.parse(j.createdAt))} ago`,
     truncate((j.error ? `${j.error.reason}: ${j.error.message}` : j.message).replace(/\s+/g, ' '), 60),
   ])
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
-  const fmt = (r: string[]) =>
-    r
-      .map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
-      .join('  ')
-      .trimEnd()
-  return [fmt(header), ...rows.map(fmt)].join('\n')
+  return alignColumns([header, ...rows]).join('\n')
 }

@@ -4,9 +4,9 @@
  */
 import { type Context, Hono } from 'hono'
 import type { Redis } from 'ioredis'
-import type { JobStatusBody, JobSummary } from '../../schema/api.ts'
+import type { JobAttempt, JobStatusBody, JobSummary } from '../../schema/api.ts'
 import { isTerminal } from '../../schema/common.ts'
-import type { JobRow } from '../../schema/db/tables.ts'
+import type { JobAttemptRow, JobRow } from '../../schema/db/tables.ts'
 import { lastEvent } from '../../schema/progress-log.ts'
 import type { EventHub } from '../hub.ts'
 import type { JobStore, JobSummaryRow } from '../store.ts'
@@ -36,6 +36,18 @@ export const summaryOf = (row: JobSummaryRow): JobSummary => ({
   seq: row.lastSeq,
 })
 
+/** An attempt row as the status body shows it; an attempt the job retried after shows as `failed`. */
+export const attemptOf = (row: JobAttemptRow): JobAttempt => ({
+  attempt: row.attempt,
+  hostId: row.host,
+  pid: row.pid ?? null,
+  startedAt: iso(row.startedAt),
+  finishedAt: iso(row.finishedAt),
+  outcome: row.outcome === 'retrying' ? 'failed' : (row.outcome ?? null),
+  reason: row.reason ?? null,
+  message: row.message ?? null,
+})
+
 export interface StatusBodies {
   /** The stored row merged with the newest live event, which Postgres sees only a few times a second. */
   body(row: JobRow): Promise<JobStatusBody>
@@ -60,10 +72,13 @@ export function statusBodies({
   hub: EventHub
 }): StatusBodies {
   async function body(row: JobRow): Promise<JobStatusBody> {
-    // Artifacts are recorded when a job completes: an unfinished job has none to look up.
-    const [live, artifacts] = await Promise.all([
+    // Artifacts are recorded when a job completes: an unfinished job has none to look up. Attempt rows
+    // change with an event of their job (started, ended), which drops the cached body; only the pid is
+    // written without one, and shows within STATUS_CACHE_MS.
+    const [live, artifacts, attempts] = await Promise.all([
       lastEvent(redis, row.id).catch(() => null),
       isTerminal(row.status) ? store.artifacts(row.id) : [],
+      row.attempt > 0 ? store.attempts(row.id) : [],
     ])
     // A finished row is final; its last event may be published a moment after the row is written.
     const fresher = live && live.seq > row.lastSeq && !isTerminal(row.status) ? live : null
@@ -89,6 +104,7 @@ export function statusBodies({
       updatedAt: row.updatedAt.toISOString(),
       nextAttemptAt: iso(row.nextAttemptAt),
       seq: fresher?.seq ?? finalSeq,
+      attempts: attempts.map(attemptOf),
     }
   }
 

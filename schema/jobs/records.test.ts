@@ -89,6 +89,25 @@ describe('the guards of the row writer', () => {
     await records.removeNotQueued(tombstone.jobId)
     expect(await database.db.select().from(jobs).where(eq(jobs.id, tombstone.jobId))).toHaveLength(0)
   })
+
+  it('makes a retrying job due now, and only a retrying one', async () => {
+    for (const status of JOB_STATUSES) {
+      const job = newJob()
+      await records.ensureJob(job)
+      const later = new Date(Date.now() + 3_600_000)
+      await database.db.update(jobs).set({ status, nextAttemptAt: later }).where(eq(jobs.id, job.jobId))
+      const before = Date.now()
+      const row = await records.retryNow(job.jobId)
+      if (status !== 'retrying') {
+        expect(row, status).toBeNull()
+        continue
+      }
+      expect(row?.status).toBe('retrying')
+      const due = row?.nextAttemptAt?.getTime() ?? Number.NaN
+      expect(due).toBeGreaterThanOrEqual(before - 1000)
+      expect(due).toBeLessThan(later.getTime())
+    }
+  })
 })
 
 describe('retryWhileDown', () => {

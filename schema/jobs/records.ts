@@ -5,31 +5,21 @@
  * meets an unreachable Postgres is the caller's: the host retries (`retryWhileDown`, db-call.ts), the gateway fails
  * fast with a 503.
  */
-import { and, asc, count, eq, gt, inArray, isNull, lt, type SQL, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gt, inArray, lt, sql } from 'drizzle-orm'
 import type { PgUpdateSetSource } from 'drizzle-orm/pg-core'
 import type { JobError, JobStatus } from '../common.ts'
 import { TERMINAL_STATUSES } from '../common.ts'
 import type { Db } from '../db/connect.ts'
 import { recordJobEvent } from '../db/events.ts'
-import { type JobAttemptRow, type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
+import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
 import type { ProgressEvent } from '../events.ts'
-import type { JobType } from '../params/index.ts'
 import type { DbCall } from './db-call.ts'
 import { NotQueuedError } from './errors.ts'
 import { guard, olderThan, unfinished } from './guard.ts'
 import type { ArtifactEntry, RowWrite, WrittenStatus } from './lifecycle.ts'
+import { type AttemptClose, closeOpenAttempts, type NewJob, rowOf, writeJob } from './row-writes.ts'
 
-/** A job to create: the gateway's submit, or the host's row for a job another producer added. */
-export interface NewJob {
-  jobId: string
-  type: JobType
-  params: Record<string, unknown>
-  owner?: string | null | undefined
-  priority?: number | undefined
-  timeoutSec?: number | undefined
-  maxAttempts: number
-  outputPrefix: string
-}
+export type { NewJob }
 
 /** How an attempt ends (a Transition of lifecycle.ts is one). */
 export interface AttemptEnd {
@@ -40,49 +30,6 @@ export interface AttemptEnd {
   error?: JobError | null | undefined
   artifacts?: ArtifactEntry[] | undefined
   nextAttemptAt?: Date | null | undefined
-}
-
-const rowOf = (job: NewJob) => ({
-  id: job.jobId,
-  type: job.type,
-  status: 'queued' as const,
-  params: job.params,
-  owner: job.owner ?? null,
-  priority: job.priority ?? null,
-  timeoutSec: job.timeoutSec ?? null,
-  maxAttempts: job.maxAttempts,
-  outputPrefix: job.outputPrefix,
-})
-
-/** Statuses that count against a token's MAX_QUEUED_JOBS_PER_TOKEN. */
-/** Writes the job row where `where` holds; returns whether it did (a guarded write that lost writes none). */
-async function writeJob(
-  db: Db,
-  values: PgUpdateSetSource<typeof jobs>,
-  where: SQL | undefined,
-): Promise<boolean> {
-  const rows = await db.update(jobs).set(values).where(where).returning({ id: jobs.id })
-  return rows.length > 0
-}
-
-/** How an attempt row ends: when, its outcome, and why. */
-type AttemptClose = Pick<JobAttemptRow, 'finishedAt' | 'outcome' | 'reason' | 'message'>
-
-/**
- * Closes the job's attempt rows that are still open (only attempt `attempt`'s when given). The first end
- * recorded stands: a host that lost the job to another must not rewrite it.
- */
-async function closeOpenAttempts(db: Db, jobId: string, end: AttemptClose, attempt?: number): Promise<void> {
-  await db
-    .update(jobAttempts)
-    .set(end)
-    .where(
-      and(
-        eq(jobAttempts.jobId, jobId),
-        attempt === undefined ? undefined : eq(jobAttempts.attempt, attempt),
-        isNull(jobAttempts.finishedAt),
-      ),
-    )
 }
 
 const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
@@ -307,6 +254,23 @@ export class JobRecords {
         { status: 'cancelled', error, message, finishedAt: now, updatedAt: now, nextAttemptAt: null },
         and(eq(jobs.id, jobId), guard({ kind: 'cancel' })),
       )
+    })
+  }
+
+  /**
+   * A client's "retry now" of a job waiting for its next attempt: the attempt is due now (`nextAttemptAt`;
+   * the reconciler re-adds a lost one without delay). Written only while the job is still retrying;
+   * returns the row, or null when it is not (started, cancelled or finished meanwhile).
+   */
+  retryNow(jobId: string): Promise<JobRow | null> {
+    return this.call('retry now', async () => {
+      const now = new Date()
+      const [row] = await this.db
+        .update(jobs)
+        .set({ nextAttemptAt: now, updatedAt: now })
+        .where(and(eq(jobs.id, jobId), unfinished(), eq(jobs.status, 'retrying')))
+        .returning()
+      return row ?? null
     })
   }
 

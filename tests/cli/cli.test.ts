@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { EXIT, type Output, run } from '../../gateway/cli/main.ts'
 import type { JobStatusBody } from '../../schema/api.ts'
+import { jobAttempts, jobs } from '../../schema/db/tables.ts'
 import { isolatedDatabase, type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
@@ -427,6 +428,76 @@ describe('gpu-jobs cancel', () => {
     const again = await cli(url, ['cancel', id])
     expect(again.code).toBe(EXIT.error)
     expect(again.err).toBe('error: conflict: job is already cancelled\n')
+  })
+})
+
+describe('gpu-jobs rerun, retry, and the attempts in status', () => {
+  /** A train_voice job whose first attempt failed, waiting an hour for its second: row and delayed job. */
+  async function retryingJob(): Promise<string> {
+    const jobId = `cli-retry-${randomUUID().slice(0, 8)}`
+    const params = { speakerName: 'ann', datasetPath: 'ds', epochs: 1, engine: 'simulate' }
+    const startedAt = new Date(Date.now() - 4000)
+    await stack.database.db.insert(jobs).values({
+      id: jobId,
+      type: 'train_voice',
+      status: 'retrying',
+      params,
+      attempt: 1,
+      maxAttempts: 2,
+      startedAt,
+      nextAttemptAt: new Date(Date.now() + 3_600_000),
+      outputPrefix: `voices/${jobId}`,
+    })
+    await stack.database.db.insert(jobAttempts).values({
+      jobId,
+      attempt: 1,
+      host: 'host-x',
+      startedAt,
+      finishedAt: new Date(Date.now() - 1000),
+      outcome: 'retrying',
+      reason: 'crash',
+      message: 'exited with code 3',
+    })
+    const envelope = { jobId, type: 'train_voice', params, artifacts: { outputPrefix: `voices/${jobId}` } }
+    await stack.queue.add('train_voice', { ...envelope, maxAttempts: 2 }, { jobId, delay: 3_600_000 })
+    return jobId
+  }
+
+  it('retry starts the next attempt now; status lists both attempts; retry again is a conflict', async () => {
+    const jobId = await retryingJob()
+    const before = await cli(url, ['status', jobId])
+    expect(before.out).toMatch(/^attempts \(1\)$/m)
+    expect(before.out).toMatch(/^ {2}#1 {2}host-x {2}3s {2}failed {2}crash {2}exited with code 3$/m)
+    const r = await cli(url, ['retry', jobId])
+    expect(r.err).toBe('')
+    expect(r.code).toBe(EXIT.ok)
+    expect(r.out).toMatch(new RegExp(`^next attempt of ${jobId} requested now`))
+    expect((await cli(url, ['follow', jobId])).code).toBe(EXIT.ok)
+    const after = await cli(url, ['status', jobId])
+    expect(after.out).toMatch(/^attempts \(2\)$/m)
+    expect(after.out).toMatch(new RegExp(`^ {2}#2 {2}${stack.config.hostId} +\\S+ +completed$`, 'm'))
+    const again = await cli(url, ['retry', jobId])
+    expect(again.code).toBe(EXIT.error)
+    expect(again.err).toBe(
+      'error: conflict: job is completed, not retrying: only a retrying job can be retried now\n',
+    )
+  })
+
+  it('rerun prints the new id and, with --follow, follows it to the end', async () => {
+    const id = (await cli(url, ['submit', 'train_lora', ...lora(1), '--max-attempts', '2'])).out.trim()
+    const r = await cli(url, ['rerun', id, '--follow'])
+    expect(r.code).toBe(EXIT.ok)
+    const [newId] = r.lines
+    expect(newId).toMatch(/^[0-9a-f-]{36}$/)
+    expect(newId).not.toBe(id)
+    expect(r.lines.at(-1)).toMatch(/ completed /)
+    const [copy, original] = [await jobStatus(newId ?? ''), await jobStatus(id)]
+    expect(copy).toMatchObject({ type: 'train_lora', params: original.params, maxAttempts: 2 })
+    const json = await cli(url, ['rerun', id, '--json'])
+    expect(JSON.parse(json.out)).toMatchObject({ status: 'queued', statusUrl: expect.any(String) })
+    const missing = await cli(url, ['rerun', 'no-such-job-42'])
+    expect(missing.code).toBe(EXIT.error)
+    expect(missing.err).toBe('error: not_found: no job "no-such-job-42"\n')
   })
 })
 

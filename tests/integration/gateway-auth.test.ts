@@ -80,6 +80,10 @@ describe('with API_TOKENS set', () => {
       expect((await call(path, ALICE)).status, path).toBe(200)
     }
     expect((await call(`/api/jobs/${aliceJob}/cancel`, BOB, { method: 'POST' })).status).toBe(404)
+    for (const action of ['rerun', 'retry'])
+      expect((await call(`/api/jobs/${aliceJob}/${action}`, BOB, { method: 'POST' })).status, action).toBe(
+        404,
+      )
     expect((await call(`/api/jobs/${aliceJob}/cancel`, ALICE, { method: 'POST' })).status).toBe(409)
     const bobList = (await (await call('/api/jobs', BOB)).json()) as { jobs: { jobId: string }[] }
     expect(bobList.jobs.map((j) => j.jobId)).not.toContain(aliceJob)
@@ -233,6 +237,8 @@ describe('OpenAPI', () => {
       '/api/status/{jobId}',
       '/api/jobs/{jobId}',
       '/api/jobs/{jobId}/cancel',
+      '/api/jobs/{jobId}/rerun',
+      '/api/jobs/{jobId}/retry',
       '/api/jobs/{jobId}/events',
       '/api/jobs/{jobId}/artifacts',
       '/api/jobs/{jobId}/artifacts/{path}',

@@ -30,7 +30,9 @@ import { jobAccess } from './routes/access.ts'
 import { artifactRoutes } from './routes/artifacts.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
+import { hostRoutes } from './routes/hosts.ts'
 import { jobRoutes } from './routes/jobs.ts'
+import { queueRoutes } from './routes/queue.ts'
 import { statusBodies, statusRoutes } from './routes/status.ts'
 import type { JobStore } from './store.ts'
 import { type WebSockets, WS_PATH, type WsLimits, webSockets } from './ws.ts'
@@ -125,6 +127,9 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.route('/', statusRoutes({ bodies, access }))
   app.route('/', eventRoutes({ ...deps, access }))
   app.route('/', artifactRoutes({ store, access, s3: deps.s3, bucket }))
+  const { db } = deps.database
+  app.route('/', hostRoutes({ redis, db, queuePrefix: config.queuePrefix, access, authRequired }))
+  app.route('/', queueRoutes({ queue: deps.queue, db, authRequired }))
   const websockets = webSockets({
     app,
     hub,

@@ -2,13 +2,16 @@
  * `GET /api/hosts` and `GET /api/queue` on whole stacks: a real host's heartbeat with its slots, engines
  * and running job; a host that stops beating shown gone, then dropped; a clean stop gone at once; with
  * API tokens, other tokens' job ids hidden and the row counts the caller's own; the queue's counts
- * against the jobs and rows the test made.
+ * against the jobs and rows the test made; Redis or Postgres down, a 503 that names it.
  */
 import { randomUUID } from 'node:crypto'
 import { eq } from 'drizzle-orm'
 import * as v from 'valibot'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startGateway } from '../../gateway/server.ts'
 import { Heartbeat, type HeartbeatSource } from '../../gpu-host/heartbeat.ts'
+import { createS3Client } from '../../schema/clients.ts'
+import { openDatabase } from '../../schema/db/connect.ts'
 import { jobs } from '../../schema/db/tables.ts'
 import { type HostEntry, HostsBody, KEEP_BEATS } from '../../schema/hosts.ts'
 import { hostKey, hostsKey } from '../../schema/keys.ts'
@@ -17,12 +20,15 @@ import {
   addFixtureJob,
   FIXTURE_DISPATCH,
   isolatedDatabase,
+  quietLogger,
   type Stack,
   startHost,
   startStack,
   TERMINAL,
+  TEST_REDIS_URL,
   waitFor,
 } from '../helpers/stack.ts'
+import { startTcpProxy } from '../helpers/tcp-proxy.ts'
 
 const BEAT_MS = 100
 
@@ -205,6 +211,48 @@ describe('GET /api/queue', () => {
     expect(q.lastHour).toEqual({ completed: 1, failed: 1 })
     expect(q.oldestWaitingSec).toBeGreaterThan(0)
     expect(q.oldestWaitingSec).toBeLessThan(60)
+  })
+
+  it('answers 503 naming the backend that is down, never a 500', async () => {
+    const redisProxy = await startTcpProxy(Number(new URL(TEST_REDIS_URL).port || 6379))
+    const pgProxy = await startTcpProxy(Number(new URL(iso.url).port || 5432))
+    const pgUrl = new URL(iso.url)
+    pgUrl.port = String(pgProxy.port)
+    const database = await openDatabase({ url: pgUrl.toString(), poolSize: 2 })
+    const s3 = createS3Client({ ...stack.config.s3, endpoint: stack.s3.endpoint })
+    const gw = await startGateway({
+      config: { ...stack.config, gatewayPort: 0, redisUrl: `redis://127.0.0.1:${redisProxy.port}` },
+      database,
+      s3,
+      logger: quietLogger(),
+    })
+    const answer = async (path: string) => {
+      const res = await fetch(`${gw.url}${path}`)
+      return { status: res.status, body: (await res.json()) as { error?: { code: string; message: string } } }
+    }
+    try {
+      await redisProxy.cut()
+      for (const path of ['/api/hosts', '/api/queue']) {
+        const down = await answer(path)
+        expect(down.status, path).toBe(503)
+        expect(down.body.error?.code).toBe('backend_unavailable')
+        expect(down.body.error?.message).toMatch(/^Redis is unavailable/)
+      }
+      await redisProxy.restore()
+      await waitFor(async () => (await answer('/api/queue')).status === 200, 15_000, 'Redis back')
+      await pgProxy.cut()
+      const down = await answer('/api/queue')
+      expect(down.status).toBe(503)
+      expect(down.body.error?.message).toMatch(/^Postgres is unavailable/)
+      // Without API tokens the host list reads no row.
+      expect((await answer('/api/hosts')).status).toBe(200)
+    } finally {
+      await gw.close()
+      await pgProxy.restore()
+      await database.close()
+      s3.destroy()
+      await Promise.all([redisProxy.close(), pgProxy.close()])
+    }
   })
 })
 

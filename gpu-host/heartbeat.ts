@@ -84,8 +84,8 @@ export function heartbeatBody(src: HeartbeatSource, intervalMs: number, now: num
 }
 
 /**
- * Beats every `intervalMs` from `start()` to `stop()`; a failed beat is reported and the next one tries
- * again (the timer never keeps the process alive).
+ * Beats every `intervalMs` from `start()` to `stop()`; the first failed beat of an outage is reported and
+ * the next one tries again (the timer never keeps the process alive).
  *
  * @example const hb = new Heartbeat(redis, config.queuePrefix, source); hb.start(); ...; await hb.stop()
  */
@@ -94,6 +94,7 @@ export class Heartbeat {
   private beating: Promise<void> | undefined
   private readonly intervalMs: number
   private readonly onError: (err: unknown) => void
+  private failing = false
 
   constructor(
     private readonly redis: Redis,
@@ -131,7 +132,17 @@ export class Heartbeat {
   /** Beats now and every interval from now on. */
   start(): void {
     if (this.timer) return
-    const tick = () => void this.beat().catch(this.onError)
+    // One report per outage, not one per beat.
+    const tick = () =>
+      void this.beat().then(
+        () => {
+          this.failing = false
+        },
+        (err: unknown) => {
+          if (!this.failing) this.onError(err)
+          this.failing = true
+        },
+      )
     tick()
     this.timer = setInterval(tick, this.intervalMs)
     this.timer.unref()

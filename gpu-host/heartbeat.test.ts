@@ -137,6 +137,19 @@ describe('Heartbeat', () => {
     expect(ttl).toBeLessThanOrEqual(KEEP_BEATS * 1000)
     expect(await redis.zrange(hostsKey(prefix), '0', '-1')).toContain('up-1')
     await hb.stop()
+    expect(await redis.exists(hostKey(prefix, 'up-1'))).toBe(0)
+  })
+
+  it('keeps each host as long as its own key lives, whatever the others’ intervals', async () => {
+    const slow = new Heartbeat(redis, prefix, source('slow-1'), { intervalMs: 10_000 })
+    const fast = new Heartbeat(redis, prefix, source('fast-1'), { intervalMs: 10 })
+    await slow.beat()
+    await sleep(KEEP_BEATS * 10 + 50)
+    await fast.beat()
+    expect(await redis.zrange(hostsKey(prefix), '0', '-1')).toEqual(
+      expect.arrayContaining(['slow-1', 'fast-1']),
+    )
+    await Promise.all([slow.stop(), fast.stop()])
   })
 
   it('beats every interval from start(), and a clean stop removes the key and the entry', async () => {

@@ -95,6 +95,8 @@ export class Heartbeat {
   private readonly intervalMs: number
   private readonly onError: (err: unknown) => void
   private failing = false
+  /** Whether it ever beat: only then has a clean stop anything to remove. */
+  private beaten = false
 
   constructor(
     private readonly redis: Redis,
@@ -108,6 +110,7 @@ export class Heartbeat {
 
   /** Writes one beat now (a beat still in flight is not doubled). */
   beat(): Promise<void> {
+    this.beaten = true
     this.beating ??= this.write().finally(() => {
       this.beating = undefined
     })
@@ -119,13 +122,13 @@ export class Heartbeat {
     const ttlMs = KEEP_BEATS * this.intervalMs
     const body = heartbeatBody(this.source, this.intervalMs, now)
     const set = hostsKey(this.queuePrefix)
+    // Scored by when the key expires, each host by its own TTL, so any beat can drop the expired ones (and
+    // a set left empty by clean stops is gone with its last member).
     await this.redis
       .multi()
       .set(hostKey(this.queuePrefix, this.source.hostId), JSON.stringify(body), 'PX', ttlMs)
-      .zadd(set, now, this.source.hostId)
-      // Hosts whose keys have expired: the set forgets them too.
-      .zremrangebyscore(set, '-inf', now - ttlMs)
-      .pexpire(set, ttlMs)
+      .zadd(set, now + ttlMs, this.source.hostId)
+      .zremrangebyscore(set, '-inf', now)
       .exec()
   }
 
@@ -155,14 +158,13 @@ export class Heartbeat {
 
   /**
    * Stops beating; `remove` (a clean stop) deletes the host's key and its entry at once, else (a test that
-   * plays a dead host) they are left to expire. Nothing to do if it never started.
+   * plays a dead host) they are left to expire. Nothing to do if it never beat.
    */
   async stop({ remove = true }: { remove?: boolean } = {}): Promise<void> {
-    if (!this.timer) return
     clearInterval(this.timer)
     this.timer = undefined
     await this.beating?.catch(() => {})
-    if (!remove) return
+    if (!remove || !this.beaten) return
     await this.redis
       .multi()
       .del(hostKey(this.queuePrefix, this.source.hostId))

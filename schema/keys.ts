@@ -23,5 +23,5 @@ export const CANCEL_CHANNEL = 'gpu-jobs:cancel'
  */
 export const hostKey = (queuePrefix: string, hostId: string): string =>
   `gpu-jobs:${queuePrefix}:host:${hostId}`
-/** Sorted set of the hosts that heartbeat on a queue prefix, scored by their last beat (ms). */
+/** Sorted set of the hosts that heartbeat on a queue prefix, scored by when their key expires (ms). */
 export const hostsKey = (queuePrefix: string): string => `gpu-jobs:${queuePrefix}:hosts`

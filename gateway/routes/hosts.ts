@@ -20,7 +20,7 @@ import type { JobAccess } from './access.ts'
  * @example const hosts = await readHosts(redis, config.queuePrefix, Date.now())
  */
 export async function readHosts(redis: Redis, queuePrefix: string, now: number): Promise<HostEntry[]> {
-  const ids = await redis.zrange(hostsKey(queuePrefix), '0', '-1')
+  const ids = await redis.zrangebyscore(hostsKey(queuePrefix), now, '+inf')
   if (ids.length === 0) return []
   const values = await redis.mget(...ids.map((id) => hostKey(queuePrefix, id)))
   const hosts: HostEntry[] = []

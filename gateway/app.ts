@@ -32,7 +32,9 @@ import { artifactRoutes } from './routes/artifacts.ts'
 import { batchRoutes } from './routes/batch.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
+import { hostRoutes } from './routes/hosts.ts'
 import { jobRoutes } from './routes/jobs.ts'
+import { queueRoutes } from './routes/queue.ts'
 import { statusBodies, statusRoutes } from './routes/status.ts'
 import { jobSubmitter } from './routes/submit.ts'
 import type { JobStore } from './store.ts'
@@ -131,6 +133,9 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.route('/', statusRoutes({ bodies, access }))
   app.route('/', eventRoutes({ ...deps, access }))
   app.route('/', artifactRoutes({ store, access, s3: deps.s3, bucket }))
+  const { db } = deps.database
+  app.route('/', hostRoutes({ redis, db, queuePrefix: config.queuePrefix, access, authRequired }))
+  app.route('/', queueRoutes({ queue: deps.queue, db, authRequired }))
   const websockets = webSockets({
     app,
     hub,

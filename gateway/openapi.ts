@@ -11,8 +11,10 @@ import {
 } from '../schema/api.ts'
 import { JOB_STATUSES } from '../schema/common.ts'
 import { ProgressEvent, WsClientMessage } from '../schema/events.ts'
+import { HostsBody } from '../schema/hosts.ts'
 import { jsonSchemaOf, paramsJsonSchema } from '../schema/json-schema.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
+import { QueueBody } from '../schema/queue.ts'
 
 /** A component: its JSON Schema without `$schema` (OpenAPI 3.1 components are JSON Schema 2020-12). */
 const component = ({ $schema: _drop, ...rest }: Record<string, unknown>) => rest
@@ -106,6 +108,8 @@ export function openApiDocument(): Record<string, unknown> {
         ErrorBody: schema(ErrorBody),
         ProgressEvent: schema(ProgressEvent),
         WsClientMessage: schema(WsClientMessage),
+        HostsBody: schema(HostsBody),
+        QueueBody: schema(QueueBody),
         // The console builds its job forms from these (gateway/console/job-types.js).
         ...Object.fromEntries(JOB_TYPES.map((t) => [`Params_${t}`, component(paramsJsonSchema(t))])),
       },
@@ -251,6 +255,26 @@ export function openApiDocument(): Record<string, unknown> {
             },
             ...errors(400, 401, 404, 429),
           },
+        },
+      },
+      '/api/hosts': {
+        get: {
+          operationId: 'listHosts',
+          summary:
+            'Every GPU host that heartbeats: slots, GPUs (VRAM used/reserved/total), engines, running jobs; `gone` after 3 missed beats until its key expires',
+          description:
+            'With API tokens every token sees every host, and a running job’s id only when it owns the job (`jobId` null otherwise).',
+          responses: { '200': json('HostsBody', 'the hosts, by id'), ...errors(401, 429, 503) },
+        },
+      },
+      '/api/queue': {
+        get: {
+          operationId: 'queueOverview',
+          summary:
+            'Queue depth: BullMQ counts by state, unfinished jobs by type, the oldest waiting job’s age, completed/failed in the last hour',
+          description:
+            'With API tokens `byType` and `lastHour` count the caller’s own jobs; `byState` and `oldestWaitingSec` are the fleet’s.',
+          responses: { '200': json('QueueBody', 'the overview'), ...errors(401, 429, 503) },
         },
       },
       '/ws': {

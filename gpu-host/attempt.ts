@@ -47,8 +47,12 @@ export interface RunningJob {
   cancelRequested: boolean
   proc: JobProcess | undefined
   reporter: Reporter | undefined
-  /** Set once the attempt is recorded as started. */
+  /** Set once the attempt is recorded as started, with when (ms). */
   attempt?: number
+  startedAt?: number
+  /** The slot its process runs on (for the heartbeat), and the GPU memory its handler needs. */
+  slot?: number
+  vramMb?: number
 }
 
 export interface AttemptPlan {
@@ -109,6 +113,7 @@ export class AttemptRunner {
     }
     const attempt = row.attempt
     entry.attempt = attempt
+    entry.startedAt = Date.now()
     const reporter = new Reporter(redis, state, job, { jobId, type, attempt }, (msg, err) =>
       log.warn({ err }, msg),
     )
@@ -143,6 +148,7 @@ export class AttemptRunner {
     const { config, s3, metrics, slots, state } = this.deps
     const { jobId, type } = entry
     const attempt = entry.attempt ?? 0
+    entry.slot = slot.id
     const startedAt = performance.now()
     const seconds = () => (performance.now() - startedAt) / 1000
     const failed = (error: StorageError | AttemptError, took = seconds()): Outcome => ({

@@ -20,6 +20,7 @@ import {
 } from './engines.ts'
 import { readGpus, slotsFor } from './gpus.ts'
 import { HealthServer } from './health-server.ts'
+import { Heartbeat } from './heartbeat.ts'
 import { admit } from './intake.ts'
 import { HostMetrics } from './metrics.ts'
 import { Reconciler, type ReconcilerOptions } from './reconciler.ts'
@@ -46,6 +47,8 @@ export interface GpuHostOptions {
   /** Test fixtures: run this module's default handler for a type instead of the registry's. */
   handlerModules?: Partial<Record<JobType, string>>
   version?: string
+  /** How often the host beats its state to Redis for `GET /api/hosts` (default 5 s; tests make it short). */
+  heartbeatMs?: number
 }
 
 /**
@@ -64,6 +67,7 @@ export class GpuHost {
   private readonly samplers: Samplers
   private readonly attempts: AttemptRunner
   private readonly server: HealthServer
+  private readonly heartbeat: Heartbeat
   private worker: Worker | undefined
   private queue: Queue | undefined
   private reconciler: Reconciler | undefined
@@ -82,8 +86,9 @@ export class GpuHost {
     this.redis.on('error', (err) => logger.warn({ err: err.message }, 'redis error'))
     this.subscriber.on('error', (err) => logger.warn({ err: err.message }, 'redis subscriber error'))
     this.state = new JobState(opts.database.db, config.hostId, (msg) => logger.warn(msg))
+    const version = opts.version ?? '0.1.0'
     this.metrics = new HostMetrics({
-      version: opts.version ?? '0.1.0',
+      version,
       running: () =>
         [...this.running.values()].flatMap((j) =>
           j.reporter
@@ -116,6 +121,21 @@ export class GpuHost {
       readiness: () => this.readiness(),
       engines: () => this.engines.engines,
     })
+    this.heartbeat = new Heartbeat(
+      this.redis,
+      config.queuePrefix,
+      {
+        hostId: config.hostId,
+        version,
+        startedAt: Date.now(),
+        closing: () => this.closing,
+        slots: () => this.slots.slots,
+        gpus: () => this.samplers.gpus,
+        engines: () => this.engines.engines,
+        jobs: () => this.running.values(),
+      },
+      { intervalMs: opts.heartbeatMs, onError: (err) => logger.warn({ err }, 'heartbeat failed') },
+    )
   }
 
   get hostId(): string {
@@ -192,6 +212,7 @@ export class GpuHost {
       this.opts.reconciler,
     )
     this.reconciler.start()
+    this.heartbeat.start()
     void this.worker.run().catch((err: unknown) => logger.error({ err }, 'worker stopped'))
     logger.info(
       {
@@ -212,6 +233,8 @@ export class GpuHost {
     this.closing = true
     const { config, logger } = this.opts
     this.samplers.stop()
+    // Shown draining while its jobs finish.
+    if (this.heartbeat.running) await this.heartbeat.beat().catch(() => {})
     await this.reconciler?.stop()
     if (this.worker) {
       await this.worker.pause(true)
@@ -224,6 +247,9 @@ export class GpuHost {
       await this.worker.close()
     }
     await this.slots.close()
+    await this.heartbeat
+      .stop()
+      .catch((err: unknown) => logger.warn({ err }, 'could not remove the heartbeat'))
     await this.queue?.close()
     await this.server.close()
     this.subscriber.disconnect()
@@ -270,7 +296,14 @@ export class GpuHost {
       metrics: this.metrics,
     })
     const { jobId, type } = plan.envelope
-    const entry: RunningJob = { jobId, type, cancelRequested: false, proc: undefined, reporter: undefined }
+    const entry: RunningJob = {
+      jobId,
+      type,
+      cancelRequested: false,
+      proc: undefined,
+      reporter: undefined,
+      vramMb: plan.handler.gpu.vramMb,
+    }
     this.running.set(jobId, entry)
     try {
       return await this.attempts.run(job, token, entry, plan)

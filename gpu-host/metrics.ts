@@ -6,16 +6,8 @@ import { counter, declareSeries, gauge, histogram } from '../schema/metrics.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
 import type { Slot } from './gpus.ts'
 
-/** BullMQ job states sampled into `gpu_worker_queue_jobs{state}`. */
-export const QUEUE_STATES = [
-  'waiting',
-  'active',
-  'delayed',
-  'failed',
-  'prioritized',
-  'completed',
-  'waiting-children',
-] as const
+/** BullMQ job states sampled into `gpu_worker_queue_jobs{state}` (schema/queue.ts). */
+export { QUEUE_STATES } from '../schema/queue.ts'
 
 const DURATION_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14_400, 28_800]
 const WAIT_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]

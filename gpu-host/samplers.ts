@@ -1,16 +1,20 @@
 /**
  * The host's periodic readings into its metrics: the queue (jobs by state, the oldest waiting job's age)
- * and the GPUs (memory used and total per slot, as nvidia-smi reports it).
+ * and the GPUs (memory used and total per slot, as nvidia-smi reports it; the latest reading is kept for
+ * the heartbeat).
  */
 import type { Queue } from 'bullmq'
 import type { Logger } from 'pino'
-import { readGpus, type Slot } from './gpus.ts'
+import { oldestWaitingAt } from '../schema/queue.ts'
+import { type GpuReading, readGpus, type Slot } from './gpus.ts'
 import { type HostMetrics, QUEUE_STATES } from './metrics.ts'
 
 const SAMPLE_INTERVAL_MS = 5000
 
 export class Samplers {
   private timers: NodeJS.Timeout[] = []
+  /** The GPUs as last read (empty without nvidia-smi). */
+  gpus: GpuReading[] = []
 
   constructor(
     private readonly deps: {
@@ -40,10 +44,7 @@ export class Samplers {
     try {
       const counts = await queue.getJobCounts(...QUEUE_STATES)
       for (const state of QUEUE_STATES) metrics.queueJobs.set({ state }, counts[state] ?? 0)
-      const oldest = [
-        ...(await queue.getJobs(['wait'], -1, -1)),
-        ...(await queue.getJobs(['prioritized'], 0, 50)),
-      ].reduce((min, j) => Math.min(min, j?.timestamp ?? min), Date.now())
+      const oldest = (await oldestWaitingAt(queue)) ?? Date.now()
       metrics.oldestWaiting.set((Date.now() - oldest) / 1000)
     } catch (err) {
       this.deps.logger.debug({ err }, 'queue sample failed')
@@ -54,6 +55,7 @@ export class Samplers {
     if (!this.deps.gpuChecks()) return
     const { metrics } = this.deps
     const gpus = await readGpus()
+    if (gpus) this.gpus = gpus
     for (const slot of this.deps.slots()) {
       const g = gpus?.find((x) => x.uuid === slot.gpu.uuid)
       if (!g) continue

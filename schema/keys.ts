@@ -16,3 +16,12 @@ export const eventLogKey = (jobId: string): string => `gpu-jobs:{${jobId}}:event
 export const cancelKey = (jobId: string): string => `gpu-jobs:{${jobId}}:cancel`
 /** Broadcast to every GPU host: `{"jobId": "..."}`; the host running the job kills it. */
 export const CANCEL_CHANNEL = 'gpu-jobs:cancel'
+
+/**
+ * A GPU host's heartbeat (`GET /api/hosts`): its state as JSON (schema/hosts.ts), under a TTL the host
+ * refreshes at every beat. Per queue prefix, since hosts of another prefix are another fleet.
+ */
+export const hostKey = (queuePrefix: string, hostId: string): string =>
+  `gpu-jobs:${queuePrefix}:host:${hostId}`
+/** Sorted set of the hosts that heartbeat on a queue prefix, scored by when their key expires (ms). */
+export const hostsKey = (queuePrefix: string): string => `gpu-jobs:${queuePrefix}:hosts`

@@ -29,6 +29,8 @@ Commands:
   follow <id>     watch a job's progress live until it ends
   rerun <id>      submit a new job with a job's type, params and options
   retry <id>      start a retrying job's next attempt now
+  hosts           the GPU hosts: status, slots, GPUs and VRAM, engines, running jobs
+  queue           queue depth: jobs by state and type, oldest waiting, last hour
 
 Run "gpu-jobs <command> --help" for a command's options.
 Every command takes --url <url> (overrides GPU_JOBS_URL) and -h/--help.
@@ -136,4 +138,25 @@ Options:
 ${ENV_HELP}
 
 ${EXIT_HELP}`,
+  hosts: `Usage: gpu-jobs hosts [--json]
+
+Show every GPU host that heartbeats: status (up; draining while it shuts down; gone after 3 missed
+beats, until it is dropped a minute later), version, uptime, last beat, slots busy, engines per job type;
+then each GPU (VRAM used, reserved for this host's jobs, total, utilisation) and each running job (with
+API tokens, another token's job is shown without its id). Columns are aligned in a pipe too.
+
+Options:
+      --json   print the API's JSON body ({hosts}) instead
+
+${ENV_HELP}`,
+  queue: `Usage: gpu-jobs queue [--json]
+
+Show how deep the queue is: BullMQ's jobs by state (the whole fleet's), unfinished jobs by type
+(queued, running, retrying), the oldest waiting job's age, and the jobs completed and failed in the last
+hour. With API tokens the per-type and last-hour counts are your token's own.
+
+Options:
+      --json   print the API's JSON body instead
+
+${ENV_HELP}`,
 }

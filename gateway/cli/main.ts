@@ -2,7 +2,9 @@ import { ApiRequestError, ConnectionError } from './client.ts'
 import { type Command, CommandUsageError, EXIT, line, type RunIO } from './command.ts'
 import { cancel } from './commands/cancel.ts'
 import { follow } from './commands/follow.ts'
+import { hosts } from './commands/hosts.ts'
 import { list } from './commands/list.ts'
+import { queue } from './commands/queue.ts'
 import { rerun } from './commands/rerun.ts'
 import { retry } from './commands/retry.ts'
 import { status } from './commands/status.ts'
@@ -15,7 +17,7 @@ import { UsageError } from './params.ts'
 
 export { EXIT, type Output, type RunIO } from './command.ts'
 
-const COMMANDS: Record<string, Command> = { submit, status, list, cancel, follow, rerun, retry }
+const COMMANDS: Record<string, Command> = { submit, status, list, cancel, follow, rerun, retry, hosts, queue }
 
 /** `error: invalid_params: params.epochs must be ...`, then one line per field. */
 export function formatError(err: unknown, command?: string): string {

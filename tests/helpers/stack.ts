@@ -98,6 +98,8 @@ export async function startStack(
     reconciler?: ReconcilerOptions
     /** The host's re-checks of jobs for an engine it lacks (GpuHostOptions.engineWait). */
     engineWait?: { baseMs: number; maxMs: number }
+    /** How often the host beats for `GET /api/hosts` (GpuHostOptions.heartbeatMs). */
+    heartbeatMs?: number
   } = {},
 ): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? TEST_REDIS_URL
@@ -134,6 +136,7 @@ export async function startStack(
     handlerModules: opts.handlerModules,
     reconciler: opts.reconciler ?? { enabled: false },
     engineWait: opts.engineWait,
+    heartbeatMs: opts.heartbeatMs,
   })
   if (opts.withHost !== false) await host.start()
   else
@@ -286,6 +289,7 @@ export async function startHost(
     env?: Record<string, string>
     handlerModules?: Partial<Record<JobType, string>>
     engineWait?: { baseMs: number; maxMs: number }
+    heartbeatMs?: number
   } = {},
 ): Promise<GpuHost> {
   const config = loadConfig({
@@ -304,6 +308,7 @@ export async function startHost(
     logger: quietLogger(),
     handlerModules: opts.handlerModules,
     engineWait: opts.engineWait,
+    heartbeatMs: opts.heartbeatMs,
     reconciler: { enabled: false },
   })
   await host.start()

@@ -1,4 +1,5 @@
 import { connect, createServer, type Server, type Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 /** A TCP proxy a test can cut and restore, to make a backing service unreachable without stopping it. */
 export interface TcpProxy {
@@ -39,6 +40,20 @@ export async function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'
     await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()))
     server = undefined
   }
+  /**
+   * Listens again on the same port. While the proxy was cut, the kernel may have lent that port to an
+   * outgoing connection as its source port (clients reconnect many times meanwhile): wait for it to free.
+   */
+  const restore = async () => {
+    for (let tries = 0; ; tries++) {
+      try {
+        return await listen()
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || tries >= 100) throw err
+        await sleep(100)
+      }
+    }
+  }
   await listen()
-  return { port, cut: stop, restore: listen, close: stop }
+  return { port, cut: stop, restore, close: stop }
 }

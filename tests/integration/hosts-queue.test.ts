@@ -213,15 +213,23 @@ describe('GET /api/queue', () => {
     expect(q.oldestWaitingSec).toBeLessThan(60)
   })
 
-  it('answers 503 naming the backend that is down, never a 500', async () => {
-    const redisProxy = await startTcpProxy(Number(new URL(TEST_REDIS_URL).port || 6379))
-    const pgProxy = await startTcpProxy(Number(new URL(iso.url).port || 5432))
+  /**
+   * A gateway whose Redis or Postgres goes through a TCP proxy the test cuts. One gateway per backend, and no
+   * restore: a cut proxy's port, once freed, may be taken before it could listen again.
+   */
+  async function gatewayBehind(backend: 'redis' | 'postgres') {
+    const proxy = await startTcpProxy(
+      Number(
+        new URL(backend === 'redis' ? TEST_REDIS_URL : iso.url).port || (backend === 'redis' ? 6379 : 5432),
+      ),
+    )
     const pgUrl = new URL(iso.url)
-    pgUrl.port = String(pgProxy.port)
+    if (backend === 'postgres') pgUrl.port = String(proxy.port)
     const database = await openDatabase({ url: pgUrl.toString(), poolSize: 2 })
     const s3 = createS3Client({ ...stack.config.s3, endpoint: stack.s3.endpoint })
+    const redisUrl = backend === 'redis' ? `redis://127.0.0.1:${proxy.port}` : stack.config.redisUrl
     const gw = await startGateway({
-      config: { ...stack.config, gatewayPort: 0, redisUrl: `redis://127.0.0.1:${redisProxy.port}` },
+      config: { ...stack.config, gatewayPort: 0, redisUrl },
       database,
       s3,
       logger: quietLogger(),
@@ -230,28 +238,44 @@ describe('GET /api/queue', () => {
       const res = await fetch(`${gw.url}${path}`)
       return { status: res.status, body: (await res.json()) as { error?: { code: string; message: string } } }
     }
+    const close = async () => {
+      await gw.close()
+      await database.close()
+      s3.destroy()
+      await proxy.close()
+    }
+    return { proxy, answer, close }
+  }
+
+  it('answers 503 naming Redis when Redis is down, never a 500', async () => {
+    const g = await gatewayBehind('redis')
     try {
-      await redisProxy.cut()
+      expect((await g.answer('/api/queue')).status).toBe(200)
+      await g.proxy.cut()
       for (const path of ['/api/hosts', '/api/queue']) {
-        const down = await answer(path)
+        const down = await g.answer(path)
         expect(down.status, path).toBe(503)
         expect(down.body.error?.code).toBe('backend_unavailable')
         expect(down.body.error?.message).toMatch(/^Redis is unavailable/)
       }
-      await redisProxy.restore()
-      await waitFor(async () => (await answer('/api/queue')).status === 200, 15_000, 'Redis back')
-      await pgProxy.cut()
-      const down = await answer('/api/queue')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('answers 503 naming Postgres when Postgres is down; the host list needs no row', async () => {
+    const g = await gatewayBehind('postgres')
+    try {
+      expect((await g.answer('/api/queue')).status).toBe(200)
+      await g.proxy.cut()
+      const down = await g.answer('/api/queue')
       expect(down.status).toBe(503)
+      expect(down.body.error?.code).toBe('backend_unavailable')
       expect(down.body.error?.message).toMatch(/^Postgres is unavailable/)
       // Without API tokens the host list reads no row.
-      expect((await answer('/api/hosts')).status).toBe(200)
+      expect((await g.answer('/api/hosts')).status).toBe(200)
     } finally {
-      await gw.close()
-      await pgProxy.restore()
-      await database.close()
-      s3.destroy()
-      await Promise.all([redisProxy.close(), pgProxy.close()])
+      await g.close()
     }
   })
 })

@@ -16,3 +16,5 @@ export const eventLogKey = (jobId: string): string => `gpu-jobs:{${jobId}}:event
 export const cancelKey = (jobId: string): string => `gpu-jobs:{${jobId}}:cancel`
 /** Broadcast to every GPU host: `{"jobId": "..."}`; the host running the job kills it. */
 export const CANCEL_CHANNEL = 'gpu-jobs:cancel'
+/** Pub/sub channel of a job's log lines while it runs (`{attempt, lines}`; never on `progress:<jobId>`). */
+export const logsChannel = (jobId: string): string => `logs:${jobId}`

@@ -31,6 +31,7 @@ import { artifactRoutes } from './routes/artifacts.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
+import { logRoutes } from './routes/logs.ts'
 import { statusBodies, statusRoutes } from './routes/status.ts'
 import type { JobStore } from './store.ts'
 import { type WebSockets, WS_PATH, type WsLimits, webSockets } from './ws.ts'
@@ -125,6 +126,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.route('/', statusRoutes({ bodies, access }))
   app.route('/', eventRoutes({ ...deps, access }))
   app.route('/', artifactRoutes({ store, access, s3: deps.s3, bucket }))
+  app.route('/', logRoutes({ ...deps, db: deps.database.db, access }))
   const websockets = webSockets({
     app,
     hub,

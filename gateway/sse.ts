@@ -41,7 +41,7 @@ type EndReason = 'done' | 'gone' | 'slow_client' | 'shutdown'
  * fires only if the connection closes after the server has started to read the body, and it fires once,
  * for listeners registered by then.
  */
-function connectionGone(c: Context): { signal: AbortSignal; dispose(): void } {
+export function connectionGone(c: Context): { signal: AbortSignal; dispose(): void } {
   const ac = new AbortController()
   const onClose = () => ac.abort()
   const outgoing = (c.env as Partial<HttpBindings> | undefined)?.outgoing

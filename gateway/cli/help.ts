@@ -27,6 +27,7 @@ Commands:
   list            list jobs, newest first
   cancel <id>     cancel a queued, retrying or running job
   follow <id>     watch a job's progress live until it ends
+  logs <id>       print what a job's process printed (stdout, stderr, ctx.log), per attempt
 
 Run "gpu-jobs <command> --help" for a command's options.
 Every command takes --url <url> (overrides GPU_JOBS_URL) and -h/--help.
@@ -108,4 +109,17 @@ Options:
 ${ENV_HELP}
 
 ${EXIT_HELP}`,
+  logs: `Usage: gpu-jobs logs <id> [--attempt N] [--follow] [--json]
+
+Print what the job's process printed in one attempt (default: the latest), one line each:
+  <HH:MM:SS.mmm UTC> <stdout|stderr|log> <text>
+A summary (line count, lines dropped over the per-attempt cap, the other attempts) goes to stderr.
+
+Options:
+      --attempt <n>  the attempt to show (1, 2, ...)
+  -f, --follow       then stream new lines live until the attempt ends (Ctrl-C stops following,
+                     not the job); a dropped connection resumes after the last line seen
+      --json         print the API's JSON body (with --follow: each line as a JSON line)
+
+${ENV_HELP}`,
 }

@@ -3,6 +3,7 @@ import { type Command, CommandUsageError, EXIT, line, type RunIO } from './comma
 import { cancel } from './commands/cancel.ts'
 import { follow } from './commands/follow.ts'
 import { list } from './commands/list.ts'
+import { logs } from './commands/logs.ts'
 import { status } from './commands/status.ts'
 import { submit } from './commands/submit.ts'
 import { HELP } from './help.ts'
@@ -13,7 +14,7 @@ import { UsageError } from './params.ts'
 
 export { EXIT, type Output, type RunIO } from './command.ts'
 
-const COMMANDS: Record<string, Command> = { submit, status, list, cancel, follow }
+const COMMANDS: Record<string, Command> = { submit, status, list, cancel, follow, logs }
 
 /** `error: invalid_params: params.epochs must be ...`, then one line per field. */
 export function formatError(err: unknown, command?: string): string {

@@ -31,7 +31,7 @@ import { artifactRoutes } from './routes/artifacts.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
-import { logRoutes } from './routes/logs.ts'
+import { isFollow, logRoutes } from './routes/logs.ts'
 import { statusBodies, statusRoutes } from './routes/status.ts'
 import type { JobStore } from './store.ts'
 import { type WebSockets, WS_PATH, type WsLimits, webSockets } from './ws.ts'
@@ -42,6 +42,8 @@ const PUBLIC_PATHS = new Set(['/healthz', '/readyz', '/', '/openapi.json'])
 const PROBE_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
 /** The SSE route: with the WebSocket, the only place `?token=` is accepted (EventSource sends no header). */
 const SSE_PATH = /^\/api\/jobs\/[^/]+\/events$/
+/** The logs route: its `?follow=1` variant is SSE too (and only that variant takes `?token=`). */
+const LOGS_PATH = /^\/api\/jobs\/[^/]+\/logs$/
 
 export interface GatewayDeps {
   config: Config
@@ -104,7 +106,8 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
       metricsToken: config.metricsToken,
       // The console's page and assets carry no data: the API calls it makes are authorised like any other.
       isPublic: (p) => PUBLIC_PATHS.has(p) || p.startsWith('/console/'),
-      acceptsQueryToken: (p) => p === WS_PATH || SSE_PATH.test(p),
+      acceptsQueryToken: (p, query) =>
+        p === WS_PATH || SSE_PATH.test(p) || (LOGS_PATH.test(p) && isFollow(query('follow'))),
     }),
   )
   app.use(

@@ -48,6 +48,9 @@ function positiveInt(c: Context, name: string, min: number): number | undefined 
   throw new ApiError(400, 'invalid_query', `invalid query: ${name} ${message}`, [{ path: name, message }])
 }
 
+/** `?follow=1` (or `true`): the SSE variant of the route. */
+export const isFollow = (value: string | undefined): boolean => value === '1' || value === 'true'
+
 /** Whether `event` says attempt `attempt` is over (a later attempt, its own end, or the job's). */
 const attemptOver = (event: ProgressEvent, attempt: number): boolean =>
   isTerminal(event.status) ||
@@ -62,8 +65,7 @@ export function logRoutes(deps: LogsDeps): Hono {
     const owner = c.get('owner')
     const row = await access.visibleJob(c.req.param('jobId'), owner)
     const attempt = positiveInt(c, 'attempt', 1) ?? Math.max(1, row.attempt)
-    const follow = ['1', 'true'].includes(c.req.query('follow') ?? '')
-    if (follow) return followLogs(c, row, attempt, owner, deps)
+    if (isFollow(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
     const [lines, dropped, attempts] = await onBackend('Postgres', () =>
       Promise.all([
         readJobLogs(db, row.id, attempt),

@@ -6,16 +6,9 @@
 import { createParser } from 'eventsource-parser'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { run } from '../../gateway/cli/main.ts'
+import type { JobLogsBody } from '../../schema/api.ts'
 import type { JobLogLine } from '../../schema/db/logs.ts'
 import { addFixtureJob, FIXTURE_DISPATCH, type Stack, startStack } from '../helpers/stack.ts'
-
-interface LogsBody {
-  jobId: string
-  attempt: number
-  lines: JobLogLine[]
-  dropped: number
-  attempts: number[]
-}
 
 let stack: Stack
 
@@ -28,7 +21,7 @@ afterAll(async () => {
 
 const getLogs = async (jobId: string, query = '', headers: Record<string, string> = {}) => {
   const res = await fetch(stack.url(`/api/jobs/${jobId}/logs${query}`), { headers })
-  return { status: res.status, body: (await res.json()) as LogsBody & { error?: { issues?: unknown[] } } }
+  return { status: res.status, body: (await res.json()) as JobLogsBody & { error?: { issues?: unknown[] } } }
 }
 
 /** Reads a follow stream to its end: every SSE event, with the time it came. */
@@ -164,7 +157,7 @@ describe('gpu-jobs logs', () => {
     expect(first.err).toContain('other attempts: 2')
 
     const json = await cli(['logs', id, '--json'])
-    expect((JSON.parse(json.out) as LogsBody).attempt).toBe(2)
+    expect((JSON.parse(json.out) as JobLogsBody).attempt).toBe(2)
 
     const followed = await cli(['logs', id, '--follow'])
     expect(followed.code).toBe(0)
@@ -205,5 +198,20 @@ describe('logs and ownership', () => {
     const followed = await fetch(url('?follow=1'), { headers: as('alice-logs-token-0123') })
     expect(followed.status).toBe(200)
     expect(await followed.text()).toContain('event: end')
+    // `?token=` is for the SSE variant only (EventSource sends no header).
+    expect((await fetch(url('?follow=1&token=alice-logs-token-0123'))).status).toBe(200)
+    expect((await fetch(url('?token=alice-logs-token-0123'))).status).toBe(401)
+  })
+
+  it('is in the OpenAPI document', async () => {
+    const doc = (await (await fetch(owned.url('/openapi.json'))).json()) as {
+      paths: Record<string, { get?: { parameters?: { name: string }[] } }>
+      components: { schemas: Record<string, { properties?: Record<string, unknown> }> }
+    }
+    const names = doc.paths['/api/jobs/{jobId}/logs']?.get?.parameters?.map((p) => p.name)
+    expect(names).toEqual(expect.arrayContaining(['jobId', 'attempt', 'follow']))
+    expect(Object.keys(doc.components.schemas.JobLogsBody?.properties ?? {})).toEqual(
+      expect.arrayContaining(['jobId', 'attempt', 'lines', 'dropped', 'attempts']),
+    )
   })
 })

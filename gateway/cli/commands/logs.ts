@@ -1,20 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createParser } from 'eventsource-parser'
+import type { JobLogsBody } from '../../../schema/api.ts'
 import { backoffDelay } from '../../../schema/backoff.ts'
 import type { JobLogLine } from '../../../schema/db/logs.ts'
 import { ConnectionError, describeNetworkError, errorFromResponse, type GatewayClient } from '../client.ts'
 import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
 import { DEFAULT_RECONNECT } from '../follow.ts'
 import { UsageError } from '../params.ts'
-
-/** `GET /api/jobs/:jobId/logs` (schema/api.ts JobLogsBody). */
-interface LogsBody {
-  jobId: string
-  attempt: number
-  lines: JobLogLine[]
-  dropped: number
-  attempts: number[]
-}
 
 /** `HH:MM:SS.mmm stream text` (UTC, as the API's timestamps). */
 export const formatLogLine = (l: JobLogLine): string =>
@@ -41,7 +33,7 @@ export async function logs(args: string[], io: RunIO): Promise<number> {
   const client = clientFor(io, values.url)
   const print = (l: JobLogLine) => line(io.stdout, values.json ? JSON.stringify(l) : formatLogLine(l))
   if (values.follow) return followLogs(io, client, jobId, values.attempt, print)
-  const { body } = await client.request<LogsBody>('GET', logsPath(jobId, { attempt: values.attempt }))
+  const { body } = await client.request<JobLogsBody>('GET', logsPath(jobId, { attempt: values.attempt }))
   if (values.json) line(io.stdout, JSON.stringify(body, null, 2))
   else {
     for (const l of body.lines) print(l)

@@ -22,8 +22,7 @@ import type { ProgressEvent } from '../../schema/events.ts'
 import { logsChannel } from '../../schema/keys.ts'
 import { ApiError, BackendUnavailableError, onBackend } from '../errors.ts'
 import { SUBSCRIBE_TIMEOUT_MS, type Subscription } from '../hub.ts'
-import { tooManyStreams } from '../rate-limit.ts'
-import { connectionGone, type SseDeps } from '../sse.ts'
+import { connectionGone, holdStream, type SseDeps } from '../sse.ts'
 import type { JobAccess } from './access.ts'
 
 /** Lines waiting for a client that reads slower than they come; past it the client is dropped. */
@@ -89,20 +88,10 @@ async function followLogs(
   owner: string | null,
   deps: LogsDeps,
 ): Promise<Response> {
-  const { config, hub, metrics, redis, db } = deps
+  const { hub, metrics, redis, db } = deps
   const jobId = row.id
   const after = positiveInt(c, 'after', 0) ?? 0
-  const authRequired = config.apiTokens.size > 0
-  const streamKey = owner ?? 'anonymous'
-  if (authRequired && !deps.streams.acquire(streamKey)) throw tooManyStreams(config.maxStreamsPerToken)
-  metrics.sseStreams.inc()
-  let held = true
-  const giveBack = () => {
-    if (!held) return
-    held = false
-    metrics.sseStreams.dec()
-    if (authRequired) deps.streams.release(streamKey)
-  }
+  const giveBack = holdStream(deps, owner)
   const gone = connectionGone(c)
   const live: JobLogLine[] = []
   let over = false

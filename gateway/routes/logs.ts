@@ -97,8 +97,14 @@ async function followLogs(
   let over = false
   let ended = false
   let wake: (() => void) | undefined
+  let stop: () => void = () => {}
+  // Resolves on end: a write the client does not take (it stopped reading) must not hold the stream.
+  const stopped = new Promise<void>((resolve) => {
+    stop = resolve
+  })
   const end = () => {
     ended = true
+    stop()
     wake?.()
   }
   gone.signal.addEventListener('abort', end, { once: true })
@@ -159,9 +165,14 @@ async function followLogs(
     const write = async (event: string, data: string, id?: number) => {
       writing = true
       try {
-        await stream.writeSSE({ event, data, ...(id === undefined ? {} : { id: String(id) }) })
-      } finally {
+        const written = stream.writeSSE({ event, data, ...(id === undefined ? {} : { id: String(id) }) })
+        await Promise.race([written, stopped])
+        if (ended) throw new Error('the stream ended')
         writing = false
+      } catch (err) {
+        // Left `writing` when cut off mid-write: the connection is then destroyed, not closed cleanly.
+        if (!ended) writing = false
+        throw err
       }
     }
     const send = async (lines: JobLogLine[], fill = true): Promise<void> => {

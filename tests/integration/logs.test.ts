@@ -78,19 +78,20 @@ describe('GET /api/jobs/:jobId/logs', () => {
     expect((await getLogs('no-such-job-here')).status).toBe(404)
   })
 
-  it('keeps at most 2,000 lines of an attempt and counts the rest as dropped', async () => {
+  it('keeps at most 2,000 lines of an attempt (4 kB a line) and counts the rest as dropped', async () => {
     const id = await addFixtureJob(
       stack,
       'prints-logs',
       { maxAttempts: 1 },
-      { lines: 2100, succeedOnAttempt: 1 },
+      { lines: 2100, longLine: 5000, succeedOnAttempt: 1 },
     )
     expect((await stack.waitStatus(id)).status).toBe('completed')
     const { body } = await getLogs(id)
-
     expect(body.lines).toHaveLength(2000)
-    // 2,100 stdout lines, one stderr and one ctx.log line: 2,102 in all.
-    expect(body.dropped).toBe(102)
+    // 2,101 stdout lines, one stderr and one ctx.log line: 2,103 in all.
+    expect(body.dropped).toBe(103)
+    // A line over 4 kB is cut, and says so.
+    expect(body.lines.find((l) => l.text.startsWith('xxx'))?.text).toBe(`${'x'.repeat(4096)}…`)
     expect(body.lines.at(-1)?.seq).toBe(2000)
   })
 

@@ -6,9 +6,19 @@
 import { createParser } from 'eventsource-parser'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { run } from '../../gateway/cli/main.ts'
+import { startGateway } from '../../gateway/server.ts'
 import type { JobLogsBody } from '../../schema/api.ts'
+import { createS3Client } from '../../schema/clients.ts'
 import type { JobLogLine } from '../../schema/db/logs.ts'
-import { addFixtureJob, FIXTURE_DISPATCH, type Stack, startStack } from '../helpers/stack.ts'
+import {
+  addFixtureJob,
+  FIXTURE_DISPATCH,
+  quietLogger,
+  type Stack,
+  startStack,
+  TEST_REDIS_URL,
+} from '../helpers/stack.ts'
+import { startTcpProxy } from '../helpers/tcp-proxy.ts'
 
 let stack: Stack
 
@@ -121,6 +131,36 @@ describe('GET /api/jobs/:jobId/logs', () => {
     const after = resumed.filter((e) => e.event === 'log').map((e) => (JSON.parse(e.data) as JobLogLine).seq)
     expect(after).toEqual(lines.filter((l) => l.seq > 30).map((l) => l.seq))
     expect(resumed.at(-1)?.event).toBe('end')
+  })
+})
+
+describe('logs with Redis unreachable', () => {
+  it('a follow is a 503 before the stream starts; the stored lines still answer', async () => {
+    const id = await addFixtureJob(stack, 'prints-logs', { maxAttempts: 1 }, { succeedOnAttempt: 1 })
+    expect((await stack.waitStatus(id)).status).toBe('completed')
+    const target = new URL(TEST_REDIS_URL)
+    const proxy = await startTcpProxy(Number(target.port || 6379), target.hostname)
+    const gw = await startGateway({
+      config: { ...stack.config, gatewayPort: 0, redisUrl: `redis://127.0.0.1:${proxy.port}` },
+      database: stack.database,
+      s3: createS3Client({ ...stack.config.s3, endpoint: stack.s3.endpoint }),
+      logger: quietLogger(),
+    })
+    try {
+      await proxy.cut()
+      const followed = await fetch(`${gw.url}/api/jobs/${id}/logs?follow=1`, {
+        signal: AbortSignal.timeout(20_000),
+      })
+      expect(followed.status).toBe(503)
+      expect(await followed.json()).toMatchObject({ error: { code: 'backend_unavailable' } })
+      const stored = await fetch(`${gw.url}/api/jobs/${id}/logs`)
+      expect(stored.status).toBe(200)
+      expect(((await stored.json()) as JobLogsBody).lines.length).toBeGreaterThan(0)
+    } finally {
+      await proxy.restore()
+      await gw.close()
+      await proxy.close()
+    }
   })
 })
 

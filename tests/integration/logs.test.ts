@@ -17,6 +17,7 @@ import {
   type Stack,
   startStack,
   TEST_REDIS_URL,
+  waitFor,
 } from '../helpers/stack.ts'
 import { startTcpProxy } from '../helpers/tcp-proxy.ts'
 
@@ -175,12 +176,33 @@ describe('gpu-jobs logs', () => {
     }
     return s
   }
-  const cli = async (args: string[]) => {
+  const cli = async (args: string[], signal?: AbortSignal) => {
     const out = sink()
     const err = sink()
-    const code = await run(args, { stdout: out, stderr: err, env: { GPU_JOBS_URL: stack.gateway.url } })
+    const code = await run(args, {
+      stdout: out,
+      stderr: err,
+      env: { GPU_JOBS_URL: stack.gateway.url },
+      ...(signal ? { signal } : {}),
+    })
     return { code, out: out.text, err: err.text }
   }
+
+  it('Ctrl-C during --follow stops following, says the job goes on and how to resume', async () => {
+    const id = await addFixtureJob(
+      stack,
+      'prints-logs',
+      { maxAttempts: 1 },
+      { lines: 40, printMs: 50, succeedOnAttempt: 1 },
+    )
+    await waitFor(async () => (await getLogs(id)).body.lines?.length > 0, 20_000, 'first lines')
+    // Ctrl-C, as the bin wires SIGINT: the signal aborts.
+    const followed = await cli(['logs', id, '--follow'], AbortSignal.timeout(600))
+    expect(followed.code).toBe(130)
+    expect(followed.out).toContain('stdout out 1.1')
+    expect(followed.err).toContain(`the job goes on. Resume: gpu-jobs logs ${id} --follow`)
+    expect((await stack.waitStatus(id)).status).toBe('completed')
+  })
 
   it('prints an attempt’s lines as "HH:MM:SS.mmm stream text", then follows one to its end', async () => {
     const id = await addFixtureJob(stack, 'prints-logs', { maxAttempts: 2 }, { lines: 2 })

@@ -50,6 +50,10 @@ async function readFollow(url: string, headers: Record<string, string> = {}) {
   return events
 }
 
+/** A job of the fixture that prints (tests/fixtures/handlers/prints-logs.ts), done in one attempt. */
+const printing = (params: Record<string, unknown>) =>
+  addFixtureJob(stack, 'prints-logs', { maxAttempts: 1 }, { succeedOnAttempt: 1, ...params })
+
 const texts = (lines: JobLogLine[], stream: string) =>
   lines.filter((l) => l.stream === stream).map((l) => l.text)
 
@@ -90,12 +94,7 @@ describe('GET /api/jobs/:jobId/logs', () => {
   })
 
   it('keeps at most 2,000 lines of an attempt (4 kB a line) and counts the rest as dropped', async () => {
-    const id = await addFixtureJob(
-      stack,
-      'prints-logs',
-      { maxAttempts: 1 },
-      { lines: 2100, longLine: 5000, succeedOnAttempt: 1 },
-    )
+    const id = await printing({ lines: 2100, longLine: 5000 })
     expect((await stack.waitStatus(id)).status).toBe('completed')
     const { body } = await getLogs(id)
     expect(body.lines).toHaveLength(2000)
@@ -107,12 +106,7 @@ describe('GET /api/jobs/:jobId/logs', () => {
   })
 
   it('follows a running attempt live: stored lines, then live ones, once each, then its end', async () => {
-    const id = await addFixtureJob(
-      stack,
-      'prints-logs',
-      { maxAttempts: 1 },
-      { lines: 30, printMs: 60, succeedOnAttempt: 1 },
-    )
+    const id = await printing({ lines: 30, printMs: 60 })
     await stack.waitJob(id, (j) => j.status === 'running' && j.attempt === 1, 20_000, 'running')
     const events = await readFollow(stack.url(`/api/jobs/${id}/logs?follow=1`))
     const finished = (await stack.waitStatus(id)).finishedAt
@@ -137,7 +131,7 @@ describe('GET /api/jobs/:jobId/logs', () => {
 
 describe('logs with Redis unreachable', () => {
   it('a follow is a 503 before the stream starts; the stored lines still answer', async () => {
-    const id = await addFixtureJob(stack, 'prints-logs', { maxAttempts: 1 }, { succeedOnAttempt: 1 })
+    const id = await printing({})
     expect((await stack.waitStatus(id)).status).toBe('completed')
     const target = new URL(TEST_REDIS_URL)
     const proxy = await startTcpProxy(Number(target.port || 6379), target.hostname)
@@ -189,12 +183,7 @@ describe('gpu-jobs logs', () => {
   }
 
   it('Ctrl-C during --follow stops following, says the job goes on and how to resume', async () => {
-    const id = await addFixtureJob(
-      stack,
-      'prints-logs',
-      { maxAttempts: 1 },
-      { lines: 40, printMs: 50, succeedOnAttempt: 1 },
-    )
+    const id = await printing({ lines: 40, printMs: 50 })
     await waitFor(async () => (await getLogs(id)).body.lines?.length > 0, 20_000, 'first lines')
     // Ctrl-C, as the bin wires SIGINT: the signal aborts.
     const followed = await cli(['logs', id, '--follow'], AbortSignal.timeout(600))

@@ -54,7 +54,8 @@ export class AttemptLog {
     const full = text + extra
     const cut = full.length > maxLineChars ? `${full.slice(0, maxLineChars)}…` : full
     const size = Buffer.byteLength(cut)
-    if (this.seq >= maxLines || this.bytes + size > maxBytes) this.dropped += 1
+    // Once one line is over the cap, so is every later one: the kept lines are the first ones, unbroken.
+    if (this.dropped > 0 || this.seq >= maxLines || this.bytes + size > maxBytes) this.dropped += 1
     else {
       this.seq += 1
       this.bytes += size

@@ -105,6 +105,16 @@ describe('GET /api/jobs/:jobId/logs', () => {
     expect(body.lines.at(-1)?.seq).toBe(2000)
   })
 
+  it('keeps at most 1 MB of an attempt', async () => {
+    const id = await printing({ lines: 300, width: 4000 })
+    expect((await stack.waitStatus(id)).status).toBe('completed')
+    const { body } = await getLogs(id)
+    const bytes = body.lines.reduce((n, l) => n + Buffer.byteLength(l.text), 0)
+    expect(bytes).toBeLessThanOrEqual(1_000_000)
+    expect(bytes).toBeGreaterThan(990_000)
+    expect(body.lines.length + body.dropped).toBe(302)
+  })
+
   it('follows a running attempt live: stored lines, then live ones, once each, then its end', async () => {
     const id = await printing({ lines: 30, printMs: 60 })
     await stack.waitJob(id, (j) => j.status === 'running' && j.attempt === 1, 20_000, 'running')

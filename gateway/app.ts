@@ -34,6 +34,7 @@ import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
 import { hostRoutes } from './routes/hosts.ts'
 import { jobRoutes } from './routes/jobs.ts'
+import { isFollow, logRoutes } from './routes/logs.ts'
 import { queueRoutes } from './routes/queue.ts'
 import { statusBodies, statusRoutes } from './routes/status.ts'
 import { jobSubmitter } from './routes/submit.ts'
@@ -46,6 +47,8 @@ const PUBLIC_PATHS = new Set(['/healthz', '/readyz', '/', '/openapi.json'])
 const PROBE_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
 /** The SSE route: with the WebSocket, the only place `?token=` is accepted (EventSource sends no header). */
 const SSE_PATH = /^\/api\/jobs\/[^/]+\/events$/
+/** The logs route: its `?follow=1` variant is SSE too (and only that variant takes `?token=`). */
+const LOGS_PATH = /^\/api\/jobs\/[^/]+\/logs$/
 
 export interface GatewayDeps {
   config: Config
@@ -108,7 +111,8 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
       metricsToken: config.metricsToken,
       // The console's page and assets carry no data: the API calls it makes are authorised like any other.
       isPublic: (p) => PUBLIC_PATHS.has(p) || p.startsWith('/console/'),
-      acceptsQueryToken: (p) => p === WS_PATH || SSE_PATH.test(p),
+      acceptsQueryToken: (p, query) =>
+        p === WS_PATH || SSE_PATH.test(p) || (LOGS_PATH.test(p) && isFollow(query('follow'))),
     }),
   )
   app.use(
@@ -136,6 +140,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   const { db } = deps.database
   app.route('/', hostRoutes({ redis, db, queuePrefix: config.queuePrefix, access, authRequired }))
   app.route('/', queueRoutes({ queue: deps.queue, db, authRequired }))
+  app.route('/', logRoutes({ ...deps, db: deps.database.db, access }))
   const websockets = webSockets({
     app,
     hub,

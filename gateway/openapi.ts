@@ -3,6 +3,8 @@ import {
   Artifact,
   ErrorBody,
   JobListBody,
+  JobLogLine,
+  JobLogsBody,
   JobStatusBody,
   MAX_BATCH_JOBS,
   RetryJobResponse,
@@ -105,6 +107,8 @@ export function openApiDocument(): Record<string, unknown> {
         JobListBody: schema(JobListBody),
         RetryJobResponse: schema(RetryJobResponse),
         Artifact: schema(Artifact),
+        JobLogsBody: schema(JobLogsBody),
+        JobLogLine: schema(JobLogLine),
         ErrorBody: schema(ErrorBody),
         ProgressEvent: schema(ProgressEvent),
         WsClientMessage: schema(WsClientMessage),
@@ -275,6 +279,42 @@ export function openApiDocument(): Record<string, unknown> {
           description:
             'With API tokens `byType` and `lastHour` count the caller’s own jobs; `byState` and `oldestWaitingSec` are the fleet’s.',
           responses: { '200': json('QueueBody', 'the overview'), ...errors(401, 429, 503) },
+        },
+      },
+      '/api/jobs/{jobId}/logs': {
+        get: {
+          operationId: 'jobLogs',
+          summary:
+            "What a job's process printed (stdout, stderr, ctx.log) in one attempt; with follow=1, Server-Sent Events until the attempt ends",
+          description:
+            'Each attempt keeps 2,000 lines and 1 MB at most (a line over 4 kB is cut); the rest are counted in `dropped`. With follow=1: `event: attempt` ({attempt}), then `event: log` per JobLogLine (id: its seq; resume with Last-Event-ID or ?after=), then `event: end` ({attempt, dropped}).',
+          parameters: [
+            jobIdParam,
+            {
+              name: 'attempt',
+              in: 'query',
+              description: 'the attempt (default: the latest)',
+              schema: { type: 'integer', minimum: 1 },
+            },
+            { name: 'follow', in: 'query', schema: { type: 'string', enum: ['1', 'true'] } },
+            {
+              name: 'after',
+              in: 'query',
+              description: 'with follow=1: only lines after this seq',
+              schema: { type: 'integer', minimum: 0 },
+            },
+            { name: 'Last-Event-ID', in: 'header', schema: { type: 'string' } },
+          ],
+          responses: {
+            '200': {
+              description: 'the lines (JobLogsBody), or with follow=1 an event stream of JobLogLine',
+              content: {
+                'application/json': { schema: ref('JobLogsBody') },
+                'text/event-stream': { schema: ref('JobLogLine') },
+              },
+            },
+            ...errors(400, 401, 404, 429, 503),
+          },
         },
       },
       '/ws': {

@@ -41,7 +41,7 @@ type EndReason = 'done' | 'gone' | 'slow_client' | 'shutdown'
  * fires only if the connection closes after the server has started to read the body, and it fires once,
  * for listeners registered by then.
  */
-function connectionGone(c: Context): { signal: AbortSignal; dispose(): void } {
+export function connectionGone(c: Context): { signal: AbortSignal; dispose(): void } {
   const ac = new AbortController()
   const onClose = () => ac.abort()
   const outgoing = (c.env as Partial<HttpBindings> | undefined)?.outgoing
@@ -70,6 +70,25 @@ function resumePoint(c: Context): number | undefined {
   ])
 }
 
+/**
+ * Takes one of `owner`'s stream slots (a 429 past MAX_STREAMS_PER_TOKEN) and counts the stream in
+ * `gateway_sse_streams`; returns the give-back, which acts once however often it is called.
+ */
+export function holdStream(deps: SseDeps, owner: string | null): () => void {
+  const { config, metrics, streams } = deps
+  const authRequired = config.apiTokens.size > 0
+  const key = owner ?? 'anonymous'
+  if (authRequired && !streams.acquire(key)) throw tooManyStreams(config.maxStreamsPerToken)
+  metrics.sseStreams.inc()
+  let held = true
+  return () => {
+    if (!held) return
+    held = false
+    metrics.sseStreams.dec()
+    if (authRequired) streams.release(key)
+  }
+}
+
 /** Streams the events of `row`, a job the caller may see. */
 export async function sseEvents(
   c: Context,
@@ -77,19 +96,9 @@ export async function sseEvents(
   owner: string | null,
   deps: SseDeps,
 ): Promise<Response> {
-  const { config, hub, metrics } = deps
-  const authRequired = config.apiTokens.size > 0
+  const { hub, metrics } = deps
   const after = resumePoint(c)
-  const streamKey = owner ?? 'anonymous'
-  if (authRequired && !deps.streams.acquire(streamKey)) throw tooManyStreams(config.maxStreamsPerToken)
-  metrics.sseStreams.inc()
-  let held = true
-  const giveBack = () => {
-    if (!held) return
-    held = false
-    metrics.sseStreams.dec()
-    if (authRequired) deps.streams.release(streamKey)
-  }
+  const giveBack = holdStream(deps, owner)
   const gone = connectionGone(c)
 
   const queued: ProgressEvent[] = []

@@ -28,6 +28,7 @@ import { cancelKey } from '../schema/keys.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { engineWaitDelay } from './engines.ts'
 import { readGpus, type Slot } from './gpus.ts'
+import { AttemptLog } from './job-logs.ts'
 import type { HostMetrics } from './metrics.ts'
 import { S3ModelFetcher } from './model-fetch.ts'
 import { groupMembers } from './process-group.ts'
@@ -47,6 +48,8 @@ export interface RunningJob {
   cancelRequested: boolean
   proc: JobProcess | undefined
   reporter: Reporter | undefined
+  /** The attempt's log (stdout, stderr, ctx.log), closed before its final event. */
+  logs?: AttemptLog
   /** Set once the attempt is recorded as started, with when (ms). */
   attempt?: number
   startedAt?: number
@@ -118,6 +121,7 @@ export class AttemptRunner {
       log.warn({ err }, msg),
     )
     entry.reporter = reporter
+    entry.logs = new AttemptLog(redis, state, { jobId, attempt }, (msg, err) => log.warn({ err }, msg))
     const end = (outcome: Outcome) =>
       this.end(job, token, entry, outcome, decide(outcome, attempt, this.policy(plan.maxAttempts)), plan, log)
 
@@ -187,6 +191,7 @@ export class AttemptRunner {
             milestones.reached(pct, reporter.message)
           },
           onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
+          onLine: (stream, text, level, fields) => entry.logs?.add(stream, text, level, fields),
           onStarted: (ms) => metrics.subprocessStart.observe(ms / 1000),
         },
         slots.takeSpare(slot),
@@ -290,6 +295,7 @@ export class AttemptRunner {
       dropPartial: () => this.dropPartialOutput(outputPrefix, log),
       write: async (w) => {
         await reporter.flush()
+        await entry.logs?.close()
         return state.finishAttempt(jobId, w.attempt, w)
       },
       emit: (event, terminal) => reporter.publish(event, terminal),

@@ -4,6 +4,7 @@
  * the IPC channel closes (the host died), it kills its whole group so no orphan keeps a GPU.
  */
 import { mkdir } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import * as v from 'valibot'
 import { handlerFor } from '../functions/index.ts'
@@ -44,6 +45,16 @@ process.on('disconnect', () => {
     process.exit(137)
   }
 })
+
+/**
+ * Waits until what the handler wrote to stdout and stderr has reached the host: writes to a pipe the host
+ * reads slowly are queued, and `process.exit` would drop them (the job's log would lose its last lines).
+ */
+const flushOutput = (): Promise<unknown> =>
+  Promise.race([
+    Promise.all([process.stdout, process.stderr].map((s) => new Promise((resolve) => s.write('', resolve)))),
+    sleep(2000),
+  ])
 
 function toChildError(err: unknown): ChildError {
   if (controller.signal.aborted) {
@@ -160,9 +171,13 @@ process.on('message', (raw: unknown) => {
   if (started) return
   started = true
   run(msg).then(
-    () => process.exit(0),
+    async () => {
+      await flushOutput()
+      process.exit(0)
+    },
     async (err: unknown) => {
       await send({ kind: 'error', error: toChildError(err) })
+      await flushOutput()
       process.exit(1)
     },
   )

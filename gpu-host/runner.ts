@@ -1,10 +1,12 @@
 import type { ChildProcess } from 'node:child_process'
 import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import * as v from 'valibot'
 import { checkArtifactPath } from '../functions/sdk/artifact-body.ts'
 import type { ArtifactRecord, ArtifactStore, GpuInfo } from '../functions/sdk/context.ts'
 import { checkModelName } from '../functions/sdk/models.ts'
+import type { LogLevel, LogStream } from '../schema/db/logs.ts'
 import { type EngineSettingsInput, engineSettings } from '../schema/engines.ts'
 import type { ProgressMetrics } from '../schema/events.ts'
 import { describeIssues, toFieldIssues } from '../schema/issues.ts'
@@ -23,6 +25,8 @@ import { terminateGroup } from './process-group.ts'
 import { openInside } from './scratch-file.ts'
 
 const STDERR_TAIL_LINES = 40
+/** After the job process group is gone, how long its stdout and stderr may take to be read to the end. */
+const OUTPUT_DRAIN_MS = 1000
 
 export type { AbortReason }
 
@@ -50,6 +54,8 @@ export interface RunJobOptions {
   handlerModule?: string | undefined
   onProgress?(percent: number, message: string | undefined, metrics?: ProgressMetrics): void
   onLog?(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void
+  /** Every line of the job process, for its log: stdout, stderr, and `ctx.log` (with its level and fields). */
+  onLine?(stream: LogStream, text: string, level?: LogLevel, fields?: Record<string, unknown>): void
   onArtifact?(record: ArtifactRecord): void
   /** The handler is about to run: fork-to-start time, for the start-up histogram. */
   onStarted?(startupMs: number): void
@@ -206,8 +212,10 @@ export class JobProcess {
       stderrTail.push(line)
       if (stderrTail.length > STDERR_TAIL_LINES) stderrTail.shift()
     }
+    const drained: Promise<void>[] = []
     const lines = (stream: NodeJS.ReadableStream | null, onLine: (line: string) => void) => {
       let buffer = ''
+      if (stream) drained.push(new Promise((resolve) => stream.once('close', resolve).once('end', resolve)))
       stream?.setEncoding('utf8')
       stream?.on('data', (chunk: string) => {
         buffer += chunk
@@ -224,9 +232,13 @@ export class JobProcess {
       })
       stream?.on('end', () => buffer && onLine(buffer))
     }
-    lines(child.stdout, (line) => opts.onLog?.('info', line, { stream: 'stdout' }))
+    lines(child.stdout, (line) => {
+      opts.onLine?.('stdout', line)
+      opts.onLog?.('info', line, { stream: 'stdout' })
+    })
     lines(child.stderr, (line) => {
       keepTail(line)
+      opts.onLine?.('stderr', line)
       opts.onLog?.('warn', line, { stream: 'stderr' })
     })
 
@@ -264,6 +276,7 @@ export class JobProcess {
           opts.onProgress?.(msg.percent, msg.message, msg.metrics)
           break
         case 'log':
+          opts.onLine?.('log', msg.msg, msg.level, msg.fields)
           opts.onLog?.(msg.level, msg.msg, msg.fields)
           break
         case 'artifact':
@@ -304,6 +317,8 @@ export class JobProcess {
           for (const source of this.sources) source.destroy(new Error('the job process ended'))
         const settled = termination.then(async (t) => {
           while (this.uploads.size > 0) await Promise.allSettled([...this.uploads])
+          // The group is gone: its last lines are read before the attempt ends (its log is complete).
+          await Promise.race([Promise.all(drained), sleep(OUTPUT_DRAIN_MS)])
           return t
         })
         void settled.then(({ gone }) => {

@@ -1,5 +1,6 @@
 import type { Db } from '../schema/db/connect.ts'
 import { type MetricPoint, recordMetricPoints } from '../schema/db/events.ts'
+import { appendJobLogs, type JobLogLine, type LogCounts } from '../schema/db/logs.ts'
 import { type DbCall, retryWhileDown } from '../schema/jobs/db-call.ts'
 import { JobRecords } from '../schema/jobs/records.ts'
 
@@ -21,5 +22,11 @@ export class JobState extends JobRecords {
   recordMetrics(points: MetricPoint[]): Promise<void> {
     const { db, call } = this.metricsDb
     return call('metrics', () => recordMetricPoints(db, points))
+  }
+
+  /** Keeps a batch of an attempt's log lines and its counts (job_logs, job_log_counts). */
+  recordLogs(jobId: string, attempt: number, lines: JobLogLine[], counts: LogCounts): Promise<void> {
+    const { db, call } = this.metricsDb
+    return call('logs', () => appendJobLogs(db, jobId, attempt, lines, counts))
   }
 }

@@ -116,3 +116,22 @@ export const ErrorBody = v.object({
   }),
 })
 export type ErrorBody = v.InferOutput<typeof ErrorBody>
+
+/** One line of a job's log (schema/db/logs.ts): `seq` from 1 per attempt, `at` when the host received it. */
+export const JobLogLine = v.object({
+  seq: v.number(),
+  at: v.string(),
+  stream: v.picklist(['stdout', 'stderr', 'log']),
+  level: v.optional(v.picklist(['debug', 'info', 'warn', 'error'])),
+  text: v.string(),
+})
+
+/** `GET /api/jobs/:jobId/logs`: one attempt's lines, how many were dropped past the cap, the job's attempts. */
+export const JobLogsBody = v.object({
+  jobId: JobId,
+  attempt: v.number(),
+  lines: v.array(JobLogLine),
+  dropped: v.number(),
+  attempts: v.array(v.number()),
+})
+export type JobLogsBody = v.InferOutput<typeof JobLogsBody>

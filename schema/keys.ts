@@ -25,3 +25,5 @@ export const hostKey = (queuePrefix: string, hostId: string): string =>
   `gpu-jobs:${queuePrefix}:host:${hostId}`
 /** Sorted set of the hosts that heartbeat on a queue prefix, scored by when their key expires (ms). */
 export const hostsKey = (queuePrefix: string): string => `gpu-jobs:${queuePrefix}:hosts`
+/** Pub/sub channel of a job's log lines while it runs (`{attempt, lines}`; never on `progress:<jobId>`). */
+export const logsChannel = (jobId: string): string => `logs:${jobId}`

@@ -31,6 +31,7 @@ Commands:
   retry <id>      start a retrying job's next attempt now
   hosts           the GPU hosts: status, slots, GPUs and VRAM, engines, running jobs
   queue           queue depth: jobs by state and type, oldest waiting, last hour
+  logs <id>       print what a job's process printed (stdout, stderr, ctx.log), per attempt
 
 Run "gpu-jobs <command> --help" for a command's options.
 Every command takes --url <url> (overrides GPU_JOBS_URL) and -h/--help.
@@ -157,6 +158,19 @@ hour. With API tokens the per-type and last-hour counts are your token's own.
 
 Options:
       --json   print the API's JSON body instead
+
+${ENV_HELP}`,
+  logs: `Usage: gpu-jobs logs <id> [--attempt N] [--follow] [--json]
+
+Print what the job's process printed in one attempt (default: the latest), one line each:
+  <HH:MM:SS.mmm UTC> <stdout|stderr|log> <text>
+A summary (line count, lines dropped over the per-attempt cap, the other attempts) goes to stderr.
+
+Options:
+      --attempt <n>  the attempt to show (1, 2, ...)
+  -f, --follow       then stream new lines live until the attempt ends (Ctrl-C stops following,
+                     not the job); a dropped connection resumes after the last line seen
+      --json         print the API's JSON body (with --follow: each line as a JSON line)
 
 ${ENV_HELP}`,
 }

@@ -4,6 +4,7 @@ import { cancel } from './commands/cancel.ts'
 import { follow } from './commands/follow.ts'
 import { hosts } from './commands/hosts.ts'
 import { list } from './commands/list.ts'
+import { logs } from './commands/logs.ts'
 import { queue } from './commands/queue.ts'
 import { rerun } from './commands/rerun.ts'
 import { retry } from './commands/retry.ts'
@@ -17,7 +18,18 @@ import { UsageError } from './params.ts'
 
 export { EXIT, type Output, type RunIO } from './command.ts'
 
-const COMMANDS: Record<string, Command> = { submit, status, list, cancel, follow, rerun, retry, hosts, queue }
+const COMMANDS: Record<string, Command> = {
+  submit,
+  status,
+  list,
+  cancel,
+  follow,
+  logs,
+  rerun,
+  retry,
+  hosts,
+  queue,
+}
 
 /** `error: invalid_params: params.epochs must be ...`, then one line per field. */
 export function formatError(err: unknown, command?: string): string {

@@ -30,7 +30,8 @@ export const auth = ({
   tokens: Map<string, string>
   metricsToken?: string | undefined
   isPublic: (path: string) => boolean
-  acceptsQueryToken: (path: string) => boolean
+  /** Whether `?token=` is accepted on `path` (with `query`, its query parameters). */
+  acceptsQueryToken: (path: string, query: (name: string) => string | undefined) => boolean
 }): MiddlewareHandler => {
   const metricsTokens = metricsToken ? new Map([['metrics', metricsToken]]) : null
   return async function auth(c, next) {
@@ -45,7 +46,7 @@ export const auth = ({
       throw new ApiError(401, 'unauthorized', 'METRICS_TOKEN is set: send Authorization: Bearer <token>')
     }
     if (tokens.size === 0 || isPublic(path)) return next()
-    const query = acceptsQueryToken(path) ? c.req.query('token') : undefined
+    const query = acceptsQueryToken(path, (name) => c.req.query(name)) ? c.req.query('token') : undefined
     const given = presentedToken(c.req.header('authorization'), query)
     const owner = tokenOwner(tokens, given)
     if (owner === null) {

@@ -105,6 +105,37 @@ export const jobMetrics = pgTable(
   (t) => [primaryKey({ columns: [t.jobId, t.seq] })],
 )
 
+/**
+ * What a job's process printed, per attempt: its stdout and stderr lines and its `ctx.log` lines, in the
+ * order the host received them (`seq` from 1 per attempt), bounded per attempt (schema/db/logs.ts).
+ */
+export const jobLogs = pgTable(
+  'job_logs',
+  {
+    jobId: jobIdRef(),
+    attempt: integer('attempt').notNull(),
+    seq: integer('seq').notNull(),
+    at: ts('at').notNull(),
+    stream: text('stream').$type<'stdout' | 'stderr' | 'log'>().notNull(),
+    level: text('level').$type<'debug' | 'info' | 'warn' | 'error'>(),
+    text: text('text').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.attempt, t.seq] })],
+)
+
+/** Per attempt: how many lines and bytes of its log were kept, and how many lines were dropped past the cap. */
+export const jobLogCounts = pgTable(
+  'job_log_counts',
+  {
+    jobId: jobIdRef(),
+    attempt: integer('attempt').notNull(),
+    lines: integer('lines').notNull().default(0),
+    bytes: integer('bytes').notNull().default(0),
+    dropped: integer('dropped').notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.attempt] })],
+)
+
 /** The files of a job's final output, as listed in its manifest. */
 export const jobArtifacts = pgTable(
   'job_artifacts',

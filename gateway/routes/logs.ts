@@ -1,0 +1,240 @@
+/**
+ * `GET /api/jobs/:jobId/logs`: what a job's process printed (stdout, stderr, `ctx.log`), per attempt
+ * (`?attempt=N`, default the latest). `?follow=1` streams it as Server-Sent Events: the stored lines, then
+ * the live ones from `logs:<jobId>` (deduplicated by seq), until the attempt ends.
+ */
+import type { HttpBindings } from '@hono/node-server'
+import { type Context, Hono } from 'hono'
+import { streamSSE } from 'hono/streaming'
+import type { Redis } from 'ioredis'
+import { isTerminal } from '../../schema/common.ts'
+import type { Db } from '../../schema/db/connect.ts'
+import {
+  attemptEnded,
+  droppedLogLines,
+  type JobLogLine,
+  type LogBatchMessage,
+  logAttempts,
+  readJobLogs,
+} from '../../schema/db/logs.ts'
+import type { JobRow } from '../../schema/db/tables.ts'
+import type { ProgressEvent } from '../../schema/events.ts'
+import { logsChannel } from '../../schema/keys.ts'
+import { ApiError, BackendUnavailableError, onBackend } from '../errors.ts'
+import { SUBSCRIBE_TIMEOUT_MS, type Subscription } from '../hub.ts'
+import { connectionGone, holdStream, type SseDeps } from '../sse.ts'
+import type { JobAccess } from './access.ts'
+
+/** Lines waiting for a client that reads slower than they come; past it the client is dropped. */
+const MAX_QUEUED_LINES = 10_000
+const KEEP_ALIVE_MS = 15_000
+/** A follower whose job's events stopped coming (a host that died) looks at the stored state this often. */
+const RECHECK_MS = 5_000
+
+export interface LogsDeps extends SseDeps {
+  redis: Redis
+  db: Db
+  access: JobAccess
+}
+
+/** A positive integer query value, or a 400 naming `name`. */
+function positiveInt(c: Context, name: string, min: number): number | undefined {
+  const raw = c.req.query(name) ?? (name === 'after' ? c.req.header('last-event-id') : undefined)
+  if (raw === undefined) return undefined
+  const n = Number(raw)
+  if (/^\d+$/.test(raw) && Number.isSafeInteger(n) && n >= min) return n
+  const message = min === 1 ? 'must be a positive integer' : 'must be a non-negative integer'
+  throw new ApiError(400, 'invalid_query', `invalid query: ${name} ${message}`, [{ path: name, message }])
+}
+
+/** `?follow=1` (or `true`): the SSE variant of the route. */
+export const isFollow = (value: string | undefined): boolean => value === '1' || value === 'true'
+
+/** Whether `event` says attempt `attempt` is over (a later attempt, its own end, or the job's). */
+const attemptOver = (event: ProgressEvent, attempt: number): boolean =>
+  isTerminal(event.status) ||
+  event.attempt > attempt ||
+  (event.attempt === attempt && event.status !== 'running')
+
+/** @example app.route('/', logRoutes({ ...deps, db: database.db, access })) */
+export function logRoutes(deps: LogsDeps): Hono {
+  const { db, access } = deps
+  const app = new Hono()
+  app.get('/api/jobs/:jobId/logs', async (c) => {
+    const owner = c.get('owner')
+    const row = await access.visibleJob(c.req.param('jobId'), owner)
+    const attempt = positiveInt(c, 'attempt', 1) ?? Math.max(1, row.attempt)
+    if (isFollow(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
+    const [lines, dropped, attempts] = await onBackend('Postgres', () =>
+      Promise.all([
+        readJobLogs(db, row.id, attempt),
+        droppedLogLines(db, row.id, attempt),
+        logAttempts(db, row.id),
+      ]),
+    )
+    return c.json({ jobId: row.id, attempt, lines, dropped, attempts })
+  })
+  return app
+}
+
+/**
+ * The SSE variant: `event: attempt` with `{attempt}`, `event: log` per line (id: its seq), then `event: end`
+ * with `{attempt, dropped}`.
+ */
+async function followLogs(
+  c: Context,
+  row: JobRow,
+  attempt: number,
+  owner: string | null,
+  deps: LogsDeps,
+): Promise<Response> {
+  const { hub, metrics, redis, db } = deps
+  const jobId = row.id
+  const after = positiveInt(c, 'after', 0) ?? 0
+  const giveBack = holdStream(deps, owner)
+  const gone = connectionGone(c)
+  const live: JobLogLine[] = []
+  let over = false
+  let ended = false
+  let wake: (() => void) | undefined
+  let stop: () => void = () => {}
+  // Resolves on end: a write the client does not take (it stopped reading) must not hold the stream.
+  const stopped = new Promise<void>((resolve) => {
+    stop = resolve
+  })
+  const end = () => {
+    ended = true
+    stop()
+    wake?.()
+  }
+  gone.signal.addEventListener('abort', end, { once: true })
+
+  // Subscribed (to the lines and to the job's events) before the response starts: Redis down is a 503.
+  const subscriber = redis.duplicate({ lazyConnect: true })
+  subscriber.on('error', () => {})
+  subscriber.on('message', (_channel: string, raw: string) => {
+    let batch: LogBatchMessage
+    try {
+      batch = JSON.parse(raw) as LogBatchMessage
+    } catch {
+      return
+    }
+    if (batch.attempt !== attempt || !Array.isArray(batch.lines)) return
+    if (live.length + batch.lines.length > MAX_QUEUED_LINES) {
+      metrics.dropped.inc({ transport: 'sse', reason: 'slow_client' })
+      end()
+    } else live.push(...batch.lines)
+    wake?.()
+  })
+  let events: Subscription | undefined
+  const close = () => {
+    events?.close()
+    subscriber.disconnect()
+    gone.dispose()
+    giveBack()
+  }
+  try {
+    const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(SUBSCRIBE_TIMEOUT_MS)])
+    await Promise.race([
+      subscriber.connect().then(() => subscriber.subscribe(logsChannel(jobId))),
+      new Promise((_, reject) =>
+        signal.addEventListener('abort', () => reject(signal.reason), { once: true }),
+      ),
+    ])
+    events = await hub.subscribe(
+      jobId,
+      undefined,
+      (event) => {
+        if (!attemptOver(event, attempt)) return
+        over = true
+        wake?.()
+      },
+      { signal, onEnd: end },
+    )
+  } catch {
+    close()
+    if (gone.signal.aborted) return new Response(null, { status: 499 })
+    throw new BackendUnavailableError('Redis', 'no live log lines now; retry shortly')
+  }
+
+  const outgoing = (c.env as Partial<HttpBindings> | undefined)?.outgoing
+  return streamSSE(c, async (stream) => {
+    stream.onAbort(end)
+    let last = after
+    let writing = false
+    const write = async (event: string, data: string, id?: number) => {
+      writing = true
+      try {
+        const written = stream.writeSSE({ event, data, ...(id === undefined ? {} : { id: String(id) }) })
+        await Promise.race([written, stopped])
+        if (ended) throw new Error('the stream ended')
+        writing = false
+      } catch (err) {
+        // Left `writing` when cut off mid-write: the connection is then destroyed, not closed cleanly.
+        if (!ended) writing = false
+        throw err
+      }
+    }
+    const send = async (lines: JobLogLine[], fill = true): Promise<void> => {
+      for (const line of lines) {
+        if (ended) return
+        if (line.seq <= last) continue
+        // A batch this stream has not seen (its publish was lost): the stored lines fill the gap first.
+        if (fill && line.seq > last + 1) await send(await readJobLogs(db, jobId, attempt, last), false)
+        if (ended || line.seq <= last) continue
+        await write('log', JSON.stringify(line), line.seq)
+        last = line.seq
+      }
+    }
+    const keepAlive = setInterval(() => {
+      if (!writing) void stream.write(': keep-alive\n\n').catch(end)
+    }, KEEP_ALIVE_MS)
+    // A host that died leaves no end event: the stored attempt (closed by the reconciler) says so.
+    const recheck = setInterval(() => {
+      void attemptEnded(db, jobId, attempt)
+        .then((done) => {
+          if (done) {
+            over = true
+            wake?.()
+          }
+        })
+        .catch(() => {})
+    }, RECHECK_MS)
+    try {
+      // Which attempt this is (a reconnect asks for it by number, whatever the latest is by then).
+      await write('attempt', JSON.stringify({ attempt }))
+      await send(await readJobLogs(db, jobId, attempt, last))
+      while (!ended) {
+        const batch = live.splice(0)
+        if (batch.length > 0) {
+          await send(batch)
+          continue
+        }
+        if (over) {
+          // Every line of the attempt is stored before its final event: read what is left, then end.
+          await send(await readJobLogs(db, jobId, attempt, last))
+          if (!ended)
+            await write(
+              'end',
+              JSON.stringify({ attempt, dropped: await droppedLogLines(db, jobId, attempt) }),
+            )
+          break
+        }
+        await new Promise<void>((resolve) => {
+          wake = resolve
+        })
+        wake = undefined
+      }
+    } catch {
+      // Postgres or the connection failed mid-stream: the client reconnects after the last id it saw.
+    } finally {
+      clearInterval(keepAlive)
+      clearInterval(recheck)
+      close()
+      if (gone.signal.aborted || writing) {
+        if (outgoing) outgoing.destroy()
+        else stream.abort()
+      }
+    }
+  })
+}

@@ -1,7 +1,7 @@
 import type { Db } from '../schema/db/connect.ts'
 import { type MetricPoint, recordMetricPoints } from '../schema/db/events.ts'
 import { appendJobLogs, type JobLogLine, type LogCounts } from '../schema/db/logs.ts'
-import { type DbCall, retryWhileDown } from '../schema/jobs/db-call.ts'
+import { retryWhileDown } from '../schema/jobs/db-call.ts'
 import { JobRecords } from '../schema/jobs/records.ts'
 
 /**
@@ -10,23 +10,17 @@ import { JobRecords } from '../schema/jobs/records.ts'
  * unreachable, so an attempt's end is not lost to a database restart.
  */
 export class JobState extends JobRecords {
-  private readonly metricsDb: { db: Db; call: DbCall }
-
   constructor(db: Db, host: string, log: (msg: string) => void = () => {}) {
-    const call = retryWhileDown(log)
-    super(db, { host, call })
-    this.metricsDb = { db, call }
+    super(db, { host, call: retryWhileDown(log) })
   }
 
   /** Keeps the metrics a job reported with its progress (job_metrics). */
   recordMetrics(points: MetricPoint[]): Promise<void> {
-    const { db, call } = this.metricsDb
-    return call('metrics', () => recordMetricPoints(db, points))
+    return this.call('metrics', () => recordMetricPoints(this.db, points))
   }
 
   /** Keeps a batch of an attempt's log lines and its counts (job_logs, job_log_counts). */
   recordLogs(jobId: string, attempt: number, lines: JobLogLine[], counts: LogCounts): Promise<void> {
-    const { db, call } = this.metricsDb
-    return call('logs', () => appendJobLogs(db, jobId, attempt, lines, counts))
+    return this.call('logs', () => appendJobLogs(this.db, jobId, attempt, lines, counts))
   }
 }

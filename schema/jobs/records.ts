@@ -36,12 +36,13 @@ const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
 
 /** The row writes of the job lifecycle, and the reads that choose what the reconciler writes. */
 export class JobRecords {
-  private readonly call: DbCall
+  // Protected: a side's own writes beside the rows (the host's metrics and logs) go through the same call.
+  protected readonly call: DbCall
   private readonly host: string
 
   /** `host` names the writer in attempt rows; `call` wraps every database call (default: as is). */
   constructor(
-    private readonly db: Db,
+    protected readonly db: Db,
     opts: { host?: string; call?: DbCall } = {},
   ) {
     this.host = opts.host ?? 'unknown'

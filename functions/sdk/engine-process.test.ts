@@ -57,6 +57,7 @@ describe('runEngineProcess', () => {
       args: ['-e', script],
       env: { ENGINE_X: 'yes', ENGINE_GONE: undefined },
       onLine: (stream, line) => lines.push(`${stream}:${line}`),
+      echo: false,
     })
     delete process.env.ENGINE_GONE
     expect(run).toMatchObject({ exitCode: 3, signal: null, aborted: false, killed: false })
@@ -89,6 +90,40 @@ describe('runEngineProcess', () => {
       'line bar 2/2',
     ])
     expect(at('line bar 1/2') - at('partial bar 1/2')).toBeGreaterThan(200)
+  })
+
+  it("echoes the engine's lines to the job process's streams (the job's logs), thinning \\r redraws", async () => {
+    const out = { stdout: '', stderr: '' }
+    const capture = (name: keyof typeof out) => ({
+      write: (chunk: string | Uint8Array) => {
+        out[name] += String(chunk)
+        return true
+      },
+    })
+    // 500 redraws of a bar in well under REDRAW_ECHO_MS, ended by its final state and a newline; then a
+    // second bar left on a redraw when the engine exits.
+    const script = [
+      'process.stdout.write("loading model\\n")',
+      'for (let i = 1; i <= 500; i++) process.stderr.write("\\rsteps " + i + "/500")',
+      'process.stderr.write("\\n")',
+      'process.stderr.write("Traceback: boom\\n")',
+      'for (let i = 1; i <= 50; i++) process.stderr.write("\\rsaving " + i + "/50")',
+    ].join(';')
+    const run = await runEngineProcess({
+      command: process.execPath,
+      args: ['-e', script],
+      echo: { stdout: capture('stdout'), stderr: capture('stderr') },
+    })
+    expect(run.exitCode).toBe(0)
+    expect(out.stdout).toBe('loading model\n')
+    expect(out.stderr.split('\n')).toEqual([
+      'steps 1/500',
+      'steps 500/500',
+      'Traceback: boom',
+      'saving 1/50',
+      'saving 50/50',
+      '',
+    ])
   })
 
   it('rejects with the spawn error when the command does not exist', async () => {

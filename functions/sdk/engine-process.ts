@@ -37,7 +37,23 @@ export interface EngineProcessOptions {
   tailLines?: number
   /** Time between SIGTERM and SIGKILL on abort (default 5000 ms). */
   killGraceMs?: number
+  /**
+   * Where the engine's lines are echoed, so they reach the job's logs: the host keeps a job process's
+   * stdout and stderr as the attempt's log, and an engine's pipes end here, not there. Default: this
+   * process's own streams; `false` echoes nothing. A progress bar's `\r` redraws are thinned to one every
+   * `REDRAW_ECHO_MS` (and the last one), so a tqdm bar does not fill the attempt's capped log.
+   */
+  echo?: EngineEcho | false
 }
+
+/** The streams an engine's lines are echoed to (`EngineProcessOptions.echo`). */
+export interface EngineEcho {
+  stdout: Pick<NodeJS.WritableStream, 'write'>
+  stderr: Pick<NodeJS.WritableStream, 'write'>
+}
+
+/** At most one `\r` redraw of a progress bar per this many ms is echoed (the bar's last state always is). */
+export const REDRAW_ECHO_MS = 10_000
 
 export interface EngineProcessResult {
   /** The exit code, or null when a signal ended it. */
@@ -110,10 +126,17 @@ export async function runEngineProcess(opts: EngineProcessOptions): Promise<Engi
   }
   const emit = (stream: EngineStream, line: string): void => guarded(() => opts.onLine?.(stream, line))
   const partial = (stream: EngineStream) => (text: string) => guarded(() => opts.onPartial?.(stream, text))
+  const echo =
+    opts.echo === false ? undefined : (opts.echo ?? { stdout: process.stdout, stderr: process.stderr })
+  const echoes = echo && { stdout: new LineEcho(echo.stdout), stderr: new LineEcho(echo.stderr) }
   const splitters = {
-    stdout: new LineSplitter((line) => emit('stdout', line), partial('stdout')),
+    stdout: new LineSplitter((line, byCr) => {
+      echoes?.stdout.line(line, byCr)
+      emit('stdout', line)
+    }, partial('stdout')),
     stderr: new LineSplitter((line, byCr) => {
       tail.push(line, byCr)
+      echoes?.stderr.line(line, byCr)
       emit('stderr', line)
     }, partial('stderr')),
   }
@@ -154,6 +177,8 @@ export async function runEngineProcess(opts: EngineProcessOptions): Promise<Engi
     clearTimeout(timer)
     splitters.stdout.end()
     splitters.stderr.end()
+    echoes?.stdout.end()
+    echoes?.stderr.end()
     // On abort, wait for the whole tree, not just the launcher, before telling the handler it stopped.
     const killed = stopping === undefined ? false : await stopping
     if (failure) throw failure.error
@@ -227,6 +252,37 @@ export class LineSplitter {
     const line = this.partial
     this.partial = ''
     if (line.length > 0) this.onLine(line, byCr)
+  }
+}
+
+/**
+ * Echoes an engine's lines to a stream: every line a `\n` ended, and of a run of `\r` redraws the first,
+ * one every REDRAW_ECHO_MS and the last (held back until the next line or the end shows it was the last).
+ */
+class LineEcho {
+  private held: string | undefined
+  private lastRedrawAt = Number.NEGATIVE_INFINITY
+  constructor(private readonly out: Pick<NodeJS.WritableStream, 'write'>) {}
+
+  line(text: string, byCr: boolean): void {
+    if (!byCr) {
+      // A bar that ends with `\n` ends on its final state: the held redraw is an older one.
+      this.held = undefined
+      this.lastRedrawAt = Number.NEGATIVE_INFINITY
+      this.out.write(`${text}\n`)
+      return
+    }
+    const now = Date.now()
+    if (now - this.lastRedrawAt >= REDRAW_ECHO_MS) {
+      this.lastRedrawAt = now
+      this.held = undefined
+      this.out.write(`${text}\n`)
+    } else this.held = text
+  }
+
+  end(): void {
+    if (this.held !== undefined) this.out.write(`${this.held}\n`)
+    this.held = undefined
   }
 }
 

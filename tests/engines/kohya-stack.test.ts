@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { readSafetensors } from '../../functions/formats/safetensors.ts'
+import type { JobLogsBody } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import { groupGone, processGone, type Stack, startStack, waitFor } from '../helpers/stack.ts'
 import { KOHYA_PYTHON, type KohyaFixture, makeKohyaFixture } from './fake-kohya/fixture.ts'
@@ -67,6 +68,16 @@ describe('train_lora on kohya through the whole stack (stand-in sd-scripts)', ()
     const messages = (await events(s, 'kohya-stack-1')).map((e) => e.message)
     expect(messages).toContain('Epoch 1/1 - loss=1.12')
     expect(messages).toContain('Epoch 1/1 - loss=1.2')
+
+    // What the trainer printed is in the job's logs (echoed by the job process, kept by the host), its
+    // tqdm bar ending on its final state (the thinning of redraws is engine-process.test.ts's).
+    const logs = (await (await fetch(s.url('/api/jobs/kohya-stack-1/logs'))).json()) as JobLogsBody
+    const texts = logs.lines.map((l) => `${l.stream}:${l.text}`)
+    expect(texts).toContain('stdout:running training / 学習開始')
+    expect(texts).toContain('stdout:epoch 1/1')
+    expect(texts.some((t) => t.startsWith('stderr:') && t.includes('Using v1 tokenizer'))).toBe(true)
+    const bars = texts.filter((t) => t.startsWith('stderr:steps:'))
+    expect(bars.at(-1)).toContain('3/3')
   })
 
   it('cancel mid-run: the trainer ran in the job process group, which is gone; nothing in the bucket', async () => {

@@ -59,6 +59,8 @@ interface Sub {
  */
 export class EventHub {
   private readonly subs = new Map<string, Set<Sub>>()
+  /** Plain channels (`logs:<jobId>`) listened to on the same connection: their listeners and SUBSCRIBE. */
+  private readonly channels = new Map<string, { fns: Set<(raw: string) => void>; ready: Promise<unknown> }>()
   private readonly listeners: ((event: ProgressEvent) => void)[] = []
   private started = false
   private closing = false
@@ -96,6 +98,9 @@ export class EventHub {
       for (const fn of this.listeners) fn(event)
       const set = this.subs.get(event.jobId)
       if (set) for (const sub of set) this.offer(sub, event)
+    })
+    this.subscriber.on('message', (channel: string, raw: string) => {
+      for (const fn of this.channels.get(channel)?.fns ?? []) fn(raw)
     })
     // After a reconnect pub/sub may have missed events: every subscriber catches up from the log.
     this.subscriber.on('ready', () => {
@@ -203,6 +208,38 @@ export class EventHub {
       if (onAbort) signal?.removeEventListener('abort', onAbort)
     }
     return handle
+  }
+
+  /**
+   * Hears a plain channel's messages (`logs:<jobId>`) on the hub's one subscriber connection, so a
+   * follower costs no connection of its own: the channel is subscribed for its first listener and left
+   * after its last. Resolves, with the function that stops listening, once Redis has confirmed the
+   * subscription; rejects (listening to nothing) when it fails. ioredis subscribes again after a reconnect;
+   * what was published meanwhile is the caller's to read from where it is stored.
+   */
+  async listen(channel: string, fn: (raw: string) => void): Promise<() => void> {
+    if (this.closing) throw new Error('the event hub is closed')
+    let entry = this.channels.get(channel)
+    if (!entry) {
+      const ready = this.subscriber.subscribe(channel)
+      entry = { fns: new Set(), ready }
+      this.channels.set(channel, entry)
+    }
+    const { fns } = entry
+    fns.add(fn)
+    const stop = () => {
+      fns.delete(fn)
+      if (fns.size > 0 || this.channels.get(channel) !== entry) return
+      this.channels.delete(channel)
+      void this.subscriber.unsubscribe(channel).catch(() => {})
+    }
+    try {
+      await entry.ready
+    } catch (err) {
+      stop()
+      throw err
+    }
+    return stop
   }
 
   private emit(sub: Sub, event: ProgressEvent): void {

@@ -6,7 +6,6 @@
 import type { HttpBindings } from '@hono/node-server'
 import { type Context, Hono } from 'hono'
 import { streamSSE } from 'hono/streaming'
-import type { Redis } from 'ioredis'
 import { isTerminal } from '../../schema/common.ts'
 import type { Db } from '../../schema/db/connect.ts'
 import {
@@ -32,7 +31,6 @@ const KEEP_ALIVE_MS = 15_000
 const RECHECK_MS = 5_000
 
 export interface LogsDeps extends SseDeps {
-  redis: Redis
   db: Db
   access: JobAccess
 }
@@ -88,7 +86,7 @@ async function followLogs(
   owner: string | null,
   deps: LogsDeps,
 ): Promise<Response> {
-  const { hub, metrics, redis, db } = deps
+  const { hub, metrics, db } = deps
   const jobId = row.id
   const after = positiveInt(c, 'after', 0) ?? 0
   const giveBack = holdStream(deps, owner)
@@ -110,9 +108,7 @@ async function followLogs(
   gone.signal.addEventListener('abort', end, { once: true })
 
   // Subscribed (to the lines and to the job's events) before the response starts: Redis down is a 503.
-  const subscriber = redis.duplicate({ lazyConnect: true })
-  subscriber.on('error', () => {})
-  subscriber.on('message', (_channel: string, raw: string) => {
+  const onBatch = (raw: string) => {
     let batch: LogBatchMessage
     try {
       batch = JSON.parse(raw) as LogBatchMessage
@@ -125,19 +121,25 @@ async function followLogs(
       end()
     } else live.push(...batch.lines)
     wake?.()
-  })
+  }
   let events: Subscription | undefined
+  let unlisten: (() => void) | undefined
+  let closed = false
   const close = () => {
+    closed = true
     events?.close()
-    subscriber.disconnect()
+    unlisten?.()
     gone.dispose()
     giveBack()
   }
   try {
     const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(SUBSCRIBE_TIMEOUT_MS)])
-    await Promise.race([
-      subscriber.connect().then(() => subscriber.subscribe(logsChannel(jobId))),
-      new Promise((_, reject) =>
+    const listening = hub.listen(logsChannel(jobId), onBatch)
+    // Given up on (timeout, client gone): a late confirmation must still stop listening.
+    listening.then((stop) => (closed ? stop() : undefined)).catch(() => {})
+    unlisten = await Promise.race([
+      listening,
+      new Promise<never>((_, reject) =>
         signal.addEventListener('abort', () => reject(signal.reason), { once: true }),
       ),
     ])

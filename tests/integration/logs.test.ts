@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 /**
  * Job logs end to end: a fixture job prints on stdout, stderr and ctx.log in real child processes; the
  * GPU host keeps the lines per attempt in Postgres (bounded) and publishes them live; the gateway serves
@@ -136,6 +137,32 @@ describe('GET /api/jobs/:jobId/logs', () => {
     const after = resumed.filter((e) => e.event === 'log').map((e) => (JSON.parse(e.data) as JobLogLine).seq)
     expect(after).toEqual(lines.filter((l) => l.seq > 30).map((l) => l.seq))
     expect(resumed.at(-1)?.event).toBe('end')
+  })
+
+  it('many followers share the gateway’s one subscriber connection, and the channel is left after them', async () => {
+    const id = await printing({ lines: 20, printMs: 60 })
+    await stack.waitJob(id, (j) => j.status === 'running' && j.attempt === 1, 20_000, 'running')
+    const clients = async () =>
+      String(await stack.redis.client('LIST'))
+        .trim()
+        .split('\n').length
+    const before = await clients()
+    const follows = Array.from({ length: 12 }, () => readFollow(stack.url(`/api/jobs/${id}/logs?follow=1`)))
+    const numsub = async () =>
+      Number(((await stack.redis.pubsub('NUMSUB', `logs:${id}`)) as [string, number])[1])
+    // While all twelve stream, one connection is subscribed to the channel, and Redis has (about) as many
+    // clients as before, not twelve more.
+    await expect.poll(numsub, { timeout: 5000, interval: 20 }).toBeGreaterThan(0)
+    await sleep(300)
+    expect(await numsub()).toBe(1)
+    expect(await clients()).toBeLessThan(before + 3)
+    const all = await Promise.all(follows)
+    for (const events of all) {
+      const lines = events.filter((e) => e.event === 'log').map((e) => JSON.parse(e.data) as JobLogLine)
+      expect(texts(lines, 'stdout')).toEqual(Array.from({ length: 20 }, (_, i) => `out 1.${i + 1}`))
+      expect(events.at(-1)?.event).toBe('end')
+    }
+    await expect.poll(numsub, { timeout: 2000, interval: 20 }).toBe(0)
   })
 })
 

@@ -468,7 +468,8 @@ describe('gpu-jobs rerun, retry, and the attempts in status', () => {
     const before = await cli(url, ['status', jobId])
     expect(before.out).toMatch(/^attempts \(1\)$/m)
     expect(before.out).toMatch(/^ {2}#1 {2}host-x {2}3s {2}failed {2}crash {2}exited with code 3$/m)
-    const r = await cli(url, ['retry', jobId])
+    // By a unique prefix of its id, as every command takes it.
+    const r = await cli(url, ['retry', jobId.slice(0, -4)])
     expect(r.err).toBe('')
     expect(r.code).toBe(EXIT.ok)
     expect(r.out).toMatch(new RegExp(`^next attempt of ${jobId} requested now`))
@@ -493,7 +494,7 @@ describe('gpu-jobs rerun, retry, and the attempts in status', () => {
     expect(r.lines.at(-1)).toMatch(/ completed /)
     const [copy, original] = [await jobStatus(newId ?? ''), await jobStatus(id)]
     expect(copy).toMatchObject({ type: 'train_lora', params: original.params, maxAttempts: 2 })
-    const json = await cli(url, ['rerun', id, '--json'])
+    const json = await cli(url, ['rerun', id.slice(0, 8), '--json'])
     expect(JSON.parse(json.out)).toMatchObject({ status: 'queued', statusUrl: expect.any(String) })
     const missing = await cli(url, ['rerun', 'no-such-job-42'])
     expect(missing.code).toBe(EXIT.error)

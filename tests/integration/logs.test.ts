@@ -253,6 +253,13 @@ describe('gpu-jobs logs', () => {
     expect(followed.out).toContain('stdout out 2.2')
     expect(followed.err).toContain('attempt 2 ended')
 
+    // A unique prefix of the id (as the console's 8-character ids) works, followed or not.
+    const short = id.slice(0, -4)
+    expect((await cli(['logs', short, '--attempt', '1'])).out).toBe(first.out)
+    const shortFollowed = await cli(['logs', short, '--follow'])
+    expect(shortFollowed.code).toBe(0)
+    expect(shortFollowed.out).toContain('stdout out 2.2')
+
     const bad = await cli(['logs', id, '--attempt', 'zero'])
     expect(bad.code).toBe(3)
     expect(bad.err).toContain('--attempt must be a positive integer')

@@ -4,7 +4,7 @@ import type { JobLogsBody } from '../../../schema/api.ts'
 import { backoffDelay } from '../../../schema/backoff.ts'
 import type { JobLogLine } from '../../../schema/db/logs.ts'
 import { ConnectionError, describeNetworkError, errorFromResponse, type GatewayClient } from '../client.ts'
-import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
+import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
 import { DEFAULT_RECONNECT } from '../follow.ts'
 import { UsageError } from '../params.ts'
 
@@ -27,13 +27,19 @@ export async function logs(args: string[], io: RunIO): Promise<number> {
     json: { type: 'boolean' },
   })
   if (values.help) return help(io, 'logs')
-  const jobId = oneId(positionals, 'logs')
+  const typed = oneId(positionals, 'logs')
   if (values.attempt !== undefined && !/^[1-9]\d{0,8}$/.test(values.attempt))
     throw new UsageError(`--attempt must be a positive integer, got "${values.attempt}"`)
   const client = clientFor(io, values.url)
   const print = (l: JobLogLine) => line(io.stdout, values.json ? JSON.stringify(l) : formatLogLine(l))
-  if (values.follow) return followLogs(io, client, jobId, values.attempt, print)
-  const { body } = await client.request<JobLogsBody>('GET', logsPath(jobId, { attempt: values.attempt }))
+  if (values.follow) {
+    // The stream's own 404 would come after the SSE request: the id (or its short form) is resolved first.
+    const job = await withJobId(client, typed, (id) => client.status(id))
+    return followLogs(io, client, job.jobId, values.attempt, print)
+  }
+  const { body } = await withJobId(client, typed, (id) =>
+    client.request<JobLogsBody>('GET', logsPath(id, { attempt: values.attempt })),
+  )
   if (values.json) line(io.stdout, JSON.stringify(body, null, 2))
   else {
     for (const l of body.lines) print(l)

@@ -8,43 +8,19 @@ import { authHeaders, jobPath } from './api.js'
 import { attemptEnded } from './attempts.js'
 import { $, h } from './dom.js'
 import { store } from './state.js'
-import { Reconnecting } from './stream.js'
+import { ReconnectingFetch } from './stream.js'
 import { createParser } from './vendor/eventsource-parser.js'
 
 /**
  * One attempt's log followed live: `onLine(line)` per line (each seq once), `onEnd({attempt, dropped})`
  * when the attempt is over (then it stops), `onRefused(message)` when the gateway refuses it for good.
  */
-export class LogFollow extends Reconnecting {
+export class LogFollow extends ReconnectingFetch {
   constructor({ jobId, attempt, onLine, onEnd, onRefused, onState }) {
     super({ onState })
     this.url = `${jobPath(jobId)}/logs?follow=1&attempt=${attempt}`
     this.handlers = { onLine, onEnd, onRefused }
     this.last = 0
-    this.request = null
-  }
-
-  connected() {
-    return this.request !== null
-  }
-
-  connect() {
-    if (this.stopped) return
-    this.setState('connecting', { attempt: this.attempt })
-    const request = new AbortController()
-    this.request = request
-    void this.read(request).then((cause) => {
-      if (this.request !== request) return
-      this.request = null
-      this.dropped(cause)
-    })
-  }
-
-  dropConnection() {
-    super.dropConnection()
-    const request = this.request
-    this.request = null
-    request?.abort()
   }
 
   /** Reads one response to its end; resolves with why it ended (nothing when it ended on purpose). */

@@ -216,6 +216,9 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
     await page.reload()
     await poll(() => page.locator('#d-status').textContent()).toBe('completed')
     const stored = await api<JobMetricsBody>(`/api/jobs/${jobId}/metrics`)
+    // The route is the job's like every other: no token is a 401, a job this token cannot see a 404.
+    expect((await fetch(stack.url(`/api/jobs/${jobId}/metrics`))).status).toBe(401)
+    expect(await api(`/api/jobs/no-such-job/metrics`)).toMatchObject({ error: { code: 'not_found' } })
     const points = stored.points.filter((p) => typeof p.metrics.loss === 'number')
     expect(points.length).toBe(EPOCHS * 10)
     expect(points.every((p) => p.attempt === 2)).toBe(true)

@@ -7,8 +7,7 @@ import { $ } from './dom.js'
 import { store } from './state.js'
 
 const SVG = 'http://www.w3.org/2000/svg'
-/** The drawing's own units; the SVG scales to the panel's width. */
-const W = 600
+/** The drawing's height in its own units; its width is the panel's (600 while the panel is hidden). */
 const H = 200
 const PAD = { left: 52, right: 24, top: 12, bottom: 28 }
 
@@ -71,6 +70,8 @@ export function renderLoss(d) {
   $('d-loss-section').hidden = points.length === 0
   if (points.length === 0) return
   $('d-loss-heading').textContent = name === 'loss' ? 'Loss' : `Metric: ${name}`
+  // One unit a CSS pixel at the panel's width, so the axis labels keep their size on a phone.
+  const W = Math.max(300, Math.round($('d-loss').clientWidth) || 600)
   const values = points.map((p) => p.metrics[name])
   let lo = Math.min(...values)
   let hi = Math.max(...values)

@@ -33,6 +33,7 @@ import { batchRoutes } from './routes/batch.ts'
 import { eventRoutes } from './routes/events.ts'
 import { healthRoutes } from './routes/health.ts'
 import { hostRoutes } from './routes/hosts.ts'
+import { jobMetricRoutes } from './routes/job-metrics.ts'
 import { jobRoutes } from './routes/jobs.ts'
 import { isFollow, logRoutes } from './routes/logs.ts'
 import { queueRoutes } from './routes/queue.ts'
@@ -141,6 +142,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.route('/', hostRoutes({ redis, db, queuePrefix: config.queuePrefix, access, authRequired }))
   app.route('/', queueRoutes({ queue: deps.queue, db, authRequired }))
   app.route('/', logRoutes({ ...deps, db: deps.database.db, access }))
+  app.route('/', jobMetricRoutes({ db, access }))
   const websockets = webSockets({
     app,
     hub,

@@ -5,6 +5,7 @@ import {
   JobListBody,
   JobLogLine,
   JobLogsBody,
+  JobMetricsBody,
   JobStatusBody,
   MAX_BATCH_JOBS,
   RetryJobResponse,
@@ -109,6 +110,7 @@ export function openApiDocument(): Record<string, unknown> {
         Artifact: schema(Artifact),
         JobLogsBody: schema(JobLogsBody),
         JobLogLine: schema(JobLogLine),
+        JobMetricsBody: schema(JobMetricsBody),
         ErrorBody: schema(ErrorBody),
         ProgressEvent: schema(ProgressEvent),
         WsClientMessage: schema(WsClientMessage),
@@ -314,6 +316,18 @@ export function openApiDocument(): Record<string, unknown> {
               },
             },
             ...errors(400, 401, 404, 429, 503),
+          },
+        },
+      },
+      '/api/jobs/{jobId}/metrics': {
+        get: {
+          operationId: 'jobMetrics',
+          summary:
+            'The numbers a job reported with its progress (e.g. loss), one point per event, in seq order (at most 20,000)',
+          parameters: [jobIdParam],
+          responses: {
+            '200': json('JobMetricsBody', 'the points'),
+            ...errors(401, 404, 429, 503),
           },
         },
       },

@@ -91,14 +91,28 @@ export const JobStatusBody = v.object({
   seq: v.number(),
   /** Every attempt so far, first attempt first. */
   attempts: v.array(JobAttempt),
+  /** The job's priority (1 runs first); null: none was given, so it runs in arrival order. */
+  priority: v.nullable(v.number()),
+  /** The timeout each attempt runs under: the job's own, or its type's default. */
+  timeoutSec: v.number(),
+  /** The type's defaults of the per-job options, so a client can tell which ones a job overrode. */
+  optionDefaults: v.object({ timeoutSec: v.number(), maxAttempts: v.number() }),
 })
 export type JobStatusBody = v.InferOutput<typeof JobStatusBody>
 
 /**
  * One job in `GET /api/jobs`: the status body without `params`, `result`, `artifacts` and `attempts` (which can be
- * large; a list of 500 must stay small), from the stored state. `GET /api/status/:jobId` has the rest.
+ * large; a list of 500 must stay small) nor the options, from the stored state. `GET /api/status/:jobId` has the rest.
  */
-export const JobSummary = v.omit(JobStatusBody, ['params', 'result', 'artifacts', 'attempts'])
+export const JobSummary = v.omit(JobStatusBody, [
+  'params',
+  'result',
+  'artifacts',
+  'attempts',
+  'priority',
+  'timeoutSec',
+  'optionDefaults',
+])
 export type JobSummary = v.InferOutput<typeof JobSummary>
 
 export const JobListBody = v.object({ jobs: v.array(JobSummary), nextCursor: v.nullable(v.string()) })
@@ -135,3 +149,17 @@ export const JobLogsBody = v.object({
   attempts: v.array(v.number()),
 })
 export type JobLogsBody = v.InferOutput<typeof JobLogsBody>
+
+/** One progress event's metrics (`ctx.progress(pct, message, metrics)`), as `job_metrics` keeps them. */
+export const JobMetricPoint = v.object({
+  seq: v.number(),
+  attempt: v.number(),
+  progress: v.number(),
+  at: v.string(),
+  metrics: v.record(v.string(), v.number()),
+})
+export type JobMetricPoint = v.InferOutput<typeof JobMetricPoint>
+
+/** `GET /api/jobs/:jobId/metrics`: every metric point of the job, in seq order (attempts one after another). */
+export const JobMetricsBody = v.object({ jobId: JobId, points: v.array(JobMetricPoint) })
+export type JobMetricsBody = v.InferOutput<typeof JobMetricsBody>

@@ -1,6 +1,6 @@
 import { createParser } from 'eventsource-parser'
 import type { ProgressEvent } from '../../schema/events.ts'
-import { Reconnecting, type ReconnectingOptions } from '../console/stream.js'
+import { ReconnectingFetch, type ReconnectingOptions } from '../console/stream.js'
 import { type ApiRequestError, errorFromResponse, type GatewayClient } from './client.ts'
 
 export interface SseStreamOptions extends ReconnectingOptions {
@@ -31,39 +31,15 @@ export const looksLikeEvent = (x: unknown): x is ProgressEvent => {
  * One job's Server-Sent Events (`GET /api/jobs/:id/events`), kept open by the console's reconnect loop
  * (stream.js) like the WebSocket, and resumed after the last seq it delivered with `Last-Event-ID`.
  */
-export class SseStream extends Reconnecting {
-  private request: AbortController | null = null
+export class SseStream extends ReconnectingFetch {
   private after: number | undefined
 
   constructor(private readonly o: SseStreamOptions) {
     super(o)
   }
 
-  protected override connected(): boolean {
-    return this.request !== null
-  }
-
-  protected override connect(): void {
-    if (this.stopped) return
-    this.setState('connecting', { attempt: this.attempt })
-    const request = new AbortController()
-    this.request = request
-    void this.read(request).then((cause) => {
-      // Dropped on purpose (closed, restarted): nothing to report.
-      if (this.request !== request) return
-      this.request = null
-      this.dropped(cause)
-    })
-  }
-
-  protected override dropConnection(): void {
-    super.dropConnection()
-    this.request?.abort()
-    this.request = null
-  }
-
   /** Reads one stream to its end; resolves to what ended it. */
-  private async read(request: AbortController): Promise<Error | unknown> {
+  protected override async read(request: AbortController): Promise<Error | unknown> {
     const { client, jobId, idleMs } = this.o
     let idle: NodeJS.Timeout | undefined
     let silent = false

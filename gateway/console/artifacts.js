@@ -12,12 +12,14 @@ const dialog = /** @type {HTMLDialogElement} */ ($('detail'))
 
 /** Shows a job's artifacts in the detail `d`, unless they are what it shows already. */
 export function renderArtifacts(d, job) {
-  const key = JSON.stringify(job.artifacts)
+  // The status is part of the key: an empty list says "yet" only while the job can still produce some.
+  const finished = TERMINAL.has(job.status)
+  const key = JSON.stringify([job.artifacts, finished])
   if (key === d.artifactsKey) return
   d.artifactsKey = key
   const list = job.artifacts ?? []
   $('d-artifacts-empty').hidden = list.length > 0
-  $('d-artifacts-empty').textContent = TERMINAL.has(job.status) ? 'None.' : 'None yet.'
+  $('d-artifacts-empty').textContent = finished ? 'No artifacts.' : 'None yet.'
   $('d-artifacts').hidden = list.length === 0
   $('d-previews').replaceChildren(...list.flatMap((a) => previewOf(a) ?? []))
   $('d-artifact-rows').replaceChildren(

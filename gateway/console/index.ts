@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Hono } from 'hono'
@@ -19,23 +20,42 @@ export const CONSOLE_ASSETS: Readonly<Record<string, string>> = {
   'app.js': JAVASCRIPT,
   'api.js': JAVASCRIPT,
   'artifacts.js': JAVASCRIPT,
+  'attempts.js': JAVASCRIPT,
   'dom.js': JAVASCRIPT,
   'format.js': JAVASCRIPT,
+  'job-actions.js': JAVASCRIPT,
   'job-detail.js': JAVASCRIPT,
+  'job-logs.js': JAVASCRIPT,
   'job-types.js': JAVASCRIPT,
   'jobs-list.js': JAVASCRIPT,
   'live.js': JAVASCRIPT,
+  'loss-chart.js': JAVASCRIPT,
+  'params-view.js': JAVASCRIPT,
   'previews.js': JAVASCRIPT,
   'schema-form.js': JAVASCRIPT,
   'state.js': JAVASCRIPT,
   'stream.js': JAVASCRIPT,
   'submit-form.js': JAVASCRIPT,
+  'tabs.js': JAVASCRIPT,
   'topbar.js': JAVASCRIPT,
   'style.css': CSS,
   'layout.css': CSS,
   'tables.css': CSS,
   'detail.css': CSS,
   'favicon.svg': 'image/svg+xml',
+}
+
+/**
+ * Libraries the page imports as they are published, served from node_modules under /console/vendor/ by
+ * name: each an ES module with no imports of its own. The name is looked up here, never joined to a path.
+ */
+export const VENDOR_MODULES: Readonly<Record<string, string>> = {
+  // The logs tab reads `?follow=1` (SSE) with fetch, to send the token as a header. The package's ES
+  // module build (its `module` entry), found beside its package.json wherever npm put it.
+  'eventsource-parser.js': path.join(
+    path.dirname(createRequire(import.meta.url).resolve('eventsource-parser/package.json')),
+    'dist/index.js',
+  ),
 }
 
 /**
@@ -87,6 +107,17 @@ consoleApp.get('/', async (c) => {
     'content-type': 'text/html; charset=utf-8',
     'cache-control': 'no-cache',
     'content-security-policy': CONSOLE_CSP,
+    ...securityHeaders,
+  })
+})
+
+consoleApp.get('/console/vendor/:file', async (c) => {
+  const file = c.req.param('file')
+  const at = Object.hasOwn(VENDOR_MODULES, file) ? VENDOR_MODULES[file] : undefined
+  if (!at) return c.json(notFound(`vendor/${file}`), 404)
+  return c.body(new Uint8Array(await readFile(at)), 200, {
+    'content-type': JAVASCRIPT,
+    'cache-control': 'no-cache',
     ...securityHeaders,
   })
 })

@@ -1,15 +1,39 @@
-// The detail panel of one job (`#job=<id>`): its state live, facts, error, result, parameters,
-// artifacts and the whole history of its events; cancel.
+// The detail panel of one job (`#job=<id>`): its state live and facts, then three tabs: Overview (error,
+// attempts, loss curve, artifacts, result, parameters), Logs and the whole history of its Events; and
+// its actions (job-actions.js). Each part renders from the job cache in its own module.
 
 import { api, jobPath } from './api.js'
 import { renderArtifacts } from './artifacts.js'
+import { renderAttempts } from './attempts.js'
 import { $, h } from './dom.js'
 import { eventTime, fmtDuration, fmtTime, pctText } from './format.js'
+import { initActions, renderActions } from './job-actions.js'
+import { pickLogAttempt, renderLogs, showLogs, stopLogs } from './job-logs.js'
 import { onLive, syncFollows } from './live.js'
+import { addLossEvent, loadLoss, renderLoss } from './loss-chart.js'
+import { renderParams } from './params-view.js'
 import { jobs, markDirty, mergeJob, onFrame, store } from './state.js'
 import { addEvent, TERMINAL } from './stream.js'
+import { tabs } from './tabs.js'
 
 const dialog = /** @type {HTMLDialogElement} */ ($('detail'))
+
+const selectTab = tabs($('d-tabs'), (tabId) => {
+  const d = store.get().detail
+  const job = d && jobs.get(d.jobId)
+  if (d?.loaded && job) showLogs(d, job, tabId === 'd-tab-logs')
+})
+
+/**
+ * The Attempt fact: "n of max" only while another attempt can still come; a completed job says how many
+ * it took, a failed or cancelled one which attempt it ended on.
+ */
+export function attemptText({ attempt: n, maxAttempts: max, status }) {
+  if (status === 'completed') return `${n} ${n === 1 ? 'attempt' : 'attempts'}`
+  if (!TERMINAL.has(status)) return n === 0 ? `not started (up to ${max})` : `${n} of ${max}`
+  if (n === 0) return 'none (it never started)'
+  return n === max ? `${n} of ${max}` : String(n)
+}
 
 /** Opens the detail the location's hash names (`#job=<id>`), or closes it. */
 export function route() {
@@ -20,13 +44,16 @@ export function route() {
 
 /**
  * Shows a job in the detail panel. The detail's own state: `history` (seq -> event), `seqs` (the rows
- * shown, in order), `newEvents` (waiting for the next frame), `done` (its history is complete).
+ * shown, in order), `newEvents` (waiting for the next frame), `done` (its history is complete), the keys
+ * of what is drawn, `stderrTails` (attempts.js), `logs` (job-logs.js), `loss` (loss-chart.js) and
+ * `actionNote` (job-actions.js).
  */
 export async function showDetail(jobId) {
   if (store.get().detail?.jobId === jobId) {
     if (!dialog.open) dialog.showModal()
     return
   }
+  stopLogs(store.get().detail)
   const d = {
     jobId,
     loaded: false,
@@ -36,8 +63,12 @@ export async function showDetail(jobId) {
     done: false,
     liveKey: '',
     artifactsKey: '',
+    attemptsKey: '',
+    stderrTails: new Map(),
+    actionNote: null,
   }
   store.update({ detail: d })
+  selectTab('d-tab-overview')
   $('d-id').textContent = jobId
   $('d-loading').textContent = 'Loading…'
   $('d-loading').hidden = false
@@ -47,6 +78,11 @@ export async function showDetail(jobId) {
   $('d-events-note').hidden = true
   $('d-action-status').textContent = ''
   $('d-download-status').textContent = ''
+  $('d-attempts').replaceChildren()
+  $('d-log-lines').replaceChildren()
+  $('d-log-attempt').replaceChildren()
+  $('d-loss').replaceChildren()
+  $('d-loss-section').hidden = true
   if (!dialog.open) dialog.showModal()
   try {
     const body = await api(jobPath(jobId))
@@ -56,6 +92,7 @@ export async function showDetail(jobId) {
     $('d-loading').hidden = true
     $('d-content').hidden = false
     renderDetail()
+    loadLoss(d)
     syncFollows()
   } catch (err) {
     if (store.get().detail !== d) return
@@ -90,8 +127,10 @@ function renderDetail() {
   $('d-next-wrap').hidden = !job.nextAttemptAt
   $('d-next').textContent = fmtTime(job.nextAttemptAt)
 
-  const err = job.error
+  // A completed job may keep the error of an attempt it retried after: that one is in its attempts.
+  const err = job.status === 'completed' ? null : job.error
   $('d-error-section').hidden = !err
+  $('d-error-heading').textContent = TERMINAL.has(job.status) ? 'Error' : 'Error of the last attempt'
   if (err) {
     $('d-error-code').textContent = err.code
     $('d-error-reason').textContent = err.reason
@@ -101,8 +140,10 @@ function renderDetail() {
   const hasResult = job.result !== null && job.result !== undefined
   $('d-result-section').hidden = !hasResult
   $('d-result').textContent = hasResult ? JSON.stringify(job.result, null, 2) : ''
-  $('d-params').textContent = JSON.stringify(job.params, null, 2)
+  renderParams(job)
+  renderAttempts(d, job)
   renderArtifacts(d, job)
+  renderLogs(d, job)
   renderDetailLive()
 }
 
@@ -118,11 +159,10 @@ function renderDetailLive() {
   const bar = /** @type {HTMLProgressElement} */ ($('d-progress'))
   bar.value = job.progress
   bar.dataset.status = job.status
-  $('d-attempt').textContent = `${job.attempt} of ${job.maxAttempts}`
+  $('d-attempt').textContent = attemptText(job)
   $('d-updated').textContent = fmtTime(job.updatedAt)
   dialog.dataset.status = job.status
-  const cancel = /** @type {HTMLButtonElement} */ ($('d-cancel'))
-  cancel.hidden = TERMINAL.has(job.status)
+  renderActions(d, job)
   // Screen readers hear the status, and progress in steps of 10%, not every event.
   const key = `${job.status}:${job.status === 'running' ? Math.floor(job.progress / 10) : ''}`
   if (key !== d.liveKey) {
@@ -181,6 +221,7 @@ onLive('event', (e, _job, changed) => {
   const d = store.get().detail
   if (d && d.jobId === e.jobId) {
     if (addEvent(d.history, e)) d.newEvents.push(e)
+    addLossEvent(d, e)
     if (TERMINAL.has(e.status) && !d.done) {
       d.done = true
       queueMicrotask(syncFollows)
@@ -191,6 +232,9 @@ onLive('event', (e, _job, changed) => {
     // Result, error, artifacts and finish time come with the stored state.
     void refreshJob(e.jobId)
     queueMicrotask(syncFollows)
+  } else if (changed === 'status' && d?.jobId === e.jobId) {
+    // An attempt started or ended: the detail's attempts come with the stored state.
+    void refreshJob(e.jobId)
   }
 })
 
@@ -205,9 +249,11 @@ onFrame((changed) => {
   const d = store.get().detail
   if (d?.loaded && changed.has(d.jobId)) renderDetailLive()
   if (d?.newEvents.length) renderNewEvents(d)
+  if (d?.loaded) renderLoss(d)
 })
 
 dialog.addEventListener('close', () => {
+  stopLogs(store.get().detail)
   store.update({ detail: null })
   if (location.hash.startsWith('#job=')) history.replaceState(null, '', location.pathname + location.search)
   syncFollows()
@@ -222,21 +268,10 @@ dialog.addEventListener('click', (e) => {
   }
 })
 
-$('d-cancel').addEventListener('click', async () => {
+$('d-log-attempt').addEventListener('change', (e) => {
   const d = store.get().detail
-  if (!d) return
-  const button = /** @type {HTMLButtonElement} */ ($('d-cancel'))
-  const status = $('d-action-status')
-  button.disabled = true
-  status.textContent = 'Cancelling…'
-  try {
-    const r = await api(`${jobPath(d.jobId)}/cancel`, { method: 'POST' })
-    status.textContent = r.status === 'cancelled' ? 'Cancelled.' : 'Cancel requested: stopping the job…'
-  } catch (err) {
-    status.textContent =
-      err.status === 409 ? 'This job has already finished.' : `Could not cancel: ${err.message}`
-    if (err.status === 409) void refreshJob(d.jobId)
-  } finally {
-    button.disabled = false
-  }
+  const job = d && jobs.get(d.jobId)
+  if (job) pickLogAttempt(d, job, Number(/** @type {HTMLSelectElement} */ (e.target).value))
 })
+
+initActions({ refresh: refreshJob })

@@ -20,12 +20,20 @@ export const jobTypesOf = (doc) =>
       return { type, title, description, formId: form?.id ?? type, schema }
     })
 
+/** @type {Promise<JobType[]> | null} */
+let loaded = null
+
 /**
- * The job types, from /openapi.json; while the gateway cannot answer (it is starting, or restarting),
- * asked again after a growing delay, so the forms appear once it can.
+ * The job types, from /openapi.json, fetched once for every view that asks; while the gateway cannot
+ * answer (it is starting, or restarting), asked again after a growing delay, so they come once it can.
  * @returns {Promise<JobType[]>}
  */
-export async function loadJobTypes() {
+export const loadJobTypes = () => {
+  loaded ??= fetchJobTypes()
+  return loaded
+}
+
+async function fetchJobTypes() {
   for (let failures = 0; ; failures++) {
     try {
       return jobTypesOf((await request('/openapi.json')).json)

@@ -24,7 +24,7 @@ const isCode = (s) => s.pattern !== undefined || (s.anyOf ?? []).some((o) => o.p
  * The fields of an object schema, flattened: `{name, id, schema, required}` with `name` the path under
  * params (`inputs.seed`) and `id` the last key, unless an earlier field has it.
  */
-function fieldsOf(schema, path = [], ids = new Set()) {
+export function fieldsOf(schema, path = [], ids = new Set()) {
   return Object.entries(schema.properties ?? {}).flatMap(([key, s]) => {
     if (s.type === 'object' && s.properties) return fieldsOf(s, [...path, key], ids)
     const id = ids.has(key) ? [...path, key].join('-') : key

@@ -70,6 +70,12 @@ export class Reconnecting {
   protected later(fn: () => void, ms: number): void
 }
 
+export class ReconnectingFetch extends Reconnecting {
+  protected request: AbortController | null
+  /** Reads one response to its end, aborted by `request` when closed; resolves with what ended it. */
+  protected read(request: AbortController): Promise<unknown>
+}
+
 export class JobStream extends Reconnecting {
   constructor(opts: JobStreamOptions)
   has(jobId: string): boolean

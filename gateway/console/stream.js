@@ -348,3 +348,44 @@ export class JobStream extends Reconnecting {
     this.opts.onNotice?.(msg)
   }
 }
+
+/**
+ * A connection that is one `fetch()` at a time, its response read to the end (Server-Sent Events read
+ * with fetch, which can send a token header where an EventSource cannot): a subclass's `read(request)`
+ * reads one response, aborted by `request` when closed, and resolves with what ended it.
+ */
+export class ReconnectingFetch extends Reconnecting {
+  constructor(opts) {
+    super(opts)
+    /** @type {AbortController | null} */
+    this.request = null
+  }
+
+  connected() {
+    return this.request !== null
+  }
+
+  connect() {
+    if (this.stopped) return
+    this.setState('connecting', { attempt: this.attempt })
+    const request = new AbortController()
+    this.request = request
+    void this.read(request).then((cause) => {
+      // Dropped on purpose (closed, restarted): nothing to report.
+      if (this.request !== request) return
+      this.request = null
+      this.dropped(cause)
+    })
+  }
+
+  dropConnection() {
+    super.dropConnection()
+    this.request?.abort()
+    this.request = null
+  }
+
+  /** Reads one response to its end; resolves with what ended it. */
+  async read(_request) {
+    return undefined
+  }
+}

@@ -7,6 +7,7 @@ import type { Redis } from 'ioredis'
 import type { JobAttempt, JobStatusBody, JobSummary } from '../../schema/api.ts'
 import { isTerminal } from '../../schema/common.ts'
 import type { JobAttemptRow, JobRow } from '../../schema/db/tables.ts'
+import { TYPE_DEFAULTS } from '../../schema/params/index.ts'
 import { lastEvent } from '../../schema/progress-log.ts'
 import type { EventHub } from '../hub.ts'
 import type { JobStore, JobSummaryRow } from '../store.ts'
@@ -105,6 +106,12 @@ export function statusBodies({
       nextAttemptAt: iso(row.nextAttemptAt),
       seq: fresher?.seq ?? finalSeq,
       attempts: attempts.map(attemptOf),
+      priority: row.priority ?? null,
+      timeoutSec: row.timeoutSec ?? TYPE_DEFAULTS[row.type].timeoutSec,
+      optionDefaults: {
+        timeoutSec: TYPE_DEFAULTS[row.type].timeoutSec,
+        maxAttempts: TYPE_DEFAULTS[row.type].maxAttempts,
+      },
     }
   }
 

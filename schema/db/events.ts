@@ -1,4 +1,4 @@
-import { eq, sql } from 'drizzle-orm'
+import { asc, eq, sql } from 'drizzle-orm'
 import type { ProgressEvent } from '../events.ts'
 import type { Db } from './connect.ts'
 import { jobEvents, jobMetrics, jobs } from './tables.ts'
@@ -41,4 +41,17 @@ export interface MetricPoint {
 export async function recordMetricPoints(db: Db, points: MetricPoint[]): Promise<void> {
   if (points.length === 0) return
   await db.insert(jobMetrics).values(points).onConflictDoNothing()
+}
+
+/** The most metric points one read returns: a curve of a long training, and bounded for the browser. */
+export const MAX_METRIC_POINTS = 20_000
+
+/** A job's metric points in seq order (its attempts one after another), at most MAX_METRIC_POINTS. */
+export async function readMetricPoints(db: Db, jobId: string): Promise<MetricPoint[]> {
+  return db
+    .select()
+    .from(jobMetrics)
+    .where(eq(jobMetrics.jobId, jobId))
+    .orderBy(asc(jobMetrics.seq))
+    .limit(MAX_METRIC_POINTS)
 }

@@ -6,7 +6,7 @@
 // live updates (live.js) of the one WebSocket made here (stream.js, which the CLI shares).
 //
 // Routes (the location's hash): `#hosts` the hosts view; `#job=<id>` a job's detail, over the view it
-// was opened from; anything else the jobs view.
+// was opened from; anything else (`#jobs`, none) the jobs view.
 
 import { $ } from './dom.js'
 import { showHosts } from './hosts.js'

@@ -296,6 +296,7 @@ describe.skipIf(!hasChromium)('console fleet views in Chromium', () => {
     // The long jobs' messages are "step n/12000"; no other job says "step".
     await page.fill('#filter-q', 'STEP')
     await poll(async () => (await rowIds()).sort()).toEqual([...running].sort())
+    await shot('search-1280', { screen: true })
     // With the status filter as well: none of the running jobs is cancelled.
     await page.selectOption('#filter-status', 'cancelled')
     await poll(() => page.locator('#jobs-note').textContent()).toBe(
@@ -377,7 +378,12 @@ describe.skipIf(!hasChromium)('console fleet views in Chromium', () => {
     await page.locator('#jobs-heading').scrollIntoViewIfNeeded()
     await shot('jobs-390', { screen: true })
     await page.setViewportSize({ width: 1280, height: 900 })
+    await page.evaluate(() =>
+      (globalThis as unknown as { scrollTo(x: number, y: number): void }).scrollTo(0, 0),
+    )
     await shot('jobs-1280', { screen: true })
+    await page.locator('#list-count').scrollIntoViewIfNeeded()
+    await shot('jobs-paging-1280', { screen: true })
   })
 
   it('says how to start a host when none beats, and shows a banner, not a blank view, on a 503', async () => {

@@ -275,10 +275,11 @@ function jobsSection(host) {
       'ul',
       { class: 'host-job-list' },
       ...host.jobs.map((j) => {
+        const gpu = j.slot === null ? undefined : slotGpu.get(j.slot)
         const where =
           j.slot === null
             ? 'waiting for its engine or GPU memory'
-            : `slot ${j.slot}${slotGpu.get(j.slot) === null || slotGpu.get(j.slot) === undefined ? '' : ` (GPU ${slotGpu.get(j.slot)})`}`
+            : `slot ${j.slot}${gpu === null || gpu === undefined ? '' : ` (GPU ${gpu})`}`
         const name = j.jobId
           ? h(
               'a',

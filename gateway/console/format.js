@@ -1,10 +1,15 @@
 // How the console writes numbers, times, sizes and ids.
+//
+// Times: one format everywhere. A moment is shown relative to now ("3 minutes ago", "in 20 seconds"),
+// with the absolute local date and time (`fmtTime`) as its tooltip and in its `datetime`; views make
+// such an element with `timeEl(iso)`, or turn one of theirs into it with `setTime(el, iso)`, and every
+// one of them is kept current as the page stays open. Spans of time (a run, a wait) are `fmtDuration`.
 
 export const pctText = (p) => `${p >= 100 ? 100 : Math.floor(p)}%`
 export const shortId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
 
-const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' })
-const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' })
+const absolute = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' })
+const relative = new Intl.RelativeTimeFormat(undefined, { numeric: 'auto' })
 /** An event's time, to the millisecond (events come many a second). */
 export const eventTime = new Intl.DateTimeFormat(undefined, {
   hour: '2-digit',
@@ -14,12 +19,62 @@ export const eventTime = new Intl.DateTimeFormat(undefined, {
   hour12: false,
 })
 
-/** A time of today as a time, another day's with its date; `—` for none. */
+/** A moment as a local date and time (always both, so no two places differ); `—` for none. */
 export function fmtTime(iso) {
   if (!iso) return '—'
-  const d = new Date(iso)
-  return d.toDateString() === new Date().toDateString() ? timeOnly.format(d) : dateTime.format(d)
+  return absolute.format(new Date(iso))
 }
+
+/** The largest unit that fits, in seconds; a month and a year as their usual lengths. */
+const UNITS = /** @type {const} */ ([
+  ['year', 365 * 86_400],
+  ['month', 30 * 86_400],
+  ['week', 7 * 86_400],
+  ['day', 86_400],
+  ['hour', 3_600],
+  ['minute', 60],
+  ['second', 1],
+])
+/** Closer than this to now is "now": a second of difference between clocks is not news. */
+const NOW_SEC = 1
+
+/**
+ * A moment relative to `now`: "now", "45 seconds ago", "3 minutes ago", "yesterday", "in 20 seconds";
+ * `—` for none. Whole units, rounded toward now.
+ *
+ * @example fmtAgo('2026-01-01T00:00:00Z', Date.parse('2026-01-01T00:03:30Z')) // "3 minutes ago"
+ */
+export function fmtAgo(iso, now = Date.now()) {
+  if (!iso) return '—'
+  const sec = (Date.parse(iso) - now) / 1000
+  if (Math.abs(sec) < NOW_SEC) return relative.format(0, 'second')
+  for (const [unit, size] of UNITS)
+    if (Math.abs(sec) >= size) return relative.format(Math.trunc(sec / size), unit)
+  return relative.format(0, 'second')
+}
+
+/** Shows the moment `iso` in `el` (relative, absolute in its tooltip), kept current from now on. */
+export function setTime(el, iso) {
+  el.textContent = fmtAgo(iso)
+  el.title = iso ? fmtTime(iso) : ''
+  if (iso) {
+    el.dataset.time = iso
+    if (el instanceof HTMLTimeElement) el.dateTime = iso
+  } else delete el.dataset.time
+  return el
+}
+
+/** A `<time>` element of the moment `iso`, kept current (see `setTime`). */
+export const timeEl = (iso) => setTime(document.createElement('time'), iso)
+
+// Relative times grow stale: every element showing one is rewritten while the page is visible.
+const TICK_MS = 10_000
+setInterval(() => {
+  if (document.visibilityState !== 'visible') return
+  const now = Date.now()
+  for (const el of document.querySelectorAll('[data-time]'))
+    el.textContent = fmtAgo(/** @type {HTMLElement} */ (el).dataset.time, now)
+}, TICK_MS)
 
 export function fmtBytes(n) {
   if (n < 1024) return `${n} B`
@@ -33,11 +88,12 @@ export function fmtBytes(n) {
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`
 }
 
+/** A span of time: "850 ms", "4.2 s", "3 min 5 s", "2 h 10 min". */
 export function fmtDuration(ms) {
-  if (ms < 1000) return `${ms} ms`
+  if (ms < 1000) return `${Math.round(ms)} ms`
   const s = ms / 1000
   if (s < 60) return `${s.toFixed(1)} s`
   const m = Math.floor(s / 60)
-  if (m < 60) return `${m} min ${Math.round(s % 60)} s`
+  if (m < 60) return `${m} min ${Math.floor(s % 60)} s`
   return `${Math.floor(m / 60)} h ${m % 60} min`
 }

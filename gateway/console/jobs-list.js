@@ -1,30 +1,70 @@
-// The job list: loads a page (filtered by status and type, paged by cursor), keeps its rows live from
-// the stream, and refreshes itself while the page is visible.
+// The job list: loads a page (filtered by status and type, searched by id prefix or message, paged by
+// cursor), keeps its rows live from the stream, and refreshes itself while the page is visible. The
+// search and filters live in the location's query (`?q=&status=&type=`), so a reload or a shared link
+// shows the same list.
 
 import { api } from './api.js'
 import { $, announce, h } from './dom.js'
-import { fmtTime, pctText, shortId } from './format.js'
+import { pctText, shortId, timeEl } from './format.js'
 import { typeOptions } from './job-types.js'
 import { isLive, onLive, syncFollows } from './live.js'
 import { jobs, markDirty, mergeJob, onFrame, store } from './state.js'
 
 const PAGE_SIZE = 50
 const REFRESH_MS = 15_000
+/** Typing pauses this long before the search is sent. */
+const SEARCH_DEBOUNCE_MS = 300
+const CRITERIA = /** @type {const} */ (['q', 'status', 'type'])
 
 /** @type {Map<string, {tr: HTMLElement, badge: HTMLElement, attempt: HTMLElement, bar: HTMLProgressElement, pct: HTMLElement, msg: HTMLElement}>} */
 const rows = new Map()
 /** The latest list request: an older answer arriving late is dropped. */
 let listRequest = 0
 
-const filters = () => ({
-  status: /** @type {HTMLSelectElement} */ ($('filter-status')).value,
-  type: /** @type {HTMLSelectElement} */ ($('filter-type')).value,
-})
+/** What the list shows: the search text and the filters, as in the location's query. */
+const criteria = (() => {
+  const params = new URLSearchParams(location.search)
+  return Object.fromEntries(CRITERIA.map((k) => [k, params.get(k) ?? '']))
+})()
 
-/** Whether a job belongs in the list as it is filtered. */
+/** The controls of the criteria, by name. */
+const controls = {
+  q: /** @type {HTMLInputElement} */ ($('filter-q')),
+  status: /** @type {HTMLSelectElement} */ ($('filter-status')),
+  type: /** @type {HTMLSelectElement} */ ($('filter-type')),
+}
+for (const k of CRITERIA) controls[k].value = criteria[k]
+
+const filters = () => ({ ...criteria })
+
+/**
+ * Whether a job belongs in the list as it is filtered and searched: the gateway's rule (an id that
+ * starts with the text as typed, or a message that contains it in any case), for a job added here.
+ */
 export const matchesFilters = (job) => {
   const f = filters()
-  return (!f.status || f.status === job.status) && (!f.type || f.type === job.type)
+  const q = f.q
+  const found = !q || job.jobId.startsWith(q) || (job.message ?? '').toLowerCase().includes(q.toLowerCase())
+  return (!f.status || f.status === job.status) && (!f.type || f.type === job.type) && found
+}
+
+/** Takes the controls' values as the criteria, keeps them in the location, and loads the list anew. */
+function applyCriteria() {
+  let changed = false
+  for (const k of CRITERIA) {
+    const value = k === 'q' ? controls.q.value.trim() : controls[k].value
+    if (criteria[k] !== value) changed = true
+    criteria[k] = value
+  }
+  if (!changed) return
+  const params = new URLSearchParams(location.search)
+  for (const k of CRITERIA) {
+    if (criteria[k]) params.set(k, criteria[k])
+    else params.delete(k)
+  }
+  const query = params.toString()
+  history.replaceState(history.state, '', `${location.pathname}${query ? `?${query}` : ''}${location.hash}`)
+  void loadList({ fresh: true })
 }
 
 /**
@@ -39,6 +79,7 @@ export async function loadList({ append = false, quiet = false, fresh = false } 
   q.set('limit', String(append ? PAGE_SIZE : Math.min(500, Math.max(PAGE_SIZE, shown))))
   if (f.status) q.set('status', f.status)
   if (f.type) q.set('type', f.type)
+  if (f.q) q.set('q', f.q)
   if (append && nextCursor) q.set('cursor', nextCursor)
   const ticket = ++listRequest
   if (!quiet && !append) setListNote('Loading…')
@@ -99,12 +140,28 @@ function renderList() {
   setListNote(
     order.length
       ? ''
-      : f.status || f.type
-        ? 'No jobs match these filters.'
-        : 'No jobs yet: submit one with the form.',
+      : f.q
+        ? `No jobs match “${f.q}”${f.status || f.type ? ' with these filters' : ''}. Clear the search to see all.`
+        : f.status || f.type
+          ? 'No jobs match these filters.'
+          : 'No jobs yet: submit one with the form.',
   )
-  $('more').hidden = !nextCursor
+  renderPaging(order.length, nextCursor)
   markCurrentRow()
+}
+
+/** Says how many jobs are shown and whether there are more, and offers the next page. */
+function renderPaging(count, nextCursor) {
+  const { listLoaded } = store.get()
+  const more = /** @type {HTMLButtonElement} */ ($('more'))
+  more.hidden = !nextCursor
+  more.textContent = `Load more (next ${PAGE_SIZE})`
+  $('list-count').textContent =
+    !listLoaded || count === 0
+      ? ''
+      : nextCursor
+        ? `Showing 1–${count}; there are more.`
+        : `Showing all ${count} ${count === 1 ? 'job' : 'jobs'}${filters().q || filters().status || filters().type ? ' that match' : ''}.`
 }
 
 function buildRow(job) {
@@ -120,14 +177,15 @@ function buildRow(job) {
   )
   const pct = h('span', { class: 'pct' })
   const msg = h('span', { class: 'message' })
+  // The cells' classes place them when the table is shown as cards (a narrow screen: tables.css).
   const tr = h(
     'tr',
     { 'data-job-id': job.jobId },
-    h('td', {}, link),
-    h('td', {}, job.type),
-    h('td', {}, badge, attempt),
-    h('td', {}, h('div', { class: 'progress-cell' }, bar, pct), msg),
-    h('td', { class: 'time' }, h('time', { datetime: job.createdAt }, fmtTime(job.createdAt))),
+    h('td', { class: 'c-id' }, link),
+    h('td', { class: 'c-type' }, job.type),
+    h('td', { class: 'c-status' }, badge, attempt),
+    h('td', { class: 'c-progress' }, h('div', { class: 'progress-cell' }, bar, pct), msg),
+    h('td', { class: 'c-created time' }, timeEl(job.createdAt)),
   )
   tr.addEventListener('click', (e) => {
     // The detail is at #job=<id>: the router opens it.
@@ -181,11 +239,25 @@ onFrame((changed) => {
   }
 })
 
-/** Offers the job types (job-types.js) in the type filter. */
-export const offerTypeFilter = (types) => $('filter-type').append(...typeOptions(types, { described: false }))
+/** Offers the job types (job-types.js) in the type filter, and selects the one the location names. */
+export const offerTypeFilter = (types) => {
+  controls.type.append(...typeOptions(types, { described: false }))
+  if (criteria.type) controls.type.value = criteria.type
+}
 
-$('filter-status').addEventListener('change', () => void loadList({ fresh: true }))
-$('filter-type').addEventListener('change', () => void loadList({ fresh: true }))
+let searchTimer = 0
+controls.q.addEventListener('input', () => {
+  clearTimeout(searchTimer)
+  searchTimer = window.setTimeout(applyCriteria, SEARCH_DEBOUNCE_MS)
+})
+$('filters').addEventListener('submit', (e) => {
+  // Enter in the search box: now, not after the pause.
+  e.preventDefault()
+  clearTimeout(searchTimer)
+  applyCriteria()
+})
+controls.status.addEventListener('change', applyCriteria)
+controls.type.addEventListener('change', applyCriteria)
 $('refresh').addEventListener('click', () => void loadList())
 $('more').addEventListener('click', () => void loadList({ append: true }))
 

@@ -3,7 +3,7 @@
 
 import { api, jobPath } from './api.js'
 import { $, h } from './dom.js'
-import { fmtDuration, fmtTime } from './format.js'
+import { fmtDuration, timeEl } from './format.js'
 import { store } from './state.js'
 import { TERMINAL } from './stream.js'
 
@@ -75,7 +75,7 @@ function entry(d, job, a) {
     a.startedAt && a.finishedAt ? fmtDuration(Date.parse(a.finishedAt) - Date.parse(a.startedAt)) : null
   const facts = [
     ['Host', a.hostId ?? '—'],
-    ['Started', fmtTime(a.startedAt)],
+    ['Started', timeEl(a.startedAt)],
     ['Duration', took ?? (ended ? '—' : 'running')],
     ['PID', a.pid === null ? '—' : String(a.pid)],
   ]

@@ -4,6 +4,8 @@
 // with the absolute local date and time (`fmtTime`) as its tooltip and in its `datetime`; views make
 // such an element with `timeEl(iso)`, or turn one of theirs into it with `setTime(el, iso)`, and every
 // one of them is kept current as the page stays open. Spans of time (a run, a wait) are `fmtDuration`.
+// The one exception is a record of lines (a job's events, its logs): there each line's clock time to the
+// millisecond (`eventTime`), as in the CLI, since what matters is their order and spacing.
 
 export const pctText = (p) => `${p >= 100 ? 100 : Math.floor(p)}%`
 export const shortId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)

@@ -6,7 +6,7 @@ import { api, jobPath } from './api.js'
 import { renderArtifacts } from './artifacts.js'
 import { renderAttempts } from './attempts.js'
 import { $, h } from './dom.js'
-import { eventTime, fmtDuration, fmtTime, pctText } from './format.js'
+import { eventTime, fmtDuration, pctText, setTime, timeEl } from './format.js'
 import { initActions, renderActions } from './job-actions.js'
 import { pickLogAttempt, renderLogs, showLogs, stopLogs } from './job-logs.js'
 import { onLive, syncFollows } from './live.js'
@@ -119,13 +119,15 @@ function renderDetail() {
   const job = d && jobs.get(d.jobId)
   if (!job) return
   $('d-type').textContent = job.type
-  $('d-created').textContent = fmtTime(job.createdAt)
-  $('d-started').textContent = fmtTime(job.startedAt)
-  $('d-finished').textContent = job.finishedAt
-    ? `${fmtTime(job.finishedAt)}${job.startedAt ? ` (took ${fmtDuration(Date.parse(job.finishedAt) - Date.parse(job.startedAt))})` : ''}`
-    : '—'
+  setTime($('d-created'), job.createdAt)
+  setTime($('d-started'), job.startedAt)
+  const took =
+    job.finishedAt && job.startedAt
+      ? ` (took ${fmtDuration(Date.parse(job.finishedAt) - Date.parse(job.startedAt))})`
+      : ''
+  $('d-finished').replaceChildren(timeEl(job.finishedAt), took)
   $('d-next-wrap').hidden = !job.nextAttemptAt
-  $('d-next').textContent = fmtTime(job.nextAttemptAt)
+  setTime($('d-next'), job.nextAttemptAt)
 
   // A completed job may keep the error of an attempt it retried after: that one is in its attempts.
   const err = job.status === 'completed' ? null : job.error
@@ -160,7 +162,7 @@ function renderDetailLive() {
   bar.value = job.progress
   bar.dataset.status = job.status
   $('d-attempt').textContent = attemptText(job)
-  $('d-updated').textContent = fmtTime(job.updatedAt)
+  setTime($('d-updated'), job.updatedAt)
   dialog.dataset.status = job.status
   renderActions(d, job)
   // Screen readers hear the status, and progress in steps of 10%, not every event.

@@ -1,7 +1,7 @@
 // How the console writes numbers, times, sizes and ids.
 
-export const pctText = (p) => `${p >= 100 ? 100 : Math.floor(p)}%`
-export const shortId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
+// The CLI writes them the same way: one home for both (stream.js).
+export { percentText as pctText, shortJobId as shortId } from './stream.js'
 
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' })
 const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium' })

@@ -4,7 +4,7 @@ import type { JobLogsBody } from '../../../schema/api.ts'
 import { backoffDelay } from '../../../schema/backoff.ts'
 import type { JobLogLine } from '../../../schema/db/logs.ts'
 import { ConnectionError, describeNetworkError, errorFromResponse, type GatewayClient } from '../client.ts'
-import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
+import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
 import { DEFAULT_RECONNECT } from '../follow.ts'
 import { UsageError } from '../params.ts'
 
@@ -19,7 +19,7 @@ const logsPath = (jobId: string, query: Record<string, string | undefined>) => {
   return `api/jobs/${encodeURIComponent(jobId)}/logs${q ? `?${q}` : ''}`
 }
 
-/** `gpu-jobs logs <id> [--attempt N] [--follow] [--json]`. */
+/** `gpu-jobs logs <id> [--attempt N] [--follow] [--json]` (`<id>` may be its start). */
 export async function logs(args: string[], io: RunIO): Promise<number> {
   const { values, positionals } = parse(args, {
     attempt: { type: 'string' },
@@ -27,13 +27,17 @@ export async function logs(args: string[], io: RunIO): Promise<number> {
     json: { type: 'boolean' },
   })
   if (values.help) return help(io, 'logs')
-  const jobId = oneId(positionals, 'logs')
+  const typed = oneId(positionals, 'logs')
   if (values.attempt !== undefined && !/^[1-9]\d{0,8}$/.test(values.attempt))
     throw new UsageError(`--attempt must be a positive integer, got "${values.attempt}"`)
   const client = clientFor(io, values.url)
   const print = (l: JobLogLine) => line(io.stdout, values.json ? JSON.stringify(l) : formatLogLine(l))
-  if (values.follow) return followLogs(io, client, jobId, values.attempt, print)
-  const { body } = await client.request<JobLogsBody>('GET', logsPath(jobId, { attempt: values.attempt }))
+  // A 404 of the first request (before any line is printed) is what lets withJobId try the id's start.
+  if (values.follow)
+    return withJobId(client, typed, (jobId) => followLogs(io, client, jobId, values.attempt, print))
+  const { body } = await withJobId(client, typed, (jobId) =>
+    client.request<JobLogsBody>('GET', logsPath(jobId, { attempt: values.attempt })),
+  )
   if (values.json) line(io.stdout, JSON.stringify(body, null, 2))
   else {
     for (const l of body.lines) print(l)

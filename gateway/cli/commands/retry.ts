@@ -1,14 +1,13 @@
 import type { RetryJobResponse } from '../../../schema/api.ts'
-import { clientFor, EXIT, help, line, oneId, parse, type RunIO } from '../command.ts'
+import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
 
 /** `gpu-jobs retry <id> [--json]`: a retrying job's next attempt now; any other status is a conflict (exit 3). */
 export async function retry(args: string[], io: RunIO): Promise<number> {
   const { values, positionals } = parse(args, { json: { type: 'boolean' } })
   if (values.help) return help(io, 'retry')
-  const jobId = oneId(positionals, 'retry')
-  const { body } = await clientFor(io, values.url).request<RetryJobResponse>(
-    'POST',
-    `api/jobs/${encodeURIComponent(jobId)}/retry`,
+  const client = clientFor(io, values.url)
+  const { body } = await withJobId(client, oneId(positionals, 'retry'), (jobId) =>
+    client.request<RetryJobResponse>('POST', `api/jobs/${encodeURIComponent(jobId)}/retry`),
   )
   line(
     io.stdout,

@@ -129,8 +129,11 @@ ${ENV_HELP}`,
 Watch a job until it ends: its current state, then every progress event live. On a terminal it draws a
 progress bar; otherwise (a pipe, a log) it prints one line per event:
   <timestamp>  #<seq> <status> <progress>%  <message>
+Percentages are whole, rounded down: 100% only once the job has completed. When it ends, stderr says
+how (its duration; a failed job's error) and lists its artifacts (path, size, checksum, download URL).
 A dropped connection is retried with backoff and resumed after the last event seen, so no event is
-missed or shown twice; it gives up after 60s without the gateway (exit 3).
+missed or shown twice; it gives up after 60s without the gateway (exit 3). Ctrl-C stops following, not
+the job (exit 130), and says how to resume.
 
 Options:
       --sse    use Server-Sent Events (GET /api/jobs/<id>/events) instead of the WebSocket (/ws)

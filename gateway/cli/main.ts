@@ -31,20 +31,33 @@ const COMMANDS: Record<string, Command> = {
   queue,
 }
 
-/** `error: invalid_params: params.epochs must be ...`, then one line per field. */
-export function formatError(err: unknown, command?: string): string {
+/**
+ * What went wrong, each thing said once: `error: <code>: <message>` (the API's message repeats neither its
+ * code nor, for one field, the field), or with several fields `error: <code>: <n> fields` and one line each.
+ * `tokenSet`: whether GPU_JOBS_TOKEN is set, for what a 401 asks of the user.
+ */
+export function formatError(err: unknown, command?: string, { tokenSet = false } = {}): string {
   if (err instanceof UsageError) {
     const cmd = err instanceof CommandUsageError ? err.command : command
     return `error: ${err.message}\nrun "gpu-jobs${cmd ? ` ${cmd}` : ''} --help" for usage`
   }
   if (err instanceof ApiRequestError) {
+    // The gateway's advice is for HTTP clients (send Authorization: Bearer); a CLI user sets a variable.
+    if (err.status === 401)
+      return `error: ${err.code}: ${tokenSet ? 'GPU_JOBS_TOKEN is not a valid API token of this gateway' : 'the gateway asks for an API token: set GPU_JOBS_TOKEN'}`
     // The API's messages repeat the code ("invalid params: ..."): say it once.
     const prefix = `${err.code.replace(/_/g, ' ')}: `
     const message = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message
-    const lines = [`error: ${err.code}: ${message}`]
-    for (const issue of err.issues) lines.push(`  ${issue.path}: ${issue.message}`)
-    if (err.status === 401) lines.push('set GPU_JOBS_TOKEN to a valid API token')
-    return lines.join('\n')
+    // The message says the first field's issue already ("params.epochs must be number").
+    const [only, ...more] = err.issues
+    if (more.length === 0)
+      return only === undefined || message.includes(only.message)
+        ? `error: ${err.code}: ${message}`
+        : `error: ${err.code}: ${message}\n  ${only.path}: ${only.message}`
+    return [
+      `error: ${err.code}: ${err.issues.length} fields`,
+      ...err.issues.map((issue) => `  ${issue.path}: ${issue.message}`),
+    ].join('\n')
   }
   if (err instanceof ConnectionError)
     return `error: ${err.message}; is it running? (set GPU_JOBS_URL or --url)`
@@ -77,7 +90,7 @@ export async function run(argv: string[], io: RunIO): Promise<number> {
     return await handler(rest, io)
   } catch (err) {
     if (io.signal?.aborted) return EXIT.interrupted
-    line(io.stderr, formatError(err, command))
+    line(io.stderr, formatError(err, command, { tokenSet: !!io.env.GPU_JOBS_TOKEN?.trim() }))
     if (io.env.GPU_JOBS_DEBUG && err instanceof Error && err.stack) line(io.stderr, err.stack)
     return EXIT.error
   }

@@ -1,23 +1,31 @@
-import type { JobAttempt, JobStatusBody, JobSummary } from '../../schema/api.ts'
+import type { Artifact, JobAttempt, JobStatusBody, JobSummary } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
+import { percentText } from '../console/stream.js'
+import { alignRows, table } from './table.ts'
 
-export const percent = (p: number): string => `${Number(p.toFixed(1))}%`
+/** The widest percentage (`100%`): the column it is padded to. */
+const PERCENT_WIDTH = 4
 
-/** One line per event, for logs and pipes: `2025-11-03T12:00:00.000Z  #17 running    45.3%  Epoch 3/5`. */
+/** A timestamp (24 characters), `  #` and a seq of up to 6 digits: the status column starts after it. */
+const EVENT_HEAD_WIDTH = 24 + 3 + 6
+
+/** One line per event, for logs and pipes: `2025-11-03T12:00:00.000Z  #17 running    45%  Epoch 3/5`. */
 export function eventLine(e: ProgressEvent): string {
   const attempt = e.attempt > 1 ? `  (attempt ${e.attempt})` : ''
   const message = e.message && e.message !== e.status ? `  ${e.message}` : ''
-  return `${e.timestamp}  #${e.seq} ${e.status.padEnd(9)} ${percent(e.progress).padStart(6)}${message}${attempt}`
+  return `${`${e.timestamp}  #${e.seq}`.padEnd(EVENT_HEAD_WIDTH)} ${e.status.padEnd(9)} ${percentText(e.progress, e.status).padStart(PERCENT_WIDTH)}${message}${attempt}`
 }
 
 const BAR_WIDTH = 24
 
-/** The progress bar of a terminal, one line that fits `columns`: `[█████░░░░]  45.3%  running  Epoch 3/5`. */
+/** The progress bar of a terminal, one line that fits `columns`: `[█████░░░░]  45%  running  Epoch 3/5`. */
 export function progressBar(e: ProgressEvent, columns: number): string {
-  const filled = Math.round((Math.max(0, Math.min(100, e.progress)) / 100) * BAR_WIDTH)
+  // Rounded down like the percentage beside it: full only when the job has completed.
+  const part = Math.floor((Math.max(0, Math.min(100, e.progress)) / 100) * BAR_WIDTH)
+  const filled = e.status === 'completed' ? BAR_WIDTH : Math.min(BAR_WIDTH - 1, part)
   const bar = `[${'█'.repeat(filled)}${'░'.repeat(BAR_WIDTH - filled)}]`
   const attempt = e.attempt > 1 ? ` (attempt ${e.attempt})` : ''
-  const head = `${bar} ${percent(e.progress).padStart(6)}  ${e.status}${attempt}`
+  const head = `${bar} ${percentText(e.progress, e.status).padStart(PERCENT_WIDTH)}  ${e.status}${attempt}`
   const message = e.message && e.message !== e.status ? `  ${e.message.replace(/\s+/g, ' ')}` : ''
   return truncate(`${head}${message}`, Math.max(20, columns - 1))
 }
@@ -61,20 +69,6 @@ const when = (iso: string | null | undefined, now: number): string | undefined =
 
 const compactJson = (value: unknown, max = 300): string => truncate(JSON.stringify(value) ?? '', max)
 
-/** Rows of cells as lines, each column as wide as its widest cell (the last one left as is). */
-export function alignColumns(rows: string[][], indent = ''): string[] {
-  const widths: number[] = []
-  for (const r of rows) for (const [i, cell] of r.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length)
-  return rows.map(
-    (r) =>
-      indent +
-      r
-        .map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
-        .join('  ')
-        .trimEnd(),
-  )
-}
-
 /**
  * The attempts of `gpu-jobs status`, one line each: `#1  host-a  12s  failed  crash  exited with code 3`
  * (a running attempt: its duration so far).
@@ -92,7 +86,40 @@ export function attemptLines(attempts: JobAttempt[], now = Date.now()): string[]
       (a.message ?? '').replace(/\s+/g, ' '),
     ]
   })
-  return alignColumns(rows, '  ')
+  return alignRows(rows, { right: [2], indent: '  ' })
+}
+
+/** `artifacts (2)`, then one line each: path, size, checksum, download URL (`gpu-jobs status`, `follow`). */
+export function artifactLines(artifacts: Artifact[], baseUrl: URL): string[] {
+  const rows = artifacts.map((a) => [
+    a.path,
+    bytes(a.size),
+    `sha256:${a.sha256.slice(0, 12)}`,
+    new URL(a.url.replace(/^\//, ''), baseUrl).href,
+  ])
+  return [`artifacts (${artifacts.length})`, ...alignRows(rows, { right: [1], indent: '  ' })]
+}
+
+/**
+ * How a followed job ended, after its last event: `completed in 12s`, `failed after 3s (attempt 3 of 3):
+ * crash (retryable): exited with code 3` (the error unless the last event said it), then its artifacts.
+ */
+export function outcomeLines(job: JobStatusBody, final: ProgressEvent, baseUrl: URL): string[] {
+  // The row may trail the final event by a moment: then the event's time is the end.
+  const end = Date.parse(job.finishedAt ?? final.timestamp)
+  const ran = job.startedAt
+    ? `${final.status === 'completed' ? 'in' : 'after'} ${duration(end - Date.parse(job.startedAt))}`
+    : 'before it started'
+  const attempts =
+    job.attempt > 1 || final.status === 'failed' ? ` (attempt ${job.attempt} of ${job.maxAttempts})` : ''
+  const error =
+    job.error && !final.message.includes(job.error.message)
+      ? `: ${job.error.reason} (${job.error.code}): ${job.error.message}`
+      : ''
+  return [
+    `${final.status} ${ran}${attempts}${error}`,
+    ...(job.artifacts.length > 0 ? artifactLines(job.artifacts, baseUrl) : []),
+  ]
 }
 
 /** The human-readable summary of `gpu-jobs status`. */
@@ -100,7 +127,7 @@ export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()
   const rows: [string, string | undefined][] = [
     ['job', job.jobId],
     ['type', job.type],
-    ['status', `${job.status}  ${percent(job.progress)}`],
+    ['status', `${job.status}  ${percentText(job.progress, job.status)}`],
     ['message', job.message || undefined],
     ['attempt', `${job.attempt} of ${job.maxAttempts}`],
     ['created', when(job.createdAt, now)],
@@ -120,27 +147,19 @@ export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()
     .map(([k, v]) => `${k.padEnd(10)}${v}`)
   if (job.attempts.length > 0)
     lines.push(`attempts (${job.attempts.length})`, ...attemptLines(job.attempts, now))
-  if (job.artifacts.length > 0) {
-    lines.push(`artifacts (${job.artifacts.length})`)
-    const width = Math.max(...job.artifacts.map((a) => a.path.length))
-    for (const a of job.artifacts)
-      lines.push(
-        `  ${a.path.padEnd(width)}  ${bytes(a.size).padStart(9)}  sha256:${a.sha256.slice(0, 12)}  ${new URL(a.url.replace(/^\//, ''), baseUrl).href}`,
-      )
-  }
+  if (job.artifacts.length > 0) lines.push(...artifactLines(job.artifacts, baseUrl))
   return lines.join('\n')
 }
 
 /** The table of `gpu-jobs list`. */
 export function jobTable(jobs: JobSummary[], now = Date.now()): string {
-  const header = ['JOB ID', 'TYPE', 'STATUS', 'PROGRESS', 'CREATED', 'MESSAGE']
   const rows = jobs.map((j) => [
     j.jobId,
     j.type,
     j.attempt > 1 ? `${j.status} (${j.attempt}/${j.maxAttempts})` : j.status,
-    percent(j.progress),
+    percentText(j.progress, j.status),
     `${duration(now - Date.parse(j.createdAt))} ago`,
     truncate((j.error ? `${j.error.reason}: ${j.error.message}` : j.message).replace(/\s+/g, ' '), 60),
   ])
-  return alignColumns([header, ...rows]).join('\n')
+  return table(['JOB ID', 'TYPE', 'STATUS', 'PROGRESS', 'CREATED', 'MESSAGE'], rows, ['PROGRESS', 'CREATED'])
 }

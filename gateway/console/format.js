@@ -7,8 +7,8 @@
 // The one exception is a record of lines (a job's events, its logs): there each line's clock time to the
 // millisecond (`eventTime`), as in the CLI, since what matters is their order and spacing.
 
-export const pctText = (p) => `${p >= 100 ? 100 : Math.floor(p)}%`
-export const shortId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
+// The CLI writes them the same way: one home for both (stream.js).
+export { percentText as pctText, shortJobId as shortId } from './stream.js'
 
 const absolute = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' })
 const relative = new Intl.RelativeTimeFormat(undefined, { numeric: 'auto' })

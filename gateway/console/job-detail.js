@@ -156,7 +156,7 @@ function renderDetailLive() {
   const badge = $('d-status')
   badge.textContent = job.status
   badge.dataset.status = job.status
-  $('d-pct').textContent = pctText(job.progress)
+  $('d-pct').textContent = pctText(job.progress, job.status)
   $('d-message').textContent = job.message
   const bar = /** @type {HTMLProgressElement} */ ($('d-progress'))
   bar.value = job.progress
@@ -170,7 +170,7 @@ function renderDetailLive() {
   if (key !== d.liveKey) {
     d.liveKey = key
     $('d-live').textContent =
-      `${job.status}, ${pctText(job.progress)}${job.message ? `: ${job.message}` : ''}`
+      `${job.status}, ${pctText(job.progress, job.status)}${job.message ? `: ${job.message}` : ''}`
   }
 }
 
@@ -194,7 +194,7 @@ function renderNewEvents(d) {
         h('time', { datetime: e.timestamp }, eventTime.format(new Date(e.timestamp))),
       ),
       h('td', {}, e.status),
-      h('td', {}, pctText(e.progress)),
+      h('td', {}, pctText(e.progress, e.status)),
       h('td', { class: 'message' }, e.message),
     )
     const last = d.seqs.at(-1)

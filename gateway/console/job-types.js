@@ -1,24 +1,27 @@
-// The job types the console offers, as the gateway documents them: each type's params JSON Schema in
-// /openapi.json (`Params_<type>`, generated from the one job catalog, schema/params/catalog.ts, with the
-// type's title, description and form id), fetched once at start. The console keeps no list of its own.
+// The job types the console offers, as the gateway documents them in /openapi.json: the submit body
+// (`SubmitJobBody`) is one member per type, found through its discriminator's mapping, and each member's
+// `params` refers to that type's params JSON Schema (generated from the one job catalog,
+// schema/params/catalog.ts, with the type's title, description and form id), fetched once at start. The
+// console keeps no list of its own.
 
 import { request } from './api.js'
 import { h } from './dom.js'
 import { backoffDelay } from './stream.js'
 
-const PARAMS = 'Params_'
-
 /** @typedef {{type: string, title: string, description?: string, formId: string, schema: any}} JobType */
 
 /** The job types of an OpenAPI document, in its order. @returns {JobType[]} */
-export const jobTypesOf = (doc) =>
-  Object.entries(doc?.components?.schemas ?? {})
-    .filter(([name]) => name.startsWith(PARAMS))
-    .map(([name, schema]) => {
-      const type = name.slice(PARAMS.length)
-      const { title = type, description, 'x-form': form } = schema
-      return { type, title, description, formId: form?.id ?? type, schema }
-    })
+export function jobTypesOf(doc) {
+  const schemas = doc?.components?.schemas ?? {}
+  // A local reference, `#/components/schemas/<name>`: the schema it names.
+  const resolve = (ref) => schemas[String(ref).split('/').pop()]
+  return Object.entries(schemas.SubmitJobBody?.discriminator?.mapping ?? {}).flatMap(([type, ref]) => {
+    const schema = resolve(resolve(ref)?.properties?.params?.$ref)
+    if (!schema) return []
+    const { title = type, description, 'x-form': form } = schema
+    return [{ type, title, description, formId: form?.id ?? type, schema }]
+  })
+}
 
 /** @type {Promise<JobType[]> | null} */
 let loaded = null

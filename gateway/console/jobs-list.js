@@ -207,7 +207,7 @@ function updateRow(job) {
     job.attempt > 1 || job.status === 'retrying' ? `attempt ${job.attempt}/${job.maxAttempts}` : ''
   row.bar.value = job.progress
   row.bar.dataset.status = job.status
-  row.pct.textContent = pctText(job.progress)
+  row.pct.textContent = pctText(job.progress, job.status)
   row.msg.textContent = job.message
   row.msg.title = job.message
 }

@@ -48,6 +48,10 @@ export interface JobStreamOptions extends ReconnectingOptions {
 }
 
 export const TERMINAL: Set<string>
+/** `45%`: rounded down; with a job's status, `100%` only when it completed. */
+export function percentText(value: number, status?: string): string
+/** A UUID by its first 8 characters, any other id whole. */
+export function shortJobId(id: string): string
 export function backoffDelay(n: number, opts?: BackoffOptions): number
 export function addEvent(history: Map<number, ProgressEvent>, event: ProgressEvent): boolean
 

@@ -6,6 +6,23 @@
 
 export const TERMINAL = new Set(['completed', 'failed', 'cancelled'])
 
+/**
+ * A percentage as every client writes it (the console and the CLI): a whole number, rounded down, so it
+ * never shows more done than is. With a job's `status`, "100%" only when it has completed: a job at 100
+ * that is still uploading, or failed there, says 99%. Without one (a GPU's utilisation) up to 100%.
+ * @param {number} value 0 to 100
+ * @param {string} [status]
+ */
+export function percentText(value, status) {
+  if (status === 'completed') return '100%'
+  const top = status === undefined ? 100 : 99
+  const whole = Number.isFinite(value) ? Math.floor(value) : 0
+  return `${Math.min(top, Math.max(0, whole))}%`
+}
+
+/** A job id as the clients show it: a UUID by its first 8 characters (any command takes them), others whole. */
+export const shortJobId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
+
 /** Backoff before reconnect attempt `n` (0-based): doubling from `min` up to `max`, with jitter. */
 export function backoffDelay(n, { min = 250, max = 10_000, random = Math.random } = {}) {
   const base = Math.min(max, min * 2 ** Math.min(n, 20))

@@ -129,7 +129,8 @@ describe('the tables', () => {
     expect(gpus?.split('\n')[2]?.endsWith(' -')).toBe(true)
     expectAligned(jobs ?? '', ['HOST', 'JOB', 'TYPE'], ['ATTEMPT', 'PROGRESS', 'SLOT', 'RUNNING'])
     expect(jobs).toContain('lora-1')
-    expect(jobs).toContain('45.3%')
+    // Rounded down, like every percentage of the CLI and the console (percentText).
+    expect(jobs).toContain('45%')
     expect(jobs).toContain('(another token’s)')
     expect(jobs).toContain('2m 0s')
   })

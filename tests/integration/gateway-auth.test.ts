@@ -248,9 +248,9 @@ describe('OpenAPI', () => {
       '/metrics',
     ])
       expect(doc.paths[path], path).toBeDefined()
-    expect(Object.keys(doc.components.schemas.SubmitJobBody?.properties ?? {})).toEqual(
+    expect(Object.keys(doc.components.schemas.TrainLoraSubmit?.properties ?? {})).toEqual(
       expect.arrayContaining(['type', 'params', 'jobId', 'priority', 'timeoutSec', 'maxAttempts']),
     )
-    expect(Object.keys(doc.components.schemas.Params_train_lora?.properties ?? {})).toContain('learningRate')
+    expect(Object.keys(doc.components.schemas.TrainLoraParams?.properties ?? {})).toContain('learningRate')
   })
 })

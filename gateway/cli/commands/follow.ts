@@ -1,11 +1,21 @@
+import type { ProgressEvent } from '../../../schema/events.ts'
+import { shortJobId } from '../../console/stream.js'
 import type { GatewayClient } from '../client.ts'
 import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
-import { followJob, type Transport } from '../follow.ts'
+import { type FollowResult, followJob, type Transport } from '../follow.ts'
 import { EventPrinter } from '../printer.ts'
+import { outcomeLines } from '../render.ts'
+
+const EXIT_OF_STATUS: Record<string, number> = {
+  completed: EXIT.ok,
+  cancelled: EXIT.cancelled,
+}
 
 /**
- * Follows a job to its end, printing each event (a bar on a terminal, lines otherwise, or JSON lines);
- * resolves to the exit code of its outcome. `gpu-jobs follow` and `gpu-jobs submit --follow`.
+ * Follows a job to its end, printing each event on stdout (a bar on a terminal, lines otherwise, or JSON
+ * lines), then on stderr how it ended: the duration, the error of a failed job, the artifacts. Resolves
+ * to the exit code of its outcome; Ctrl-C (`io.signal`) stops following, not the job, and says how to
+ * resume. `gpu-jobs follow`, `submit --follow`, `rerun --follow`.
  */
 export async function followToEnd(
   io: RunIO,
@@ -15,31 +25,46 @@ export async function followToEnd(
 ): Promise<number> {
   const mode = opts.json ? 'json' : io.stdout.isTTY ? 'bar' : 'lines'
   const printer = new EventPrinter(io, mode)
+  let last: ProgressEvent | undefined
   try {
-    const result = await followJob({
-      client,
-      jobId,
-      transport: opts.transport,
-      signal: io.signal,
-      reconnect: io.reconnect,
-      onEvent: (e) => printer.event(e),
-      onReconnect: ({ reason, delayMs, attempt }) =>
-        printer.notice(
-          `connection lost (${reason}); reconnecting in ${(delayMs / 1000).toFixed(1)}s (try ${attempt})`,
-        ),
-    })
-    printer.end()
-    if ('aborted' in result) return EXIT.interrupted
-    const { final } = result
-    if (final.status === 'completed') return EXIT.ok
-    if (final.status === 'cancelled') return EXIT.cancelled
-    if (!opts.json) {
-      // The reason, unless the final event's message already says it.
-      const job = await client.status(jobId).catch(() => undefined)
-      if (job?.error && !final.message.includes(job.error.message))
-        line(io.stderr, `job failed: ${job.error.reason} (${job.error.code}): ${job.error.message}`)
+    let result: FollowResult
+    try {
+      result = await followJob({
+        client,
+        jobId,
+        transport: opts.transport,
+        signal: io.signal,
+        reconnect: io.reconnect,
+        onEvent: (e) => {
+          last = e
+          printer.event(e)
+        },
+        onReconnect: ({ reason, delayMs, attempt }) =>
+          printer.notice(
+            `connection lost (${reason}); reconnecting in ${(delayMs / 1000).toFixed(1)}s (try ${attempt})`,
+          ),
+      })
+    } catch (err) {
+      // Ctrl-C while the first status request was on its way.
+      if (!io.signal?.aborted) throw err
+      result = { aborted: true }
     }
-    return EXIT.failed
+    printer.end()
+    if ('aborted' in result) {
+      const now = last ? ` (${last.status})` : ''
+      line(
+        io.stderr,
+        `stopped following; the job goes on${now}. Resume: gpu-jobs follow ${shortJobId(jobId)}`,
+      )
+      return EXIT.interrupted
+    }
+    const { final } = result
+    if (!opts.json) {
+      // The stored job has what the events do not carry: its times, its error, its artifacts.
+      const job = await client.status(jobId).catch(() => undefined)
+      for (const l of job ? outcomeLines(job, final, client.baseUrl) : [final.status]) line(io.stderr, l)
+    }
+    return EXIT_OF_STATUS[final.status] ?? EXIT.failed
   } finally {
     printer.end()
   }

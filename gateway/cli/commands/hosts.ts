@@ -1,5 +1,6 @@
 import type { HostEntry, HostsBody } from '../../../schema/hosts.ts'
-import { duration, percent } from '../render.ts'
+import { percentText } from '../../console/stream.js'
+import { duration } from '../render.ts'
 import { table } from '../table.ts'
 import { viewCommand } from '../view.ts'
 
@@ -45,7 +46,7 @@ export function hostsText(hosts: HostEntry[], now = Date.now()): string {
         mb(g.memoryUsedMb),
         mb(g.memoryReservedMb),
         mb(g.memoryTotalMb),
-        g.utilizationPct === null ? '-' : percent(g.utilizationPct),
+        g.utilizationPct === null ? '-' : percentText(g.utilizationPct),
       ],
       ['GPU', 'USED', 'RESERVED', 'TOTAL', 'UTIL'],
     ),
@@ -57,7 +58,8 @@ export function hostsText(hosts: HostEntry[], now = Date.now()): string {
         j.jobId ?? '(another token’s)',
         j.type,
         j.attempt === null ? '-' : String(j.attempt),
-        percent(j.progress),
+        // A running job: never 100% until it has completed (percentText).
+        percentText(j.progress, 'running'),
         j.slot === null ? '-' : String(j.slot),
         j.startedAt ? since(j.startedAt) : 'waiting',
       ],

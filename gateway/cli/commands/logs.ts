@@ -19,7 +19,7 @@ const logsPath = (jobId: string, query: Record<string, string | undefined>) => {
   return `api/jobs/${encodeURIComponent(jobId)}/logs${q ? `?${q}` : ''}`
 }
 
-/** `gpu-jobs logs <id> [--attempt N] [--follow] [--json]`. */
+/** `gpu-jobs logs <id> [--attempt N] [--follow] [--json]` (`<id>` may be its start). */
 export async function logs(args: string[], io: RunIO): Promise<number> {
   const { values, positionals } = parse(args, {
     attempt: { type: 'string' },
@@ -32,13 +32,11 @@ export async function logs(args: string[], io: RunIO): Promise<number> {
     throw new UsageError(`--attempt must be a positive integer, got "${values.attempt}"`)
   const client = clientFor(io, values.url)
   const print = (l: JobLogLine) => line(io.stdout, values.json ? JSON.stringify(l) : formatLogLine(l))
-  if (values.follow) {
-    // The stream's own 404 would come after the SSE request: the id (or its short form) is resolved first.
-    const job = await withJobId(client, typed, (id) => client.status(id))
-    return followLogs(io, client, job.jobId, values.attempt, print)
-  }
-  const { body } = await withJobId(client, typed, (id) =>
-    client.request<JobLogsBody>('GET', logsPath(id, { attempt: values.attempt })),
+  // A 404 of the first request (before any line is printed) is what lets withJobId try the id's start.
+  if (values.follow)
+    return withJobId(client, typed, (jobId) => followLogs(io, client, jobId, values.attempt, print))
+  const { body } = await withJobId(client, typed, (jobId) =>
+    client.request<JobLogsBody>('GET', logsPath(jobId, { attempt: values.attempt })),
   )
   if (values.json) line(io.stdout, JSON.stringify(body, null, 2))
   else {

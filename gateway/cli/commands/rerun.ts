@@ -2,7 +2,7 @@ import type { SubmitJobResponse } from '../../../schema/api.ts'
 import { clientFor, EXIT, help, line, oneId, parse, type RunIO, withJobId } from '../command.ts'
 import { followToEnd } from './follow.ts'
 
-/** `gpu-jobs rerun <id> [--follow] [--sse] [--json]`: a new job like `<id>`; prints the new id. */
+/** `gpu-jobs rerun <id> [--follow] [--sse] [--json]`: a new job like `<id>` (or its start); prints the new id. */
 export async function rerun(args: string[], io: RunIO): Promise<number> {
   const { values, positionals } = parse(args, {
     follow: { type: 'boolean', short: 'f' },

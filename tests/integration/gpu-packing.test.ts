@@ -236,6 +236,38 @@ describe('GPU packing', () => {
     })
   })
 
+  it('ends a job waiting for room at once when cancelled, and requeues it unattempted at shutdown', async () => {
+    const g = gpu(0, 81_559)
+    const full = { pid: 4343, name: 'ComfyUI', gpuUuid: g.uuid, usedMb: 80_000 }
+    await setGpus({ gpus: [g], processes: [full] })
+    const cancelled = await add('cancelled', { vramMb: 8_000 })
+    const kept = await add('kept', { vramMb: 8_000 })
+    await withHost(4, async () => {
+      await waitFor(() => stack.job(cancelled).then(() => true), 15_000, 'the first row')
+      const res = await fetch(stack.url(`/api/jobs/${cancelled}/cancel`), { method: 'POST' })
+      expect(res.status).toBe(202)
+      expect((await stack.waitStatus(cancelled, ['cancelled'], 5_000)).status).toBe('cancelled')
+      // The second job is now the one held waiting; the host stops with it still unplaced.
+      await waitFor(
+        async () => (await (await stack.queue.getJob(kept))?.getState()) === 'active',
+        15_000,
+        'the second job held by the host',
+      )
+      await expectWaiting([kept])
+    })
+    expect(await (await stack.queue.getJob(kept))?.getState()).toBe('waiting')
+    expect(await statusOf(kept)).toBe('queued')
+    expect(await stack.attempts(kept)).toEqual([])
+    // Room at last, on a new host: it runs as its first attempt.
+    await setGpus({ gpus: [g] })
+    await withHost(4, async () => {
+      await waitRunning([kept], 1)
+      await open('kept')
+      const [r] = await results([kept])
+      expect(r?.cudaVisibleDevices).toBe(g.uuid)
+    })
+  })
+
   it('gives an exclusive job a GPU of its own: it waits for the GPU to empty, and blocks sharing', async () => {
     await setGpus({ gpus: [gpu(0, 143_771)] })
     await withHost(4, async () => {

@@ -218,21 +218,28 @@ describe('GPU packing', () => {
     })
   })
 
-  it('admits nothing on a GPU another process fills, until it frees the memory', async () => {
-    const g = gpu(0, 81_559)
+  it('admits nothing on a GPU another process fills until it frees the memory, and keeps the cap', async () => {
+    const [g, other] = [gpu(0, 81_559), gpu(1, 81_559)]
     const ollama = { pid: 4242, name: 'ollama', gpuUuid: g.uuid, usedMb: 78_000 }
-    await setGpus({ gpus: [g], processes: [ollama] })
-    await withHost(4, async (host) => {
-      const id = await add('filled', { vramMb: 8_000 })
-      await waitFor(() => stack.job(id).then(() => true), 15_000, 'the job row')
-      await expectWaiting([id])
-      const e = await beat(host, (b) => b.gpus[0]?.memoryFreeMb === 81_559 - 78_000)
-      expect(e.gpus[0]).toMatchObject({ memoryUsedMb: 78_000, memoryReservedMb: 0, jobs: 0 })
-      await setGpus({ gpus: [g], processes: [{ ...ollama, usedMb: 20_000 }] })
-      await waitRunning([id], 1)
+    await setGpus({ gpus: [g, other], processes: [ollama] })
+    // Four jobs may run at once on two GPUs, two on each: the filled one takes none.
+    await withHost(2, async (host) => {
+      const ids = await Promise.all([1, 2, 3].map(() => add('filled', { vramMb: 8_000 })))
+      await waitRunning(ids, 2)
+      const running = await runningOf(ids)
+      const third = ids.find((id) => !running.includes(id)) ?? ''
+      await expectWaiting([third])
+      const e = await beat(host, (b) => b.gpus[1]?.jobs === 2)
+      expect(e.gpus.map((x) => [x.memoryUsedMb, x.memoryReservedMb, x.memoryFreeMb, x.jobs])).toEqual([
+        [78_000, 0, 81_559 - 78_000, 0],
+        [0, 16_000, 81_559 - 16_000, 2],
+      ])
+      await setGpus({ gpus: [g, other], processes: [{ ...ollama, usedMb: 20_000 }] })
+      await waitRunning([third], 1)
       await open('filled')
-      const [r] = await results([id])
-      expect(r?.cudaVisibleDevices).toBe(g.uuid)
+      const got = await results(ids)
+      expect(got[ids.indexOf(third)]?.cudaVisibleDevices).toBe(g.uuid)
+      for (const id of running) expect(got[ids.indexOf(id)]?.cudaVisibleDevices).toBe(other.uuid)
     })
   })
 

@@ -42,11 +42,19 @@ function populatedHostMetrics(): HostMetrics {
       vramTotalMb: 81_559,
     },
     cudaVisibleDevices: String(id),
+    jobs: 0,
     busy: false,
   }))
   m.initSlots(slots)
   for (const slot of slots) {
-    m.setBusy(slot, true)
+    m.setUsage(slot, {
+      totalMb: 81_559,
+      otherMb: 0,
+      reservedMb: 12_000,
+      freeMb: 69_559,
+      jobs: 1,
+      exclusive: false,
+    })
     m.memUsed.set(m.gpuLabels(slot), 40e9 + slot.id * 1e9)
     m.memTotal.set(m.gpuLabels(slot), 85_520_809_984)
   }

@@ -1,6 +1,6 @@
 /**
- * One attempt of one job on this host: wait for an engine and for GPU memory (without an attempt), start
- * the attempt, run the job's process on a slot, write the manifest, then decide and apply the outcome
+ * One attempt of one job on this host: wait for an engine and for a device with room for the job's VRAM
+ * (without an attempt), start the attempt, run the job's process on that device, write the manifest, then decide and apply the outcome
  * (schema/jobs: row, then event, then history) and tell BullMQ what became of the job.
  */
 import { mkdir, rm } from 'node:fs/promises'
@@ -27,7 +27,7 @@ import { eventPorts } from '../schema/jobs/requests.ts'
 import { cancelKey } from '../schema/keys.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { engineWaitDelay } from './engines.ts'
-import { readGpus, type Slot } from './gpus.ts'
+import type { Slot } from './gpus.ts'
 import { AttemptLog } from './job-logs.ts'
 import type { HostMetrics } from './metrics.ts'
 import { S3ModelFetcher } from './model-fetch.ts'
@@ -37,8 +37,9 @@ import { JobProcess } from './runner.ts'
 import { invalidateManifest, publishManifest, removeUncovered, S3ArtifactStore } from './s3-artifacts.ts'
 import type { SlotPool } from './slots.ts'
 import type { JobState } from './state.ts'
+import type { GpuRequest } from './vram-ledger.ts'
 
-/** How long a job waits before it looks again for a GPU with enough free memory. */
+/** How long a job that does not fit while another waits for room stays in the queue before it is taken again. */
 const VRAM_RETRY_MS = 5_000
 
 /** A job this host has taken, from its BullMQ processor call to its end. */
@@ -64,6 +65,8 @@ export interface AttemptPlan {
   timeoutSec: number
   outputPrefix: string
   envelope: JobEnvelope
+  /** What the job needs of a GPU: its own `gpu` over its handler's. */
+  gpu: GpuRequest
 }
 
 export interface AttemptDeps {
@@ -100,45 +103,80 @@ export class AttemptRunner {
     const engine = plan.envelope.params.engine
     if (!entry.cancelRequested && isEngineOf(type, engine) && !this.deps.hasEngine(type, engine))
       await this.waitForEngine(job, token, entry, engine)
-    // VRAM-aware: take the job only onto a GPU with enough free memory; else put it back for a while,
-    // without counting an attempt (another process may hold the memory, e.g. ComfyUI's loaded models).
-    const readings = this.deps.gpuChecks() && !entry.cancelRequested ? await readGpus() : null
-    const room = slots.pick(readings, plan.handler.gpu.vramMb)
-    if ('noRoom' in room) {
-      log.info({ needMb: plan.handler.gpu.vramMb, bestFreeMb: room.bestFreeMb }, 'waiting for GPU memory')
-      await job.moveToDelayed(Date.now() + VRAM_RETRY_MS, token)
-      throw new DelayedError()
+    // Admission by VRAM (slots.ts): a device with room for the job's `gpu` is reserved for it before its
+    // attempt starts, so waiting for one never costs an attempt. A cancelled job needs no device.
+    let slot: Slot | undefined
+    if (!entry.cancelRequested) {
+      const placed = await slots.admit(jobId, plan.gpu, () => entry.cancelRequested || this.deps.closing())
+      if ('never' in placed)
+        return this.putBack(
+          job,
+          token,
+          entry,
+          `waiting for a GPU host with a GPU of ${plan.gpu.vramMb} MiB or more (this host's largest: ${placed.largestMb} MiB)`,
+          { needMb: plan.gpu.vramMb },
+        )
+      if ('busy' in placed) {
+        log.info({ needMb: plan.gpu.vramMb }, 'no GPU has room and another job waits first; put back')
+        await job.moveToDelayed(Date.now() + VRAM_RETRY_MS, token)
+        throw new DelayedError()
+      }
+      if ('stopped' in placed && !entry.cancelRequested) {
+        log.info('shutting down while waiting for GPU memory; requeued')
+        await job.moveToWait(token)
+        throw new WaitingError()
+      }
+      if ('slot' in placed) slot = placed.slot
     }
-    const row = await state.startAttempt(jobId)
-    if (!row) {
-      log.info('job is already finished (cancelled before it started); skipping')
-      return { skipped: true }
+    // Until the attempt's process is running, the reservation is this function's to give back.
+    let handedOver = false
+    try {
+      const row = await state.startAttempt(jobId)
+      if (!row) {
+        log.info('job is already finished (cancelled before it started); skipping')
+        return { skipped: true }
+      }
+      const attempt = row.attempt
+      entry.attempt = attempt
+      entry.startedAt = Date.now()
+      const reporter = new Reporter(redis, state, job, { jobId, type, attempt }, (msg, err) =>
+        log.warn({ err }, msg),
+      )
+      entry.reporter = reporter
+      entry.logs = new AttemptLog(redis, state, { jobId, attempt }, (msg, err) => log.warn({ err }, msg))
+      const end = (outcome: Outcome) =>
+        this.end(
+          job,
+          token,
+          entry,
+          outcome,
+          decide(outcome, attempt, this.policy(plan.maxAttempts)),
+          plan,
+          log,
+        )
+
+      if (entry.cancelRequested || !slot)
+        return end({ kind: 'cancelled-before-start', progress: row.progress })
+      if (attempt > plan.maxAttempts) return end({ kind: 'exhausted', progress: row.progress })
+
+      metrics.attempts.inc({ type })
+      metrics.queueWait.observe(
+        { type },
+        Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000),
+      )
+      await state.recordEvent(
+        await reporter.emit(
+          'running',
+          0,
+          `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId}`,
+        ),
+      )
+      reporter.progress = 0
+      handedOver = true
+      return end(await this.execute(entry, reporter, slot, plan, log))
+    } finally {
+      if (slot && !handedOver) slots.release(jobId, slot)
     }
-    const attempt = row.attempt
-    entry.attempt = attempt
-    entry.startedAt = Date.now()
-    const reporter = new Reporter(redis, state, job, { jobId, type, attempt }, (msg, err) =>
-      log.warn({ err }, msg),
-    )
-    entry.reporter = reporter
-    entry.logs = new AttemptLog(redis, state, { jobId, attempt }, (msg, err) => log.warn({ err }, msg))
-    const end = (outcome: Outcome) =>
-      this.end(job, token, entry, outcome, decide(outcome, attempt, this.policy(plan.maxAttempts)), plan, log)
-
-    if (entry.cancelRequested) return end({ kind: 'cancelled-before-start', progress: row.progress })
-    if (attempt > plan.maxAttempts) return end({ kind: 'exhausted', progress: row.progress })
-
-    metrics.attempts.inc({ type })
-    metrics.queueWait.observe({ type }, Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000))
-    await state.recordEvent(
-      await reporter.emit('running', 0, `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId}`),
-    )
-    reporter.progress = 0
-    // Chosen again with no await before taking it: a concurrent job may have taken the roomiest GPU meanwhile.
-    const pick = slots.pick(readings, plan.handler.gpu.vramMb)
-    return end(
-      await this.execute(entry, reporter, slots.acquire('slot' in pick ? pick.slot : undefined), plan, log),
-    )
   }
 
   /** The attempt's process on `slot`, then its manifest: the outcome, never thrown. */
@@ -176,7 +214,7 @@ export class AttemptRunner {
       const proc = new JobProcess(
         {
           job: { jobId, type, params: plan.envelope.params, attempt },
-          gpu: slot.gpu,
+          gpu: { ...slot.gpu, vramReservedMb: plan.gpu.vramMb },
           cudaVisibleDevices: slot.cudaVisibleDevices,
           paths: { scratch, models: config.modelsDir, data: config.dataDir },
           engines: config.engines,
@@ -197,8 +235,9 @@ export class AttemptRunner {
         slots.takeSpare(slot),
       )
       entry.proc = proc
+      slots.setGroup(jobId, proc.pid)
       log.info(
-        { attempt, slot: slot.id, gpu: slot.cudaVisibleDevices, pid: proc.pid },
+        { attempt, slot: slot.id, gpu: slot.cudaVisibleDevices, vramMb: plan.gpu.vramMb, pid: proc.pid },
         `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId} (slot ${slot.id})`,
       )
       void state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
@@ -210,7 +249,9 @@ export class AttemptRunner {
       await slots.checkGpuRelease(slot, [proc.pid, ...(left ?? [])])
       if (!run.groupGone) log.error({ pid: proc.pid, left }, 'process group still has members after SIGKILL')
     } finally {
-      slots.release(slot)
+      // Here the job's process group is gone (or survived SIGKILL, logged above: its memory then shows
+      // in the next reading as another process's, so the room is not handed out twice).
+      slots.release(jobId, slot)
       await rm(scratch, { recursive: true, force: true }).catch(() => {})
     }
     const took = seconds()
@@ -324,16 +365,34 @@ export class AttemptRunner {
     return t.message
   }
 
+  /** Puts back a job for an engine this host lacks (see `putBack`). */
+  private waitForEngine(job: Job, token: string | undefined, entry: RunningJob, engine: Engine) {
+    return this.putBack(
+      job,
+      token,
+      entry,
+      `waiting for a GPU host with engine ${engine}: ${ENGINE_SETUP[engine]} on one`,
+      {
+        engine,
+      },
+    )
+  }
+
   /**
-   * Puts back a job for an engine this host lacks, without an attempt, for another host to take:
-   * delayed (never spinning), its row still waiting with a message that says what to configure. When no
-   * host has the engine the job waits so, re-checked less and less often, until one starts or the job
-   * is cancelled.
+   * Puts back a job this host can never run (an engine it lacks, a GPU too small), without an attempt,
+   * for another host to take: delayed (never spinning), its row still waiting with `message`, which says
+   * what it needs. When no host has it the job waits so, re-checked less and less often, until one
+   * starts or the job is cancelled.
    */
-  private async waitForEngine(job: Job, token: string | undefined, entry: RunningJob, engine: Engine) {
+  private async putBack(
+    job: Job,
+    token: string | undefined,
+    entry: RunningJob,
+    message: string,
+    fields: Record<string, unknown>,
+  ): Promise<never> {
     const { jobId, type } = entry
     const { logger, state } = this.deps
-    const message = `waiting for a GPU host with engine ${engine}: ${ENGINE_SETUP[engine]} on one`
     const delay = engineWaitDelay(
       Date.now() - job.timestamp,
       this.deps.engineWait ?? { baseMs: 5_000, maxMs: 60_000 },
@@ -343,7 +402,7 @@ export class AttemptRunner {
     try {
       const row = await state.noteWaiting(jobId, message)
       if (row) {
-        logger.info({ jobId, type, engine }, message)
+        logger.info({ jobId, type, ...fields }, message)
         const { emit, record } = eventPorts({ redis: this.deps.redis, records: state })
         await record(
           await emit(

@@ -11,6 +11,7 @@ import { TEST_REDIS_URL } from '../tests/helpers/stores.ts'
 import type { RunningJob } from './attempt.ts'
 import { type GpuReading, slotsFor } from './gpus.ts'
 import { Heartbeat, type HeartbeatSource, heartbeatBody } from './heartbeat.ts'
+import { VramLedger } from './vram-ledger.ts'
 
 const GPUS: GpuReading[] = [
   {
@@ -31,12 +32,22 @@ const GPUS: GpuReading[] = [
   },
 ]
 
-/** A host's parts as the heartbeat reads them: two GPUs, a job on the second, one waiting for a slot. */
+/**
+ * A host's parts as the heartbeat reads them: two GPUs (the first with 1000 MiB taken by another process),
+ * a job on the second, one waiting for a slot.
+ */
 function source(hostId: string, gpus: GpuReading[] | null = GPUS): HeartbeatSource {
   const slots = slotsFor(gpus, 2)
+  const ledger = new VramLedger(
+    slots.map((s) => ({ id: s.id, totalMb: s.gpu.vramTotalMb })),
+    4,
+  )
+  if (gpus) ledger.observe(0, 1000)
   const running: RunningJob[] = []
   if (slots[1]) {
+    ledger.reserve('job-1', 1, { vramMb: 12_000, exclusive: false })
     slots[1].busy = true
+    slots[1].jobs = 1
     running.push({
       jobId: 'job-1',
       type: 'train_lora',
@@ -62,6 +73,7 @@ function source(hostId: string, gpus: GpuReading[] | null = GPUS): HeartbeatSour
     startedAt: Date.now() - 60_000,
     closing: () => false,
     slots: () => slots,
+    usage: (slot) => ledger.usage(slot.id),
     gpus: () => gpus ?? [],
     engines: () => ({
       train_lora: ['simulate', 'kohya'],
@@ -81,8 +93,14 @@ describe('heartbeatBody', () => {
       id: 1,
       gpu: { index: 1, uuid: 'GPU-b', name: 'NVIDIA H200' },
       busy: true,
+      jobs: 1,
+      memoryReservedMb: 12_000,
+      memoryFreeMb: 128_000,
     })
-    expect(body.gpus.map((g) => g.memoryReservedMb)).toEqual([0, 12_000])
+    expect(body.gpus.map((g) => [g.memoryReservedMb, g.memoryFreeMb, g.jobs])).toEqual([
+      [0, 139_000, 0],
+      [12_000, 128_000, 1],
+    ])
     expect(body.gpus[0]).toMatchObject({ memoryUsedMb: 1000, memoryTotalMb: 140_000, utilizationPct: 37 })
     expect(body.jobs).toEqual([
       {
@@ -104,6 +122,62 @@ describe('heartbeatBody', () => {
     expect(v.is(HostHeartbeat, body)).toBe(true)
     expect(body.gpus).toEqual([])
     expect(body.slots.list.map((s) => s.gpu)).toEqual([null, null])
+    expect(body.slots.list.map((s) => [s.jobs, s.memoryFreeMb])).toEqual([
+      [0, null],
+      [1, null],
+    ])
+  })
+
+  it('lists the MIG instances of a GPU, each with its own memory and jobs', () => {
+    const gpus: GpuReading[] = [{ ...GPUS[0], index: 0, uuid: 'GPU-m', memoryUsedMb: 0 } as GpuReading]
+    const listing = [
+      {
+        index: 0,
+        name: 'NVIDIA H200',
+        uuid: 'GPU-m',
+        mig: [
+          { profile: '1g.18gb', device: 0, uuid: 'MIG-aaaa' },
+          { profile: '3g.71gb', device: 1, uuid: 'MIG-bbbb' },
+        ],
+      },
+    ]
+    const slots = slotsFor(gpus, 1, listing)
+    const ledger = new VramLedger(
+      slots.map((s) => ({ id: s.id, totalMb: s.gpu.vramTotalMb })),
+      4,
+    )
+    ledger.reserve('job-1', 1, { vramMb: 20_000, exclusive: false })
+    const body = heartbeatBody(
+      { ...source('h1'), slots: () => slots, usage: (s) => ledger.usage(s.id), gpus: () => gpus },
+      5000,
+      Date.now(),
+    )
+    expect(v.is(HostHeartbeat, body)).toBe(true)
+    expect(body.slots.list.map((s) => [s.gpu?.uuid, s.mig?.gpuUuid])).toEqual([
+      ['MIG-aaaa', 'GPU-m'],
+      ['MIG-bbbb', 'GPU-m'],
+    ])
+    expect(body.gpus[0]?.mig).toEqual([
+      {
+        uuid: 'MIG-aaaa',
+        profile: '1g.18gb',
+        device: 0,
+        memoryTotalMb: 17_166,
+        memoryReservedMb: 0,
+        memoryFreeMb: 17_166,
+        jobs: 0,
+      },
+      {
+        uuid: 'MIG-bbbb',
+        profile: '3g.71gb',
+        device: 1,
+        memoryTotalMb: 67_710,
+        memoryReservedMb: 20_000,
+        memoryFreeMb: 47_710,
+        jobs: 1,
+      },
+    ])
+    expect(body.gpus[0]).toMatchObject({ memoryReservedMb: 20_000, jobs: 1 })
   })
 
   it('is gone after three missed beats, draining while the host closes', () => {

@@ -8,7 +8,8 @@ import { type HostHeartbeat, KEEP_BEATS } from '../schema/hosts.ts'
 import { hostKey, hostsKey } from '../schema/keys.ts'
 import type { RunningJob } from './attempt.ts'
 import type { HostEngines } from './engines.ts'
-import type { GpuReading, Slot } from './gpus.ts'
+import { type GpuReading, physicalUuid, type Slot } from './gpus.ts'
+import type { DeviceUsage } from './vram-ledger.ts'
 
 /** Default beat: every 5 s (the key lives KEEP_BEATS intervals: 60 s). */
 export const HEARTBEAT_INTERVAL_MS = 5_000
@@ -21,6 +22,8 @@ export interface HeartbeatSource {
   startedAt: number
   closing(): boolean
   slots(): Slot[]
+  /** A slot's jobs and memory as the admission ledger has them. */
+  usage(slot: Slot): DeviceUsage
   /** The GPUs as last read (empty without nvidia-smi). */
   gpus(): GpuReading[]
   engines(): HostEngines
@@ -38,7 +41,9 @@ export function heartbeatBody(src: HeartbeatSource, intervalMs: number, now: num
   const slots = src.slots()
   const jobs = [...src.jobs()]
   const busy = slots.filter((s) => s.busy).length
-  const gpuOfSlot = new Map(slots.map((s) => [s.id, s.gpu.uuid]))
+  const usage = new Map(slots.map((s) => [s.id, src.usage(s)]))
+  const use = (s: Slot): DeviceUsage => usage.get(s.id) ?? src.usage(s)
+  const sum = (of: Slot[], pick: (u: DeviceUsage) => number) => of.reduce((n, s) => n + pick(use(s)), 0)
   return {
     hostId: src.hostId,
     version: src.version,
@@ -58,19 +63,40 @@ export function heartbeatBody(src: HeartbeatSource, intervalMs: number, now: num
             ? null
             : { index: s.gpu.index, uuid: s.gpu.uuid ?? '', name: s.gpu.name ?? '' },
         busy: s.busy,
+        jobs: use(s).jobs,
+        memoryReservedMb: use(s).reservedMb,
+        memoryFreeMb: use(s).freeMb,
+        ...(s.mig ? { mig: s.mig } : {}),
       })),
     },
-    gpus: src.gpus().map((g) => ({
-      index: g.index,
-      uuid: g.uuid,
-      name: g.name,
-      memoryUsedMb: g.memoryUsedMb,
-      memoryReservedMb: jobs
-        .filter((j) => j.slot !== undefined && gpuOfSlot.get(j.slot) === g.uuid)
-        .reduce((sum, j) => sum + (j.vramMb ?? 0), 0),
-      memoryTotalMb: g.memoryTotalMb,
-      utilizationPct: g.utilizationPct,
-    })),
+    gpus: src.gpus().map((g) => {
+      const on = slots.filter((s) => physicalUuid(s) === g.uuid)
+      const mig = on.filter((s) => s.mig)
+      return {
+        index: g.index,
+        uuid: g.uuid,
+        name: g.name,
+        memoryUsedMb: g.memoryUsedMb,
+        memoryReservedMb: sum(on, (u) => u.reservedMb),
+        memoryTotalMb: g.memoryTotalMb,
+        utilizationPct: g.utilizationPct,
+        memoryFreeMb: sum(on, (u) => u.freeMb ?? 0),
+        jobs: sum(on, (u) => u.jobs),
+        ...(mig.length > 0
+          ? {
+              mig: mig.map((s) => ({
+                uuid: s.gpu.uuid ?? '',
+                profile: s.mig?.profile ?? '',
+                device: s.mig?.device ?? 0,
+                memoryTotalMb: s.gpu.vramTotalMb ?? 0,
+                memoryReservedMb: use(s).reservedMb,
+                memoryFreeMb: use(s).freeMb ?? 0,
+                jobs: use(s).jobs,
+              })),
+            }
+          : {}),
+      }
+    }),
     engines: src.engines(),
     jobs: jobs.map((j) => ({
       jobId: j.jobId,

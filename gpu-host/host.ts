@@ -18,7 +18,7 @@ import {
   type HostEngines,
   probeComfyui,
 } from './engines.ts'
-import { readGpus, slotsFor } from './gpus.ts'
+import { readGpuList, readGpus, slotsFor } from './gpus.ts'
 import { HealthServer } from './health-server.ts'
 import { Heartbeat } from './heartbeat.ts'
 import { admit } from './intake.ts'
@@ -97,8 +97,19 @@ export class GpuHost {
         ),
     })
     const gpuChecks = () => this.gpuChecks
-    this.slots = new SlotPool({ metrics: this.metrics, logger, gpuChecks })
-    this.samplers = new Samplers({ metrics: this.metrics, logger, slots: () => this.slots.slots, gpuChecks })
+    this.slots = new SlotPool({
+      metrics: this.metrics,
+      logger,
+      gpuChecks,
+      maxJobsPerGpu: config.maxJobsPerGpu,
+    })
+    this.samplers = new Samplers({
+      metrics: this.metrics,
+      logger,
+      slots: () => this.slots.slots,
+      gpuChecks,
+      refreshLedger: () => this.slots.refresh(),
+    })
     this.attempts = new AttemptRunner({
       config,
       logger,
@@ -130,6 +141,7 @@ export class GpuHost {
         startedAt: Date.now(),
         closing: () => this.closing,
         slots: () => this.slots.slots,
+        usage: (slot) => this.slots.usage(slot),
         gpus: () => this.samplers.gpus,
         engines: () => this.engines.engines,
         jobs: () => this.running.values(),
@@ -170,8 +182,16 @@ export class GpuHost {
         { slots: config.gpuSlots },
         'no GPU found (nvidia-smi absent): GPU memory checks are skipped; using GPU_SLOTS virtual slots',
       )
-    else logger.info({ gpus: gpus?.map((g) => `${g.index}:${g.name}`) }, 'GPUs found')
-    this.slots.init(slotsFor(gpus, config.gpuSlots))
+    const listing = this.gpuChecks ? await readGpuList() : null
+    this.slots.init(slotsFor(gpus, config.gpuSlots, listing))
+    if (this.gpuChecks)
+      logger.info(
+        {
+          devices: this.slots.slots.map((s) => `${s.gpu.index}:${s.gpu.name} (${s.gpu.vramTotalMb} MiB)`),
+          maxJobsPerGpu: config.maxJobsPerGpu,
+        },
+        'GPUs found',
+      )
     await this.samplers.sampleGpus()
 
     await listenForCancels(this.subscriber, (jobId) => this.cancelLocal(jobId))
@@ -185,7 +205,8 @@ export class GpuHost {
     this.worker = new Worker(QUEUE_NAME, (job, token) => this.process(job, token), {
       connection: workerConnection,
       prefix: config.queuePrefix,
-      concurrency: this.slots.size,
+      // As many as could run at once; one that does not fit yet waits in slots.ts, or goes back.
+      concurrency: this.slots.capacity,
       lockDuration: LOCK_DURATION_MS,
       stalledInterval: STALLED_INTERVAL_MS,
       // A crash of the host is an attempt like any other; the job's own attempt budget bounds the loop.
@@ -218,6 +239,7 @@ export class GpuHost {
       {
         host: config.hostId,
         slots: this.slots.size,
+        capacity: this.slots.capacity,
         metrics: `http://${config.metricsHost.includes(':') ? `[${config.metricsHost}]` : config.metricsHost}:${this.port}/metrics`,
       },
       'GPU host started',
@@ -233,6 +255,8 @@ export class GpuHost {
     this.closing = true
     const { config, logger } = this.opts
     this.samplers.stop()
+    // A job waiting for GPU memory goes back to the queue now.
+    this.slots.wake()
     // Shown draining while its jobs finish.
     if (this.heartbeat.running) await this.heartbeat.beat().catch(() => {})
     await this.reconciler?.stop()
@@ -261,6 +285,8 @@ export class GpuHost {
     if (!job) return
     job.cancelRequested = true
     job.proc?.abort('cancelled')
+    // A job waiting for GPU memory ends as cancelled now, not when room frees up.
+    this.slots.wake()
   }
 
   async readiness(): Promise<Record<string, string>> {
@@ -302,7 +328,7 @@ export class GpuHost {
       cancelRequested: false,
       proc: undefined,
       reporter: undefined,
-      vramMb: plan.handler.gpu.vramMb,
+      vramMb: plan.gpu.vramMb,
     }
     this.running.set(jobId, entry)
     try {

@@ -1,7 +1,7 @@
 /**
  * What the host does with a BullMQ job before its attempt: validate the envelope (any producer can add
- * jobs), pick the handler, check the output prefix, resolve the default engine, and create the job's row
- * if no gateway did. An envelope no handler can run fails at once, through the lifecycle.
+ * jobs), pick the handler, check the output prefix, resolve the default engine and the job's GPU needs
+ * (its own `gpu` over its handler's), and create the job's row if no gateway did. An envelope no handler can run fails at once, through the lifecycle.
  */
 import { type Job, UnrecoverableError } from 'bullmq'
 import type { Redis } from 'ioredis'
@@ -22,6 +22,7 @@ import type { AttemptPlan } from './attempt.ts'
 import type { HostMetrics } from './metrics.ts'
 import { outputPrefixProblem } from './s3-artifacts.ts'
 import type { JobState } from './state.ts'
+import type { GpuRequest } from './vram-ledger.ts'
 
 export interface IntakeDeps {
   config: Config
@@ -55,6 +56,10 @@ export async function admit(job: Job, deps: IntakeDeps): Promise<AttemptPlan> {
   const maxAttempts = envelope.maxAttempts ?? handler.maxAttempts
   const timeoutSec = envelope.timeoutSec ?? handler.timeoutSec
   const outputPrefix = outputPrefixFor(type, jobId)
+  const gpu: GpuRequest = {
+    vramMb: envelope.gpu?.vramMb ?? handler.gpu.vramMb,
+    exclusive: envelope.gpu?.exclusive ?? handler.gpu.exclusive ?? false,
+  }
   await deps.state.ensureJob({ ...envelope, maxAttempts, outputPrefix })
   // Best effort: this attempt runs on the resolved engine either way, and a failed write only means
   // that a host meeting the job later resolves it again by its own default.
@@ -64,7 +69,7 @@ export async function admit(job: Job, deps: IntakeDeps): Promise<AttemptPlan> {
       .catch((err: unknown) =>
         deps.logger.warn({ jobId, err: (err as Error).message }, 'could not store the default engine'),
       )
-  return { handler, maxAttempts, timeoutSec, outputPrefix, envelope }
+  return { handler, maxAttempts, timeoutSec, outputPrefix, envelope, gpu }
 }
 
 /** Fails a job that cannot run (row, event, history), then throws for BullMQ (`reason` in its failure). */

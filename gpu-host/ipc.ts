@@ -15,6 +15,7 @@ export const ParentMessage = v.variant('kind', [
       uuid: v.nullable(v.string()),
       name: v.nullable(v.string()),
       vramTotalMb: v.nullable(v.number()),
+      vramReservedMb: v.optional(v.nullable(v.number())),
     }),
     paths: v.object({ scratch: v.string(), models: v.string(), data: v.string() }),
     engines: EngineSettings,

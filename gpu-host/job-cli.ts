@@ -12,7 +12,7 @@ import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { loadConfig } from '../schema/config.ts'
 import { withDefaultEngine } from '../schema/engines.ts'
 import { JobType, outputPrefixFor } from '../schema/params/index.ts'
-import { readGpus, slotsFor } from './gpus.ts'
+import { readGpuList, readGpus, slotsFor } from './gpus.ts'
 import { JobProcess } from './runner.ts'
 
 const usage =
@@ -44,7 +44,8 @@ const handler = handlerFor(type)
 const jobId = values.id ?? `local-${Date.now().toString(36)}`
 const out = path.resolve(values.out ?? path.join('job-output', jobId))
 await mkdir(out, { recursive: true })
-const slot = slotsFor(await readGpus(), 1)[0]
+// On a MIG GPU the first MIG instance: CUDA cannot use the whole GPU while MIG is on.
+const slot = slotsFor(await readGpus(), 1, await readGpuList())[0]
 const timeoutSec = values.timeout ? Number(values.timeout) : handler.timeoutSec
 const started = Date.now()
 

@@ -5,6 +5,9 @@ import { type Counts, RECONCILE_ACTIONS } from '../schema/jobs/lifecycle.ts'
 import { counter, declareSeries, gauge, histogram } from '../schema/metrics.ts'
 import { JOB_TYPES } from '../schema/params/index.ts'
 import type { Slot } from './gpus.ts'
+import type { DeviceUsage } from './vram-ledger.ts'
+
+const MIB = 1024 * 1024
 
 /** BullMQ job states sampled into `gpu_worker_queue_jobs{state}` (schema/queue.ts). */
 export { QUEUE_STATES } from '../schema/queue.ts'
@@ -54,7 +57,9 @@ const hostSeries = (running: () => Iterable<RunningJob>) =>
     oldestProgressAge: gauge('gpu_worker_oldest_progress_age_seconds', ['type'], 'Longest time since a running job of this type last reported progress, in seconds (0: none running).', perRunningType(running, oldestProgressAge)),
     jobsRunning: gauge('gpu_worker_jobs_running', ['type'], 'Jobs running on this host now, by type.', perRunningType(running, (jobs) => jobs.length)),
     gpuBusy: gauge('gpu_worker_gpu_busy', GPU, '1 while a job runs on this GPU (or virtual slot), else 0.'),
-    runningPerGpu: gauge('gpu_worker_running_jobs_per_gpu', GPU, 'Jobs running on this GPU (or virtual slot) now.'),
+    runningPerGpu: gauge('gpu_worker_running_jobs_per_gpu', GPU, 'Jobs running on this GPU (or MIG instance, or virtual slot) now.'),
+    memReserved: gauge('gpu_worker_gpu_memory_reserved_bytes', GPU, "GPU memory this host has reserved for its running jobs on this GPU or MIG instance (each job's gpu.vramMb, or what it uses if more), in bytes."),
+    memFree: gauge('gpu_worker_gpu_memory_free_bytes', GPU, 'GPU memory a new job could still get on this GPU or MIG instance: total minus what other processes use minus what this host reserved, in bytes.'),
     memUsed: gauge('gpu_worker_gpu_memory_used_bytes', GPU, 'GPU memory in use as nvidia-smi reports it, in bytes.'),
     memTotal: gauge('gpu_worker_gpu_memory_total_bytes', GPU, 'GPU memory in total as nvidia-smi reports it, in bytes.'),
     memLeaks: counter('gpu_worker_gpu_memory_leaks_total', GPU, 'Times a finished job still had a process holding memory on this GPU.'),
@@ -101,6 +106,8 @@ export class HostMetrics {
   readonly timeouts: HostSeries['timeouts']
   readonly memUsed: HostSeries['memUsed']
   readonly memTotal: HostSeries['memTotal']
+  readonly memReserved: HostSeries['memReserved']
+  readonly memFree: HostSeries['memFree']
   readonly memLeaks: HostSeries['memLeaks']
   readonly oldestProgressAge: HostSeries['oldestProgressAge']
   readonly reconciled: HostSeries['reconciled']
@@ -132,6 +139,8 @@ export class HostMetrics {
       timeouts: this.timeouts,
       memUsed: this.memUsed,
       memTotal: this.memTotal,
+      memReserved: this.memReserved,
+      memFree: this.memFree,
       memLeaks: this.memLeaks,
       oldestProgressAge: this.oldestProgressAge,
       reconciled: this.reconciled,
@@ -174,6 +183,7 @@ export class HostMetrics {
     if (counts.reconciled) this.reconciled.inc({ type, action: counts.reconciled })
   }
 
+  /** dcgm-exporter's labels; a MIG instance has its GPU's index and its own `MIG-` uuid. */
   gpuLabels(slot: Slot): { gpu: string; UUID: string; Hostname: string } {
     return { gpu: String(slot.gpu.index ?? slot.id), UUID: slot.gpu.uuid ?? '', Hostname: this.host }
   }
@@ -203,8 +213,13 @@ export class HostMetrics {
     }
   }
 
-  setBusy(slot: Slot, busy: boolean): void {
-    this.gpuBusy.set(this.gpuLabels(slot), busy ? 1 : 0)
-    this.runningPerGpu.set(this.gpuLabels(slot), busy ? 1 : 0)
+  /** The slot's jobs and, on a GPU or MIG instance, its reserved and free memory. */
+  setUsage(slot: Slot, usage: DeviceUsage): void {
+    const labels = this.gpuLabels(slot)
+    this.gpuBusy.set(labels, usage.jobs > 0 ? 1 : 0)
+    this.runningPerGpu.set(labels, usage.jobs)
+    if (usage.freeMb === null) return
+    this.memReserved.set(labels, usage.reservedMb * MIB)
+    this.memFree.set(labels, usage.freeMb * MIB)
   }
 }

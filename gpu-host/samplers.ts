@@ -1,7 +1,7 @@
 /**
  * The host's periodic readings into its metrics: the queue (jobs by state, the oldest waiting job's age)
  * and the GPUs (memory used and total per slot, as nvidia-smi reports it; the latest reading is kept for
- * the heartbeat).
+ * the heartbeat), also read into the admission ledger (what other processes use).
  */
 import type { Queue } from 'bullmq'
 import type { Logger } from 'pino'
@@ -22,6 +22,8 @@ export class Samplers {
       logger: Logger
       slots: () => Slot[]
       gpuChecks: () => boolean
+      /** Reads what other processes use into the admission ledger (slots.ts), for the gauges and beats. */
+      refreshLedger: () => Promise<void>
     },
   ) {}
 
@@ -54,9 +56,17 @@ export class Samplers {
   async sampleGpus(): Promise<void> {
     if (!this.deps.gpuChecks()) return
     const { metrics } = this.deps
-    const gpus = await readGpus()
+    const [gpus] = await Promise.all([
+      readGpus(),
+      this.deps
+        .refreshLedger()
+        .catch((err: unknown) => this.deps.logger.debug({ err }, 'ledger refresh failed')),
+    ])
     if (gpus) this.gpus = gpus
     for (const slot of this.deps.slots()) {
+      // nvidia-smi's CSV reads whole GPUs: a MIG instance shows its own size only.
+      if (slot.mig && slot.gpu.vramTotalMb !== null)
+        metrics.memTotal.set(metrics.gpuLabels(slot), slot.gpu.vramTotalMb * 1024 * 1024)
       const g = gpus?.find((x) => x.uuid === slot.gpu.uuid)
       if (!g) continue
       metrics.memUsed.set(metrics.gpuLabels(slot), g.memoryUsedMb * 1024 * 1024)

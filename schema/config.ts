@@ -42,6 +42,8 @@ export interface Config {
   /** Port of the embedded S3 server of `npm start` (used only without S3_ENDPOINT). */
   s3rverPort: number
   gpuSlots: number
+  /** Jobs at once on one GPU or MIG instance, as far as their VRAM fits (virtual slots take one each). */
+  maxJobsPerGpu: number
   /** The engines' settings, handed to every job (SIMULATE_STEP_MS, COMFYUI_URL, KOHYA_*, F5TTS_*). */
   engines: EngineSettings
   /** DEFAULT_ENGINE_<TYPE>: the engine of a job that names none (unset: the type's first, `simulate`). */
@@ -176,6 +178,9 @@ const EnvSchema = v.object({
   ),
   S3RVER_PORT: integer(9000, 0, 65535),
   GPU_SLOTS: integer(1, 1, 64),
+  // Each job is a process with its own CUDA context (some hundred MiB) and shares the GPU's compute:
+  // 4 keeps a large GPU busy without jobs slowing each other to a crawl.
+  MAX_JOBS_PER_GPU: integer(4, 1, 64),
   SIMULATE_STEP_MS: integer(200, 0, 600_000),
   KILL_GRACE_SEC: integer(10, 0, 3600),
   RETRY_BACKOFF_MS: integer(5000, 0, 3_600_000),
@@ -283,6 +288,7 @@ export function loadConfig(env: Env = process.env): Config {
     metricsHost: e.METRICS_HOST,
     s3rverPort: e.S3RVER_PORT,
     gpuSlots: e.GPU_SLOTS,
+    maxJobsPerGpu: e.MAX_JOBS_PER_GPU,
     engines: {
       simulateStepMs: e.SIMULATE_STEP_MS,
       comfyuiUrl: e.COMFYUI_URL,

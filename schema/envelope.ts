@@ -9,8 +9,22 @@ import { JobType } from './params/index.ts'
  */
 export const MAX_PRIORITY = 2_097_151
 
+/** The most VRAM a job may ask for, in MiB (larger than any GPU made). */
+export const MAX_VRAM_MB = 1_048_576
+
+/**
+ * A job's own GPU needs, over its handler's `gpu`: the VRAM to reserve for it (MiB) and whether it must
+ * have a GPU (or MIG instance) to itself.
+ */
+export const JobGpu = v.strictObject({
+  vramMb: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(MAX_VRAM_MB))),
+  exclusive: v.optional(v.boolean()),
+})
+export type JobGpu = v.InferOutput<typeof JobGpu>
+
 /** Per-job options that override the handler's defaults. */
 export const JobOptions = {
+  gpu: v.optional(JobGpu),
   priority: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(MAX_PRIORITY))),
   timeoutSec: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(7 * 86_400))),
   maxAttempts: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(20))),

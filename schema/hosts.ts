@@ -9,7 +9,24 @@ import { JOB_TYPES, JobType } from './params/index.ts'
 const count = v.pipe(v.number(), v.integer(), v.minValue(0))
 const iso = v.pipe(v.string(), v.isoTimestamp())
 
-/** One GPU as the host last read it (nvidia-smi); memory in MiB. */
+/** A MIG instance of a GPU: a device of its own with its own memory (`CUDA_VISIBLE_DEVICES=MIG-<uuid>`). */
+export const HostMigInstance = v.object({
+  uuid: v.string(),
+  /** The profile, e.g. `1g.18gb`. */
+  profile: v.string(),
+  /** Its device number under the GPU (`nvidia-smi -L`). */
+  device: count,
+  memoryTotalMb: v.number(),
+  memoryReservedMb: v.number(),
+  memoryFreeMb: v.number(),
+  jobs: count,
+})
+export type HostMigInstance = v.InferOutput<typeof HostMigInstance>
+
+/**
+ * One GPU as the host last read it (nvidia-smi); memory in MiB. The fields after `utilizationPct` came
+ * with VRAM packing and are absent from older hosts' beats.
+ */
 export const HostGpu = v.object({
   index: count,
   uuid: v.string(),
@@ -20,14 +37,30 @@ export const HostGpu = v.object({
   memoryTotalMb: v.number(),
   /** Null when nvidia-smi does not report it. */
   utilizationPct: v.nullable(v.number()),
+  /** What a new job could still get: total minus other processes' use minus reserved (MIG: the instances'). */
+  memoryFreeMb: v.optional(v.number()),
+  /** Jobs of this host running on it now (on all its MIG instances). */
+  jobs: v.optional(count),
+  /** Its MIG instances, where MIG is on: each takes jobs of its own. */
+  mig: v.optional(v.array(HostMigInstance)),
 })
 export type HostGpu = v.InferOutput<typeof HostGpu>
 
-/** One slot: a GPU, or a virtual slot (GPU_SLOTS, no GPU: `gpu` null). */
+/**
+ * One slot: a device jobs are placed on: a GPU, a MIG instance (`mig`; `gpu.uuid` is the instance's), or a
+ * virtual slot (GPU_SLOTS, no GPU: `gpu` null). Several jobs may share a GPU or MIG instance.
+ */
 export const HostSlot = v.object({
   id: count,
   gpu: v.nullable(v.object({ index: count, uuid: v.string(), name: v.string() })),
+  /** At least one job runs on it. */
   busy: v.boolean(),
+  /** Jobs running on it now. */
+  jobs: v.optional(count),
+  /** Memory reserved for them, and what a new job could still get (null: a virtual slot). */
+  memoryReservedMb: v.optional(v.number()),
+  memoryFreeMb: v.optional(v.nullable(v.number())),
+  mig: v.optional(v.object({ profile: v.string(), device: count, gpuUuid: v.string() })),
 })
 export type HostSlot = v.InferOutput<typeof HostSlot>
 

@@ -34,6 +34,11 @@ export interface GpuInfo {
   uuid: string | null
   name: string | null
   vramTotalMb: number | null
+  /**
+   * The GPU memory the host reserved for this job on that device (its `gpu.vramMb`): other jobs may share
+   * the device, so a job should not take more. Absent or null outside a GPU host.
+   */
+  vramReservedMb?: number | null
 }
 
 /**

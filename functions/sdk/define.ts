@@ -12,7 +12,11 @@ export interface HandlerDefinition<S extends v.GenericSchema, R extends JsonValu
   timeoutSec: number
   /** Attempts before the job fails; a job may override it. */
   maxAttempts: number
-  gpu: { vramMb: number }
+  /**
+   * The GPU memory one job needs (MiB), reserved for it on the device it runs on, and whether it must
+   * have the device to itself (a trainer that must not share); a job may override both (`gpu`).
+   */
+  gpu: { vramMb: number; exclusive?: boolean }
   run(job: HandlerJob<v.InferOutput<S>>, ctx: HandlerContext): Promise<R>
 }
 
@@ -70,6 +74,6 @@ const catalogLimits = (type: JobType): Omit<AnyHandler, 'type' | 'run'> => {
     params,
     timeoutSec: defaults.timeoutSec,
     maxAttempts: defaults.maxAttempts,
-    gpu: { vramMb: defaults.vramMb },
+    gpu: { vramMb: defaults.vramMb, ...(defaults.exclusive ? { exclusive: true } : {}) },
   }
 }

@@ -270,6 +270,7 @@ export function jobSubmitter(deps: SubmitDeps): Submitter {
       ...(priority === undefined ? {} : { priority }),
       ...(timeoutSec === undefined ? {} : { timeoutSec }),
       ...(maxAttempts === undefined ? {} : { maxAttempts }),
+      ...(body.gpu === undefined ? {} : { gpu: body.gpu }),
     }
     return { jobId, request, outputPrefix, envelope, at }
   }

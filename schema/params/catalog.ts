@@ -35,9 +35,10 @@ export interface JobTypeEntry<P extends ParamsWithEngine = ParamsWithEngine> {
   artifactPrefix: string
   /**
    * Default limits, shared by the gateway (shown before a host takes the job) and the handler (its
-   * `timeoutSec`, `maxAttempts` and `gpu.vramMb`). A request may override the first two.
+   * `timeoutSec`, `maxAttempts`, `gpu.vramMb` and `gpu.exclusive`: the type's jobs must have a GPU to
+   * themselves). A request may override them all.
    */
-  defaults: { timeoutSec: number; maxAttempts: number; vramMb: number }
+  defaults: { timeoutSec: number; maxAttempts: number; vramMb: number; exclusive?: boolean }
   /** The handler's module, from the repository root; its default export is `defineHandler({ type, run })`. */
   handler: `functions/${string}/index.ts`
   /** The smallest valid params (every default filled in by the schema): the contract test runs with them. */

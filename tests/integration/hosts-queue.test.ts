@@ -39,6 +39,7 @@ const playedHost = (hostId: string, jobIds: string[] = []): HeartbeatSource => (
   startedAt: Date.now(),
   closing: () => false,
   slots: () => [],
+  usage: () => ({ totalMb: null, otherMb: 0, reservedMb: 0, freeMb: null, jobs: 0, exclusive: false }),
   gpus: () => [],
   engines: () => ({ train_lora: ['simulate'], train_voice: ['simulate'], render_video: ['simulate'] }),
   jobs: () =>

@@ -164,8 +164,8 @@ function gpuSection(host) {
       { class: 'gpu-list' },
       ...host.gpus.map((g) => {
         const jobs = host.jobs.filter((j) => j.slot !== null && slotGpu.get(j.slot) === g.index)
-        // Issue 13 may list the GPU's jobs on the GPU itself; either way the count is the same.
-        const jobCount = Array.isArray(g.jobs) ? g.jobs.length : jobs.length
+        // The host counts its jobs per GPU (several share one by VRAM); an older host sends no count.
+        const jobCount = typeof g.jobs === 'number' ? g.jobs : jobs.length
         return h(
           'li',
           { class: 'gpu', 'data-gpu-index': String(g.index), title: g.uuid },
@@ -183,6 +183,7 @@ function gpuSection(host) {
             ),
           ),
           vramBar(g),
+          Array.isArray(g.mig) && g.mig.length > 0 ? migList(g.mig) : null,
         )
       }),
     ),
@@ -190,13 +191,25 @@ function gpuSection(host) {
   return section
 }
 
-/** The reserved MiB of a GPU: `memoryReservedMb` (schema/hosts.ts), or null where a host sends none. */
-const reservedOf = (g) =>
-  typeof g.memoryReservedMb === 'number'
-    ? g.memoryReservedMb
-    : typeof g.reservedMb === 'number'
-      ? g.reservedMb
-      : null
+/** The reserved MiB of a GPU (`memoryReservedMb`, schema/hosts.ts), or null where a host sends none. */
+const reservedOf = (g) => (typeof g.memoryReservedMb === 'number' ? g.memoryReservedMb : null)
+
+/** A MIG GPU's instances: each a device of its own, with its own memory and jobs. */
+function migList(instances) {
+  return h(
+    'ul',
+    { class: 'mig-list' },
+    ...instances.map((m) =>
+      h(
+        'li',
+        { class: 'mig', title: m.uuid },
+        `MIG ${m.profile} (device ${m.device}): ${m.jobs} ${m.jobs === 1 ? 'job' : 'jobs'}, ` +
+          `${fmtBytes(m.memoryReservedMb * MIB)} reserved, ${fmtBytes(m.memoryFreeMb * MIB)} free ` +
+          `of ${fmtBytes(m.memoryTotalMb * MIB)}`,
+      ),
+    ),
+  )
+}
 
 /**
  * The memory of a GPU as a bar: used (what nvidia-smi counts, every process's) over reserved (what the
@@ -219,6 +232,8 @@ function vramBar(g) {
   const words = [`${fmtBytes(g.memoryUsedMb * MIB)} used`]
   if (reserved !== null) words.push(`${fmtBytes(reserved * MIB)} reserved`)
   words.push(`of ${fmtBytes(total * MIB)} memory`)
+  // Free: what admission still has for new jobs (total, less other processes' use and the reservations).
+  const free = typeof g.memoryFreeMb === 'number' ? `, ${fmtBytes(g.memoryFreeMb * MIB)} free for jobs` : ''
   return h(
     'div',
     { class: 'vram' },
@@ -230,7 +245,7 @@ function vramBar(g) {
       words[0],
       reserved !== null ? h('span', { class: 'key key-reserved', 'aria-hidden': 'true' }) : null,
       reserved !== null ? ` ${words[1]}` : null,
-      ` ${words.at(-1)}`,
+      ` ${words.at(-1)}${free}`,
     ),
   )
 }

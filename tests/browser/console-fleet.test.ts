@@ -62,9 +62,19 @@ const gpuHost = (hostId: string, jobId: string): HeartbeatSource => ({
       id: 0,
       gpu: { index: 0, uuid: 'GPU-test-0', name: 'NVIDIA H200', vramTotalMb: 143_771 },
       cudaVisibleDevices: 'GPU-test-0',
+      jobs: 1,
       busy: true,
     },
   ],
+  // The admission ledger's view of the slot: the one job's reservation.
+  usage: () => ({
+    totalMb: 143_771,
+    otherMb: 0,
+    reservedMb: 40_000,
+    freeMb: 143_771 - 40_000,
+    jobs: 1,
+    exclusive: false,
+  }),
   gpus: () => [
     {
       index: 0,
@@ -206,7 +216,7 @@ describe.skipIf(!hasChromium)('console fleet views in Chromium', () => {
       expect(await gpu.locator('.gpu-util').textContent()).toBe('87% busy · 1 job')
       // In words (what a screen reader reads), and as the bar's two segments out of the total.
       expect(await gpu.locator('.vram-text').textContent()).toBe(
-        '20 GiB used 39 GiB reserved of 140 GiB memory',
+        '20 GiB used 39 GiB reserved of 140 GiB memory, 101 GiB free for jobs',
       )
       const share = (sel: string) =>
         gpu.locator(sel).evaluate((el) => (el as unknown as { style: { width: string } }).style.width)

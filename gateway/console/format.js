@@ -69,14 +69,16 @@ export function setTime(el, iso) {
 /** A `<time>` element of the moment `iso`, kept current (see `setTime`). */
 export const timeEl = (iso) => setTime(document.createElement('time'), iso)
 
-// Relative times grow stale: every element showing one is rewritten while the page is visible.
+// Relative times grow stale: every element showing one is rewritten while the page is visible. Only in a
+// page: tests import this module in Node, where a timer would throw on `document` and keep the process up.
 const TICK_MS = 10_000
-setInterval(() => {
-  if (document.visibilityState !== 'visible') return
-  const now = Date.now()
-  for (const el of document.querySelectorAll('[data-time]'))
-    el.textContent = fmtAgo(/** @type {HTMLElement} */ (el).dataset.time, now)
-}, TICK_MS)
+if (typeof document !== 'undefined')
+  setInterval(() => {
+    if (document.visibilityState !== 'visible') return
+    const now = Date.now()
+    for (const el of document.querySelectorAll('[data-time]'))
+      el.textContent = fmtAgo(/** @type {HTMLElement} */ (el).dataset.time, now)
+  }, TICK_MS)
 
 export function fmtBytes(n) {
   if (n < 1024) return `${n} B`

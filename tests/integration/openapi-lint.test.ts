@@ -99,7 +99,7 @@ describe('the OpenAPI document', () => {
         },
       })
       expect(Object.keys(member?.properties ?? {}).sort()).toEqual(
-        ['jobId', 'maxAttempts', 'params', 'priority', 'timeoutSec', 'type'].sort(),
+        ['gpu', 'jobId', 'maxAttempts', 'params', 'priority', 'timeoutSec', 'type'].sort(),
       )
       // The validator's params: every key of the catalog's schema, nothing more, unknown keys refused.
       expect(params, type).toMatchObject({ type: 'object', additionalProperties: false })

@@ -14,7 +14,7 @@ import { type BenchResult, clock, machineLoad, printTable, ratio } from './lib.t
 const IN_FLIGHT = 16
 
 export async function submission({ quick }: { quick: boolean }): Promise<BenchResult> {
-  const jobsPerRound = quick ? 100 : 500
+  const jobsPerRound = quick ? 50 : 500
   const rounds = quick ? 1 : 5
   const stack = await startStack({
     withHost: false,

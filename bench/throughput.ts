@@ -12,7 +12,9 @@ import { removeJobs, submitBatches, terminalCounter, trainBody } from './jobs.ts
 import { BENCH_DIR, type BenchResult, clock, machineLoad, printTable, ratio } from './lib.ts'
 
 const FIXTURE = path.resolve(BENCH_DIR, '../tests/fixtures/handlers/bench-noop.ts')
+/** Slot counts measured; --quick measures the smallest and the largest. */
 const SLOTS = [1, 2, 4]
+const QUICK_SLOTS = [1, 4]
 
 /** Runs `n` fork-run-exit processes of `file`, `parallel` at a time; returns the wall seconds. */
 async function forkRunExit(file: string, n: number, parallel: number, execArgv: string[]): Promise<number> {
@@ -40,6 +42,7 @@ interface Side {
 export async function throughput({ quick }: { quick: boolean }): Promise<BenchResult> {
   const jobsPerRound = quick ? 4 : 24
   const rounds = quick ? 1 : 3
+  const slotCounts = quick ? QUICK_SLOTS : SLOTS
   const dir = await mkdtemp(path.join(tmpdir(), 'bench-throughput-'))
   const child = path.join(dir, 'noop.mjs')
   // The baseline's job: start, tell the parent it ran (as a job reports its result), exit.
@@ -47,7 +50,7 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
   const machine = machineLoad()
   const perSlots: Record<string, { ours: Side; fork: Side; forkTsx: Side; failed: number }> = {}
   try {
-    for (const slots of SLOTS) {
+    for (const slots of slotCounts) {
       const stack = await startStack({
         env: { SIMULATE_STEP_MS: '0', GPU_SLOTS: String(slots), RATE_LIMIT_RPS: '100000' },
         handlerModules: { train_lora: FIXTURE },
@@ -78,7 +81,7 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
       }
       try {
         // Warm-up: every slot's spare forked and the stack's code paths taken once.
-        await oursRound(slots * 2)
+        await oursRound(quick ? slots : slots * 2)
         await forkRunExit(child, slots, slots, [])
         for (let r = 0; r < rounds; r++) {
           // Alternate which side goes first, so that load from others falls on both alike.
@@ -86,10 +89,15 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
             async () => out.ours.jobsPerSecond.push(jobsPerRound / (await oursRound(jobsPerRound))),
             async () =>
               out.fork.jobsPerSecond.push(jobsPerRound / (await forkRunExit(child, jobsPerRound, slots, []))),
-            async () =>
-              out.forkTsx.jobsPerSecond.push(
-                jobsPerRound / (await forkRunExit(child, jobsPerRound, slots, ['--import', 'tsx'])),
-              ),
+            // The extra tsx side is for the full run only (it is the slowest).
+            ...(quick
+              ? []
+              : [
+                  async () =>
+                    out.forkTsx.jobsPerSecond.push(
+                      jobsPerRound / (await forkRunExit(child, jobsPerRound, slots, ['--import', 'tsx'])),
+                    ),
+                ]),
           ]
           if (r % 2 === 1) sides.reverse()
           for (const side of sides) await side()
@@ -113,7 +121,7 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
       : ((s[(s.length - 1) >> 1] as number) + (s[s.length >> 1] as number)) / 2
   }
   const table: Record<string, Record<string, number>> = {}
-  for (const slots of SLOTS) {
+  for (const slots of slotCounts) {
     const p = perSlots[slots]
     if (!p) continue
     const ours = median(p.ours.jobsPerSecond)
@@ -130,7 +138,7 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
   }
   printTable('throughput: no-op jobs per second (median of rounds)', [
     ['slots', 'ours', 'bare fork', 'fork --import tsx', 'ours / bare (goal >= 0.8)', 'ours / tsx fork'],
-    ...SLOTS.map((s) => {
+    ...slotCounts.map((s) => {
       const t = table[s] ?? {}
       return [
         String(s),
@@ -146,7 +154,7 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
   return {
     name: 'throughput',
     issue: 'benchmark suite 2: no-op jobs per second per host at 1, 2, 4 slots against bare fork-run-exit',
-    parameters: { slots: SLOTS, jobsPerRound, rounds, warmupJobsPerSlot: 2, simulateStepMs: 0 },
+    parameters: { slots: slotCounts, jobsPerRound, rounds, warmupJobsPerSlot: 2, simulateStepMs: 0 },
     notes: [
       "Ours: startStack() (gateway and GPU host in this process, real Redis, Postgres, s3rver), GPU_SLOTS=1/2/4 virtual slots, handler tests/fixtures/handlers/bench-noop.ts; a round = POST /api/jobs/batch of the round's jobs -> the last terminal event on Redis. Each job runs in a fresh child process (a warm spare per slot) under tsx, as in development.",
       "Baseline: child_process.fork() of a one-line .mjs that sends one IPC message and exits, same fork options as gpu-host/runner.ts, the same number of processes with the same parallelism; extra: the same under --import tsx (the loader the host's job processes run under here).",

@@ -160,7 +160,14 @@ export async function artifacts({ quick }: { quick: boolean }): Promise<BenchRes
   printTable(`artifacts: ${bytes / MiB} MiB to s3rver (fastest of ${rounds} round(s))`, [
     ['method', 'seconds', 'MiB/s', 'ours / it (goal >= 0.8 vs aws)'],
     ['ours: ctx.artifacts.put({ file }) -> host -> S3', oursMs / 1000, mbps(bytes, oursMs), ''],
-    ['aws s3 cp (awscli)', awsMs / 1000, mbps(bytes, awsMs), ratio(mbps(bytes, oursMs), mbps(bytes, awsMs))],
+    'missing' in aws
+      ? ['aws s3 cp (awscli)', `skipped: ${aws.missing}`, '', '']
+      : [
+          'aws s3 cp (awscli)',
+          awsMs / 1000,
+          mbps(bytes, awsMs),
+          ratio(mbps(bytes, oursMs), mbps(bytes, awsMs)),
+        ],
     [
       'AWS SDK Upload from this process',
       sdkMs / 1000,

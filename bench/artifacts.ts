@@ -206,6 +206,7 @@ export async function artifacts({ quick }: { quick: boolean }): Promise<BenchRes
         jobGrowth: r1(jobGrowth),
         rounds: out.ours,
       },
+      roundsMs: { awsCli: out.aws, sdkUpload: out.sdk },
       awsSkipped: 'missing' in aws ? aws.missing : null,
       machineLoad: { loadAverage1mAtStart: machine.loadAverage1mAtStart, machineCpuBusyPercent: busy },
     },

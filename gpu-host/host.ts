@@ -97,7 +97,12 @@ export class GpuHost {
         ),
     })
     const gpuChecks = () => this.gpuChecks
-    this.slots = new SlotPool({ metrics: this.metrics, logger, gpuChecks })
+    this.slots = new SlotPool({
+      metrics: this.metrics,
+      logger,
+      gpuChecks,
+      preload: Object.values(opts.handlerModules ?? {}),
+    })
     this.samplers = new Samplers({ metrics: this.metrics, logger, slots: () => this.slots.slots, gpuChecks })
     this.attempts = new AttemptRunner({
       config,

@@ -1,17 +1,17 @@
 /**
- * The host's GPU slots and their warm spares: which slot a job takes, one pre-forked job process per idle
- * slot, and the check that a finished job left no process holding the slot's GPU memory.
+ * The host's GPU slots and their warm spares: which slot a job takes, pre-forked job processes per GPU
+ * device (spare-pool.ts), and the check that a finished job left no process holding the slot's GPU memory.
  */
 import type { Logger } from 'pino'
-import { ChildSpawn } from './child-spawn.ts'
+import type { ChildSpawn } from './child-spawn.ts'
 import { type GpuReading, pickSlot, readGpuProcesses, type Slot } from './gpus.ts'
 import type { HostMetrics } from './metrics.ts'
+import { SparePool } from './spare-pool.ts'
 
 export class SlotPool {
   slots: Slot[] = []
-  /** One warm, unused job process per slot, forked while the slot is idle. */
-  private readonly spares = new Map<number, ChildSpawn>()
-  private closing = false
+  /** Warm, unused job processes, kept per device (CUDA_VISIBLE_DEVICES). */
+  private readonly spares: SparePool
 
   constructor(
     private readonly deps: {
@@ -19,8 +19,12 @@ export class SlotPool {
       logger: Logger
       /** Whether nvidia-smi reports GPUs (else the slots are virtual and memory is not checked). */
       gpuChecks: () => boolean
+      /** Handler modules by path, imported by each spare before a job. */
+      preload?: readonly string[]
     },
-  ) {}
+  ) {
+    this.spares = new SparePool({ logger: deps.logger, preload: deps.preload ?? [] })
+  }
 
   get size(): number {
     return this.slots.length
@@ -30,7 +34,7 @@ export class SlotPool {
   init(slots: Slot[]): void {
     this.slots = slots
     this.deps.metrics.initSlots(slots)
-    for (const slot of slots) this.refillSpare(slot)
+    void this.spares.start(slots.map((s) => s.cudaVisibleDevices))
   }
 
   /** A slot with `vramMb` free on its GPU now (given `readings`), or how much the best one has. */
@@ -50,36 +54,11 @@ export class SlotPool {
   release(slot: Slot): void {
     slot.busy = false
     this.deps.metrics.setBusy(slot, false)
-    this.refillSpare(slot)
   }
 
-  /** Forks the slot's next job process ahead of time (never while its job runs, to leave it the CPU). */
-  private refillSpare(slot: Slot): void {
-    if (this.closing || this.spares.get(slot.id)?.alive) return
-    try {
-      const spare = new ChildSpawn(slot.cudaVisibleDevices)
-      this.spares.set(slot.id, spare)
-      spare.child.once('exit', () => {
-        if (this.spares.get(slot.id) === spare) this.spares.delete(slot.id)
-      })
-      // Its output before a job adopts it is only Node.js start-up noise.
-      spare.child.stdout?.resume()
-      spare.child.stderr?.resume()
-    } catch (err) {
-      this.deps.logger.warn({ err }, 'could not fork a spare job process')
-    }
-  }
-
-  /**
-   * The slot's warm spare, if it is alive (still starting is fine: it is ahead of a new fork); each spare
-   * serves one job.
-   */
+  /** A warm spare for the slot's device, if one is alive; each spare serves one job. */
   takeSpare(slot: Slot): ChildSpawn | undefined {
-    const spare = this.spares.get(slot.id)
-    this.spares.delete(slot.id)
-    if (spare?.alive) return spare
-    if (spare) void spare.discard()
-    return undefined
+    return this.spares.take(slot.cudaVisibleDevices)
   }
 
   /** Processes that still hold memory on the slot's GPU after the job's group is gone: a leak. */
@@ -97,9 +76,7 @@ export class SlotPool {
   }
 
   /** Forks no more spares and ends those waiting. */
-  async close(): Promise<void> {
-    this.closing = true
-    await Promise.all([...this.spares.values()].map((spare) => spare.discard()))
-    this.spares.clear()
+  close(): Promise<void> {
+    return this.spares.close()
   }
 }

@@ -55,6 +55,23 @@ interface Trial {
   close(): Promise<void>
 }
 
+/** `batch` and `take` of a trial that measures with `once(warm)` into `latencies`. */
+function batched(
+  once: (warm: boolean) => Promise<void>,
+  latencies: { values: number[] },
+): Pick<Trial, 'batch' | 'take'> {
+  return {
+    async batch(warm, n) {
+      await Promise.all(Array.from({ length: n }, () => once(warm)))
+    },
+    take() {
+      const taken = latencies.values
+      latencies.values = []
+      return taken
+    },
+  }
+}
+
 interface Phases {
   submitToResponse: number[]
   submitToRunningEvent: number[]
@@ -179,7 +196,7 @@ async function bullmqTrial(): Promise<Trial> {
   )
   await worker.waitUntilReady()
   await queue.waitUntilReady()
-  let latencies: number[] = []
+  const latencies = { values: [] as number[] }
   let i = 0
   const completed = new Map<string, () => void>()
   worker.on('completed', (job) => completed.get(String(job.id))?.())
@@ -193,17 +210,10 @@ async function bullmqTrial(): Promise<Trial> {
     await done
     picked.delete(id)
     completed.delete(id)
-    if (warm) latencies.push(t1 - t0)
+    if (warm) latencies.values.push(t1 - t0)
   }
   return {
-    async batch(warm, n) {
-      await Promise.all(Array.from({ length: n }, () => once(warm)))
-    },
-    take() {
-      const taken = latencies
-      latencies = []
-      return taken
-    },
+    ...batched(once, latencies),
     async close() {
       await worker.close()
       await queue.obliterate({ force: true }).catch(() => {})
@@ -220,7 +230,7 @@ async function forkTrial(): Promise<Trial> {
   const dir = await mkdtemp(path.join(tmpdir(), 'bench-fork-'))
   const file = path.join(dir, 'child.mjs')
   await writeFile(file, 'process.send({ ready: true })\nprocess.on("disconnect", () => process.exit(0))\n')
-  let latencies: number[] = []
+  const latencies = { values: [] as number[] }
   const once = async (warm: boolean): Promise<void> => {
     const t0 = clock()
     const child = fork(file, [], { detached: true, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
@@ -231,17 +241,10 @@ async function forkTrial(): Promise<Trial> {
     })
     child.disconnect()
     await exited
-    if (warm) latencies.push(t1 - t0)
+    if (warm) latencies.values.push(t1 - t0)
   }
   return {
-    async batch(warm, n) {
-      await Promise.all(Array.from({ length: n }, () => once(warm)))
-    },
-    take() {
-      const taken = latencies
-      latencies = []
-      return taken
-    },
+    ...batched(once, latencies),
     close: () => rm(dir, { recursive: true, force: true }),
   }
 }

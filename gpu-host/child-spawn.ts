@@ -1,19 +1,44 @@
 import { type ChildProcess, fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { buildChildBundle } from './child-bundle.ts'
 import { jobEnv } from './child-env.ts'
 import { terminateGroup } from './process-group.ts'
 
 const here = import.meta.url
-/** GPU_JOBS_CHILD_ENTRY: a bundled child for machines without the source tree (the GPU check's .device/). */
-const CHILD_ENTRY =
-  process.env.GPU_JOBS_CHILD_ENTRY ||
-  fileURLToPath(new URL(here.endsWith('.ts') ? './child.ts' : './child.js', here))
-/** Under tsx (development, tests) the child needs the same loader; production runs compiled JS. */
-const CHILD_EXEC_ARGV = CHILD_ENTRY.endsWith('.ts') ? ['--import', 'tsx'] : []
+/** From dist/ the child is compiled already; from the source tree it is bundled (child-bundle.ts). */
+const FROM_SOURCE = here.endsWith('.ts')
+const SOURCE_ENTRY = fileURLToPath(new URL(FROM_SOURCE ? './child.ts' : './child.js', here))
+/** The bundle, once prepareChildEntry() has made it. */
+let bundled: string | undefined
+let preparing: Promise<void> | undefined
 
 /**
- * A forked job process that has loaded its code and waits for a job: the host keeps one per slot (a warm
- * spare) so a job does not wait for Node.js to start. It has run nothing yet, so it is as fresh as a new
+ * Makes (or finds in its cache) the compiled child, once per host process; until it is there, and if
+ * it cannot be made, job processes start from the TypeScript source under tsx (slower, same code).
+ */
+export function prepareChildEntry(onError: (err: unknown) => void): Promise<void> {
+  if (!FROM_SOURCE || process.env.GPU_JOBS_CHILD_ENTRY) return Promise.resolve()
+  preparing ??= buildChildBundle().then(
+    ({ file }) => {
+      bundled = file
+    },
+    (err: unknown) => onError(err),
+  )
+  return preparing
+}
+
+/**
+ * The file a job process runs and its Node.js flags. GPU_JOBS_CHILD_ENTRY: a bundled child for machines
+ * without the source tree (the GPU check's .device/). Only the TypeScript source needs the tsx loader.
+ */
+export function childEntry(): { file: string; execArgv: string[] } {
+  const file = process.env.GPU_JOBS_CHILD_ENTRY || bundled || SOURCE_ENTRY
+  return { file, execArgv: file.endsWith('.ts') ? ['--import', 'tsx'] : [] }
+}
+
+/**
+ * A forked job process that has loaded its code and waits for a job: the host keeps some ready per GPU
+ * device (warm spares, spare-pool.ts) so a job does not wait for Node.js to start. It has run nothing yet, so it is as fresh as a new
  * fork (no CUDA context: it has not touched the GPU). Each is used for one job at most.
  */
 export class ChildSpawn {
@@ -21,10 +46,12 @@ export class ChildSpawn {
   readonly pid: number
   ready = false
 
-  constructor(cudaVisibleDevices: string | undefined, jobId?: string) {
-    this.child = fork(CHILD_ENTRY, [], {
+  /** `preload`: handler modules (paths) the process imports before it says 'ready'. */
+  constructor(cudaVisibleDevices: string | undefined, jobId?: string, preload: readonly string[] = []) {
+    const entry = childEntry()
+    this.child = fork(entry.file, [...preload], {
       detached: true,
-      execArgv: CHILD_EXEC_ARGV,
+      execArgv: entry.execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // An allow-list, not the host's environment: a job never sees the host's credentials.
       env: jobEnv(process.env, {

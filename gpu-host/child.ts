@@ -74,9 +74,29 @@ function toChildError(err: unknown): ChildError {
   return { name: e.name, message: e.message, code: 'HANDLER_ERROR', reason: 'handler_error', retryable: true }
 }
 
+/**
+ * A handler module given by path (the host's `handlerModules`, test fixtures). This process may be
+ * compiled JavaScript with no TypeScript loader: a `.ts` module is imported through tsx's API, which
+ * loads tsx only then, and only for that module's graph.
+ */
+async function importHandler(file: string): Promise<AnyHandler> {
+  const url = pathToFileURL(file).href
+  const mod = (
+    file.endsWith('.ts') ? await (await import('tsx/esm/api')).tsImport(url, url) : await import(url)
+  ) as { default: AnyHandler }
+  return mod.default
+}
+
+/** The handler modules the host named at fork (argv), imported before 'ready' like the catalog's. */
+const preloaded = new Map<string, Promise<AnyHandler>>(
+  process.argv.slice(2).map((f) => [f, importHandler(f)]),
+)
+// A module that fails to import fails the job that uses it (in run()), not the spare.
+await Promise.allSettled(preloaded.values())
+
 async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void> {
   const handler = msg.handlerModule
-    ? ((await import(pathToFileURL(msg.handlerModule).href)) as { default: AnyHandler }).default
+    ? await (preloaded.get(msg.handlerModule) ?? importHandler(msg.handlerModule))
     : handlerFor(msg.job.type)
   if (!handler || typeof handler.run !== 'function')
     throw new Error('handler module has no default handler export')

@@ -102,6 +102,7 @@ export class GpuHost {
       logger,
       gpuChecks,
       maxJobsPerGpu: config.maxJobsPerGpu,
+      preload: Object.values(opts.handlerModules ?? {}),
     })
     this.samplers = new Samplers({
       metrics: this.metrics,

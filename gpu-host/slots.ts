@@ -1,7 +1,7 @@
 /**
  * The host's devices (GPUs, MIG instances, or virtual slots) and what runs on them: admission by VRAM
- * through the ledger (vram-ledger.ts), kept up to date from nvidia-smi; one warm spare job process per
- * device; the check that a finished job left no process holding the device's memory.
+ * through the ledger (vram-ledger.ts), kept up to date from nvidia-smi; warm spare job processes per
+ * device (spare-pool.ts); the check that a finished job left no process holding the device's memory.
  *
  * A job that fits nowhere yet is held by the host (its BullMQ job stays active, locked and unattempted)
  * until a release makes room: it is then the first to get it, and the device it waits for is held back
@@ -9,10 +9,11 @@
  * does not fit goes back to the queue (delayed, no attempt counted) for another host or for later.
  */
 import type { Logger } from 'pino'
-import { ChildSpawn } from './child-spawn.ts'
+import type { ChildSpawn } from './child-spawn.ts'
 import { physicalUuid, readGpuProcesses, readGpus, type Slot } from './gpus.ts'
 import type { HostMetrics } from './metrics.ts'
 import { groupMembers } from './process-group.ts'
+import { SparePool } from './spare-pool.ts'
 import { type DeviceUsage, type GpuRequest, VramLedger } from './vram-ledger.ts'
 
 /** How often a job waiting for room looks at nvidia-smi again (other processes free memory unannounced). */
@@ -32,13 +33,12 @@ export type Admission =
 export class SlotPool {
   slots: Slot[] = []
   private ledger = new VramLedger([], 1)
-  /** One warm, unused job process per slot, forked while the slot is idle. */
-  private readonly spares = new Map<number, ChildSpawn>()
+  /** Warm, unused job processes, kept per device (CUDA_VISIBLE_DEVICES). */
+  private readonly spares: SparePool
   /** Process group of each placed job's process, to tell its GPU memory from other processes'. */
   private readonly groups = new Map<string, number>()
   /** The job held waiting for room, and the device held back for it. */
   private waiter: { wake: () => void; heldBack: number | undefined } | undefined
-  private closing = false
 
   constructor(
     private readonly deps: {
@@ -48,8 +48,12 @@ export class SlotPool {
       gpuChecks: () => boolean
       /** MAX_JOBS_PER_GPU. */
       maxJobsPerGpu: number
+      /** Handler modules by path, imported by each spare before a job. */
+      preload?: readonly string[]
     },
-  ) {}
+  ) {
+    this.spares = new SparePool({ logger: deps.logger, preload: deps.preload ?? [] })
+  }
 
   get size(): number {
     return this.slots.length
@@ -68,10 +72,12 @@ export class SlotPool {
       this.deps.maxJobsPerGpu,
     )
     this.deps.metrics.initSlots(slots)
-    for (const slot of slots) {
-      this.deps.metrics.setUsage(slot, this.usage(slot))
-      this.refillSpare(slot)
-    }
+    for (const slot of slots) this.deps.metrics.setUsage(slot, this.usage(slot))
+    // Spares for as many jobs as each device may run at once (a virtual slot runs one).
+    const capacity = (s: Slot) => (s.gpu.index === null ? 1 : this.deps.maxJobsPerGpu)
+    void this.spares.start(
+      slots.flatMap((s) => Array<string | undefined>(capacity(s)).fill(s.cudaVisibleDevices)),
+    )
   }
 
   /** The slot's memory and jobs as the ledger has them now. */
@@ -140,7 +146,6 @@ export class SlotPool {
     this.ledger.release(jobId)
     this.groups.delete(jobId)
     this.updated(slot)
-    this.refillSpare(slot)
     this.waiter?.wake()
   }
 
@@ -184,33 +189,9 @@ export class SlotPool {
     }
   }
 
-  /** Forks the slot's next job process ahead of time. */
-  private refillSpare(slot: Slot): void {
-    if (this.closing || this.spares.get(slot.id)?.alive) return
-    try {
-      const spare = new ChildSpawn(slot.cudaVisibleDevices)
-      this.spares.set(slot.id, spare)
-      spare.child.once('exit', () => {
-        if (this.spares.get(slot.id) === spare) this.spares.delete(slot.id)
-      })
-      // Its output before a job adopts it is only Node.js start-up noise.
-      spare.child.stdout?.resume()
-      spare.child.stderr?.resume()
-    } catch (err) {
-      this.deps.logger.warn({ err }, 'could not fork a spare job process')
-    }
-  }
-
-  /**
-   * The slot's warm spare, if it is alive (still starting is fine: it is ahead of a new fork); each spare
-   * serves one job.
-   */
+  /** A warm spare for the slot's device, if one is alive; each spare serves one job. */
   takeSpare(slot: Slot): ChildSpawn | undefined {
-    const spare = this.spares.get(slot.id)
-    this.spares.delete(slot.id)
-    if (spare?.alive) return spare
-    if (spare) void spare.discard()
-    return undefined
+    return this.spares.take(slot.cudaVisibleDevices)
   }
 
   /** Processes that still hold memory on the slot's GPU after the job's group is gone: a leak. */
@@ -230,9 +211,7 @@ export class SlotPool {
 
   /** Forks no more spares and ends those waiting. */
   async close(): Promise<void> {
-    this.closing = true
     this.waiter?.wake()
-    await Promise.all([...this.spares.values()].map((spare) => spare.discard()))
-    this.spares.clear()
+    await this.spares.close()
   }
 }

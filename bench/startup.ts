@@ -10,13 +10,11 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Queue, Worker } from 'bullmq'
-import { like } from 'drizzle-orm'
 import type { Histogram } from 'prom-client'
 import { createRedis } from '../schema/clients.ts'
-import { jobs } from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
-import { eventLogKey, seqKey } from '../schema/keys.ts'
 import { startStack, TEST_REDIS_URL } from '../tests/helpers/stack.ts'
+import { removeJobs } from './jobs.ts'
 import {
   BENCH_DIR,
   type BenchResult,
@@ -169,14 +167,7 @@ async function oursTrial(): Promise<
     async close() {
       sub.disconnect()
       const ids = Array.from({ length: i }, (_, k) => `bench-startup-${run}-${k}`)
-      for (let k = 0; k < ids.length; k += 200)
-        await stack.redis
-          .del(...ids.slice(k, k + 200).flatMap((id) => [seqKey(id), eventLogKey(id)]))
-          .catch(() => 0)
-      await stack.database.db
-        .delete(jobs)
-        .where(like(jobs.id, `bench-startup-${run}-%`))
-        .catch(() => {})
+      await removeJobs(stack, `bench-startup-${run}-`, ids)
       await stack.close()
     },
   }

@@ -6,6 +6,17 @@ export interface HandlerErrorOptions {
   cause?: unknown
 }
 
+/**
+ * Which of the two a handler's error is, under a key every copy of this module shares. A job process runs
+ * a bundle with its own copy of this file, while a handler module loaded from its source (a fixture, a
+ * module the host names by path) has another: `instanceof` must hold across them, so it checks this
+ * brand, not the class's identity.
+ */
+const KIND = Symbol.for('gpu-jobs.handler-error-kind')
+type HandlerErrorKind = 'retryable' | 'non_retryable'
+const hasKind = (value: unknown, kind: HandlerErrorKind): boolean =>
+  typeof value === 'object' && value !== null && (value as { [KIND]?: unknown })[KIND] === kind
+
 /** What a handler's error tells the host beyond its message: a reason (`ErrorReason`) and a code. */
 abstract class HandlerError extends Error {
   readonly reason: ErrorReason
@@ -24,6 +35,10 @@ abstract class HandlerError extends Error {
  * @example throw new NonRetryableError('dataset is empty', { reason: 'invalid_dataset' })
  */
 export class NonRetryableError extends HandlerError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return hasKind(value, 'non_retryable')
+  }
+  readonly [KIND]: HandlerErrorKind = 'non_retryable'
   override name = 'NonRetryableError'
   constructor(message: string, opts: HandlerErrorOptions = {}) {
     super(message, opts, 'non_retryable')
@@ -32,6 +47,10 @@ export class NonRetryableError extends HandlerError {
 
 /** An error worth another attempt (a flaky download, an engine that crashed); the default for any throw. */
 export class RetryableError extends HandlerError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return hasKind(value, 'retryable')
+  }
+  readonly [KIND]: HandlerErrorKind = 'retryable'
   override name = 'RetryableError'
   constructor(message: string, opts: HandlerErrorOptions = {}) {
     super(message, opts, 'handler_error')

@@ -1,5 +1,6 @@
 // The gateway's REST API as the console uses it: the token as a bearer header, errors as ApiError
-// (with the API's code and field issues), one wait-and-retry on 429, and the banner on 401.
+// (with the API's code and field issues), one wait-and-retry on 429 (fetchWithToken, for every request),
+// and the banner on 401.
 
 import { hideBanner, showBanner } from './dom.js'
 import { store } from './state.js'
@@ -20,21 +21,32 @@ export const authHeaders = () => {
 
 export const jobPath = (id) => `/api/jobs/${encodeURIComponent(id)}`
 
+/**
+ * `fetch` with the token, and on 429 (over the token's rate limit: many jobs finishing at once, a busy
+ * page) a wait as the answer says, then once more. Every request of the console goes through it, media
+ * and downloads included. Rejects only when the gateway cannot be reached.
+ */
+export async function fetchWithToken(url, { headers = {}, retries = 1, ...init } = {}) {
+  const res = await fetch(url, { ...init, headers: { ...headers, ...authHeaders() } })
+  if (res.status !== 429 || retries <= 0) return res
+  const wait = Math.min(5, Number(res.headers.get('retry-after')) || 1)
+  await new Promise((r) => setTimeout(r, wait * 1000))
+  return fetchWithToken(url, { ...init, headers, retries: retries - 1 })
+}
+
 /** Sends a request; resolves to `{status, json}` of a 2xx, rejects with an ApiError. */
-export async function request(path, { method = 'GET', body, retries = 1 } = {}) {
-  const headers = { accept: 'application/json', ...authHeaders() }
+export async function request(path, { method = 'GET', body } = {}) {
+  const headers = { accept: 'application/json' }
   if (body !== undefined) headers['content-type'] = 'application/json'
   let res
   try {
-    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) })
+    res = await fetchWithToken(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    })
   } catch {
     throw new ApiError(0, 'unreachable', 'The gateway cannot be reached.')
-  }
-  if (res.status === 429 && retries > 0) {
-    // Over the token's rate limit (many jobs finishing at once): wait as told, then once more.
-    const wait = Math.min(5, Number(res.headers.get('retry-after')) || 1)
-    await new Promise((r) => setTimeout(r, wait * 1000))
-    return request(path, { method, body, retries: retries - 1 })
   }
   const text = await res.text()
   let json = null

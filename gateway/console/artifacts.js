@@ -1,7 +1,7 @@
 // The detail's artifact table, and downloads that carry the token (fetched, checked against the
 // manifest's SHA-256, saved as a blob).
 
-import { authHeaders } from './api.js'
+import { fetchWithToken } from './api.js'
 import { $, h } from './dom.js'
 import { fmtBytes } from './format.js'
 import { previewOf } from './previews.js'
@@ -58,7 +58,7 @@ async function downloadWithToken(artifact, name) {
   const status = $('d-download-status')
   status.textContent = `Downloading ${artifact.path}…`
   try {
-    const res = await fetch(artifact.url, { headers: authHeaders() })
+    const res = await fetchWithToken(artifact.url)
     if (!res.ok) {
       const body = await res.json().catch(() => null)
       throw new Error(body?.error?.message ?? `HTTP ${res.status}`)

@@ -4,7 +4,7 @@
 // EventSource cannot; parsed by eventsource-parser), resumed after the last line on a reconnect, until
 // its `end` event.
 
-import { authHeaders, jobPath } from './api.js'
+import { authHeaders, fetchWithToken, jobPath } from './api.js'
 import { attemptEnded } from './attempts.js'
 import { $, h } from './dom.js'
 import { store } from './state.js'
@@ -141,7 +141,7 @@ function load(d, job, attempt) {
   if (a && attemptEnded(job, a)) {
     setStatus('Loading…')
     const ticket = logs.request
-    void fetch(`${jobPath(d.jobId)}/logs?attempt=${attempt}`, { headers: authHeaders() })
+    void fetchWithToken(`${jobPath(d.jobId)}/logs?attempt=${attempt}`)
       .then(async (res) => {
         const body = await res.json()
         if (!res.ok) throw new Error(body?.error?.message ?? `HTTP ${res.status}`)

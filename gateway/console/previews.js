@@ -2,7 +2,7 @@
 // of a LoRA's safetensors header (read with two Range requests, never the whole file). With a token the
 // media are fetched with its header into blob URLs (an <img> or <audio> cannot send one).
 
-import { authHeaders } from './api.js'
+import { fetchWithToken } from './api.js'
 import { h } from './dom.js'
 import { store } from './state.js'
 
@@ -49,13 +49,13 @@ function media(kind, artifact) {
 /** Where the element loads the file from: the download URL itself, or a blob of it fetched with the token. */
 async function sourceOf(artifact) {
   if (!store.get().token) return artifact.url
-  const res = await fetch(artifact.url, { headers: authHeaders() })
+  const res = await fetchWithToken(artifact.url)
   if (!res.ok) throw new Error(`HTTP ${res.status}`)
   return URL.createObjectURL(await res.blob())
 }
 
 async function bytes(artifact, from, to) {
-  const res = await fetch(artifact.url, { headers: { ...authHeaders(), range: `bytes=${from}-${to}` } })
+  const res = await fetchWithToken(artifact.url, { headers: { range: `bytes=${from}-${to}` } })
   if (!res.ok) throw new Error(`HTTP ${res.status}`)
   return new Uint8Array(await res.arrayBuffer())
 }

@@ -78,6 +78,8 @@ function expectColumns(block: string, left: string[], right: string[] = []) {
   for (const row of rows) {
     for (const name of left) {
       const at = head.indexOf(name)
+      // An empty last cell (a job with no message yet): the line ends before the column, trimmed.
+      if (row.length <= at && row.trimEnd() === row) continue
       expect(`${row.slice(at - 2, at)}|${row[at] === ' ' ? ' ' : 'x'}`, `${row} / ${name}`).toBe('  |x')
     }
     for (const name of right) {

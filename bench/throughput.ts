@@ -156,8 +156,8 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
     issue: 'benchmark suite 2: no-op jobs per second per host at 1, 2, 4 slots against bare fork-run-exit',
     parameters: { slots: slotCounts, jobsPerRound, rounds, warmupJobsPerSlot: 2, simulateStepMs: 0 },
     notes: [
-      "Ours: startStack() (gateway and GPU host in this process, real Redis, Postgres, s3rver), GPU_SLOTS=1/2/4 virtual slots, handler tests/fixtures/handlers/bench-noop.ts; a round = POST /api/jobs/batch of the round's jobs -> the last terminal event on Redis. Each job runs in a fresh child process (a warm spare per slot) under tsx, as in development.",
-      "Baseline: child_process.fork() of a one-line .mjs that sends one IPC message and exits, same fork options as gpu-host/runner.ts, the same number of processes with the same parallelism; extra: the same under --import tsx (the loader the host's job processes run under here).",
+      "Ours: startStack() (gateway and GPU host in this process, real Redis, Postgres, s3rver), GPU_SLOTS=1/2/4 virtual slots, handler tests/fixtures/handlers/bench-noop.ts; a round = POST /api/jobs/batch of the round's jobs -> the last terminal event on Redis. Each job runs in a fresh child process (from the pool of warm spares) compiled by esbuild, no tsx; only the fixture handler, a .ts module, is loaded through tsx's API in it.",
+      "Baseline: child_process.fork() of a one-line .mjs that sends one IPC message and exits, same fork options as gpu-host/runner.ts, the same number of processes with the same parallelism; extra: the same under --import tsx (the loader the host's job processes ran under before the compiled child).",
       'Rounds alternate the order of the three sides; the figure is the median of the rounds.',
     ],
     results: {

@@ -177,17 +177,27 @@ export async function startStack(
         timeoutMs,
         what,
       ),
-    waitStatus: (jobId, statuses = TERMINAL, timeoutMs = 30_000) =>
-      waitFor(
-        async () => {
-          const res = await fetch(stack.url(`/api/status/${jobId}`)).catch(() => null)
-          if (res?.status !== 200) return null
-          const body = (await res.json()) as JobStatusBody
-          return statuses.includes(body.status) ? body : null
-        },
-        timeoutMs,
-        `job ${jobId} to be ${statuses.join('|')}`,
-      ),
+    waitStatus: async (jobId, statuses = TERMINAL, timeoutMs = 30_000) => {
+      // What the job last looked like, so a timeout says where it stopped (not only that it did).
+      let last: JobStatusBody | undefined
+      try {
+        return await waitFor(
+          async () => {
+            const res = await fetch(stack.url(`/api/status/${jobId}`)).catch(() => null)
+            if (res?.status !== 200) return null
+            last = (await res.json()) as JobStatusBody
+            return statuses.includes(last.status) ? last : null
+          },
+          timeoutMs,
+          `job ${jobId} to be ${statuses.join('|')}`,
+        )
+      } catch (err) {
+        const seen = last
+          ? `; it was ${last.status}, attempt ${last.attempt}: ${JSON.stringify(last.message)}`
+          : '; its status never answered'
+        throw new Error(`${(err as Error).message}${seen}`)
+      }
+    },
     attempts: (jobId) => attemptsOf(database, jobId),
     keysUnder: async (prefix) => {
       const listed = await s3.client.send(

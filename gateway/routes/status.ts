@@ -81,6 +81,13 @@ export function statusBodies({
       isTerminal(row.status) ? store.artifacts(row.id) : [],
       row.attempt > 0 ? store.attempts(row.id) : [],
     ])
+    // The row is written before the job's terminal event (schema/jobs/apply.ts): a terminal event newer
+    // than an unfinished row means the row was read just before it was written. Read it again, or the
+    // body would say `completed` with no result, artifacts or finish time.
+    if (live && isTerminal(live.status) && !isTerminal(row.status) && live.seq > row.lastSeq) {
+      const written = await store.get(row.id).catch(() => undefined)
+      if (written && isTerminal(written.status)) return body(written)
+    }
     // A finished row is final; its last event may be published a moment after the row is written.
     const fresher = live && live.seq > row.lastSeq && !isTerminal(row.status) ? live : null
     const finalSeq =

@@ -5,6 +5,7 @@
  */
 import { mkdir, rm } from 'node:fs/promises'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { S3Client } from '@aws-sdk/client-s3'
 import { DelayedError, type Job, UnrecoverableError, WaitingError } from 'bullmq'
 import type { Redis } from 'ioredis'
@@ -13,6 +14,7 @@ import type { AnyHandler } from '../functions/sdk/define.ts'
 import type { Config } from '../schema/config.ts'
 import { ENGINE_SETUP, type Engine, isEngineOf } from '../schema/engines.ts'
 import type { JobEnvelope } from '../schema/envelope.ts'
+import { type HostEntry, readHosts } from '../schema/hosts.ts'
 import { apply } from '../schema/jobs/apply.ts'
 import { AttemptError, StorageError } from '../schema/jobs/errors.ts'
 import {
@@ -41,6 +43,16 @@ import type { GpuRequest } from './vram-ledger.ts'
 
 /** How long a job that does not fit while another waits for room stays in the queue before it is taken again. */
 const VRAM_RETRY_MS = 5_000
+/**
+ * A job handed over to another host (putBack) is due this soon, and the host that put it back keeps its
+ * worker slot this much longer, so the other host's worker, woken by the job's marker, takes it.
+ */
+const HANDOVER_MS = 100
+const HANDOVER_HOLD_MS = 150
+
+/** Whether a host's beat shows a slot a job of `vramMb` could start on now (an idle one, or one with room). */
+const hasRoomFor = (host: HostEntry, vramMb: number): boolean =>
+  host.slots.list.some((s) => !s.busy || (s.memoryFreeMb ?? -1) >= vramMb)
 
 /** A job this host has taken, from its BullMQ processor call to its end. */
 export interface RunningJob {
@@ -102,7 +114,7 @@ export class AttemptRunner {
     // engine the type does not have is left to the params check, which fails the job naming it.
     const engine = plan.envelope.params.engine
     if (!entry.cancelRequested && isEngineOf(type, engine) && !this.deps.hasEngine(type, engine))
-      await this.waitForEngine(job, token, entry, engine)
+      await this.waitForEngine(job, token, entry, engine, plan.gpu.vramMb)
     // Admission by VRAM (slots.ts): a device with room for the job's `gpu` is reserved for it before its
     // attempt starts, so waiting for one never costs an attempt. A cancelled job needs no device.
     let slot: Slot | undefined
@@ -115,6 +127,7 @@ export class AttemptRunner {
           entry,
           `waiting for a GPU host with a GPU of ${plan.gpu.vramMb} MiB or more (this host's largest: ${placed.largestMb} MiB)`,
           { needMb: plan.gpu.vramMb },
+          (host) => hasRoomFor(host, plan.gpu.vramMb),
         )
       if ('busy' in placed) {
         log.info({ needMb: plan.gpu.vramMb }, 'no GPU has room and another job waits first; put back')
@@ -366,23 +379,44 @@ export class AttemptRunner {
   }
 
   /** Puts back a job for an engine this host lacks (see `putBack`). */
-  private waitForEngine(job: Job, token: string | undefined, entry: RunningJob, engine: Engine) {
+  private waitForEngine(
+    job: Job,
+    token: string | undefined,
+    entry: RunningJob,
+    engine: Engine,
+    vramMb: number,
+  ) {
     return this.putBack(
       job,
       token,
       entry,
       `waiting for a GPU host with engine ${engine}: ${ENGINE_SETUP[engine]} on one`,
-      {
-        engine,
-      },
+      { engine },
+      (host) => (host.engines[entry.type] as readonly string[]).includes(engine) && hasRoomFor(host, vramMb),
     )
+  }
+
+  /**
+   * Another host, up by its heartbeat, that `canTake` the job now; undefined when there is none (or the
+   * heartbeats cannot be read: the job then waits as if there were none).
+   */
+  private async takerOf(canTake: (host: HostEntry) => boolean): Promise<HostEntry | undefined> {
+    const { redis, config, logger } = this.deps
+    try {
+      const hosts = await readHosts(redis, config.queuePrefix, Date.now())
+      return hosts.find((h) => h.hostId !== config.hostId && h.status === 'up' && canTake(h))
+    } catch (err) {
+      logger.warn({ err: (err as Error).message }, 'could not read the hosts to hand a job over')
+      return undefined
+    }
   }
 
   /**
    * Puts back a job this host can never run (an engine it lacks, a GPU too small), without an attempt,
    * for another host to take: delayed (never spinning), its row still waiting with `message`, which says
    * what it needs. When no host has it the job waits so, re-checked less and less often, until one
-   * starts or the job is cancelled.
+   * starts or the job is cancelled. When another host that `canTake` it is up, with room, it is handed
+   * over: due at once, while this host keeps out of the way (HANDOVER_MS).
    */
   private async putBack(
     job: Job,
@@ -390,13 +424,14 @@ export class AttemptRunner {
     entry: RunningJob,
     message: string,
     fields: Record<string, unknown>,
+    canTake: (host: HostEntry) => boolean,
   ): Promise<never> {
     const { jobId, type } = entry
     const { logger, state } = this.deps
-    const delay = engineWaitDelay(
-      Date.now() - job.timestamp,
-      this.deps.engineWait ?? { baseMs: 5_000, maxMs: 60_000 },
-    )
+    const taker = await this.takerOf(canTake)
+    const delay = taker
+      ? HANDOVER_MS
+      : engineWaitDelay(Date.now() - job.timestamp, this.deps.engineWait ?? { baseMs: 5_000, maxMs: 60_000 })
     // The message and its event once, not at every re-check; best effort, since putting the job back is
     // what must happen (a store that fails here must not fail the job).
     try {
@@ -423,6 +458,16 @@ export class AttemptRunner {
       logger.warn({ jobId, err: (err as Error).message }, 'could not record why the job waits')
     }
     await job.moveToDelayed(Date.now() + delay, token)
+    if (taker) {
+      logger.info(
+        { jobId, type, to: taker.hostId, ...fields },
+        `handed over to ${taker.hostId}, which can run it`,
+      )
+      // When the job is due, every idle worker races for it, and this one may win every time: measured
+      // with two BullMQ workers in one process, 55 put-backs in a row before the one that could run it
+      // got it. This worker's slot (a one-slot host's only one) stays taken until the other has it.
+      await sleep(delay + HANDOVER_HOLD_MS)
+    }
     throw new DelayedError()
   }
 

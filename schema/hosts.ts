@@ -2,8 +2,10 @@
  * A GPU host's heartbeat: the state each host writes to Redis every few seconds (gpu-host/heartbeat.ts)
  * and the gateway reads, checks and serves as `GET /api/hosts` (gateway/routes/hosts.ts).
  */
+import type { Redis } from 'ioredis'
 import * as v from 'valibot'
 import { ENGINES, type Engine } from './engines.ts'
+import { hostKey, hostsKey } from './keys.ts'
 import { JOB_TYPES, JobType } from './params/index.ts'
 
 const count = v.pipe(v.number(), v.integer(), v.minValue(0))
@@ -135,4 +137,31 @@ export type HostsBody = v.InferOutput<typeof HostsBody>
 export function hostStatus(beat: HostHeartbeat, now: number): HostEntry['status'] {
   if (now - Date.parse(beat.lastSeen) > GONE_AFTER_BEATS * beat.intervalMs) return 'gone'
   return beat.closing ? 'draining' : 'up'
+}
+
+/**
+ * The hosts whose keys are still there, by id, as the gateway (and a host handing a job over) sees them at `now`. A key that does not
+ * parse (a host of another version) is left out rather than failing the list.
+ *
+ * @example const hosts = await readHosts(redis, config.queuePrefix, Date.now())
+ */
+export async function readHosts(redis: Redis, queuePrefix: string, now: number): Promise<HostEntry[]> {
+  const ids = await redis.zrangebyscore(hostsKey(queuePrefix), now, '+inf')
+  if (ids.length === 0) return []
+  const values = await redis.mget(...ids.map((id) => hostKey(queuePrefix, id)))
+  const hosts: HostEntry[] = []
+  for (const value of values) {
+    if (value === null) continue
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(value)
+    } catch {
+      continue
+    }
+    const beat = v.safeParse(HostHeartbeat, parsed)
+    if (!beat.success) continue
+    const lastSeenSec = Math.max(0, (now - Date.parse(beat.output.lastSeen)) / 1000)
+    hosts.push({ ...beat.output, status: hostStatus(beat.output, now), lastSeenSec })
+  }
+  return hosts.sort((a, b) => a.hostId.localeCompare(b.hostId))
 }

@@ -5,40 +5,11 @@
 import { inArray } from 'drizzle-orm'
 import { Hono } from 'hono'
 import type { Redis } from 'ioredis'
-import * as v from 'valibot'
 import type { Db } from '../../schema/db/connect.ts'
 import { jobs } from '../../schema/db/tables.ts'
-import { type HostEntry, HostHeartbeat, hostStatus } from '../../schema/hosts.ts'
-import { hostKey, hostsKey } from '../../schema/keys.ts'
+import { readHosts } from '../../schema/hosts.ts'
 import { onBackend } from '../errors.ts'
 import type { JobAccess } from './access.ts'
-
-/**
- * The hosts whose keys are still there, by id, as the gateway sees them at `now`. A key that does not
- * parse (a host of another version) is left out rather than failing the list.
- *
- * @example const hosts = await readHosts(redis, config.queuePrefix, Date.now())
- */
-export async function readHosts(redis: Redis, queuePrefix: string, now: number): Promise<HostEntry[]> {
-  const ids = await redis.zrangebyscore(hostsKey(queuePrefix), now, '+inf')
-  if (ids.length === 0) return []
-  const values = await redis.mget(...ids.map((id) => hostKey(queuePrefix, id)))
-  const hosts: HostEntry[] = []
-  for (const value of values) {
-    if (value === null) continue
-    let parsed: unknown
-    try {
-      parsed = JSON.parse(value)
-    } catch {
-      continue
-    }
-    const beat = v.safeParse(HostHeartbeat, parsed)
-    if (!beat.success) continue
-    const lastSeenSec = Math.max(0, (now - Date.parse(beat.output.lastSeen)) / 1000)
-    hosts.push({ ...beat.output, status: hostStatus(beat.output, now), lastSeenSec })
-  }
-  return hosts.sort((a, b) => a.hostId.localeCompare(b.hostId))
-}
 
 export interface HostsDeps {
   redis: Redis

@@ -254,10 +254,17 @@ describe('GPU packing', () => {
       const res = await fetch(stack.url(`/api/jobs/${cancelled}/cancel`), { method: 'POST' })
       expect(res.status).toBe(202)
       expect((await stack.waitStatus(cancelled, ['cancelled'], 5_000)).status).toBe('cancelled')
-      // The second job is now the one held waiting; the host stops with it still unplaced.
+      // The second job is now the one held waiting; the host stops with it still unplaced. Active for a
+      // while, not only for the moment between a fetch and a put-back (it may have been taken, found
+      // another job waiting first and put back for VRAM_RETRY_MS, while the first still waited).
+      const keptState = async () => (await stack.queue.getJob(kept))?.getState()
       await waitFor(
-        async () => (await (await stack.queue.getJob(kept))?.getState()) === 'active',
-        15_000,
+        async () => {
+          if ((await keptState()) !== 'active') return false
+          await sleep(2000)
+          return (await keptState()) === 'active'
+        },
+        20_000,
         'the second job held by the host',
       )
       await expectWaiting([kept])

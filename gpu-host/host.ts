@@ -103,6 +103,7 @@ export class GpuHost {
       gpuChecks,
       maxJobsPerGpu: config.maxJobsPerGpu,
       preload: Object.values(opts.handlerModules ?? {}),
+      sparesPerDevice: config.spareProcesses,
     })
     this.samplers = new Samplers({
       metrics: this.metrics,

@@ -50,9 +50,15 @@ export class SlotPool {
       maxJobsPerGpu: number
       /** Handler modules by path, imported by each spare before a job. */
       preload?: readonly string[]
+      /** SPARE_PROCESSES. */
+      sparesPerDevice?: number | undefined
     },
   ) {
-    this.spares = new SparePool({ logger: deps.logger, preload: deps.preload ?? [] })
+    this.spares = new SparePool({
+      logger: deps.logger,
+      preload: deps.preload ?? [],
+      perDevice: deps.sparesPerDevice,
+    })
   }
 
   get size(): number {

@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
+import { loadConfig } from '../schema/config.ts'
 import { importedMarker } from '../tests/fixtures/handlers/marks-import.ts'
 import { fixtureHandler, fixtureJob } from '../tests/helpers/fixture-process.ts'
 import { buildChildBundle } from './child-bundle.ts'
@@ -78,10 +79,13 @@ describe('child bundle', () => {
 })
 
 describe('spare pool', () => {
-  it('SPARE_PROCESSES overrides slots + 1 and is checked', () => {
-    expect(sparesPerDevice({}, 3)).toBe(4)
-    expect(sparesPerDevice({ SPARE_PROCESSES: '2' }, 3)).toBe(2)
-    expect(() => sparesPerDevice({ SPARE_PROCESSES: 'many' }, 1)).toThrow(/SPARE_PROCESSES/)
+  it('SPARE_PROCESSES overrides slots + 1 and is checked with the rest of the configuration', () => {
+    expect(sparesPerDevice(loadConfig({}).spareProcesses, 3)).toBe(4)
+    expect(sparesPerDevice(loadConfig({ SPARE_PROCESSES: '2' }).spareProcesses, 3)).toBe(2)
+    expect(sparesPerDevice(loadConfig({ SPARE_PROCESSES: '0' }).spareProcesses, 3)).toBe(0)
+    expect(loadConfig({ SPARE_PROCESSES: '' }).spareProcesses).toBeUndefined()
+    for (const bad of ['many', '-1', '65', '1.5', ' '])
+      expect(() => loadConfig({ SPARE_PROCESSES: bad }), bad).toThrow(/SPARE_PROCESSES: must be an integer/)
   })
 
   it('keeps a burst of spares per device, compiled JS with the handler modules imported before ready', async () => {

@@ -15,30 +15,24 @@ const MAX_SPARES = 64
 
 type Device = string | undefined
 
-/** SPARE_PROCESSES: spares per device, overriding "its slots + 1" (0 turns spares off). */
-export function sparesPerDevice(env: NodeJS.ProcessEnv, slotsOnDevice: number): number {
-  const raw = env.SPARE_PROCESSES
-  if (raw === undefined || raw === '') return slotsOnDevice + 1
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < 0 || n > MAX_SPARES)
-    throw new Error(
-      `SPARE_PROCESSES must be a whole number from 0 to ${MAX_SPARES}, got ${JSON.stringify(raw)}`,
-    )
-  return n
-}
+/** Spares per device: SPARE_PROCESSES (config.ts checks it) when set, else its slots + 1. */
+export const sparesPerDevice = (configured: number | undefined, slotsOnDevice: number): number =>
+  Math.min(MAX_SPARES, configured ?? slotsOnDevice + 1)
 
 export class SparePool {
   private readonly spares = new Map<Device, ChildSpawn[]>()
   private readonly targets = new Map<Device, number>()
   private started = false
   private closing = false
+  private refill: NodeJS.Immediate | undefined
 
   constructor(
     private readonly deps: {
       logger: Logger
       /** Handler modules by path (the host's `handlerModules`), imported by each spare before 'ready'. */
       preload?: readonly string[]
-      env?: NodeJS.ProcessEnv
+      /** SPARE_PROCESSES. */
+      perDevice?: number | undefined
     },
   ) {}
 
@@ -55,7 +49,7 @@ export class SparePool {
     )
     let total = 0
     for (const [device, n] of slots) {
-      const want = sparesPerDevice(this.deps.env ?? process.env, n)
+      const want = sparesPerDevice(this.deps.perDevice, n)
       total += want
       this.targets.set(device, want)
     }
@@ -118,13 +112,19 @@ export class SparePool {
     const alive = list.filter((s) => s.alive)
     const spare = alive.find((s) => s.ready) ?? alive[0]
     if (spare) list.splice(list.indexOf(spare), 1)
-    this.fill()
+    // The replacement is forked after the job has its process: fork() blocks the host for some
+    // milliseconds, which the job's start would otherwise wait for.
+    this.refill ??= setImmediate(() => {
+      this.refill = undefined
+      this.fill()
+    })
     return spare
   }
 
   /** Forks no more spares and ends those waiting. */
   async close(): Promise<void> {
     this.closing = true
+    if (this.refill) clearImmediate(this.refill)
     const all = [...this.spares.values()].flat()
     this.spares.clear()
     await Promise.all(all.map((spare) => spare.discard()))

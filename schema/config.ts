@@ -44,6 +44,8 @@ export interface Config {
   gpuSlots: number
   /** Jobs at once on one GPU or MIG instance, as far as their VRAM fits (virtual slots take one each). */
   maxJobsPerGpu: number
+  /** SPARE_PROCESSES: warm job processes kept per GPU device (unset: its job places + 1; 0: none). */
+  spareProcesses: number | undefined
   /** The engines' settings, handed to every job (SIMULATE_STEP_MS, COMFYUI_URL, KOHYA_*, F5TTS_*). */
   engines: EngineSettings
   /** DEFAULT_ENGINE_<TYPE>: the engine of a job that names none (unset: the type's first, `simulate`). */
@@ -75,18 +77,17 @@ type Env = Record<string, string | undefined>
 // Each schema below checks one variable; its messages say why a value is wrong and never repeat the value
 // of a URL or a secret (URLs carry passwords). `loadConfig` puts the variable's name in front.
 
-const integer = (fallback: number, min: number, max: number) =>
-  v.optional(
-    v.pipe(
-      v.string(),
-      v.check(
-        (s) => Number.isInteger(Number(s)) && Number(s) >= min && Number(s) <= max,
-        (issue) => `must be an integer from ${min} to ${max}, got "${issue.input}"`,
-      ),
-      v.transform(Number),
+const wholeNumber = (min: number, max: number) =>
+  v.pipe(
+    v.string(),
+    v.check(
+      (s) => s.trim() !== '' && Number.isInteger(Number(s)) && Number(s) >= min && Number(s) <= max,
+      (issue) => `must be an integer from ${min} to ${max}, got "${issue.input}"`,
     ),
-    String(fallback),
+    v.transform(Number),
   )
+const integer = (fallback: number, min: number, max: number) =>
+  v.optional(wholeNumber(min, max), String(fallback))
 
 const url = (protocols: string[]) =>
   v.pipe(
@@ -181,6 +182,8 @@ const EnvSchema = v.object({
   // Each job is a process with its own CUDA context (some hundred MiB) and shares the GPU's compute:
   // 4 keeps a large GPU busy without jobs slowing each other to a crawl.
   MAX_JOBS_PER_GPU: integer(4, 1, 64),
+  // Unset: as many as the device has job places, plus one (gpu-host/spare-pool.ts).
+  SPARE_PROCESSES: v.optional(wholeNumber(0, 64)),
   SIMULATE_STEP_MS: integer(200, 0, 600_000),
   KILL_GRACE_SEC: integer(10, 0, 3600),
   RETRY_BACKOFF_MS: integer(5000, 0, 3_600_000),
@@ -289,6 +292,7 @@ export function loadConfig(env: Env = process.env): Config {
     s3rverPort: e.S3RVER_PORT,
     gpuSlots: e.GPU_SLOTS,
     maxJobsPerGpu: e.MAX_JOBS_PER_GPU,
+    spareProcesses: e.SPARE_PROCESSES,
     engines: {
       simulateStepMs: e.SIMULATE_STEP_MS,
       comfyuiUrl: e.COMFYUI_URL,

@@ -177,16 +177,17 @@ export class AttemptRunner {
         { type },
         Math.max(0, (Date.now() - (job.timestamp + (job.delay ?? 0))) / 1000),
       )
-      await state.recordEvent(
-        await reporter.emit(
-          'running',
-          0,
-          `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId}`,
-        ),
-      )
+      // The running event is published while the job's process is handed its job: the reporter keeps the
+      // attempt's events in order, so the handler's first progress still comes after it.
+      const announced = reporter
+        .emit('running', 0, `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId}`)
+        .then((event) => state.recordEvent(event))
+        .catch((err: unknown) => log.warn({ err }, 'could not record the running event'))
       reporter.progress = 0
       handedOver = true
-      return end(await this.execute(entry, reporter, slot, plan, log))
+      const outcome = await this.execute(entry, reporter, slot, plan, log)
+      await announced
+      return end(outcome)
     } finally {
       if (slot && !handedOver) slots.release(jobId, slot)
     }
@@ -217,21 +218,26 @@ export class AttemptRunner {
       log.info({ attempt, progress: pct }, `${pct}%: ${msg}`),
     )
     let run: Awaited<JobProcess['done']>
+    // The last attempt's manifest goes while the process starts: its first file waits for that (the
+    // store's `before`), and if S3 cannot do it the attempt ends as a storage failure, its process
+    // stopped rather than left to run for nothing.
+    let storageDown: unknown
+    let proc: JobProcess | undefined
+    const invalidated = invalidateManifest(s3.client, config.s3.bucket, plan.outputPrefix)
+    invalidated.catch((err: unknown) => {
+      storageDown = err
+      proc?.abort('cancelled')
+    })
     try {
-      try {
-        await invalidateManifest(s3.client, config.s3.bucket, plan.outputPrefix)
-      } catch (err) {
-        return failed(new StorageError(`S3 unavailable: ${(err as Error).message}`, err))
-      }
       await mkdir(scratch, { recursive: true })
-      const proc = new JobProcess(
+      proc = new JobProcess(
         {
           job: { jobId, type, params: plan.envelope.params, attempt },
           gpu: { ...slot.gpu, vramReservedMb: plan.gpu.vramMb },
           cudaVisibleDevices: slot.cudaVisibleDevices,
           paths: { scratch, models: config.modelsDir, data: config.dataDir },
           engines: config.engines,
-          artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, plan.outputPrefix),
+          artifacts: new S3ArtifactStore(s3.client, config.s3.bucket, plan.outputPrefix, invalidated),
           models: new S3ModelFetcher(s3.client, config.s3.bucket, config.modelsDir),
           onModelCache: (model, outcome, bytes) => metrics.modelCache(model, outcome, bytes),
           timeoutMs: plan.timeoutSec * 1000,
@@ -255,7 +261,7 @@ export class AttemptRunner {
       )
       void state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
       // A cancel that arrived while the process was starting.
-      if (entry.cancelRequested) proc.abort('cancelled')
+      if (entry.cancelRequested || storageDown !== undefined) proc.abort('cancelled')
       else if (this.deps.closing()) proc.abort('shutdown')
       run = await proc.done
       const left = await groupMembers(proc.pid)
@@ -267,7 +273,11 @@ export class AttemptRunner {
       slots.release(jobId, slot)
       await rm(scratch, { recursive: true, force: true }).catch(() => {})
     }
+    // Never before the old manifest is gone: its removal must not remove this attempt's.
+    await invalidated.catch(() => {})
     const took = seconds()
+    if (storageDown !== undefined)
+      return failed(new StorageError(`S3 unavailable: ${(storageDown as Error).message}`, storageDown), took)
     if (!run.ok) return failed(new AttemptError(run.error), took)
     try {
       await publishManifest(s3.client, config.s3.bucket, plan.outputPrefix, {

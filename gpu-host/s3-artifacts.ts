@@ -47,13 +47,16 @@ function plainPrefix(prefix: string): string {
 
 /** Streams artifacts straight from the job's process to S3 (multipart for large files). */
 export class S3ArtifactStore implements ArtifactStore {
+  /** `before`: what must be done before any file lands (the last attempt's manifest removed). */
   constructor(
     private readonly s3: S3Client,
     private readonly bucket: string,
     private readonly prefix: string,
+    private readonly before: Promise<unknown> = Promise.resolve(),
   ) {}
 
   async put(p: string, body: ArtifactBody, opts: { contentType?: string } = {}): Promise<ArtifactRecord> {
+    await this.before
     const rel = checkArtifactPath(p)
     const key = `${plainPrefix(this.prefix)}/${rel}`
     const contentType = opts.contentType ?? contentTypeFor(rel)

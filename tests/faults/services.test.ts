@@ -169,5 +169,15 @@ describe('S3 stopped', () => {
     expect(await stack.waitStatus(next, ['completed', 'failed'], 30_000)).toMatchObject({
       status: 'completed',
     })
+
+    // S3 down as an attempt starts: the last manifest cannot be removed, so the attempt ends as a
+    // storage failure at once, its process stopped (a 60 s job; the wait is shorter than that).
+    await s3.stop()
+    const early = await addFixtureJob(stack, 'ok', { maxAttempts: 1 }, { steps: 600, stepMs: 100 })
+    const failed = await stack.waitStatus(early, ['failed', 'completed'], 40_000)
+    expect(failed.error).toMatchObject({ reason: 'storage' })
+    expect(failed.error?.message).toContain('S3 unavailable')
+    expect(failed.progress).toBeLessThan(100)
+    s3 = await startS3(port, dir)
   })
 })

@@ -18,10 +18,13 @@ afterAll(async () => {
 })
 
 /** Follows a job over a real WebSocket until a terminal event. */
-function follow(jobId: string): Promise<ProgressEvent[]> {
+/** A job's events over the WebSocket until its end; `after` replays from there (0: from its first). */
+function follow(jobId: string, after?: number): Promise<ProgressEvent[]> {
   return new Promise((resolve, reject) => {
     const events: ProgressEvent[] = []
-    const ws = new WebSocket(`${stack.gateway.url.replace('http', 'ws')}/ws?jobId=${jobId}`)
+    const base = `${stack.gateway.url.replace('http', 'ws')}/ws`
+    const ws = new WebSocket(after === undefined ? `${base}?jobId=${jobId}` : base)
+    if (after !== undefined) ws.on('open', () => ws.send(JSON.stringify({ op: 'subscribe', jobId, after })))
     const timer = setTimeout(() => reject(new Error(`no terminal event; got ${events.length}`)), 30_000)
     ws.on('message', (data) => {
       const msg = JSON.parse(data.toString()) as ProgressEvent & { op?: string }
@@ -221,7 +224,8 @@ describe('metrics on progress', () => {
       params: { speakerName: 'ann', datasetPath: 'ds', epochs: 2 },
     })
     const jobId = submitted.json.jobId as string
-    const events = await follow(jobId)
+    // From its first event: a short job may be well under way by the time the socket connects.
+    const events = await follow(jobId, 0)
     const withMetrics = events.filter((e) => e.metrics !== undefined)
     expect(withMetrics).toHaveLength(20) // 2 epochs x 10 steps
     for (const e of withMetrics) {

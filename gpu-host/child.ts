@@ -159,7 +159,9 @@ async function run(msg: Extract<ParentMessage, { kind: 'start' }>): Promise<void
     }),
     engines: msg.engines,
   }
-  await send({ kind: 'started' })
+  // Not waited for: IPC keeps the order, so 'started' still reaches the host before anything the
+  // handler sends, and the handler need not wait a turn of the event loop for the write to finish.
+  void send({ kind: 'started' })
   const result = await handler.run(
     { jobId: msg.job.jobId, type: msg.job.type, params: parsed.output, attempt: msg.job.attempt },
     ctx,

@@ -28,6 +28,7 @@ import {
 import { eventPorts } from '../schema/jobs/requests.ts'
 import { cancelKey } from '../schema/keys.ts'
 import type { JobType } from '../schema/params/index.ts'
+import { handlerModuleFile } from './child-spawn.ts'
 import { engineWaitDelay } from './engines.ts'
 import type { Slot } from './gpus.ts'
 import { AttemptLog } from './job-logs.ts'
@@ -98,6 +99,12 @@ export interface AttemptDeps {
 
 export class AttemptRunner {
   constructor(private readonly deps: AttemptDeps) {}
+
+  /** The host-named handler module of `type`, as the job process imports it (its compiled copy). */
+  private handlerModule(type: JobType): string | undefined {
+    const file = this.deps.handlerModules?.[type]
+    return file === undefined ? undefined : handlerModuleFile(file)
+  }
 
   private policy(maxAttempts: number): Policy {
     return { maxAttempts, retry: retryBackoff(this.deps.config.retryBackoffMs) }
@@ -242,7 +249,7 @@ export class AttemptRunner {
           onModelCache: (model, outcome, bytes) => metrics.modelCache(model, outcome, bytes),
           timeoutMs: plan.timeoutSec * 1000,
           killGraceMs: config.killGraceSec * 1000,
-          handlerModule: this.deps.handlerModules?.[type],
+          handlerModule: this.handlerModule(type),
           onProgress: (pct, msg, metrics) => {
             reporter.report(pct, msg, metrics)
             milestones.reached(pct, reporter.message)

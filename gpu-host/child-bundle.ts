@@ -7,7 +7,7 @@
  * runs from dist/ (compiled by scripts/build.mjs) already forks JavaScript and builds nothing.
  */
 import { createHash } from 'node:crypto'
-import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { JOB_CATALOG } from '../schema/params/catalog.ts'
@@ -86,6 +86,72 @@ const sourcePlugin = {
   },
 }
 
+/** esbuild's options for a bundle the job process imports: one ESM file, packages inside. */
+const bundleOptions: import('esbuild').BuildOptions = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  logLevel: 'silent',
+  // Packages bundled in too (fewer files to resolve at start); their CommonJS parts need `require`.
+  banner: {
+    js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);",
+  },
+  plugins: [sourcePlugin],
+}
+
+/** sha256 (16 hex digits) of files' paths and contents; a file that is gone counts as empty. */
+async function filesHash(files: readonly string[]): Promise<string> {
+  const hash = createHash('sha256')
+  for (const file of files) {
+    hash.update(`${file}\n`)
+    hash.update(await readFile(file).catch(() => Buffer.alloc(0)))
+  }
+  return hash.digest('hex').slice(0, 16)
+}
+
+/**
+ * A handler module given by path (the host's `handlerModules`: test fixtures, a custom handler) as one
+ * compiled file, so that a spare imports JavaScript rather than loading tsx for it (about 230 ms of CPU
+ * per job process against 60 ms for the child alone, measured on 2 cores). The module may import files
+ * anywhere, so the cache is checked against the inputs esbuild reported when it built the bundle.
+ */
+export async function buildHandlerBundle(entry: string, dir = defaultCacheDir()): Promise<string> {
+  const id = createHash('sha256').update(entry).digest('hex').slice(0, 16)
+  const file = path.join(dir, `handler-${id}.mjs`)
+  const inputsFile = `${file}.inputs.json`
+  const known = (await readFile(inputsFile, 'utf8').then(JSON.parse, () => null)) as {
+    inputs: string[]
+    hash: string
+  } | null
+  const present = await stat(file).then(
+    () => true,
+    () => false,
+  )
+  if (known && present && known.hash === (await filesHash(known.inputs))) return file
+  await mkdir(dir, { recursive: true })
+  const esbuild = await import('esbuild')
+  const tmp = `${file}.${process.pid}.tmp`
+  const { metafile } = await esbuild.build({
+    ...bundleOptions,
+    entryPoints: [entry],
+    outfile: tmp,
+    metafile: true,
+  })
+  // Packages stand for themselves through the lockfile (cheaper than hashing their files at each start).
+  const inputs = [
+    ...Object.keys(metafile?.inputs ?? {})
+      .map((p) => path.resolve(p))
+      .filter((p) => !p.includes(`${path.sep}node_modules${path.sep}`)),
+    LOCKFILE,
+  ].sort()
+  await rename(tmp, file)
+  const inputsTmp = `${inputsFile}.${process.pid}.tmp`
+  await writeFile(inputsTmp, JSON.stringify({ inputs, hash: await filesHash(inputs) }))
+  await rename(inputsTmp, inputsFile)
+  return file
+}
+
 /** Bundles the child into `dir` (unless a bundle of the same sources is there) and returns its path. */
 export async function buildChildBundle(
   dir = defaultCacheDir(),
@@ -99,20 +165,7 @@ export async function buildChildBundle(
   const esbuild = await import('esbuild')
   // Written beside, then renamed: a host forking meanwhile (or a second host) never sees half a file.
   const tmp = `${file}.${process.pid}.tmp`
-  await esbuild.build({
-    entryPoints: [CHILD_SOURCE],
-    outfile: tmp,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    logLevel: 'silent',
-    // Packages bundled in too (fewer files to resolve at start); their CommonJS parts need `require`.
-    banner: {
-      js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);",
-    },
-    plugins: [sourcePlugin],
-  })
+  await esbuild.build({ ...bundleOptions, entryPoints: [CHILD_SOURCE], outfile: tmp })
   await rename(tmp, file)
   // Bundles of other sources untouched for a week go; a newer one may belong to another checkout or
   // host sharing the cache, still forking it.

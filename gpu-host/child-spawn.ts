@@ -1,6 +1,6 @@
 import { type ChildProcess, fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { buildChildBundle } from './child-bundle.ts'
+import { buildChildBundle, buildHandlerBundle } from './child-bundle.ts'
 import { jobEnv } from './child-env.ts'
 import { terminateGroup } from './process-group.ts'
 
@@ -27,6 +27,32 @@ export function prepareChildEntry(onError: (err: unknown) => void): Promise<void
   return preparing
 }
 
+/** Compiled copies of TypeScript handler modules (buildHandlerBundle), by the path the host was given. */
+const compiledModules = new Map<string, string>()
+
+/**
+ * Compiles the host's TypeScript handler modules once (or finds them in the cache); until a module is
+ * compiled, and if it cannot be, job processes load it from source through tsx (slower, same code).
+ */
+export async function prepareHandlerModules(
+  files: readonly string[],
+  onError: (err: unknown) => void,
+): Promise<void> {
+  await Promise.all(
+    files
+      .filter((f) => f.endsWith('.ts') && !compiledModules.has(f))
+      .map((f) =>
+        buildHandlerBundle(f).then(
+          (out) => void compiledModules.set(f, out),
+          (err: unknown) => onError(err),
+        ),
+      ),
+  )
+}
+
+/** The file a job process imports for handler module `file`: its compiled copy once there is one. */
+export const handlerModuleFile = (file: string): string => compiledModules.get(file) ?? file
+
 /**
  * The file a job process runs and its Node.js flags. GPU_JOBS_CHILD_ENTRY: a bundled child for machines
  * without the source tree (the GPU check's .device/). Only the TypeScript source needs the tsx loader.
@@ -49,7 +75,7 @@ export class ChildSpawn {
   /** `preload`: handler modules (paths) the process imports before it says 'ready'. */
   constructor(cudaVisibleDevices: string | undefined, jobId?: string, preload: readonly string[] = []) {
     const entry = childEntry()
-    this.child = fork(entry.file, [...preload], {
+    this.child = fork(entry.file, preload.map(handlerModuleFile), {
       detached: true,
       execArgv: entry.execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

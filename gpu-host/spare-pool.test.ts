@@ -4,18 +4,19 @@
  * reused while the sources are unchanged and rebuilt when they change.
  */
 import { existsSync } from 'node:fs'
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { pathToFileURL } from 'node:url'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DirectoryArtifactStore } from '../functions/sdk/local-artifacts.ts'
 import { loadConfig } from '../schema/config.ts'
 import { importedMarker } from '../tests/fixtures/handlers/marks-import.ts'
 import { fixtureHandler, fixtureJob } from '../tests/helpers/fixture-process.ts'
-import { buildChildBundle } from './child-bundle.ts'
-import type { ChildSpawn } from './child-spawn.ts'
+import { buildChildBundle, buildHandlerBundle } from './child-bundle.ts'
+import { type ChildSpawn, handlerModuleFile, prepareHandlerModules } from './child-spawn.ts'
 import { JobProcess } from './runner.ts'
 import { SparePool, sparesPerDevice } from './spare-pool.ts'
 
@@ -75,6 +76,49 @@ describe('child bundle', () => {
       await rm(probe, { force: true })
       await rm(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('handler module bundle', () => {
+  it('compiles a TypeScript handler module once, and again when a file it imports changes', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'handler-bundle-'))
+    const src = await mkdtemp(path.join(tmpdir(), 'handler-src-'))
+    try {
+      const dep = path.join(src, 'dep.ts')
+      const entry = path.join(src, 'handler.ts')
+      await writeFile(dep, "export const word: string = 'one'\n")
+      await writeFile(
+        entry,
+        "import { word } from './dep.ts'\nexport default { word, at: import.meta.url }\n",
+      )
+      const file = await buildHandlerBundle(entry, dir)
+      const load = async () =>
+        (
+          (await import(`${pathToFileURL(file).href}?v=${Math.random()}`)) as {
+            default: Record<string, string>
+          }
+        ).default
+      expect(await load()).toEqual({ word: 'one', at: pathToFileURL(entry).href })
+      const built = (await stat(file)).mtimeMs
+      await sleep(20)
+      expect(await buildHandlerBundle(entry, dir)).toBe(file)
+      expect((await stat(file)).mtimeMs).toBe(built)
+      await writeFile(dep, "export const word: string = 'two'\n")
+      expect(await buildHandlerBundle(entry, dir)).toBe(file)
+      expect((await load()).word).toBe('two')
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+      await rm(src, { recursive: true, force: true })
+    }
+  })
+
+  it('lets a spare import the compiled copy, not the source through tsx', async () => {
+    await prepareHandlerModules([MARKS], (err) => {
+      throw err
+    })
+    const compiled = handlerModuleFile(MARKS)
+    expect(compiled).not.toBe(MARKS)
+    expect(compiled.endsWith('.mjs')).toBe(true)
   })
 })
 

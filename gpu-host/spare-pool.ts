@@ -7,7 +7,7 @@
  */
 import os from 'node:os'
 import type { Logger } from 'pino'
-import { ChildSpawn, prepareChildEntry } from './child-spawn.ts'
+import { ChildSpawn, prepareChildEntry, prepareHandlerModules } from './child-spawn.ts'
 
 /** About what one idle spare holds (RSS of the bundled child); bounds the pool to a tenth of free memory. */
 const SPARE_RSS_BYTES = 80 * 1024 * 1024
@@ -58,9 +58,14 @@ export class SparePool {
       for (const [device, want] of this.targets)
         this.targets.set(device, Math.min(want, Math.max(1, Math.floor((want * budget) / total))))
     this.started = true
-    return prepareChildEntry((err) =>
-      this.deps.logger.warn({ err }, 'could not bundle the job process; it starts from source under tsx'),
-    ).then(() => this.fill())
+    return Promise.all([
+      prepareChildEntry((err) =>
+        this.deps.logger.warn({ err }, 'could not bundle the job process; it starts from source under tsx'),
+      ),
+      prepareHandlerModules(this.deps.preload ?? [], (err) =>
+        this.deps.logger.warn({ err }, 'could not compile a handler module; it loads from source under tsx'),
+      ),
+    ]).then(() => this.fill())
   }
 
   /** How many spares each device is to keep. */

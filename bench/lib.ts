@@ -3,7 +3,7 @@
  * processes under tsx, and the JSON result files in bench/results/.
  */
 import { type ChildProcess, fork } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -151,6 +151,59 @@ export const loadAverage1m = (): number => Math.round((os.loadavg()[0] ?? 0) * 1
 export function machineLoad(): { loadAverage1mAtStart: number; busyPercent(): number | null } {
   const before = cpuTimes()
   return { loadAverage1mAtStart: loadAverage1m(), busyPercent: () => machineBusyPercent(before) }
+}
+
+/** CPU seconds used so far, by whom: this process, its children that ended (reaped), Postgres, Redis. */
+export interface CpuByProcess {
+  thisProcess: number
+  endedChildren: number
+  postgres: number
+  redis: number
+}
+
+/**
+ * CPU seconds from /proc (Linux; zeros elsewhere): this process's own, its ended children's (a job
+ * process counts here once the host has reaped it), and every `postgres` and `redis-server` process's.
+ * Deltas around a measurement say where a job's CPU goes.
+ */
+export function cpuByProcess(): CpuByProcess {
+  const hz = 100 // USER_HZ: clock ticks per second in /proc/<pid>/stat on Linux
+  const out: CpuByProcess = { thisProcess: 0, endedChildren: 0, postgres: 0, redis: 0 }
+  let pids: string[] = []
+  try {
+    pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p))
+  } catch {
+    return out
+  }
+  for (const pid of pids) {
+    let raw: string
+    try {
+      raw = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    } catch {
+      continue // gone meanwhile
+    }
+    const comm = raw.slice(raw.indexOf('(') + 1, raw.lastIndexOf(')'))
+    // Fields after the command: state is [0], utime [11], stime [12], cutime [13], cstime [14].
+    const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ')
+    const own = (Number(f[11]) + Number(f[12])) / hz
+    if (Number(pid) === process.pid) {
+      out.thisProcess = own
+      out.endedChildren = (Number(f[13]) + Number(f[14])) / hz
+    } else if (comm === 'postgres') out.postgres += own
+    else if (comm === 'redis-server') out.redis += own
+  }
+  return out
+}
+
+/** `after - before`, per job, in ms. */
+export function cpuMsPerJob(before: CpuByProcess, after: CpuByProcess, jobs: number): CpuByProcess {
+  const per = (k: keyof CpuByProcess) => Math.round(((after[k] - before[k]) * 1000 * 10) / jobs) / 10
+  return {
+    thisProcess: per('thisProcess'),
+    endedChildren: per('endedChildren'),
+    postgres: per('postgres'),
+    redis: per('redis'),
+  }
 }
 
 /** Forks a TypeScript (or JS) module of bench/ under tsx with an IPC channel; stdout/stderr inherited. */

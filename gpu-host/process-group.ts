@@ -7,6 +7,14 @@ import { setTimeout as sleep } from 'node:timers/promises'
  * and no GPU context. Returns null where /proc is absent (not Linux).
  */
 export async function groupMembers(pgid: number): Promise<number[] | null> {
+  // No process in the group at all, not even a zombie: nothing to read. This is the usual answer once a
+  // job's process has ended and been reaped, and it spares a read of every process's stat (which cost
+  // the host about 8 ms of CPU per job on a busy machine).
+  try {
+    process.kill(-pgid, 0)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return []
+  }
   let entries: string[]
   try {
     entries = await readdir('/proc')

@@ -233,6 +233,17 @@ export async function startStack(
   return stack
 }
 
+/** A train_lora job's terminal `completed` event (attempt 1, "done"), for emitEvent in tests. */
+export const completedEvent = (jobId: string) => ({
+  jobId,
+  type: 'train_lora' as const,
+  status: 'completed' as const,
+  progress: 100,
+  message: 'done',
+  attempt: 1,
+  timestamp: new Date().toISOString(),
+})
+
 /** Polls `fn` until it returns something truthy; a throw counts as "not yet" (a row not written yet). */
 export async function waitFor<T>(
   fn: () => Promise<T | undefined | null | false>,

@@ -8,7 +8,7 @@ import { JobState } from '../../gpu-host/state.ts'
 import { createRedis } from '../../schema/clients.ts'
 import { type Database, openDatabase } from '../../schema/db/connect.ts'
 import { emitEvent } from '../../schema/progress-log.ts'
-import { isolatedDatabase, TEST_REDIS_URL } from '../helpers/stack.ts'
+import { completedEvent, isolatedDatabase, TEST_REDIS_URL } from '../helpers/stack.ts'
 
 /**
  * A status read that races a job's end: the row is read (running), then the host writes the row
@@ -53,19 +53,7 @@ describe('status body at the moment a job ends', () => {
     expect(
       await host.finishAttempt(jobId, 1, { status: 'completed', progress: 100, message: 'done', result }),
     ).toBe(true)
-    await emitEvent(
-      redis,
-      {
-        jobId,
-        type: 'train_lora',
-        status: 'completed',
-        progress: 100,
-        message: 'done',
-        attempt: 1,
-        timestamp: new Date().toISOString(),
-      },
-      { terminal: true },
-    )
+    await emitEvent(redis, completedEvent(jobId), { terminal: true })
 
     const bodies = statusBodies({ store, redis, hub: { onEvent: () => {} } as unknown as EventHub })
     const body = await bodies.body(stale)

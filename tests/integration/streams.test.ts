@@ -19,7 +19,14 @@ import type { JobStatus } from '../../schema/common.ts'
 import { jobs } from '../../schema/db/tables.ts'
 import { eventLogKey } from '../../schema/keys.ts'
 import { emitEvent } from '../../schema/progress-log.ts'
-import { quietLogger, type Stack, startStack, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
+import {
+  completedEvent,
+  quietLogger,
+  type Stack,
+  startStack,
+  TEST_REDIS_URL,
+  waitFor,
+} from '../helpers/stack.ts'
 import { startTcpProxy } from '../helpers/tcp-proxy.ts'
 
 /**
@@ -184,19 +191,7 @@ describe('SSE gives back its slot on every path', () => {
     expect(res.status).toBe(200)
     const body = res.text()
     await waitFor(async () => (await gauge(stack.gateway.url, 'gateway_sse_streams')) === 1, 10_000, 'open')
-    await emitEvent(
-      stack.redis,
-      {
-        jobId,
-        type: 'train_lora',
-        status: 'completed',
-        progress: 100,
-        message: 'done',
-        attempt: 1,
-        timestamp: new Date().toISOString(),
-      },
-      { terminal: true },
-    )
+    await emitEvent(stack.redis, completedEvent(jobId), { terminal: true })
     expect(await body).toMatch(/"status":"completed"[^\n]*\nid: 2\n/)
     await streamsBackToZero()
   })

@@ -52,6 +52,18 @@ const rowOf = async (jobId: string) => {
 const history = (jobId: string) =>
   database.db.select().from(jobEvents).where(eq(jobEvents.jobId, jobId)).orderBy(jobEvents.seq)
 
+/** A host's first event of `job` (its attempt started), before the producer's queued event. */
+const hostStarted = (job: { jobId: string; type: 'train_lora' }) =>
+  emitEvent(redis, {
+    jobId: job.jobId,
+    type: job.type,
+    status: 'running',
+    progress: 0,
+    message: 'attempt 1/3 started',
+    attempt: 1,
+    timestamp: new Date().toISOString(),
+  })
+
 describe("a producer's lifecycle steps", () => {
   it('announces a queued job once, and not at all when a host emitted first', async () => {
     const job = await queuedJob()
@@ -61,15 +73,7 @@ describe("a producer's lifecycle steps", () => {
     expect(await announceQueued({ redis, records }, [job])).toEqual([null])
 
     const raced = await queuedJob()
-    await emitEvent(redis, {
-      jobId: raced.jobId,
-      type: raced.type,
-      status: 'running',
-      progress: 0,
-      message: 'attempt 1/3 started',
-      attempt: 1,
-      timestamp: new Date().toISOString(),
-    })
+    await hostStarted(raced)
     expect(await announceQueued({ redis, records }, [raced])).toEqual([null])
     expect(await history(raced.jobId)).toEqual([])
   })
@@ -78,15 +82,7 @@ describe("a producer's lifecycle steps", () => {
     const batch = [await queuedJob(), await queuedJob(), await queuedJob()]
     const [, raced] = batch
     if (!raced) throw new Error('three jobs')
-    await emitEvent(redis, {
-      jobId: raced.jobId,
-      type: raced.type,
-      status: 'running',
-      progress: 0,
-      message: 'attempt 1/3 started',
-      attempt: 1,
-      timestamp: new Date().toISOString(),
-    })
+    await hostStarted(raced)
     const events = await announceQueued({ redis, records }, batch)
     expect(events.map((e) => e && [e.jobId, e.seq, e.status])).toEqual([
       [batch[0]?.jobId, 1, 'queued'],

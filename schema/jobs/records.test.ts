@@ -159,16 +159,20 @@ describe('the guards of the row writer', () => {
                       return {
                         values: (rows: unknown) => ({
                           onConflictDoNothing: () => ({
-                            returning: async () => {
-                              await t
-                                .insert(jobs)
-                                .values({ ...rowOf(raced), owner: null })
-                                .onConflictDoNothing()
-                              return insert
-                                .values(rows as never)
-                                .onConflictDoNothing()
-                                .returning()
-                            },
+                            returning: () => ({
+                              prepare: () => ({
+                                execute: async () => {
+                                  await t
+                                    .insert(jobs)
+                                    .values({ ...rowOf(raced), owner: null })
+                                    .onConflictDoNothing()
+                                  return insert
+                                    .values(rows as never)
+                                    .onConflictDoNothing()
+                                    .returning()
+                                },
+                              }),
+                            }),
                           }),
                         }),
                       }

@@ -97,11 +97,19 @@ export class JobRecords {
     const ids = batch.map((j) => j.jobId)
     const claim = () =>
       this.db.transaction(async (tx): Promise<Claim> => {
-        // Sent together (postgres.js pipelines them on the transaction's connection): each statement takes
-        // its snapshot when it runs, after the lock is held, so the reads see every claim made before.
+        // Sent together: each statement takes its snapshot when it runs, after the lock is held, so the
+        // reads see every claim made before. Prepared (`prepare`): postgres.js sends an unprepared query
+        // with parameters as describe-then-execute, two round trips that nothing can be pipelined behind;
+        // a prepared one, once its connection knows it, is one round trip, pipelined with the others.
         const [, found, counted] = await Promise.all([
-          tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`gpu-jobs-owner:${owner ?? ''}`}))`),
-          tx.select().from(jobs).where(inArray(jobs.id, ids)),
+          tx
+            .select({
+              locked: sql`pg_advisory_xact_lock(hashtext(${`gpu-jobs-owner:${owner ?? ''}`}))::text`,
+            })
+            .from(sql`(values (1)) as one(x)`)
+            .prepare('claim_lock')
+            .execute(),
+          tx.select().from(jobs).where(inArray(jobs.id, ids)).prepare('claim_found').execute(),
           tx
             .select({ n: count() })
             .from(jobs)
@@ -110,7 +118,9 @@ export class JobRecords {
                 inArray(jobs.status, UNFINISHED),
                 owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, owner),
               ),
-            ),
+            )
+            .prepare('claim_count')
+            .execute(),
         ])
         const stored = new Map(found.map((r) => [r.id, r]))
         if (undoNotQueued) {
@@ -132,7 +142,13 @@ export class JobRecords {
         const inserted =
           fresh.length === 0
             ? []
-            : await tx.insert(jobs).values(fresh.map(rowOf)).onConflictDoNothing().returning()
+            : await tx
+                .insert(jobs)
+                .values(fresh.map(rowOf))
+                .onConflictDoNothing()
+                .returning()
+                .prepare('claim_insert')
+                .execute()
         const created = new Set(inserted.map((r) => r.id))
         for (const r of inserted) stored.set(r.id, r)
         // Inserted meanwhile without this lock (a host's row of a job another producer added).

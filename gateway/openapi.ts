@@ -299,7 +299,7 @@ export function openApiDocument(): Record<string, unknown> {
           operationId: 'rerunJob',
           tags: ['jobs'],
           summary:
-            'Run a job again: a new job (new id) with its type, params as stored and options (priority, timeoutSec, maxAttempts)',
+            'Run a job again: a new job (new id) with its type, params as stored and options (priority, timeoutSec, maxAttempts, gpu)',
           parameters: [jobIdParam],
           responses: {
             '202': json('SubmitJobResponse', 'the new job, queued'),

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, ilike, like, lt, or, type SQL, sql } from 'drizzle-orm'
+import { and, asc, desc, eq, ilike, inArray, like, lt, or, type SQL, sql } from 'drizzle-orm'
 import type { JobError, JobStatus } from '../schema/common.ts'
 import type { Db } from '../schema/db/connect.ts'
 import {
@@ -11,7 +11,7 @@ import {
 } from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import { NotQueuedError } from '../schema/jobs/errors.ts'
-import { JobRecords, type NewJob } from '../schema/jobs/records.ts'
+import { type Claim, JobRecords, type NewJob } from '../schema/jobs/records.ts'
 import type { JobType } from '../schema/params/index.ts'
 import { onBackend } from './errors.ts'
 
@@ -39,8 +39,6 @@ export type JobSummaryRow = Pick<JobRow, keyof typeof summaryColumns>
 
 /** The error of a row kept as a tombstone for a submit whose add to Redis had an unknown outcome. */
 export const NOT_QUEUED: JobError = new NotQueuedError().toJobError()
-export const isNotQueued = (row: Pick<JobRow, 'status' | 'error'>): boolean =>
-  row.status === 'cancelled' && row.error?.code === NotQueuedError.CODE
 
 /** A list cursor: the (createdAt, id) of the last row of the previous page, opaque to clients. */
 const encodeCursor = (row: Pick<JobRow, 'createdAt' | 'id'>): string =>
@@ -70,21 +68,27 @@ export class JobStore {
     return onBackend('Postgres', fn)
   }
 
-  /**
-   * Inserts a queued job unless the id exists (idempotent submit: the existing row) or the owner has
-   * `maxUnfinished` unfinished jobs already (see JobRecords.claim).
-   */
-  claim(
-    job: NewJob,
-    maxUnfinished: number,
-  ): Promise<{ row: JobRow } | { existing: JobRow } | { overQuota: true }> {
-    return this.records.claim(job, maxUnfinished)
+  /** Claims the rows of jobs submitted together, all or none (see JobRecords.claimMany). */
+  claimMany(batch: NewJob[], maxUnfinished: number, opts?: { undoNotQueued?: boolean }): Promise<Claim> {
+    return this.records.claimMany(batch, maxUnfinished, opts)
   }
 
   /** Inserts a queued job; null when the id exists already. */
   async insert(job: NewJob): Promise<JobRow | null> {
-    const claimed = await this.claim(job, Number.POSITIVE_INFINITY)
-    return 'row' in claimed ? claimed.row : null
+    const claimed = await this.claimMany([job], Number.POSITIVE_INFINITY, { undoNotQueued: false })
+    const [only] = 'rows' in claimed ? claimed.rows : []
+    return only?.created ? only.row : null
+  }
+
+  /** The owners of those of `jobIds` that exist (one read for a whole batch). */
+  ownersOf(jobIds: string[]): Promise<Map<string, string | null>> {
+    return this.pg(async () => {
+      const rows = await this.db
+        .select({ id: jobs.id, owner: jobs.owner })
+        .from(jobs)
+        .where(inArray(jobs.id, jobIds))
+      return new Map(rows.map((r) => [r.id, r.owner]))
+    })
   }
 
   /** Keeps a published event in the SQL history (see schema/db/events.ts). */
@@ -92,9 +96,14 @@ export class JobStore {
     return this.records.recordEvent(event)
   }
 
-  /** Removes a job that was never queued (its add was refused). */
-  remove(jobId: string): Promise<void> {
-    return this.records.remove(jobId)
+  /** Keeps published events in the SQL history, in one statement. */
+  recordEvents(events: ProgressEvent[]): Promise<void> {
+    return this.records.recordEvents(events)
+  }
+
+  /** Removes jobs that were never queued (their add was refused). */
+  remove(jobIds: string[]): Promise<void> {
+    return this.records.remove(jobIds)
   }
 
   /** Removes a NOT_QUEUED tombstone, once Redis is known to hold nothing of it. */

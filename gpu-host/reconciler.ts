@@ -229,4 +229,5 @@ const envelopeOf = (row: JobRow): JobEnvelope => ({
   maxAttempts: row.maxAttempts,
   ...(row.priority === null ? {} : { priority: row.priority }),
   ...(row.timeoutSec === null ? {} : { timeoutSec: row.timeoutSec }),
+  ...(row.gpu === null ? {} : { gpu: row.gpu }),
 })

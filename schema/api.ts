@@ -1,6 +1,6 @@
 import * as v from 'valibot'
 import { JobError, JobId, JobStatus } from './common.ts'
-import { JobOptions } from './envelope.ts'
+import { JobGpu, JobOptions } from './envelope.ts'
 import { JobType } from './params/index.ts'
 
 /** `POST /api/train` (alias `POST /api/jobs`). Params are checked against the type's schema next. */
@@ -95,6 +95,8 @@ export const JobStatusBody = v.object({
   priority: v.nullable(v.number()),
   /** The timeout each attempt runs under: the job's own, or its type's default. */
   timeoutSec: v.number(),
+  /** The job's own GPU needs as submitted (`gpu`); null: none were given, so its handler's apply. */
+  gpu: v.nullable(JobGpu),
   /** The type's defaults of the per-job options, so a client can tell which ones a job overrode. */
   optionDefaults: v.object({ timeoutSec: v.number(), maxAttempts: v.number() }),
 })
@@ -111,6 +113,7 @@ export const JobSummary = v.omit(JobStatusBody, [
   'attempts',
   'priority',
   'timeoutSec',
+  'gpu',
   'optionDefaults',
 ])
 export type JobSummary = v.InferOutput<typeof JobSummary>

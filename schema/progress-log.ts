@@ -27,12 +27,8 @@ const EMIT_FIRST_SCRIPT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 ${EMIT_SCRIPT}`
 
-/** Appends an event to the job's replay log and publishes it; returns the event with its seq. */
-export async function emitEvent(
-  redis: Redis,
-  event: UnsequencedEvent,
-  { terminal = false, onlyFirst = false }: { terminal?: boolean; onlyFirst?: boolean } = {},
-): Promise<ProgressEvent> {
+/** The arguments of EMIT_SCRIPT for `event`: its keys, the JSON around its seq, where it is published. */
+function emitArgs(event: UnsequencedEvent, terminal: boolean): [number, ...string[]] {
   const head = JSON.stringify({
     jobId: event.jobId,
     status: event.status,
@@ -47,8 +43,7 @@ export async function emitEvent(
     ...(event.metrics ? { metrics: event.metrics } : {}),
   }
   const tail = `,${JSON.stringify(rest).slice(1)}`
-  const seq = (await redis.eval(
-    onlyFirst ? EMIT_FIRST_SCRIPT : EMIT_SCRIPT,
+  return [
     2,
     seqKey(event.jobId),
     eventLogKey(event.jobId),
@@ -57,14 +52,37 @@ export async function emitEvent(
     progressChannel(event.jobId),
     String(EVENT_LOG_MAX),
     terminal ? String(EVENT_LOG_TTL_SEC) : '0',
-  )) as number
+  ]
+}
+
+/** Appends an event to the job's replay log and publishes it; returns the event with its seq. */
+export async function emitEvent(
+  redis: Redis,
+  event: UnsequencedEvent,
+  { terminal = false }: { terminal?: boolean } = {},
+): Promise<ProgressEvent> {
+  const seq = (await redis.eval(EMIT_SCRIPT, ...emitArgs(event, terminal))) as number
   return { ...event, seq }
 }
 
-/** `emitEvent` for the first event of a job only: null (nothing written) when the job has one already. */
-export async function emitFirstEvent(redis: Redis, event: UnsequencedEvent): Promise<ProgressEvent | null> {
-  const emitted = await emitEvent(redis, event, { onlyFirst: true })
-  return emitted.seq === 0 ? null : emitted
+/**
+ * `emitEvent` for the first event of each of several jobs, in one round trip (a pipeline of one script
+ * call per job; each job's seq, log and publish stay atomic): null (nothing written) for a job that has
+ * an event already. In the events' order; throws the first error any call met.
+ */
+export async function emitFirstEvents(
+  redis: Redis,
+  events: UnsequencedEvent[],
+): Promise<(ProgressEvent | null)[]> {
+  if (events.length === 0) return []
+  const pipeline = redis.pipeline()
+  for (const event of events) pipeline.eval(EMIT_FIRST_SCRIPT, ...emitArgs(event, false))
+  const replies = (await pipeline.exec()) ?? []
+  return events.map((event, i) => {
+    const [err, seq] = replies[i] ?? [new Error('no reply to an emitted event')]
+    if (err) throw err
+    return seq === 0 ? null : { ...event, seq: seq as number }
+  })
 }
 
 /** Events of a job with `seq > after`, oldest first (stream ids are `<seq>-1`). */

@@ -23,6 +23,7 @@ const rerunBody = (row: JobRow) => ({
   maxAttempts: row.maxAttempts,
   ...(row.priority === null ? {} : { priority: row.priority }),
   ...(row.timeoutSec === null ? {} : { timeoutSec: row.timeoutSec }),
+  ...(row.gpu === null ? {} : { gpu: row.gpu }),
 })
 
 /** @example app.route('/', actionRoutes({ ...deps, access, submitter, onChanged: bodies.forget })) */

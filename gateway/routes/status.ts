@@ -115,6 +115,7 @@ export function statusBodies({
       attempts: attempts.map(attemptOf),
       priority: row.priority ?? null,
       timeoutSec: row.timeoutSec ?? TYPE_DEFAULTS[row.type].timeoutSec,
+      gpu: row.gpu ?? null,
       optionDefaults: {
         timeoutSec: TYPE_DEFAULTS[row.type].timeoutSec,
         maxAttempts: TYPE_DEFAULTS[row.type].maxAttempts,

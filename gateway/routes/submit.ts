@@ -4,7 +4,6 @@
  * its BullMQ job added, its queued event announced. A 503 means nothing was queued (README "Security").
  */
 import { randomUUID } from 'node:crypto'
-import { isDeepStrictEqual } from 'node:util'
 import type { Queue } from 'bullmq'
 import type { Context } from 'hono'
 import type { Redis } from 'ioredis'
@@ -14,7 +13,6 @@ import type { SubmitJobBody, SubmitJobResponse } from '../../schema/api.ts'
 import { type BackoffPolicy, backoffDelay } from '../../schema/backoff.ts'
 import { JobId } from '../../schema/common.ts'
 import type { Config } from '../../schema/config.ts'
-import type { JobRow } from '../../schema/db/tables.ts'
 import type { JobEnvelope } from '../../schema/envelope.ts'
 import type { FieldIssue } from '../../schema/issues.ts'
 import { announceQueued } from '../../schema/jobs/requests.ts'
@@ -30,7 +28,7 @@ import {
   onBackend,
 } from '../errors.ts'
 import type { GatewayMetrics } from '../metrics.ts'
-import { isNotQueued, type JobStore, NOT_QUEUED } from '../store.ts'
+import { type JobStore, type NewJob, NOT_QUEUED } from '../store.ts'
 
 /** The largest request body a submit may send. */
 export const MAX_BODY_BYTES = 1024 * 1024
@@ -65,19 +63,6 @@ export function scopedJobId(owner: string | null, requested: string): string {
   const prefix = `${owner}.`
   return requested.startsWith(prefix) ? requested : `${prefix}${requested}`
 }
-
-type Request = Pick<SubmitJobBody, 'type' | 'params'> & {
-  priority: number | undefined
-  timeoutSec: number | undefined
-  maxAttempts: number
-}
-/** Whether a stored job is the one this request asks for (the same jobId resubmitted). */
-const sameRequest = (row: JobRow, req: Request): boolean =>
-  row.type === req.type &&
-  isDeepStrictEqual(row.params, JSON.parse(JSON.stringify(req.params))) &&
-  (row.priority ?? undefined) === req.priority &&
-  (row.timeoutSec ?? undefined) === req.timeoutSec &&
-  row.maxAttempts === req.maxAttempts
 
 /** `jobs[3].params.epochs`: a field of the body at `at` in a larger one (none: the field as it is). */
 const fieldAt = (at: string | undefined, path: string): string =>
@@ -146,11 +131,10 @@ export interface Submitter {
   submitMany(bodies: SubmitJobBody[], owner: string | null, at: (i: number) => string): Promise<Submitted[]>
 }
 
-/** A body on its way in: its settled jobId, what is compared on a resubmit, and what is queued. */
+/** A body on its way in: its settled jobId, its row (compared on a resubmit), and what is queued. */
 interface Plan {
   jobId: string
-  request: Request
-  outputPrefix: string
+  job: NewJob
   envelope: JobEnvelope
   at: string | undefined
 }
@@ -211,7 +195,7 @@ export function jobSubmitter(deps: SubmitDeps): Submitter {
       const unsent = isUnsentRedisCommand(err)
       if (unsent || !isBackendDown(err)) {
         // Never sent (Redis disconnected), or refused by BullMQ: nothing is in Redis, so no row either.
-        await Promise.all(envelopes.map((e) => store.remove(e.jobId).catch(() => {})))
+        await store.remove(envelopes.map((e) => e.jobId)).catch(() => {})
         if (unsent) throw new BackendUnavailableError('Redis', NOTHING_QUEUED, { cause: err })
         throw err
       }
@@ -228,107 +212,120 @@ export function jobSubmitter(deps: SubmitDeps): Submitter {
   }
 
   /**
-   * A queued job's event, then its history: the row is written already (by `store.claim`). Skipped if a
-   * host already emitted the job's first event (seq order holds). Best effort: the job is queued anyway.
+   * The queued jobs' events, then their history: the rows are written already (by `store.claimMany`).
+   * A job is skipped if a host already emitted its first event (seq order holds). Best effort: the jobs
+   * are queued anyway.
    */
-  async function recordQueued({ jobId, type }: JobEnvelope): Promise<void> {
+  async function recordQueued(envelopes: JobEnvelope[]): Promise<void> {
     try {
-      await announceQueued({ redis, records: store }, { jobId, type })
+      await announceQueued({ redis, records: store }, envelopes)
     } catch (err) {
-      logger.warn({ jobId, err: (err as Error).message }, 'job queued, but its queued event was not recorded')
+      logger.warn(
+        { jobIds: envelopes.map((e) => e.jobId), err: (err as Error).message },
+        'jobs queued, but their queued events were not recorded',
+      )
     }
   }
 
-  /** The jobId a body gets for `owner`, its request and envelope. */
-  async function planOf(body: SubmitJobBody, owner: string | null, at?: string): Promise<Plan> {
-    const { type, jobId: requestedId, priority, timeoutSec, maxAttempts } = body
-    // An id this token owns already (one the API generated for it) is kept: resubmitting it is idempotent.
-    const owned =
-      requestedId !== undefined && owner !== null && (await store.get(requestedId))?.owner === owner
-    const jobId =
-      requestedId === undefined ? randomUUID() : owned ? requestedId : scopedJobId(owner, requestedId)
-    if (!v.is(JobId, jobId)) {
-      const message = `must be at most ${128 - (owner?.length ?? 0) - 1} characters with this token (ids are scoped as <name>.<jobId>)`
-      const path = fieldAt(at, 'jobId')
-      throw new ApiError(400, 'invalid_request', `invalid request: ${path} ${message}`, [{ path, message }])
-    }
-    const request: Request = {
-      type,
-      params: body.params,
-      priority,
-      timeoutSec,
-      maxAttempts: maxAttempts ?? TYPE_DEFAULTS[type].maxAttempts,
-    }
-    // Params as the client sent them (validated); the host applies defaults again when it parses them.
-    const outputPrefix = outputPrefixFor(type, jobId)
-    const envelope: JobEnvelope = {
-      jobId,
-      type,
-      params: body.params,
-      artifacts: { outputPrefix },
-      owner,
-      ...(priority === undefined ? {} : { priority }),
-      ...(timeoutSec === undefined ? {} : { timeoutSec }),
-      ...(maxAttempts === undefined ? {} : { maxAttempts }),
-      ...(body.gpu === undefined ? {} : { gpu: body.gpu }),
-    }
-    return { jobId, request, outputPrefix, envelope, at }
+  /**
+   * The jobIds bodies get for `owner` (none: the same for each), their rows and envelopes. An id this token
+   * owns already (one the API generated for it) is kept: resubmitting it is idempotent. One read finds
+   * the owned ones, only among ids that scoping would change (an id with the token's prefix stays as it is).
+   */
+  async function plansOf(
+    bodies: SubmitJobBody[],
+    owner: string | null,
+    at?: (i: number) => string,
+  ): Promise<Plan[]> {
+    const asked =
+      owner === null
+        ? []
+        : bodies.flatMap(({ jobId }) =>
+            jobId === undefined || jobId === scopedJobId(owner, jobId) ? [] : [jobId],
+          )
+    const owners = asked.length > 0 ? await store.ownersOf(asked) : new Map<string, string | null>()
+    return bodies.map((body, i) => {
+      const where = at?.(i)
+      const { type, jobId: requestedId, priority, timeoutSec, maxAttempts, gpu } = body
+      const jobId =
+        requestedId === undefined
+          ? randomUUID()
+          : owner !== null && owners.get(requestedId) === owner
+            ? requestedId
+            : scopedJobId(owner, requestedId)
+      if (!v.is(JobId, jobId)) {
+        const message = `must be at most ${128 - (owner?.length ?? 0) - 1} characters with this token (ids are scoped as <name>.<jobId>)`
+        const path = fieldAt(where, 'jobId')
+        throw new ApiError(400, 'invalid_request', `invalid request: ${path} ${message}`, [{ path, message }])
+      }
+      const outputPrefix = outputPrefixFor(type, jobId)
+      // Params as the client sent them (validated); the host applies defaults again when it parses them.
+      const job: NewJob = {
+        jobId,
+        type,
+        params: body.params,
+        owner,
+        priority,
+        timeoutSec,
+        maxAttempts: maxAttempts ?? TYPE_DEFAULTS[type].maxAttempts,
+        outputPrefix,
+        gpu,
+      }
+      const envelope: JobEnvelope = {
+        jobId,
+        type,
+        params: body.params,
+        artifacts: { outputPrefix },
+        owner,
+        ...(priority === undefined ? {} : { priority }),
+        ...(timeoutSec === undefined ? {} : { timeoutSec }),
+        ...(maxAttempts === undefined ? {} : { maxAttempts }),
+        ...(gpu === undefined ? {} : { gpu }),
+      }
+      return { jobId, job, envelope, at: where }
+    })
   }
 
-  /** Claims a plan's row: null when it is new, the stored row of a resubmit; throws 429 or 409. */
-  async function claim(plan: Plan, owner: string | null, batch: boolean): Promise<JobRow | null> {
-    const { jobId, request, outputPrefix } = plan
-    const newJob = { jobId, owner, outputPrefix, ...request }
-    let claimed = await store.claim(newJob, config.maxQueuedJobsPerToken)
-    if ('existing' in claimed && isNotQueued(claimed.existing) && claimed.existing.owner === owner) {
-      // A resubmit after a 503: undo what may be left of the first try, then submit afresh.
-      await clearNotQueued(jobId)
-      claimed = await store.claim(newJob, config.maxQueuedJobsPerToken)
-    }
+  /**
+   * The rows claimed together (one transaction: a resubmit keeps its row; a conflict or the quota writes
+   * none), then one add for the new jobs, then their queued events.
+   */
+  async function submit(plans: Plan[], owner: string | null): Promise<Submitted[]> {
+    const batch = plans.length > 1 || plans[0]?.at !== undefined
     const nothing = batch ? '; nothing in this batch was queued' : ''
+    const jobs = plans.map((p) => p.job)
+    let claimed = await store.claimMany(jobs, config.maxQueuedJobsPerToken)
+    if ('notQueued' in claimed) {
+      // Resubmits after a 503: undo what may be left of the first try, then submit afresh.
+      await Promise.all(claimed.notQueued.map(clearNotQueued))
+      claimed = await store.claimMany(jobs, config.maxQueuedJobsPerToken, { undoNotQueued: false })
+    }
     if ('overQuota' in claimed)
       throw new ApiError(
         429,
         'quota_exceeded',
         `at most ${config.maxQueuedJobsPerToken} unfinished jobs per token (MAX_QUEUED_JOBS_PER_TOKEN); wait for some to finish or cancel some${nothing}`,
       )
-    if (!('existing' in claimed)) return null
-    const existing = claimed.existing
-    if (existing.owner !== owner || !sameRequest(existing, request)) {
-      const path = fieldAt(plan.at, 'jobId')
-      const message = `jobId "${jobId}" is already used by a different request${nothing}`
+    if ('conflict' in claimed) {
+      const plan = plans[claimed.conflict]
+      const path = fieldAt(plan?.at, 'jobId')
+      const message = `jobId "${plan?.jobId}" is already used by a different request${nothing}`
       throw new ApiError(
         409,
         'conflict',
-        plan.at === undefined ? message : `${path}: ${message}`,
-        plan.at === undefined ? undefined : [{ path, message: 'is already used by a different request' }],
+        plan?.at === undefined ? message : `${path}: ${message}`,
+        plan?.at === undefined ? undefined : [{ path, message: 'is already used by a different request' }],
       )
     }
-    return existing
-  }
-
-  /**
-   * The rows claimed in order (a resubmit keeps its row; a conflict or the quota undoes the ones claimed
-   * before it), then one add for the new jobs, then their queued events.
-   */
-  async function submit(plans: Plan[], owner: string | null): Promise<Submitted[]> {
-    const batch = plans.length > 1 || plans[0]?.at !== undefined
-    const existing: (JobRow | null)[] = []
-    const created: Plan[] = []
-    try {
-      for (const plan of plans) {
-        const row = await claim(plan, owner, batch)
-        existing.push(row)
-        if (!row) created.push(plan)
-      }
-    } catch (err) {
-      // All or none: the rows this batch claimed go again (nothing is in Redis yet).
-      await Promise.all(created.map((p) => store.remove(p.jobId).catch(() => {})))
-      throw err
+    if (!('rows' in claimed)) throw new Error('a second claim reports no tombstones')
+    const { rows } = claimed
+    const created = plans.filter((_, i) => rows[i]?.created)
+    if (created.length > 0) {
+      const envelopes = created.map((p) => p.envelope)
+      await enqueue(envelopes)
+      await recordQueued(envelopes)
     }
-    if (created.length > 0) await enqueue(created.map((p) => p.envelope))
     for (const { envelope } of created) {
-      await recordQueued(envelope)
       metrics.submitted.inc({ type: envelope.type })
       // The owner only when there is one (no `owner: null` on every line of a token-less gateway).
       logger.info(
@@ -337,7 +334,8 @@ export function jobSubmitter(deps: SubmitDeps): Submitter {
       )
     }
     return plans.map(({ jobId }, i) => {
-      const row = existing[i]
+      const claim = rows[i]
+      const row = claim && !claim.created ? claim.row : null
       const body: SubmitJobResponse = {
         jobId,
         status: row ? row.status : 'queued',
@@ -350,13 +348,12 @@ export function jobSubmitter(deps: SubmitDeps): Submitter {
 
   return {
     async submitOne(body, owner) {
-      const [answer] = await submit([await planOf(body, owner)], owner)
+      const [answer] = await submit(await plansOf([body], owner), owner)
       if (!answer) throw new Error('a submit of one body answers once')
       return answer
     },
     async submitMany(bodies, owner, at) {
-      const plans: Plan[] = []
-      for (const [i, body] of bodies.entries()) plans.push(await planOf(body, owner, at(i)))
+      const plans = await plansOf(bodies, owner, at)
       // The same jobId twice in one batch: which of the two would it be?
       const first = new Map<string, number>()
       for (const [i, { jobId }] of plans.entries()) {

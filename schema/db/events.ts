@@ -4,27 +4,37 @@ import type { Db } from './connect.ts'
 import { jobEvents, jobMetrics, jobs } from './tables.ts'
 
 /**
- * Keeps one published event in the job's SQL history (`job_events`, once per seq) and moves the row's
- * `last_seq` forward. The one writer of `job_events`: the GPU host (every status change) and the gateway
- * (the `queued` event, cancellations) both use it, so the history holds every event that was published.
+ * Keeps published events in their jobs' SQL history (`job_events`, once per seq) and moves each row's
+ * `last_seq` forward, in one statement whatever the number of events. The one writer of `job_events`: the
+ * GPU host (every status change) and the gateway (the `queued` events, cancellations) both use it, so the
+ * history holds every event that was published.
  */
-export async function recordJobEvent(db: Db, event: ProgressEvent): Promise<void> {
-  await db
+export async function recordJobEvents(db: Db, events: ProgressEvent[]): Promise<void> {
+  if (events.length === 0) return
+  const insert = db
     .insert(jobEvents)
-    .values({
-      jobId: event.jobId,
-      seq: event.seq,
-      status: event.status,
-      progress: event.progress,
-      message: event.message,
-      attempt: event.attempt,
-      at: new Date(event.timestamp),
-    })
+    .values(
+      events.map((event) => ({
+        jobId: event.jobId,
+        seq: event.seq,
+        status: event.status,
+        progress: event.progress,
+        message: event.message,
+        attempt: event.attempt,
+        at: new Date(event.timestamp),
+      })),
+    )
     .onConflictDoNothing()
-  await db
-    .update(jobs)
-    .set({ lastSeq: sql`greatest(${jobs.lastSeq}, ${event.seq})` })
-    .where(eq(jobs.id, event.jobId))
+  // The highest seq per job: one row of `values` per job, as `update ... from` takes one match per row.
+  const top = new Map<string, number>()
+  for (const e of events) top.set(e.jobId, Math.max(top.get(e.jobId) ?? 0, e.seq))
+  const seqs = sql.join(
+    [...top].map(([jobId, seq]) => sql`(${jobId}, ${seq}::integer)`),
+    sql`, `,
+  )
+  await db.execute(
+    sql`with recorded as ${insert} update ${jobs} set ${sql.identifier(jobs.lastSeq.name)} = greatest(${jobs.lastSeq}, v.seq) from (values ${seqs}) as v(id, seq) where ${jobs.id} = v.id`,
+  )
 }
 
 /** One progress event's metrics, as `job_metrics` keeps them. */

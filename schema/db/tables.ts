@@ -11,6 +11,7 @@ import {
   timestamp,
 } from 'drizzle-orm/pg-core'
 import type { JobError, JobStatus } from '../common.ts'
+import type { JobGpu } from '../envelope.ts'
 import type { JobType } from '../params/index.ts'
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' })
@@ -32,6 +33,8 @@ export const jobs = pgTable(
     owner: text('owner'),
     priority: integer('priority'),
     timeoutSec: integer('timeout_sec'),
+    /** The job's own GPU needs (`gpu` of the submit body and envelope); null: its handler's. */
+    gpu: jsonb('gpu').$type<JobGpu>(),
     outputPrefix: text('output_prefix').notNull(),
     host: text('host'),
     lastSeq: integer('last_seq').notNull().default(0),

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { eq } from 'drizzle-orm'
+import { eq, inArray } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JOB_STATUSES } from '../common.ts'
 import { type Database, openDatabase } from '../db/connect.ts'
@@ -12,6 +12,7 @@ import { retryWhileDown } from './db-call.ts'
 import { CancelledError, NotQueuedError } from './errors.ts'
 import { mayWrite, type RowWrite } from './lifecycle.ts'
 import { JobRecords } from './records.ts'
+import { rowOf } from './row-writes.ts'
 
 let dir: string
 let database: Database
@@ -72,9 +73,124 @@ describe('the guards of the row writer', () => {
   it('claims a job once, within the owner quota', async () => {
     const owner = `o-${randomUUID()}`
     const first = { ...newJob(), owner }
-    expect(await records.claim(first, 1)).toMatchObject({ row: { id: first.jobId, status: 'queued' } })
-    expect(await records.claim(first, 1)).toMatchObject({ existing: { id: first.jobId } })
-    expect(await records.claim({ ...newJob(), owner }, 1)).toEqual({ overQuota: true })
+    expect(await records.claimMany([first], 1)).toMatchObject({
+      rows: [{ row: { id: first.jobId, status: 'queued' }, created: true }],
+    })
+    expect(await records.claimMany([first], 1)).toMatchObject({
+      rows: [{ row: { id: first.jobId }, created: false }],
+    })
+    expect(await records.claimMany([{ ...newJob(), owner }], 1)).toEqual({ overQuota: true })
+  })
+
+  it('claims a batch all or none: a conflict or the quota anywhere writes nothing, the first in order decides', async () => {
+    const owner = `o-${randomUUID()}`
+    const own = () => ({ ...newJob(), owner })
+    const kept = { ...own(), gpu: { vramMb: 2000 } }
+    expect(await records.claimMany([kept], 10)).toMatchObject({ rows: [{ created: true }] })
+    const [a, b, c] = [own(), own(), own()]
+    const stored = async () =>
+      (
+        await database.db
+          .select({ id: jobs.id })
+          .from(jobs)
+          .where(inArray(jobs.id, [a.jobId, b.jobId, c.jobId]))
+      ).length
+    // A conflict in the middle (the same id, other options; another owner's job).
+    expect(await records.claimMany([a, { ...kept, gpu: { vramMb: 4000 } }, b], 10)).toEqual({ conflict: 1 })
+    const others = { ...newJob(), owner: `x-${owner}` }
+    await records.ensureJob(others)
+    expect(await records.claimMany([a, { ...others, owner }, b], 10)).toEqual({ conflict: 1 })
+    expect(await records.claimMany([a, b, { ...kept, priority: 3 }], 10)).toEqual({ conflict: 2 })
+    expect(await stored()).toBe(0)
+    // The quota counts what is stored and every new job of the batch (a resubmit adds nothing).
+    expect(await records.claimMany([a, kept, b, c], 3)).toEqual({ overQuota: true })
+    // Quota before a later conflict, and a conflict before a later quota.
+    expect(await records.claimMany([a, b, c, { ...kept, maxAttempts: 9 }], 3)).toEqual({ overQuota: true })
+    expect(await records.claimMany([{ ...kept, maxAttempts: 9 }, a, b, c], 3)).toEqual({ conflict: 0 })
+    expect(await stored()).toBe(0)
+    const claimed = await records.claimMany([a, kept, b], 3)
+    expect('rows' in claimed && claimed.rows.map((r) => [r.row.id, r.created])).toEqual([
+      [a.jobId, true],
+      [kept.jobId, false],
+      [b.jobId, true],
+    ])
+    expect('rows' in claimed && claimed.rows[1]?.row.gpu).toEqual({ vramMb: 2000 })
+  })
+
+  it("reports the owner's NOT_QUEUED tombstones first, and claims over them once they are gone", async () => {
+    const owner = `o-${randomUUID()}`
+    const tombstone = { ...newJob(), owner }
+    const fresh = { ...newJob(), owner }
+    await records.claimMany([tombstone], 10)
+    await records.cancel(tombstone.jobId, new NotQueuedError().toJobError(), 'not queued')
+    expect(await records.claimMany([fresh, tombstone], 10)).toEqual({ notQueued: [tombstone.jobId] })
+    expect(await database.db.select().from(jobs).where(eq(jobs.id, fresh.jobId))).toHaveLength(0)
+    // Told to keep it: the tombstone is the stored row of the same request.
+    expect(await records.claimMany([tombstone], 10, { undoNotQueued: false })).toMatchObject({
+      rows: [{ row: { status: 'cancelled' }, created: false }],
+    })
+    await records.removeNotQueued(tombstone.jobId)
+    expect(await records.claimMany([fresh, tombstone], 10)).toMatchObject({
+      rows: [{ created: true }, { created: true, row: { status: 'queued' } }],
+    })
+  })
+
+  it('takes back its inserts when a job raced in under the same id with another request', async () => {
+    const owner = `o-${randomUUID()}`
+    const a = { ...newJob(), owner }
+    const raced = { ...newJob(), owner }
+    // A row inserted between the claim's read and its insert (a host's row of a job another producer
+    // added): inserted here by a trigger-free stand-in, the claim's own insert of it does nothing.
+    const real = database.db
+    let injected = false
+    const racing = new JobRecords(
+      new Proxy(real, {
+        get(target, prop, receiver) {
+          if (prop !== 'transaction') return Reflect.get(target, prop, receiver)
+          return (fn: (tx: typeof real) => Promise<unknown>) =>
+            target.transaction((tx) =>
+              fn(
+                new Proxy(tx, {
+                  get(t, p, r) {
+                    if (p !== 'insert' || injected) return Reflect.get(t, p, r)
+                    injected = true
+                    return (table: typeof jobs) => {
+                      const insert = t.insert(table)
+                      return {
+                        values: (rows: unknown) => ({
+                          onConflictDoNothing: () => ({
+                            returning: () => ({
+                              prepare: () => ({
+                                execute: async () => {
+                                  await t
+                                    .insert(jobs)
+                                    .values({ ...rowOf(raced), owner: null })
+                                    .onConflictDoNothing()
+                                  return insert
+                                    .values(rows as never)
+                                    .onConflictDoNothing()
+                                    .returning()
+                                },
+                              }),
+                            }),
+                          }),
+                        }),
+                      }
+                    }
+                  },
+                }) as typeof real,
+              ),
+            )
+        },
+      }) as typeof real,
+    )
+    expect(await racing.claimMany([a, raced], 10)).toEqual({ conflict: 1 })
+    expect(
+      await database.db
+        .select()
+        .from(jobs)
+        .where(inArray(jobs.id, [a.jobId, raced.jobId])),
+    ).toEqual([])
   })
 
   it('removes a NOT_QUEUED tombstone only', async () => {

@@ -10,14 +10,14 @@ import type { PgUpdateSetSource } from 'drizzle-orm/pg-core'
 import type { JobError, JobStatus } from '../common.ts'
 import { TERMINAL_STATUSES } from '../common.ts'
 import type { Db } from '../db/connect.ts'
-import { recordJobEvent } from '../db/events.ts'
+import { recordJobEvents } from '../db/events.ts'
 import { type JobRow, jobArtifacts, jobAttempts, jobs } from '../db/tables.ts'
 import type { ProgressEvent } from '../events.ts'
 import type { DbCall } from './db-call.ts'
 import { NotQueuedError } from './errors.ts'
 import { guard, olderThan, unfinished } from './guard.ts'
 import type { ArtifactEntry, RowWrite, WrittenStatus } from './lifecycle.ts'
-import { type AttemptClose, closeOpenAttempts, type NewJob, rowOf, writeJob } from './row-writes.ts'
+import { type AttemptClose, closeOpenAttempts, type NewJob, rowOf, sameJob, writeJob } from './row-writes.ts'
 
 export type { NewJob }
 
@@ -33,6 +33,25 @@ export interface AttemptEnd {
 }
 
 const UNFINISHED: JobStatus[] = ['queued', 'running', 'retrying']
+
+/** Whether a row is the tombstone of a submit whose add to Redis had an unknown outcome. */
+export const isNotQueued = (row: Pick<JobRow, 'status' | 'error'>): boolean =>
+  row.status === 'cancelled' && row.error?.code === NotQueuedError.CODE
+
+/** What `claimMany` found: the rows (in the jobs' order), or why it wrote none. */
+export type Claim =
+  | { rows: { row: JobRow; created: boolean }[] }
+  | { conflict: number }
+  | { overQuota: true }
+  | { notQueued: string[] }
+
+/** A claim refused after its inserts, thrown inside the transaction so that they are taken back. */
+class ClaimRefused extends Error {
+  override name = 'ClaimRefused'
+  constructor(readonly claim: Claim) {
+    super('claim refused')
+  }
+}
 
 /** The row writes of the job lifecycle, and the reads that choose what the reconciler writes. */
 export class JobRecords {
@@ -61,35 +80,94 @@ export class JobRecords {
   }
 
   /**
-   * Inserts a queued job unless the id exists (idempotent submit: the existing row) or the owner has
-   * `maxUnfinished` unfinished jobs already. Serialised per owner (an advisory lock), so concurrent
-   * submits cannot overshoot the quota.
+   * Claims the rows of jobs submitted together by one owner, all or none, in one transaction serialised
+   * per owner (an advisory lock, so concurrent submits cannot overshoot the quota): one read of the ids
+   * that exist, one count of the owner's unfinished jobs, one multi-row insert of the new ones. In the
+   * jobs' order, the first one that cannot be claimed decides: `conflict` (its id holds a different
+   * request, or another owner's job) or `overQuota` (the owner would hold more than `maxUnfinished`
+   * unfinished jobs); nothing is written then. A job whose row is the same request is kept as it is
+   * (`created: false`). With `undoNotQueued` (the default), NOT_QUEUED tombstones of this owner among the
+   * ids are reported first (`notQueued`, nothing written): the caller undoes them and claims again.
+   *
+   * @example const claim = await records.claimMany([job], 100)
    */
-  claim(
-    job: NewJob,
-    maxUnfinished: number,
-  ): Promise<{ row: JobRow } | { existing: JobRow } | { overQuota: true }> {
-    const owner = job.owner ?? null
-    return this.call('claim job', () =>
-      this.db.transaction(async (tx) => {
-        await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`gpu-jobs-owner:${owner ?? ''}`}))`)
-        const [existing] = await tx.select().from(jobs).where(eq(jobs.id, job.jobId))
-        if (existing) return { existing }
-        const [unfinishedJobs] = await tx
-          .select({ n: count() })
-          .from(jobs)
-          .where(
-            and(
-              inArray(jobs.status, UNFINISHED),
-              owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, owner),
-            ),
-          )
-        if ((unfinishedJobs?.n ?? 0) >= maxUnfinished) return { overQuota: true as const }
-        const [row] = await tx.insert(jobs).values(rowOf(job)).onConflictDoNothing().returning()
-        if (row) return { row }
-        const [raced] = await tx.select().from(jobs).where(eq(jobs.id, job.jobId))
-        if (!raced) throw new Error(`job ${job.jobId} neither inserted nor found`)
-        return { existing: raced }
+  claimMany(batch: NewJob[], maxUnfinished: number, { undoNotQueued = true } = {}): Promise<Claim> {
+    const owner = batch[0]?.owner ?? null
+    if (batch.some((j) => (j.owner ?? null) !== owner)) throw new Error('a claim is for one owner')
+    const ids = batch.map((j) => j.jobId)
+    const claim = () =>
+      this.db.transaction(async (tx): Promise<Claim> => {
+        // Sent together: each statement takes its snapshot when it runs, after the lock is held, so the
+        // reads see every claim made before. Prepared (`prepare`): postgres.js sends an unprepared query
+        // with parameters as describe-then-execute, two round trips that nothing can be pipelined behind;
+        // a prepared one, once its connection knows it, is one round trip, pipelined with the others.
+        const [, found, counted] = await Promise.all([
+          tx
+            .select({
+              locked: sql`pg_advisory_xact_lock(hashtext(${`gpu-jobs-owner:${owner ?? ''}`}))::text`,
+            })
+            .from(sql`(values (1)) as one(x)`)
+            .prepare('claim_lock')
+            .execute(),
+          tx.select().from(jobs).where(inArray(jobs.id, ids)).prepare('claim_found').execute(),
+          tx
+            .select({ n: count() })
+            .from(jobs)
+            .where(
+              and(
+                inArray(jobs.status, UNFINISHED),
+                owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, owner),
+              ),
+            )
+            .prepare('claim_count')
+            .execute(),
+        ])
+        const stored = new Map(found.map((r) => [r.id, r]))
+        if (undoNotQueued) {
+          const notQueued = found.filter((r) => isNotQueued(r) && r.owner === owner).map((r) => r.id)
+          if (notQueued.length > 0) return { notQueued }
+        }
+        let unfinishedJobs = counted[0]?.n ?? 0
+        const fresh: NewJob[] = []
+        for (const [i, job] of batch.entries()) {
+          const row = stored.get(job.jobId)
+          if (row) {
+            if (!sameJob(row, job)) return { conflict: i }
+          } else {
+            if (unfinishedJobs >= maxUnfinished) return { overQuota: true }
+            unfinishedJobs++
+            fresh.push(job)
+          }
+        }
+        const inserted =
+          fresh.length === 0
+            ? []
+            : await tx
+                .insert(jobs)
+                .values(fresh.map(rowOf))
+                .onConflictDoNothing()
+                .returning()
+                .prepare('claim_insert')
+                .execute()
+        const created = new Set(inserted.map((r) => r.id))
+        for (const r of inserted) stored.set(r.id, r)
+        // Inserted meanwhile without this lock (a host's row of a job another producer added).
+        const raced = fresh.filter((j) => !created.has(j.jobId)).map((j) => j.jobId)
+        if (raced.length > 0)
+          for (const r of await tx.select().from(jobs).where(inArray(jobs.id, raced))) stored.set(r.id, r)
+        const rows = batch.map((job, i) => {
+          const row = stored.get(job.jobId)
+          if (!row) throw new Error(`job ${job.jobId} neither inserted nor found`)
+          // Thrown, so the transaction takes back this batch's inserts.
+          if (!created.has(row.id) && !sameJob(row, job)) throw new ClaimRefused({ conflict: i })
+          return { row, created: created.has(row.id) }
+        })
+        return { rows }
+      })
+    return this.call('claim jobs', () =>
+      claim().catch((err: unknown) => {
+        if (err instanceof ClaimRefused) return err.claim
+        throw err
       }),
     )
   }
@@ -101,10 +179,10 @@ export class JobRecords {
     })
   }
 
-  /** Removes a job that was never queued (its add was refused). */
-  remove(jobId: string): Promise<void> {
-    return this.call('remove job', async () => {
-      await this.db.delete(jobs).where(and(eq(jobs.id, jobId), eq(jobs.status, 'queued')))
+  /** Removes jobs that were never queued (their add was refused). */
+  remove(jobIds: string[]): Promise<void> {
+    return this.call('remove jobs', async () => {
+      await this.db.delete(jobs).where(and(inArray(jobs.id, jobIds), eq(jobs.status, 'queued')))
     })
   }
 
@@ -318,7 +396,12 @@ export class JobRecords {
 
   /** Keeps a status change in the job's history and moves the row's seq forward. */
   recordEvent(event: ProgressEvent): Promise<void> {
-    return this.call('event', () => recordJobEvent(this.db, event))
+    return this.recordEvents([event])
+  }
+
+  /** `recordEvent` for several events at once: one statement. */
+  recordEvents(events: ProgressEvent[]): Promise<void> {
+    return this.call('event', () => recordJobEvents(this.db, events))
   }
 
   /**

@@ -52,31 +52,58 @@ const rowOf = async (jobId: string) => {
 const history = (jobId: string) =>
   database.db.select().from(jobEvents).where(eq(jobEvents.jobId, jobId)).orderBy(jobEvents.seq)
 
+/** A host's first event of `job` (its attempt started), before the producer's queued event. */
+const hostStarted = (job: { jobId: string; type: 'train_lora' }) =>
+  emitEvent(redis, {
+    jobId: job.jobId,
+    type: job.type,
+    status: 'running',
+    progress: 0,
+    message: 'attempt 1/3 started',
+    attempt: 1,
+    timestamp: new Date().toISOString(),
+  })
+
 describe("a producer's lifecycle steps", () => {
   it('announces a queued job once, and not at all when a host emitted first', async () => {
     const job = await queuedJob()
-    const event = await announceQueued({ redis, records }, job)
+    const [event] = await announceQueued({ redis, records }, [job])
     expect(event).toMatchObject({ seq: 1, status: 'queued', message: 'queued', attempt: 0 })
     expect((await history(job.jobId)).map((e) => [e.seq, e.status])).toEqual([[1, 'queued']])
-    expect(await announceQueued({ redis, records }, job)).toBeNull()
+    expect(await announceQueued({ redis, records }, [job])).toEqual([null])
 
     const raced = await queuedJob()
-    await emitEvent(redis, {
-      jobId: raced.jobId,
-      type: raced.type,
-      status: 'running',
-      progress: 0,
-      message: 'attempt 1/3 started',
-      attempt: 1,
-      timestamp: new Date().toISOString(),
-    })
-    expect(await announceQueued({ redis, records }, raced)).toBeNull()
+    await hostStarted(raced)
+    expect(await announceQueued({ redis, records }, [raced])).toEqual([null])
     expect(await history(raced.jobId)).toEqual([])
+  })
+
+  it('announces many jobs at once, each with seq 1 and its history, skipping one a host emitted first', async () => {
+    const batch = [await queuedJob(), await queuedJob(), await queuedJob()]
+    const [, raced] = batch
+    if (!raced) throw new Error('three jobs')
+    await hostStarted(raced)
+    const events = await announceQueued({ redis, records }, batch)
+    expect(events.map((e) => e && [e.jobId, e.seq, e.status])).toEqual([
+      [batch[0]?.jobId, 1, 'queued'],
+      null,
+      [batch[2]?.jobId, 1, 'queued'],
+    ])
+    for (const job of [batch[0], batch[2]]) {
+      if (!job) continue
+      expect((await history(job.jobId)).map((e) => [e.seq, e.status])).toEqual([[1, 'queued']])
+      expect((await rowOf(job.jobId)).lastSeq).toBe(1)
+      expect((await readEvents(redis, job.jobId)).map((e) => [e.seq, e.status])).toEqual([[1, 'queued']])
+    }
+    expect(await history(raced.jobId)).toEqual([])
+    // The raced job's own events stay as the host wrote them.
+    expect((await readEvents(redis, raced.jobId)).map((e) => [e.seq, e.status])).toEqual([[1, 'running']])
+    expect(await announceQueued({ redis, records }, [])).toEqual([])
   })
 
   it('cancels a job no host runs: row cancelled, then a terminal event, then its history', async () => {
     const job = await queuedJob()
-    await announceQueued({ redis, records }, job)
+    await announceQueued({ redis, records }, [job])
     const row = await rowOf(job.jobId)
     let wrapped = 0
     const onRedis = <T>(fn: () => Promise<T>) => {

@@ -5,7 +5,7 @@
 import type { Redis } from 'ioredis'
 import type { ProgressEvent } from '../events.ts'
 import type { JobType } from '../params/index.ts'
-import { emitEvent, emitFirstEvent } from '../progress-log.ts'
+import { emitEvent, emitFirstEvents } from '../progress-log.ts'
 import { type ApplyPorts, apply } from './apply.ts'
 import { decide } from './lifecycle.ts'
 import type { JobRecords } from './records.ts'
@@ -28,28 +28,39 @@ export const eventPorts = ({ redis, records, onRedis = (fn) => fn() }: EventDeps
   }) satisfies Pick<ApplyPorts, 'emit' | 'record'>
 
 /**
- * A submitted job's `queued` event, once its BullMQ add succeeded, then its place in the history; skipped
- * (null) when a host was quicker and emitted the job's first event already (its seq must come first).
+ * Submitted jobs' `queued` events, once their BullMQ add succeeded, then their place in the history (one
+ * Redis round trip and one statement for all of them); a job is skipped (null) when a host was quicker and
+ * emitted its first event already (its seq must come first). In the jobs' order.
  *
- * @example await announceQueued({ redis, records: store }, { jobId, type })
+ * @example await announceQueued({ redis, records: store }, [{ jobId, type }])
  */
 export async function announceQueued(
-  { redis, records, onRedis = (fn) => fn() }: EventDeps,
-  job: { jobId: string; type: JobType },
-): Promise<ProgressEvent | null> {
-  const event = await onRedis(() =>
-    emitFirstEvent(redis, {
-      jobId: job.jobId,
-      type: job.type,
-      status: 'queued',
-      progress: 0,
-      message: 'queued',
-      attempt: 0,
-      timestamp: new Date().toISOString(),
-    }),
+  {
+    redis,
+    records,
+    onRedis = (fn) => fn(),
+  }: Omit<EventDeps, 'records'> & {
+    records: Pick<JobRecords, 'recordEvents'>
+  },
+  jobs: { jobId: string; type: JobType }[],
+): Promise<(ProgressEvent | null)[]> {
+  const timestamp = new Date().toISOString()
+  const events = await onRedis(() =>
+    emitFirstEvents(
+      redis,
+      jobs.map(({ jobId, type }) => ({
+        jobId,
+        type,
+        status: 'queued' as const,
+        progress: 0,
+        message: 'queued',
+        attempt: 0,
+        timestamp,
+      })),
+    ),
   )
-  if (event) await records.recordEvent(event)
-  return event
+  await records.recordEvents(events.filter((e): e is ProgressEvent => e !== null))
+  return events
 }
 
 /**

@@ -61,7 +61,8 @@ const lora = { type: 'train_lora', params: { baseModel: 'sd15', datasetPath: 'ds
 
 describe('reconciling jobs the queue lost', () => {
   it('re-queues one with attempts left (it then completes) and fails one without (reason lost), with events', async () => {
-    const { json: a } = await stack.post({ ...lora, priority: 3, timeoutSec: 120, maxAttempts: 2 })
+    const gpu = { vramMb: 0, exclusive: false }
+    const { json: a } = await stack.post({ ...lora, priority: 3, timeoutSec: 120, maxAttempts: 2, gpu })
     const requeueId = a.jobId as string
     const { json: b } = await stack.post({ ...lora, maxAttempts: 1 })
     const failId = b.jobId as string
@@ -105,6 +106,7 @@ describe('reconciling jobs the queue lost', () => {
       type: 'train_lora',
       timeoutSec: 120,
       maxAttempts: 2,
+      gpu,
       params: lora.params,
       artifacts: { outputPrefix: `loras/${requeueId}` },
     })

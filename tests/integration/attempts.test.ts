@@ -59,6 +59,7 @@ describe('attempts, retry and re-run with a GPU host', () => {
       params: { speakerName: 'ann', datasetPath: 'ds', epochs: 1 },
       maxAttempts: 2,
       timeoutSec: 300,
+      gpu: { vramMb: 0, exclusive: false },
     })
     expect(first.status).toBe(202)
     const jobId = String(first.json.jobId)
@@ -70,6 +71,9 @@ describe('attempts, retry and re-run with a GPU host', () => {
     expect(status).toBe('queued')
     const copy: JobStatusBody = await stack.waitStatus(newId, ['completed'])
     expect(copy).toMatchObject({ type: 'train_voice', params: original.params, maxAttempts: 2 })
+    // The options are kept: the job's own GPU needs too.
+    expect(copy).toMatchObject({ timeoutSec: 300, gpu: { vramMb: 0, exclusive: false } })
+    expect(original.gpu).toEqual({ vramMb: 0, exclusive: false })
     expect(copy.attempts).toHaveLength(1)
     expect(copy.artifacts.map((a) => a.path)).toEqual(original.artifacts.map((a) => a.path))
     expect((await post('/api/jobs/no-such-job/rerun')).status).toBe(404)

@@ -9,9 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openApiDocument } from '../../gateway/openapi.ts'
 import type { JobListBody, SubmitBatchResponse } from '../../schema/api.ts'
 import { createRedis } from '../../schema/clients.ts'
-import { jobs } from '../../schema/db/tables.ts'
+import { jobEvents, jobs } from '../../schema/db/tables.ts'
 import { QUEUE_NAME } from '../../schema/keys.ts'
-import { type Stack, startStack, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
+import { readEvents } from '../../schema/progress-log.ts'
+import { type Stack, startStack, TEST_DATABASE_URL, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts'
 
 const TOKENS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'] as const
@@ -187,6 +188,58 @@ describe('POST /api/jobs/batch', () => {
     expect(await stack.queue.getJobState(`dave.${tag}-new`)).toBe('unknown')
   })
 
+  it('a conflict in the middle refuses the whole batch; resubmits inside a batch keep their rows; each new job has one queued event, seq 1', async () => {
+    expect((await batch('dave', { jobs: [voice(`${tag}-m0`)] })).status).toBe(202)
+    const mixed = [voice(`${tag}-m1`), voice(`${tag}-m0`, 3), voice(`${tag}-m2`)]
+    const refused = await batch('dave', { jobs: mixed })
+    expect(refused.status).toBe(409)
+    expect(refused.json).toMatchObject({ error: { issues: [{ path: 'jobs[1].jobId' }] } })
+    expect(await rowsOf([`dave.${tag}-m1`, `dave.${tag}-m2`])).toEqual([])
+    for (const id of [`dave.${tag}-m1`, `dave.${tag}-m2`])
+      expect(await stack.queue.getJobState(id)).toBe('unknown')
+    const [before] = await stack.database.db
+      .select()
+      .from(jobs)
+      .where(eq(jobs.id, `dave.${tag}-m0`))
+    const res = await batch('dave', { jobs: [voice(`${tag}-m1`), voice(`${tag}-m0`), voice(`${tag}-m2`)] })
+    expect(res.status).toBe(202)
+    expect(res.json.jobs.map((j) => j.jobId)).toEqual([`dave.${tag}-m1`, `dave.${tag}-m0`, `dave.${tag}-m2`])
+    const [after] = await stack.database.db
+      .select()
+      .from(jobs)
+      .where(eq(jobs.id, `dave.${tag}-m0`))
+    expect(after?.createdAt).toEqual(before?.createdAt)
+    for (const id of [`dave.${tag}-m1`, `dave.${tag}-m0`, `dave.${tag}-m2`]) {
+      const history = await stack.database.db.select().from(jobEvents).where(eq(jobEvents.jobId, id))
+      expect(
+        history.map((e) => [e.seq, e.status, e.attempt]),
+        id,
+      ).toEqual([[1, 'queued', 0]])
+      expect(
+        (await readEvents(stack.redis, id)).map((e) => [e.seq, e.status]),
+        id,
+      ).toEqual([[1, 'queued']])
+      expect((await stack.database.db.select().from(jobs).where(eq(jobs.id, id)))[0]?.lastSeq).toBe(1)
+    }
+  })
+
+  it('keeps gpu with the job: stored, in the status body, compared on a resubmit', async () => {
+    const gpu = { vramMb: 8000, exclusive: true }
+    const first = await batch('bob', { jobs: [{ ...voice(`${tag}-g`), gpu }] })
+    expect(first.status).toBe(202)
+    const id = `bob.${tag}-g`
+    expect(await (await call('bob', `/api/status/${id}`)).json()).toMatchObject({ jobId: id, gpu })
+    expect((await stack.queue.getJob(id))?.data).toMatchObject({ gpu })
+    expect((await batch('bob', { jobs: [{ ...voice(`${tag}-g`), gpu }] })).status).toBe(200)
+    for (const other of [{ vramMb: 8000 }, { vramMb: 4000, exclusive: true }, undefined]) {
+      const res = await call('bob', '/api/train', { ...voice(`${tag}-g`), ...(other ? { gpu: other } : {}) })
+      expect(res.status, JSON.stringify(other)).toBe(409)
+    }
+    const plain = await call('bob', '/api/train', voice(`${tag}-nogpu`))
+    expect(await (await call('bob', `/api/status/bob.${tag}-nogpu`)).json()).toMatchObject({ gpu: null })
+    expect(plain.status).toBe(202)
+  })
+
   it('an add that stalls answers 503; what landed is undone, and the same batch again is queued', async () => {
     const jobIds = [`${tag}-s1`, `${tag}-s2`]
     const body = { jobs: jobIds.map((id) => voice(id)) }
@@ -278,5 +331,44 @@ describe('POST /api/jobs/batch with Redis down', () => {
       await queue.close()
       direct.disconnect()
     }
+  })
+})
+
+describe('POST /api/jobs/batch and POST /api/train with Postgres down', () => {
+  let proxy: TcpProxy
+  let cut: Stack
+
+  beforeAll(async () => {
+    const pg = new URL(TEST_DATABASE_URL)
+    proxy = await startTcpProxy(Number(pg.port || 5432), pg.hostname)
+    pg.host = `127.0.0.1:${proxy.port}`
+    cut = await startStack({ withHost: false, databaseUrl: pg.toString() })
+  })
+  afterAll(async () => {
+    await proxy?.restore().catch(() => {})
+    await cut?.close()
+    await proxy?.close()
+  })
+
+  it('answers 503 naming Postgres, and nothing is queued', async () => {
+    const jobIds = [`${tag}-p1`, `${tag}-p2`]
+    await proxy.cut()
+    const post = (route: string, body: unknown) =>
+      fetch(cut.url(route), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      })
+    for (const [route, body] of [
+      ['/api/jobs/batch', { jobs: jobIds.map((id) => voice(id)) }],
+      ['/api/train', voice(`${tag}-p3`)],
+    ] as const) {
+      const res = await post(route, body)
+      expect(res.status, route).toBe(503)
+      expect(JSON.stringify(await res.json()), route).toContain('Postgres')
+    }
+    for (const id of [...jobIds, `${tag}-p3`]) expect(await cut.queue.getJobState(id)).toBe('unknown')
+    await proxy.restore()
+    expect(await rowsOf([...jobIds, `${tag}-p3`])).toEqual([])
   })
 })

@@ -16,6 +16,7 @@ import {
   type BenchResult,
   clock,
   machineLoad,
+  median,
   printTable,
   ratio,
   rounded,
@@ -278,8 +279,6 @@ async function runTrial(
   }
 }
 
-const median = (xs: number[]): number => summarize(xs).p50
-
 /** One trial over its rounds: medians of the rates, extremes of the counts, pooled latencies. */
 interface TrialSummary {
   trial: string
@@ -298,6 +297,7 @@ interface TrialSummary {
   failedJobs: number
   jobsOnAnotherDevice: number
   perRoundJobsPerSecond: number[]
+  perRoundMeanAtOnce: number[]
 }
 
 function summarizeTrial(t: Trial, rs: TrialRun[]): TrialSummary {
@@ -319,6 +319,7 @@ function summarizeTrial(t: Trial, rs: TrialRun[]): TrialSummary {
     failedJobs: rs.reduce((a, x) => a + x.failed, 0),
     jobsOnAnotherDevice: rs.reduce((a, x) => a + x.wrongDevice, 0),
     perRoundJobsPerSecond: rs.map((x) => round(x.jobsPerSecond)),
+    perRoundMeanAtOnce: rs.map((x) => round(x.meanAtOnce)),
   }
 }
 

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { startStack } from '../tests/helpers/stack.ts'
 import { removeJobs, submitBatches, terminalCounter, trainBody } from './jobs.ts'
-import { BENCH_DIR, type BenchResult, clock, machineLoad, printTable, ratio } from './lib.ts'
+import { BENCH_DIR, type BenchResult, clock, machineLoad, median, printTable, ratio } from './lib.ts'
 
 const FIXTURE = path.resolve(BENCH_DIR, '../tests/fixtures/handlers/bench-noop.ts')
 /** Slot counts measured; --quick measures the smallest and the largest. */
@@ -114,12 +114,6 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
     await rm(dir, { recursive: true, force: true })
   }
   const busy = machine.busyPercent()
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b)
-    return s.length === 0
-      ? Number.NaN
-      : ((s[(s.length - 1) >> 1] as number) + (s[s.length >> 1] as number)) / 2
-  }
   const table: Record<string, Record<string, number>> = {}
   for (const slots of slotCounts) {
     const p = perSlots[slots]

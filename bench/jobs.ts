@@ -1,6 +1,7 @@
 /**
- * Helpers shared by the throughput, submission, scale and artifacts benchmarks: submit bodies, the batch
- * route in chunks, a counter of terminal events, process RSS from /proc, and removing a run's jobs.
+ * Helpers shared by the throughput, submission, scale, artifacts and packing benchmarks: submit bodies,
+ * the batch route in chunks, a subscription to a run's events and a counter of its terminal events,
+ * process RSS from /proc, and removing a run's jobs.
  */
 import { readFile } from 'node:fs/promises'
 import { like } from 'drizzle-orm'
@@ -10,6 +11,7 @@ import { jobs } from '../schema/db/tables.ts'
 import type { ProgressEvent } from '../schema/events.ts'
 import { eventLogKey, seqKey } from '../schema/keys.ts'
 import { type Stack, TERMINAL, TEST_REDIS_URL } from '../tests/helpers/stack.ts'
+import { clock } from './lib.ts'
 
 /** A valid train_lora submit body (the gateway checks the params even when a fixture handler runs). */
 export const trainBody = (jobId: string, extra: Record<string, unknown> = {}) => ({
@@ -50,19 +52,15 @@ export async function terminalCounter(idPrefix: string): Promise<{
   reached(n: number): Promise<void>
   close(): void
 }> {
-  const sub = createRedis(TEST_REDIS_URL)
-  await sub.connect()
   let ended = 0
   let failed = 0
   let waiter: { n: number; resolve: () => void } | null = null
-  sub.on('pmessage', (_p: string, _c: string, raw: string) => {
-    const event = JSON.parse(raw) as ProgressEvent
+  const sub = await subscribeEvents(idPrefix, (event) => {
     if (!TERMINAL.includes(event.status)) return
     ended += 1
     if (event.status !== 'completed') failed += 1
     if (waiter && ended >= waiter.n) waiter.resolve()
   })
-  await sub.psubscribe(`progress:${idPrefix}*`)
   return {
     ended: () => ended,
     failed: () => failed,
@@ -72,8 +70,25 @@ export async function terminalCounter(idPrefix: string): Promise<{
         : new Promise<void>((resolve) => {
             waiter = { n, resolve }
           }),
-    close: () => sub.disconnect(),
+    close: sub.close,
   }
+}
+
+/**
+ * Calls `onEvent` with every progress event of the jobs whose id starts with `idPrefix` and the moment
+ * it arrived (`clock()`), over one Redis pattern subscription; `close()` ends it.
+ */
+export async function subscribeEvents(
+  idPrefix: string,
+  onEvent: (event: ProgressEvent, at: number) => void,
+): Promise<{ close(): void }> {
+  const sub = createRedis(TEST_REDIS_URL)
+  await sub.connect()
+  sub.on('pmessage', (_p: string, _c: string, raw: string) =>
+    onEvent(JSON.parse(raw) as ProgressEvent, clock()),
+  )
+  await sub.psubscribe(`progress:${idPrefix}*`)
+  return { close: () => sub.disconnect() }
 }
 
 /** Resident set size of a process in bytes (VmRSS in /proc), or NaN when it is gone. */

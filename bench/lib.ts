@@ -50,6 +50,12 @@ export function summarize(values: ArrayLike<number>): Summary {
   }
 }
 
+/** The median; for an even count the mean of the middle two (two rounds give their mean). */
+export function median(values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b)
+  return s.length === 0 ? Number.NaN : ((s[(s.length - 1) >> 1] as number) + (s[s.length >> 1] as number)) / 2
+}
+
 /** Rounds every number in a summary (for JSON that stays small and readable). */
 export function rounded<T extends object>(obj: T, digits = 3): T {
   const f = 10 ** digits

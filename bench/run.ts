@@ -1,6 +1,6 @@
 /**
  * `npm run bench` runs every benchmark; `npm run bench -- <name>` runs one (startup, fanout, metrics, soak,
- * throughput, artifacts, submission, scale). `--quick` runs each with tiny sizes (CI: under ~90 s on 2
+ * throughput, artifacts, submission, scale, packing). `--quick` runs each with tiny sizes (CI: under ~90 s on 2
  * cores) and writes bench/results/<name>-quick.json, so the committed full results stay.
  * Each measures a baseline in the same run, prints a table and writes bench/results/<name>.json.
  * These are measurements, not tests: nothing here fails on a slow number.
@@ -29,6 +29,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   artifacts: async (o) => (await import('./artifacts.ts')).artifacts(o),
   submission: async (o) => (await import('./submission.ts')).submission(o),
   scale: async (o) => (await import('./scale.ts')).scale(o),
+  packing: async (o) => (await import('./packing.ts')).packing(o),
 }
 
 /** The older benchmarks' knobs at tiny sizes (an explicit environment value wins). */

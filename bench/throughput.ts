@@ -17,6 +17,7 @@ import {
   cpuByProcess,
   cpuMsPerJob,
   machineLoad,
+  median,
   printTable,
   ratio,
 } from './lib.ts'
@@ -144,12 +145,6 @@ export async function throughput({ quick }: { quick: boolean }): Promise<BenchRe
     await rm(dir, { recursive: true, force: true })
   }
   const busy = machine.busyPercent()
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b)
-    return s.length === 0
-      ? Number.NaN
-      : ((s[(s.length - 1) >> 1] as number) + (s[s.length >> 1] as number)) / 2
-  }
   const table: Record<string, Record<string, number>> = {}
   /** The median of each field over the rounds. */
   const cpuMedian = (rounds: CpuByProcess[]): CpuByProcess => ({

@@ -3,6 +3,7 @@ import {
   migMemoryMb,
   parseComputeApps,
   parseGpuList,
+  parseMigDevices,
   parseNvidiaSmi,
   physicalUuid,
   slotsFor,
@@ -57,6 +58,24 @@ describe('nvidia-smi readings', () => {
       },
       { index: 1, name: 'NVIDIA H200', uuid: 'GPU-66666666-7777-8888-9999-000000000000', mig: [] },
     ])
+  })
+
+  it('reads the GPU instance id of each MIG device from the plain table, none without MIG', () => {
+    const table = [
+      '| GPU  GI  CI  MIG |         Memory-Usage |        Vol|         Shared        |',
+      '|      ID  ID  Dev |           BAR1-Usage | SM     Unc| CE  ENC  DEC  OFA  JPG|',
+      '|==================+======================+===========+=======================|',
+      '|  0    1   0   0  |     19MiB / 40192MiB | 60      0 |  3   0    3    0    3 |',
+      '|                  |      0MiB / 65535MiB |           |                       |',
+      '|  0   13   0   1  |     11MiB /  9984MiB | 16      0 |  1   0    1    0    1 |',
+      '|  1    2   0   0  |              12MiB /  9984MiB  | 16      0 |  1   0    1    0    1 |',
+    ].join('\n')
+    expect([...parseMigDevices(table)]).toEqual([
+      ['0/0', 1],
+      ['0/1', 13],
+      ['1/0', 2],
+    ])
+    expect(parseMigDevices('|  No MIG devices found                    |').size).toBe(0)
   })
 
   it('reads a MIG profile’s memory as 10^9 bytes per GB, never more than it has', () => {

@@ -33,6 +33,8 @@ export interface MigInstance {
   device: number
   /** `MIG-<uuid>` (older drivers: `MIG-GPU-<uuid>/<gi>/<ci>`): what CUDA_VISIBLE_DEVICES takes. */
   uuid: string
+  /** Its GPU instance id (the `GI ID` of nvidia-smi's MIG devices table; dcgm-exporter's `GPU_I_ID`). */
+  gpuInstanceId?: number
 }
 
 /** One GPU as `nvidia-smi -L` lists it, with its MIG instances (none when MIG is off). */
@@ -102,6 +104,22 @@ export function parseGpuList(text: string): GpuListing[] {
   return gpus
 }
 
+/** A row of nvidia-smi's "MIG devices" table: `|  0    9   0   0  |  12MiB / 9984MiB | ...` (GPU, GI, CI, MIG Dev). */
+const MIG_DEVICE_ROW = /^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|/
+
+/**
+ * Parses the "MIG devices" table of plain `nvidia-smi`: the GPU instance id of each MIG device, keyed
+ * `<gpu index>/<MIG Dev>` (MIG Dev is the `Device N` of `nvidia-smi -L`).
+ */
+export function parseMigDevices(text: string): Map<string, number> {
+  const ids = new Map<string, number>()
+  for (const line of text.split('\n')) {
+    const m = line.match(MIG_DEVICE_ROW)
+    if (m) ids.set(`${m[1]}/${m[4]}`, Number(m[2]))
+  }
+  return ids
+}
+
 /**
  * A MIG instance's memory in MiB, from its profile (`1g.18gb`: 18 GB). The profile rounds to whole GB
  * and nvidia-smi's CSV has no per-instance memory, so the GB are read as 10^9 bytes: a little under what
@@ -138,7 +156,18 @@ export async function readGpuProcesses(): Promise<GpuProcess[] | null> {
 /** The GPUs and their MIG instances (`nvidia-smi -L`); null without nvidia-smi. */
 export async function readGpuList(): Promise<GpuListing[] | null> {
   const out = await smi(['-L'])
-  return out === null ? null : parseGpuList(out)
+  if (out === null) return null
+  const gpus = parseGpuList(out)
+  // The GPU instance ids (dcgm-exporter labels MIG series with them) are only in the plain table.
+  if (gpus.some((g) => g.mig.length > 0)) {
+    const ids = parseMigDevices((await smi([])) ?? '')
+    for (const g of gpus)
+      for (const m of g.mig) {
+        const id = ids.get(`${g.index}/${m.device}`)
+        if (id !== undefined) m.gpuInstanceId = id
+      }
+  }
+  return gpus
 }
 
 /**
@@ -149,8 +178,8 @@ export interface Slot {
   id: number
   /** For a MIG instance: the GPU's index, the instance's uuid, `<GPU name> MIG <profile>` and its memory. */
   gpu: { index: number | null; uuid: string | null; name: string | null; vramTotalMb: number | null }
-  /** A MIG instance: its profile, device number and the physical GPU it is part of. */
-  mig?: { profile: string; device: number; gpuUuid: string }
+  /** A MIG instance: its profile, device number, GPU instance id (when known) and its physical GPU. */
+  mig?: { profile: string; device: number; gpuUuid: string; gpuInstanceId?: number }
   /** CUDA_VISIBLE_DEVICES for the job's process (a GPU or MIG uuid); undefined on a virtual slot. */
   cudaVisibleDevices: string | undefined
   /** Jobs running on it now. */
@@ -183,7 +212,12 @@ export function slotsFor(
               name: `${g.name} MIG ${m.profile}`,
               vramTotalMb: migMemoryMb(m.profile),
             },
-            mig: { profile: m.profile, device: m.device, gpuUuid: g.uuid },
+            mig: {
+              profile: m.profile,
+              device: m.device,
+              gpuUuid: g.uuid,
+              ...(m.gpuInstanceId === undefined ? {} : { gpuInstanceId: m.gpuInstanceId }),
+            },
             cudaVisibleDevices: m.uuid,
             jobs: 0,
             busy: false,

@@ -43,7 +43,13 @@ const oldestProgressAge = (jobs: RunningJob[]): number => {
   return jobs.reduce((age, j) => Math.max(age, (now - j.lastProgressAt) / 1000), 0)
 }
 
-const GPU = ['gpu', 'UUID', 'Hostname'] as const
+/**
+ * dcgm-exporter's labels. A MIG instance's series also carry its `GPU_I_PROFILE` and `GPU_I_ID`, as
+ * dcgm-exporter's do, and `gpu_uuid`, its physical GPU's uuid: dcgm-exporter's `UUID` for a MIG
+ * instance is the GPU's, ours the instance's own (`MIG-...`, what CUDA_VISIBLE_DEVICES takes), so a join
+ * takes `label_replace(ours, "UUID", "$1", "gpu_uuid", "(.+)")` and `on (gpu, UUID, GPU_I_ID)`.
+ */
+const GPU = ['gpu', 'UUID', 'Hostname', 'GPU_I_PROFILE', 'GPU_I_ID', 'gpu_uuid'] as const
 
 /** Every series of the host, one a line. No job-id labels (unbounded cardinality). */
 const hostSeries = (running: () => Iterable<RunningJob>) =>
@@ -183,9 +189,20 @@ export class HostMetrics {
     if (counts.reconciled) this.reconciled.inc({ type, action: counts.reconciled })
   }
 
-  /** dcgm-exporter's labels; a MIG instance has its GPU's index and its own `MIG-` uuid. */
-  gpuLabels(slot: Slot): { gpu: string; UUID: string; Hostname: string } {
-    return { gpu: String(slot.gpu.index ?? slot.id), UUID: slot.gpu.uuid ?? '', Hostname: this.host }
+  /**
+   * dcgm-exporter's labels; a MIG instance has its GPU's index, its own `MIG-` uuid, and its profile,
+   * GPU instance id (when nvidia-smi showed it) and GPU's uuid (see GPU above).
+   */
+  gpuLabels(slot: Slot): Partial<Record<(typeof GPU)[number], string>> {
+    const labels = { gpu: String(slot.gpu.index ?? slot.id), UUID: slot.gpu.uuid ?? '', Hostname: this.host }
+    const mig = slot.mig
+    if (!mig) return labels
+    return {
+      ...labels,
+      GPU_I_PROFILE: mig.profile,
+      ...(mig.gpuInstanceId === undefined ? {} : { GPU_I_ID: String(mig.gpuInstanceId) }),
+      gpu_uuid: mig.gpuUuid,
+    }
   }
 
   initSlots(slots: Slot[]): void {

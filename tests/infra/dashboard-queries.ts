@@ -284,6 +284,8 @@ export const KNOWN_METRICS: ReadonlySet<string> = new Set([
   'gpu_worker_timeouts_total',
   'gpu_worker_gpu_memory_used_bytes',
   'gpu_worker_gpu_memory_total_bytes',
+  'gpu_worker_gpu_memory_reserved_bytes',
+  'gpu_worker_gpu_memory_free_bytes',
   'gpu_worker_gpu_memory_leaks_total',
   'gpu_worker_running_jobs_per_gpu',
   'gpu_worker_oldest_progress_age_seconds',

@@ -131,6 +131,8 @@ describe('GPU Job Metrics dashboard', () => {
       'gpu_worker_gpu_memory_used_bytes',
       'DCGM_FI_DEV_GPU_UTIL',
       'gpu_worker_running_jobs_per_gpu',
+      'gpu_worker_gpu_memory_reserved_bytes',
+      'gpu_worker_gpu_memory_free_bytes',
       'instance_type:gpu_worker_retries:rate5m',
       'instance_type:gpu_worker_timeouts:rate5m',
       'instance_type:gpu_worker_cancellations:rate5m',
@@ -142,6 +144,14 @@ describe('GPU Job Metrics dashboard', () => {
       panel.targets?.some((target) => target.expr?.includes('DCGM_FI_DEV_GPU_UTIL')),
     )
     expect(utilisation?.targets?.some((t) => t.expr?.includes('gpu_worker_running_jobs_per_gpu'))).toBe(true)
+    // Reserved and free VRAM per GPU sit beside the memory panels, filtered by the same variables.
+    const vram = panels.find((panel) =>
+      panel.targets?.some((target) => target.expr?.includes('gpu_worker_gpu_memory_reserved_bytes')),
+    )
+    const used = panels.find((panel) => panel.title === 'VRAM used per GPU')
+    expect(vram?.targets?.some((t) => t.expr?.includes('gpu_worker_gpu_memory_free_bytes'))).toBe(true)
+    expect(vram?.gridPos.y).toBe((used?.gridPos.y ?? 0) + (used?.gridPos.h ?? 0))
+    for (const t of vram?.targets ?? []) expect(variableRefs(t.expr ?? '').sort()).toEqual(['gpu', 'host'])
   })
 
   it('leaves no template variable after substitution', () => {

@@ -25,7 +25,7 @@ interface Scenario {
     uuid: string
     name: string
     memoryTotalMb: number
-    mig?: { profile: string; uuid: string }[]
+    mig?: { profile: string; uuid: string; gpuInstanceId?: number }[]
   }[]
   processes?: { pid: number; name: string; gpuUuid: string; usedMb: number }[]
 }
@@ -188,9 +188,10 @@ describe('GPU packing', () => {
   })
 
   it('makes each MIG instance a device with its own memory and CUDA_VISIBLE_DEVICES=MIG-<uuid>', async () => {
-    const small = { profile: '1g.18gb', uuid: 'MIG-aaaaaaaa-1111-2222-3333-444444444444' }
-    const large = { profile: '3g.71gb', uuid: 'MIG-bbbbbbbb-1111-2222-3333-444444444444' }
-    await setGpus({ gpus: [gpu(0, 143_771, [small, large])] })
+    const small = { profile: '1g.18gb', uuid: 'MIG-aaaaaaaa-1111-2222-3333-444444444444', gpuInstanceId: 13 }
+    const large = { profile: '3g.71gb', uuid: 'MIG-bbbbbbbb-1111-2222-3333-444444444444', gpuInstanceId: 2 }
+    const h200 = gpu(0, 143_771, [small, large])
+    await setGpus({ gpus: [h200] })
     await withHost(4, async (host) => {
       // 1g.18gb holds one job of 16 GB (17166 MiB), 3g.71gb four (67710 MiB): the sixth waits.
       const ids = await Promise.all([1, 2, 3, 4, 5, 6].map(() => add('mig', { vramMb: 16_000 })))
@@ -206,6 +207,22 @@ describe('GPU packing', () => {
         [small.uuid, small.profile, 1],
         [large.uuid, large.profile, 4],
       ])
+      // Labelled to join dcgm-exporter's MIG series: its UUID is the GPU's, plus GPU_I_PROFILE and GPU_I_ID.
+      const series = (await host.metrics.registry.getSingleMetric('gpu_worker_running_jobs_per_gpu')?.get())
+        ?.values
+      expect(series?.map((x) => [x.labels, x.value])).toEqual(
+        [small, large].map((m, i) => [
+          {
+            gpu: '0',
+            UUID: m.uuid,
+            Hostname: host.metrics.host,
+            GPU_I_PROFILE: m.profile,
+            GPU_I_ID: String(m.gpuInstanceId),
+            gpu_uuid: h200.uuid,
+          },
+          i === 0 ? 1 : 4,
+        ]),
+      )
       await open('mig')
       const got = await results(ids)
       for (const r of got) {

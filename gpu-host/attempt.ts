@@ -139,6 +139,9 @@ export class AttemptRunner {
       if ('busy' in placed) {
         log.info({ needMb: plan.gpu.vramMb }, 'no GPU has room and another job waits first; put back')
         await job.moveToDelayed(Date.now() + VRAM_RETRY_MS, token)
+        // Back as soon as room may have come (slots.ts calls back): the delay is a bound, not a wait. A job
+        // another host took, or that was cancelled meanwhile, is no longer delayed: nothing to promote.
+        slots.whenRoom(() => void job.promote().catch(() => {}))
         throw new DelayedError()
       }
       if ('stopped' in placed && !entry.cancelRequested) {

@@ -18,6 +18,14 @@ import { type DeviceUsage, type GpuRequest, VramLedger } from './vram-ledger.ts'
 
 /** How often a job waiting for room looks at nvidia-smi again (other processes free memory unannounced). */
 const RECHECK_MS = 1_000
+/**
+ * A reading this recent is good enough to admit by: nvidia-smi takes tens of milliseconds a call, which
+ * every job's start would otherwise wait for, and any reading lags what other processes allocate anyway
+ * (which is why admission counts reservations, not the reading alone).
+ */
+const READING_FRESH_MS = 1_000
+/** Jobs put back while another waited for room, kept to be called back when room may have come. */
+const MAX_CALLBACKS = 1_000
 
 /** What became of a job's admission. */
 export type Admission =
@@ -39,6 +47,11 @@ export class SlotPool {
   private readonly groups = new Map<string, number>()
   /** The job held waiting for room, and the device held back for it. */
   private waiter: { wake: () => void; heldBack: number | undefined } | undefined
+  /** Calls back for jobs put back while another waited (`whenRoom`), first first. */
+  private readonly callbacks: (() => void)[] = []
+  /** The nvidia-smi reading under way, and when the last one was taken (ms). */
+  private reading: Promise<void> | undefined
+  private readAt = 0
 
   constructor(
     private readonly deps: {
@@ -96,7 +109,7 @@ export class SlotPool {
    * re-reading nvidia-smi every second) while nothing fits, unless another job waits already.
    */
   async admit(jobId: string, req: GpuRequest, stop: () => boolean): Promise<Admission> {
-    await this.refresh()
+    await this.refresh(READING_FRESH_MS)
     const now = this.tryPlace(jobId, req, this.waiter?.heldBack)
     if (now) return now
     if (this.waiter) return { busy: true }
@@ -113,13 +126,33 @@ export class SlotPool {
           }
         })
         if (stop()) return { stopped: true }
+        // Woken by a release, the room it gave back is known without a reading (its process group is
+        // gone); the reading is for what other processes freed meanwhile.
+        const known = this.tryPlace(jobId, req)
+        if (known) return known
         await this.refresh()
         const placed = this.tryPlace(jobId, req)
         if (placed) return placed
       }
     } finally {
       this.waiter = undefined
+      this.callBack()
     }
+  }
+
+  /**
+   * `retry` is called once, when room may have come and no job waits for it: a job put back (delayed)
+   * because another waited for room comes back then, not at the end of its delay.
+   */
+  whenRoom(retry: () => void): void {
+    this.callbacks.push(retry)
+    if (this.callbacks.length > MAX_CALLBACKS) this.callbacks.shift()
+    if (!this.waiter) this.callBack()
+  }
+
+  private callBack(): void {
+    if (this.waiter) return
+    this.callbacks.shift()?.()
   }
 
   /** Wakes the job waiting for room, to look again now (a cancel, a shutdown). */
@@ -152,7 +185,8 @@ export class SlotPool {
     this.ledger.release(jobId)
     this.groups.delete(jobId)
     this.updated(slot)
-    this.waiter?.wake()
+    if (this.waiter) this.waiter.wake()
+    else this.callBack()
   }
 
   private updated(slot: Slot): void {
@@ -168,8 +202,18 @@ export class SlotPool {
    * namespace none match, and the ledger errs towards too little room). A MIG instance has no reading
    * of its own in nvidia-smi's CSV: it is admitted by its size and this host's reservations.
    */
-  async refresh(): Promise<void> {
-    if (!this.deps.gpuChecks()) return
+  refresh(maxAgeMs = 0): Promise<void> {
+    if (!this.deps.gpuChecks()) return Promise.resolve()
+    // Callers at the same moment share one reading (a burst of jobs runs nvidia-smi once, not per job).
+    if (this.reading !== undefined) return this.reading
+    if (Date.now() - this.readAt < maxAgeMs) return Promise.resolve()
+    this.reading = this.read().finally(() => {
+      this.reading = undefined
+    })
+    return this.reading
+  }
+
+  private async read(): Promise<void> {
     const [gpus, procs] = await Promise.all([readGpus(), readGpuProcesses()])
     if (!gpus) return
     const pidsOf = new Map<string, number[]>()
@@ -193,6 +237,7 @@ export class SlotPool {
       this.ledger.observe(slot.id, g.memoryUsedMb, measured)
       this.deps.metrics.setUsage(slot, this.usage(slot))
     }
+    this.readAt = Date.now()
   }
 
   /** A warm spare for the slot's device, if one is alive; each spare serves one job. */

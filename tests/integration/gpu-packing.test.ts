@@ -299,6 +299,33 @@ describe('GPU packing', () => {
     })
   })
 
+  it('calls a job put back while another waited for room back as room comes, not after its delay', async () => {
+    // Room for one 16 GB job at a time: the second waits held by the host, the third is put back.
+    await setGpus({ gpus: [gpu(0, 20_000)] })
+    await withHost(4, async () => {
+      const first = await add('cb-first', { vramMb: 16_000 })
+      await waitRunning([first], 1)
+      const second = await add('cb-second', { vramMb: 16_000 })
+      await waitFor(
+        async () => (await (await stack.queue.getJob(second))?.getState()) === 'active',
+        15_000,
+        'the second held',
+      )
+      const third = await add('cb-third', { vramMb: 16_000 })
+      const stateOf = async () => (await stack.queue.getJob(third))?.getState()
+      await waitFor(async () => (await stateOf()) === 'delayed', 15_000, 'the third put back')
+      await open('cb-first')
+      await waitRunning([second], 1)
+      // Held next (active), well inside the 5 s it was put back for.
+      await waitFor(async () => (await stateOf()) === 'active', 3_500, 'the third called back')
+      expect(await stack.attempts(third)).toEqual([])
+      await open('cb-second')
+      await waitRunning([third], 1)
+      await open('cb-third')
+      await results([first, second, third])
+    })
+  })
+
   it('gives an exclusive job a GPU of its own: it waits for the GPU to empty, and blocks sharing', async () => {
     await setGpus({ gpus: [gpu(0, 143_771)] })
     await withHost(4, async () => {

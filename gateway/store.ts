@@ -40,14 +40,19 @@ export type JobSummaryRow = Pick<JobRow, keyof typeof summaryColumns>
 /** The error of a row kept as a tombstone for a submit whose add to Redis had an unknown outcome. */
 export const NOT_QUEUED: JobError = new NotQueuedError().toJobError()
 
-/** A list cursor: the (createdAt, id) of the last row of the previous page, opaque to clients. */
-const encodeCursor = (row: Pick<JobRow, 'createdAt' | 'id'>): string =>
-  Buffer.from(JSON.stringify([row.createdAt.toISOString(), row.id])).toString('base64url')
-const decodeCursor = (cursor: string): [Date, string] | null => {
+/**
+ * A list cursor: the (createdAt, id) of the last row of the previous page, opaque to clients. createdAt
+ * as Postgres writes it, to the microsecond: a JavaScript Date keeps milliseconds, and rows created in
+ * the same millisecond as a page's last (a batch submit's are) would fall between two pages.
+ */
+const encodeCursor = (createdAt: string, id: string): string =>
+  Buffer.from(JSON.stringify([createdAt, id])).toString('base64url')
+/** A timestamp as Postgres prints one (or an ISO one, as older cursors hold). */
+const TIMESTAMP = /^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}(:?\d{2})?)?$/
+const decodeCursor = (cursor: string): [string, string] | null => {
   try {
-    const [at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as [string, string]
-    const date = new Date(at)
-    return Number.isNaN(date.getTime()) || typeof id !== 'string' ? null : [date, id]
+    const [at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as [unknown, unknown]
+    return typeof at === 'string' && TIMESTAMP.test(at) && typeof id === 'string' ? [at, id] : null
   } catch {
     return null
   }
@@ -170,18 +175,24 @@ export class JobStore {
       const c = decodeCursor(opts.cursor)
       if (!c) return Promise.resolve({ badCursor: true as const })
       const [at, id] = c
-      where.push(or(lt(jobs.createdAt, at), and(eq(jobs.createdAt, at), lt(jobs.id, id))) as SQL)
+      const after = sql`${at}::timestamptz`
+      where.push(
+        or(sql`${jobs.createdAt} < ${after}`, and(sql`${jobs.createdAt} = ${after}`, lt(jobs.id, id))) as SQL,
+      )
     }
     return this.pg(async () => {
       const rows = await this.db
-        .select(summaryColumns)
+        .select({ ...summaryColumns, cursorAt: sql<string>`${jobs.createdAt}::text` })
         .from(jobs)
         .where(where.length ? and(...where) : undefined)
         .orderBy(desc(jobs.createdAt), desc(jobs.id))
         .limit(opts.limit + 1)
       const page = rows.slice(0, opts.limit)
       const last = page.at(-1)
-      return { rows: page, nextCursor: rows.length > opts.limit && last ? encodeCursor(last) : null }
+      return {
+        rows: page.map(({ cursorAt: _, ...row }) => row),
+        nextCursor: rows.length > opts.limit && last ? encodeCursor(last.cursorAt, last.id) : null,
+      }
     })
   }
 

@@ -3,10 +3,12 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { eq, sql } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JobStore } from '../../gateway/store.ts'
 import { JobState } from '../../gpu-host/state.ts'
 import { type Database, openDatabase } from '../../schema/db/connect.ts'
+import { jobs } from '../../schema/db/tables.ts'
 import { attemptsOf, TEST_DATABASE_URL } from '../helpers/stack.ts'
 
 /** One suite for the state layer, run against every driver: postgres.js and the embedded PGlite. */
@@ -132,6 +134,36 @@ function stateSuite(
       const none = await store.list({ owner, status: 'completed', limit: 10 })
       expect('rows' in none && none.rows).toEqual([])
       expect(await store.list({ owner, limit: 2, cursor: 'garbage' })).toEqual({ badCursor: true })
+      const sqlInCursor = Buffer.from(JSON.stringify(["x'; drop table jobs; --", 'id'])).toString('base64url')
+      expect(await store.list({ owner, limit: 2, cursor: sqlInCursor })).toEqual({ badCursor: true })
+    })
+
+    it('pages rows created within one millisecond (a batch) without losing or repeating one', async () => {
+      const owner = `owner-${randomUUID()}`
+      const ids: string[] = []
+      for (let i = 0; i < 7; i++) {
+        const job = newJob(owner)
+        await store.insert(job)
+        ids.push(job.jobId)
+      }
+      // The same millisecond, microseconds apart (Date, and so a cursor made of one, keeps milliseconds).
+      for (const [i, id] of ids.entries())
+        await database.db
+          .update(jobs)
+          .set({
+            createdAt: sql`timestamptz '2026-12-03 08:00:00.123000+00' + ${i} * interval '1 microsecond'`,
+          })
+          .where(eq(jobs.id, id))
+      const seen: string[] = []
+      let cursor: string | undefined
+      for (;;) {
+        const page = await store.list({ owner, limit: 2, cursor })
+        if ('badCursor' in page) throw new Error('bad cursor')
+        seen.push(...page.rows.map((r) => r.id))
+        if (!page.nextCursor) break
+        cursor = page.nextCursor
+      }
+      expect(seen).toEqual([...ids].reverse())
     })
   })
 }

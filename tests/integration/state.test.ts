@@ -54,6 +54,19 @@ function stateSuite(
       attempt: 1,
     })
 
+    /** Every id of `owner`'s jobs, page by page (2 a page), as the cursors lead. */
+    const pageAll = async (owner: string): Promise<string[]> => {
+      const seen: string[] = []
+      let cursor: string | undefined
+      for (;;) {
+        const page = await store.list({ owner, limit: 2, cursor })
+        if ('badCursor' in page) throw new Error('bad cursor')
+        seen.push(...page.rows.map((r) => r.id))
+        if (!page.nextCursor) return seen
+        cursor = page.nextCursor
+      }
+    }
+
     it('inserts a job once: the same id again is refused', async () => {
       const job = newJob()
       expect(await store.insert(job)).toMatchObject({ id: job.jobId, status: 'queued', attempt: 0 })
@@ -121,15 +134,7 @@ function stateSuite(
         ids.push(job.jobId)
         await sleep(5)
       }
-      const seen: string[] = []
-      let cursor: string | undefined
-      for (;;) {
-        const page = await store.list({ owner, limit: 2, cursor })
-        if ('badCursor' in page) throw new Error('bad cursor')
-        seen.push(...page.rows.map((r) => r.id))
-        if (!page.nextCursor) break
-        cursor = page.nextCursor
-      }
+      const seen = await pageAll(owner)
       expect(seen).toEqual([...ids].reverse())
       const none = await store.list({ owner, status: 'completed', limit: 10 })
       expect('rows' in none && none.rows).toEqual([])
@@ -154,15 +159,7 @@ function stateSuite(
             createdAt: sql`timestamptz '2026-12-03 08:00:00.123000+00' + ${i} * interval '1 microsecond'`,
           })
           .where(eq(jobs.id, id))
-      const seen: string[] = []
-      let cursor: string | undefined
-      for (;;) {
-        const page = await store.list({ owner, limit: 2, cursor })
-        if ('badCursor' in page) throw new Error('bad cursor')
-        seen.push(...page.rows.map((r) => r.id))
-        if (!page.nextCursor) break
-        cursor = page.nextCursor
-      }
+      const seen = await pageAll(owner)
       expect(seen).toEqual([...ids].reverse())
     })
   })

@@ -1,6 +1,6 @@
 import type { Artifact, JobAttempt, JobStatusBody, JobSummary } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
-import { percentText } from '../console/stream.js'
+import { attemptText, percentText } from '../console/stream.js'
 import { alignRows, table } from './table.ts'
 
 /** The widest percentage (`100%`): the column it is padded to. */
@@ -110,8 +110,13 @@ export function outcomeLines(job: JobStatusBody, final: ProgressEvent, baseUrl: 
   const ran = job.startedAt
     ? `${final.status === 'completed' ? 'in' : 'after'} ${duration(end - Date.parse(job.startedAt))}`
     : 'before it started'
+  // As the status says it: "(2 attempts)" for a completed job, "(attempt 3 of 3)" for a failure after the
+  // last one allowed, "(attempt 1)" for one that no retry would follow.
+  const said = attemptText({ ...job, status: final.status })
   const attempts =
-    job.attempt > 1 || final.status === 'failed' ? ` (attempt ${job.attempt} of ${job.maxAttempts})` : ''
+    job.attempt > 1 || final.status === 'failed'
+      ? ` (${final.status === 'completed' ? said : `attempt ${said}`})`
+      : ''
   const error =
     job.error && !final.message.includes(job.error.message)
       ? `: ${job.error.reason} (${job.error.code}): ${job.error.message}`
@@ -129,7 +134,7 @@ export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()
     ['type', job.type],
     ['status', `${job.status}  ${percentText(job.progress, job.status)}`],
     ['message', job.message || undefined],
-    ['attempt', `${job.attempt} of ${job.maxAttempts}`],
+    ['attempt', attemptText(job)],
     ['created', when(job.createdAt, now)],
     ['started', when(job.startedAt, now)],
     ['finished', when(job.finishedAt, now)],

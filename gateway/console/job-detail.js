@@ -13,7 +13,7 @@ import { onLive, syncFollows } from './live.js'
 import { addLossEvent, loadLoss, renderLoss } from './loss-chart.js'
 import { renderParams } from './params-view.js'
 import { jobs, markDirty, mergeJob, onFrame, store } from './state.js'
-import { addEvent, TERMINAL } from './stream.js'
+import { addEvent, attemptText, TERMINAL } from './stream.js'
 import { tabs } from './tabs.js'
 
 const dialog = /** @type {HTMLDialogElement} */ ($('detail'))
@@ -23,17 +23,6 @@ const selectTab = tabs($('d-tabs'), (tabId) => {
   const job = d && jobs.get(d.jobId)
   if (d?.loaded && job) showLogs(d, job, tabId === 'd-tab-logs')
 })
-
-/**
- * The Attempt fact: "n of max" only while another attempt can still come; a completed job says how many
- * it took, a failed or cancelled one which attempt it ended on.
- */
-export function attemptText({ attempt: n, maxAttempts: max, status }) {
-  if (status === 'completed') return `${n} ${n === 1 ? 'attempt' : 'attempts'}`
-  if (!TERMINAL.has(status)) return n === 0 ? `not started (up to ${max})` : `${n} of ${max}`
-  if (n === 0) return 'none (it never started)'
-  return n === max ? `${n} of ${max}` : String(n)
-}
 
 /** Opens the detail the location's hash names (`#job=<id>`), or closes it. */
 export function route() {

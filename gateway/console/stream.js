@@ -23,6 +23,19 @@ export function percentText(value, status) {
 /** A job id as the clients show it: a UUID by its first 8 characters (any command takes them), others whole. */
 export const shortJobId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
 
+/**
+ * A job's attempt as every client writes it (the console's Attempt fact, the CLI's status): "n of max"
+ * only while another attempt can still come; a completed job says how many it took, a failed or
+ * cancelled one which attempt it ended on ("n of max" when that was the last allowed).
+ * @param {{ attempt: number, maxAttempts: number, status: string }} job
+ */
+export function attemptText({ attempt: n, maxAttempts: max, status }) {
+  if (status === 'completed') return `${n} ${n === 1 ? 'attempt' : 'attempts'}`
+  if (!TERMINAL.has(status)) return n === 0 ? `not started (up to ${max})` : `${n} of ${max}`
+  if (n === 0) return 'none (it never started)'
+  return n === max ? `${n} of ${max}` : String(n)
+}
+
 /** Backoff before reconnect attempt `n` (0-based): doubling from `min` up to `max`, with jitter. */
 export function backoffDelay(n, { min = 250, max = 10_000, random = Math.random } = {}) {
   const base = Math.min(max, min * 2 ** Math.min(n, 20))

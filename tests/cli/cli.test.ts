@@ -338,7 +338,7 @@ describe('gpu-jobs status, list, follow', () => {
     expect(r.out).toMatch(new RegExp(`^job +${loraId}$`, 'm'))
     expect(r.out).toMatch(/^type +train_lora$/m)
     expect(r.out).toMatch(/^status +completed {2}100%$/m)
-    expect(r.out).toMatch(/^attempt +1 of 3$/m)
+    expect(r.out).toMatch(/^attempt +1 attempt$/m) // completed: not "1 of 3" (no attempt will follow)
     expect(r.out).toMatch(/^params +\{.*"baseModel":"sd15".*\}$/m)
     expect(r.out).toMatch(/^artifacts \(\d+\)$/m)
     expect(r.out).toContain(`lora.safetensors`)

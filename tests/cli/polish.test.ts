@@ -8,7 +8,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { bytes, duration } from '../../gateway/cli/render.ts'
-import { percentText, shortJobId } from '../../gateway/console/stream.js'
+import { attemptText, percentText, shortJobId } from '../../gateway/console/stream.js'
 import type { JobStatusBody, JobSummary } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
 import { addFixtureJob, FIXTURE_DISPATCH, type Stack, startStack, waitFor } from '../helpers/stack.ts'
@@ -154,6 +154,21 @@ describe('percentages: one rule (console and CLI)', () => {
   })
 })
 
+describe('attempts: one rule (console and CLI)', () => {
+  it('"n of max" only while another attempt may come', () => {
+    const at = (attempt: number, maxAttempts: number, status: string) =>
+      attemptText({ attempt, maxAttempts, status })
+    expect(at(1, 3, 'running')).toBe('1 of 3')
+    expect(at(2, 3, 'retrying')).toBe('2 of 3')
+    expect(at(0, 3, 'queued')).toBe('not started (up to 3)')
+    expect(at(1, 3, 'completed')).toBe('1 attempt')
+    expect(at(2, 3, 'completed')).toBe('2 attempts')
+    expect(at(1, 3, 'failed')).toBe('1')
+    expect(at(3, 3, 'failed')).toBe('3 of 3')
+    expect(at(0, 3, 'cancelled')).toBe('none (it never started)')
+  })
+})
+
 describe('an error is said once', () => {
   it('bad usage, 400, 404, an unreachable gateway', async () => {
     expectSaidOnce(await gpuJobs(['submit'], env), 'missing the job type')
@@ -295,7 +310,11 @@ describe('follow', () => {
       env,
     )
     expect(failed.code).toBe(1)
-    expect(lines(failed.stderr)).toEqual([expect.stringMatching(/^failed after \S+ \(attempt 1 of \d+\)/)])
+    // Refused data is not retried: which attempt it ended on, not "1 of 3" (attemptText, as the console).
+    expect(lines(failed.stderr)).toEqual([expect.stringMatching(/^failed after \S+ \(attempt 1\)(:|$)/)])
+    const failedId = lines(failed.stdout)[0] ?? ''
+    expect((await gpuJobs(['status', failedId], env)).stdout).toMatch(/^attempt +1$/m)
+    expect((await gpuJobs(['status', id], env)).stdout).toMatch(/^attempt +1 attempt$/m)
   })
 
   it('Ctrl-C: one line, the job goes on, how to resume; exit 130', async () => {

@@ -52,6 +52,24 @@ describe.each(handlers.map((h) => [h.type, h] as const))('handler contract: %s',
     for (const f of t.artifacts.files.values()) expect(f.record.size).toBeGreaterThan(0)
   })
 
+  it('prints what it reports to the job log: its start, thinned steps, its end (simulate)', async () => {
+    const t = await context()
+    await runHandler(handler, MINIMAL_PARAMS[type], t)
+    const printed = t.logs.filter((l) => l.level === 'info').map((l) => l.msg)
+    const reported = t.progress.map((p) => p.message)
+    // Every printed line is a reported message, in order; the first and the last are printed.
+    expect(printed[0]).toBe(reported[0])
+    expect(printed.at(-1)).toBe(reported.at(-1))
+    let at = 0
+    for (const line of printed) {
+      at = reported.indexOf(line, at)
+      expect(at, line).toBeGreaterThanOrEqual(0)
+    }
+    // Thinned like a real engine's progress bar: a handful of lines however many steps there are.
+    expect(printed.length).toBeGreaterThanOrEqual(4)
+    expect(printed.length).toBeLessThanOrEqual(26)
+  })
+
   it('honours its signal: rejects with the abort reason promptly and stores nothing', async () => {
     const t = await context(5)
     await expectStopsAfterProgress(t, 2, () => runHandler(handler, MINIMAL_PARAMS[type], t))

@@ -32,6 +32,24 @@ export async function abortableSleep(ms: number, signal: AbortSignal): Promise<v
 
 const round2 = (x: number): number => Math.round(x * 100) / 100
 
+/** At most about this many of a run's steps are printed to the job's log (as a real engine's thinned bar). */
+const PRINTED_STEPS = 20
+
+/**
+ * Reports progress and prints the same text to the job's log (`ctx.log`, kept per attempt), as a real
+ * engine's console shows what it reports: the simulated engines have no output of their own, and without
+ * this a simulated job's logs would be empty (nothing to read of an attempt that timed out, say).
+ */
+export function reportAndPrint(
+  ctx: Pick<HandlerContext, 'progress'> & Partial<Pick<HandlerContext, 'log'>>,
+  percent: number,
+  message: string,
+  metrics?: Record<string, number>,
+): void {
+  ctx.progress(percent, message, metrics)
+  ctx.log?.info(message)
+}
+
 /**
  * Runs `totalSteps` steps of `ctx.engines.simulateStepMs` each and reports progress after every one, rising
  * evenly to `endPercent`. `message(step)` (1-based) gives each event's text, in the real engine's style.
@@ -61,10 +79,12 @@ export async function runSimulatedSteps(
         )
       : null
   try {
+    const printEvery = Math.ceil(totalSteps / PRINTED_STEPS)
     for (let step = 1; step <= totalSteps; step++) {
       await abortableSleep(stepMs, ctx.signal)
       const text = message(step)
       ctx.progress(round2((step / totalSteps) * endPercent), text, plan.metrics?.(step))
+      if (step % printEvery === 0 || step === totalSteps) ctx.log?.info(text)
     }
   } finally {
     await load?.stop()

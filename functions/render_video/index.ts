@@ -5,7 +5,7 @@ import { AVI_MAX_BYTES, aviFileSize, encodeAvi, testPattern } from '../formats/a
 import type { HandlerContext } from '../sdk/context.ts'
 import { defineHandler, engineResult } from '../sdk/define.ts'
 import { engineNotConfigured, NonRetryableError, throwIfAborted } from '../sdk/errors.ts'
-import { runSimulatedSteps } from '../simulate.ts'
+import { reportAndPrint, runSimulatedSteps } from '../simulate.ts'
 import { runComfyPrompt } from './comfyui/index.ts'
 import { type ResolvedWorkflow, resolveWorkflow } from './workflow.ts'
 
@@ -61,7 +61,8 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
       { reason: 'invalid_params' },
     )
 
-  ctx.progress(
+  reportAndPrint(
+    ctx,
     0,
     `queued prompt (simulated): workflow "${workflow.source}", ${frames} frames at ${width}x${height}`,
   )
@@ -72,7 +73,7 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
   })
   throwIfAborted(ctx.signal)
 
-  ctx.progress(97, `encoding ${VIDEO_FILE}`)
+  reportAndPrint(ctx, 97, `encoding ${VIDEO_FILE}`)
   const video = await ctx.artifacts.put(
     VIDEO_FILE,
     Readable.from(encodeAvi({ width, height, frames, fps, info })),
@@ -80,7 +81,7 @@ async function simulate(p: RenderVideoParams, workflow: ResolvedWorkflow, ctx: H
   await ctx.artifacts.put(PREVIEW_FILE, Readable.from(encodeApng(previewOf(p))))
   await ctx.artifacts.put(WORKFLOW_FILE, `${JSON.stringify(workflow.graph, null, 2)}\n`)
   const durationSec = frames / fps
-  ctx.progress(100, `Saved ${VIDEO_FILE} (${frames} frames, ${width}x${height} @ ${fps} fps)`)
+  reportAndPrint(ctx, 100, `Saved ${VIDEO_FILE} (${frames} frames, ${width}x${height} @ ${fps} fps)`)
 
   return {
     ...engineResult('simulate', [VIDEO_FILE, PREVIEW_FILE, WORKFLOW_FILE]),

@@ -5,7 +5,7 @@ import { sd15LoraModules, sd15LoraTensors } from '../formats/kohya-lora.ts'
 import { encodeSafetensors } from '../formats/safetensors.ts'
 import type { HandlerContext } from '../sdk/context.ts'
 import { defineHandler, engineResult } from '../sdk/define.ts'
-import { STEPS_PER_EPOCH, simulateTraining } from '../simulate.ts'
+import { reportAndPrint, STEPS_PER_EPOCH, simulateTraining } from '../simulate.ts'
 import { trainWithKohya } from './kohya.ts'
 import { CONFIG_FILE, IMAGE_EXTENSIONS, LORA_FILE, loraSummary, NETWORK_ALPHA } from './outputs.ts'
 
@@ -24,7 +24,8 @@ export default defineHandler({
 async function simulate(p: TrainLoraParams, dataset: Dataset, ctx: HandlerContext) {
   const images = countByExtension(dataset, IMAGE_EXTENSIONS)
   const startedAt = Date.now()
-  ctx.progress(
+  reportAndPrint(
+    ctx,
     0,
     `running training (simulated): ${dataset.files} files, ${p.epochs} epochs, ${p.epochs * STEPS_PER_EPOCH} steps`,
   )
@@ -65,10 +66,10 @@ async function simulate(p: TrainLoraParams, dataset: Dataset, ctx: HandlerContex
     gpu_jobs_engine: 'simulate',
   }
   const tensors = sd15LoraTensors({ rank: p.rank, alpha: NETWORK_ALPHA, seed: ctx.jobId })
-  ctx.progress(97, `saving checkpoint: ${LORA_FILE}`)
+  reportAndPrint(ctx, 97, `saving checkpoint: ${LORA_FILE}`)
   const lora = await ctx.artifacts.put(LORA_FILE, Readable.from(encodeSafetensors(tensors, metadata)))
   await ctx.artifacts.put(CONFIG_FILE, trainingConfig(p))
-  ctx.progress(100, `model saved. ${LORA_FILE} (${sd15LoraModules().length} modules, rank ${p.rank})`)
+  reportAndPrint(ctx, 100, `model saved. ${LORA_FILE} (${sd15LoraModules().length} modules, rank ${p.rank})`)
 
   return {
     ...engineResult('simulate', [LORA_FILE, CONFIG_FILE]),

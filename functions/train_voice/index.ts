@@ -3,7 +3,7 @@ import { countByExtension, type Dataset, trainOnDataset } from '../dataset.ts'
 import { encodeWav, synthesizeVoice } from '../formats/wav.ts'
 import type { HandlerContext } from '../sdk/context.ts'
 import { defineHandler, engineResult } from '../sdk/define.ts'
-import { STEPS_PER_EPOCH, simulateTraining } from '../simulate.ts'
+import { reportAndPrint, STEPS_PER_EPOCH, simulateTraining } from '../simulate.ts'
 import { trainWithF5tts } from './f5tts.ts'
 
 /** Artifact names, relative to `voices/<jobId>/`. */
@@ -29,7 +29,8 @@ export default defineHandler({
 
 async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerContext) {
   const clips = countByExtension(dataset, AUDIO_EXTENSIONS)
-  ctx.progress(
+  reportAndPrint(
+    ctx,
     0,
     `fine-tuning F5TTS_v1_Base (simulated): ${dataset.files} files, ${p.epochs} epochs, ${p.epochs * STEPS_PER_EPOCH} updates`,
   )
@@ -42,7 +43,7 @@ async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerConte
     message: ({ step, epoch, loss }) => `Epoch ${epoch}/${p.epochs} - update=${step}, loss=${loss}`,
   })
 
-  ctx.progress(97, `Saved last checkpoint at update ${totalSteps}`)
+  reportAndPrint(ctx, 97, `Saved last checkpoint at update ${totalSteps}`)
   // Seeded by the speaker, so every job for one speaker yields the same simulated voice.
   const samples = synthesizeVoice({
     seconds: SAMPLE_SECONDS,
@@ -71,7 +72,7 @@ async function simulate(p: TrainVoiceParams, dataset: Dataset, ctx: HandlerConte
     simulated: true,
   }
   await ctx.artifacts.put(SPEAKER_FILE, `${JSON.stringify(speaker, null, 2)}\n`)
-  ctx.progress(100, `voice saved: ${VOICE_FILE} (${durationSec} s at ${SAMPLE_RATE} Hz)`)
+  reportAndPrint(ctx, 100, `voice saved: ${VOICE_FILE} (${durationSec} s at ${SAMPLE_RATE} Hz)`)
 
   return {
     ...engineResult('simulate', [VOICE_FILE, SPEAKER_FILE]),

@@ -257,7 +257,14 @@ export class AttemptRunner {
             reporter.report(pct, msg, metrics)
             milestones.reached(pct, reporter.message)
           },
-          onLog: (level, msg, fields) => log[level]({ ...fields, attempt }, msg),
+          // What the job printed is kept with the job (its logs, onLine): the service log carries it at
+          // debug, but for a handler's own warnings and errors, so it says what happened to jobs and is not
+          // drowned by an engine's output (kohya prints hundreds of lines, at "warn" on stderr).
+          onLog: (level, msg, fields) =>
+            log[fields?.stream === undefined && (level === 'warn' || level === 'error') ? level : 'debug'](
+              { ...fields, attempt },
+              msg,
+            ),
           onLine: (stream, text, level, fields) => entry.logs?.add(stream, text, level, fields),
           onStarted: (ms) => metrics.subprocessStart.observe(ms / 1000),
         },
@@ -324,7 +331,8 @@ export class AttemptRunner {
     if (dropPartial) await this.dropPartialOutput(plan.outputPrefix, log)
     const attempt = t.attempt
     const failure = outcome.kind === 'failed' ? outcome.error : undefined
-    const stderr = failure instanceof AttemptError ? failure.stderrTail : ''
+    // Left out of the line when there is none (pino drops undefined fields).
+    const stderr = (failure instanceof AttemptError && failure.stderrTail) || undefined
     switch (queue.kind) {
       case 'complete':
         log.info(
@@ -343,7 +351,7 @@ export class AttemptRunner {
       case 'delay':
         log.warn(
           { attempt, reason: failure?.reason, delay: queue.until - Date.now(), stderr },
-          `attempt ${attempt} failed; will retry: ${t.message}`,
+          t.message, // "attempt 1 failed (timeout): ...; retrying in 3.1s"
         )
         await job.moveToDelayed(queue.until, token)
         throw new DelayedError()
@@ -351,7 +359,7 @@ export class AttemptRunner {
         if (t.status === 'cancelled') log.info({ attempt }, `job cancelled: ${t.message}`)
         else if (failure)
           log.warn(
-            { attempt, reason: failure.reason, stderr: stderr ? `\n${stderr}` : '' },
+            { attempt, reason: failure.reason, stderr: stderr && `\n${stderr}` },
             `job failed: ${t.message}`,
           )
         throw new UnrecoverableError(queue.kind === 'fail' ? queue.message : t.message)

@@ -100,6 +100,8 @@ export async function startStack(
     engineWait?: { baseMs: number; maxMs: number }
     /** How often the host beats for `GET /api/hosts` (GpuHostOptions.heartbeatMs). */
     heartbeatMs?: number
+    /** The service log of the gateway and the host (default: silent, or TEST_LOG_LEVEL). */
+    logger?: pino.Logger
   } = {},
 ): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? TEST_REDIS_URL
@@ -126,7 +128,7 @@ export async function startStack(
   }
   const config = loadConfig(env)
   const database = opts.database ?? (await openDatabase({ url: databaseUrl, poolSize: 5 }))
-  const logger = quietLogger()
+  const logger = opts.logger ?? quietLogger()
   const s3client = createS3Client({ ...config.s3, endpoint: s3.endpoint })
   const host = new GpuHost({
     config,

@@ -32,8 +32,12 @@ export async function abortableSleep(ms: number, signal: AbortSignal): Promise<v
 
 const round2 = (x: number): number => Math.round(x * 100) / 100
 
-/** At most about this many of a run's steps are printed to the job's log (as a real engine's thinned bar). */
+/**
+ * The steps printed to the job's log, thinned as a real engine's progress bar is: the first, about 20 in
+ * all, the last, and one at least every 5 s of a slow run.
+ */
 const PRINTED_STEPS = 20
+const PRINT_AT_LEAST_MS = 5_000
 
 /**
  * Reports progress and prints the same text to the job's log (`ctx.log`, kept per attempt), as a real
@@ -80,11 +84,21 @@ export async function runSimulatedSteps(
       : null
   try {
     const printEvery = Math.ceil(totalSteps / PRINTED_STEPS)
+    let printedAt = Date.now()
     for (let step = 1; step <= totalSteps; step++) {
       await abortableSleep(stepMs, ctx.signal)
       const text = message(step)
       ctx.progress(round2((step / totalSteps) * endPercent), text, plan.metrics?.(step))
-      if (step % printEvery === 0 || step === totalSteps) ctx.log?.info(text)
+      const now = Date.now()
+      if (
+        step === 1 ||
+        step % printEvery === 0 ||
+        step === totalSteps ||
+        now - printedAt >= PRINT_AT_LEAST_MS
+      ) {
+        ctx.log?.info(text)
+        printedAt = now
+      }
     }
   } finally {
     await load?.stop()

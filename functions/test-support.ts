@@ -220,6 +220,19 @@ const FFPROBE = runs('ffprobe') ? 'ffprobe' : installedFfprobe.path
 /** True when an ffprobe runs here; tests that need it are skipped otherwise. */
 export const HAS_FFPROBE = FFPROBE === 'ffprobe' || runs(FFPROBE)
 
+/** True when ffmpeg is on PATH (Debian's package, which CI installs); tests that decode with it skip otherwise. */
+export const HAS_FFMPEG = runs('ffmpeg')
+
+/** Every frame of a video or animation as ffmpeg decodes it: raw RGB24, frame after frame. */
+export async function ffmpegFrames(file: string): Promise<Buffer> {
+  const { stdout } = await promisify(execFile)(
+    'ffmpeg',
+    ['-v', 'error', '-i', file, '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'],
+    { encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 },
+  )
+  return stdout
+}
+
 /** ffprobe's JSON view of a file's streams and format, counting the frames it can decode. */
 export async function ffprobe(file: string): Promise<{
   streams: Record<string, string | number>[]

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { inflateSync } from 'node:zlib'
 import { describe, expect, it } from 'vitest'
-import { ffprobe, HAS_FFPROBE } from '../test-support.ts'
+import { ffmpegFrames, ffprobe, HAS_FFMPEG, HAS_FFPROBE } from '../test-support.ts'
 import { encodeApng } from './apng.ts'
 import { testPattern } from './avi.ts'
 
@@ -42,6 +42,32 @@ describe('apng', () => {
     // The first frame's rows, inflated: a filter byte then 16 RGB pixels, 8 times.
     const idat = list.find((c) => c.type === 'IDAT')?.data ?? Buffer.alloc(0)
     expect(inflateSync(idat).length).toBe((16 * 3 + 1) * 8)
+  })
+
+  it.skipIf(!HAS_FFMPEG)(
+    'decodes, in ffmpeg, to the very pixels painted, frame by frame (skipped: no ffmpeg)',
+    async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), 'apng-'))
+      try {
+        const o = { width: 37, height: 21, frames: 5, fps: 8, paint: testPattern(37, 21, 5) }
+        await writeFile(path.join(dir, 'preview.png'), encode(o))
+        const painted = Buffer.alloc(37 * 21 * 3 * 5)
+        const frame = new Uint8Array(37 * 21 * 3)
+        for (let i = 0; i < 5; i++) {
+          o.paint(i, frame)
+          painted.set(frame, i * frame.length)
+        }
+        expect((await ffmpegFrames(path.join(dir, 'preview.png'))).equals(painted)).toBe(true)
+      } finally {
+        await rm(dir, { recursive: true, force: true })
+      }
+    },
+  )
+
+  it('packs a smooth clip tightly (rows filtered before deflate): under 5 % of its raw pixels', () => {
+    // The largest preview the simulated render writes: 320 px wide, 48 frames.
+    const o = { width: 320, height: 320, frames: 48, fps: 8, paint: testPattern(320, 320, 48) }
+    expect(encode(o).length).toBeLessThan(0.05 * 320 * 320 * 3 * 48)
   })
 
   it.skipIf(!HAS_FFPROBE)(

@@ -7,6 +7,7 @@
 import { authHeaders, fetchWithToken, jobPath } from './api.js'
 import { attemptEnded } from './attempts.js'
 import { $, h } from './dom.js'
+import { eventTime } from './format.js'
 import { store } from './state.js'
 import { ReconnectingFetch } from './stream.js'
 import { createParser } from './vendor/eventsource-parser.js'
@@ -86,8 +87,9 @@ const logStateOf = (d) => {
 
 const STREAM_LABEL = { stdout: 'out', stderr: 'err', log: 'log' }
 
+/** A line: its clock time to the millisecond (as events and the CLI), its stream (a ctx.log line by its level), its text. */
 function lineItem(line) {
-  const label = line.stream === 'log' && line.level ? `log ${line.level}` : STREAM_LABEL[line.stream]
+  const label = line.stream === 'log' && line.level ? line.level : STREAM_LABEL[line.stream]
   return h(
     'li',
     {
@@ -95,7 +97,8 @@ function lineItem(line) {
       'data-seq': String(line.seq),
       ...(line.level ? { 'data-level': line.level } : {}),
     },
-    h('span', { class: 'stream', title: line.stream }, label),
+    h('time', { datetime: line.at }, eventTime.format(new Date(line.at))),
+    h('span', { class: 'stream', title: line.stream === 'log' ? 'ctx.log' : line.stream }, label),
     h('span', { class: 'text' }, line.text),
   )
 }

@@ -162,8 +162,13 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
     )
     await poll(() => detail.locator('#d-status').textContent()).toBe('retrying')
     const shown = await lines.count()
-    const stored = await api<{ lines: unknown[] }>(`/api/jobs/${jobId}/logs?attempt=1`)
+    const stored = await api<{ lines: { at: string }[] }>(`/api/jobs/${jobId}/logs?attempt=1`)
     expect(shown).toBe(stored.lines.length)
+    // Each line with its clock time (to the millisecond, as the events), its stream, its text.
+    const first = lines.first()
+    expect(await first.locator('time').getAttribute('datetime')).toBe(stored.lines[0]?.at)
+    expect(await first.locator('time').textContent()).toMatch(/^\d\d:\d\d:\d\d\.\d{3}$/)
+    expect(await first.locator('.stream').textContent()).toBe('err')
     // Lines came for most of the attempt's run (one every STDERR_EVERY_MS).
     expect(shown).toBeGreaterThanOrEqual(Math.floor((TIMEOUT_SEC * 1000) / STDERR_EVERY_MS / 2))
   })

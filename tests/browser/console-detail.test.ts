@@ -31,9 +31,11 @@ const TIMEOUT_SEC = 4
 const EPOCHS = 3
 const poll = <T>(fn: () => Promise<T> | T, timeout = 20_000) => expect.poll(fn, { timeout, interval: 50 })
 /** What the functions run in the page read of its globals (this project's TypeScript has no DOM types). */
+type Box = { scrollWidth: number; clientWidth: number }
 type Doc = {
-  documentElement: { scrollWidth: number; clientWidth: number }
-  querySelector(s: string): { scrollWidth: number; clientWidth: number } | null
+  documentElement: Box
+  querySelector(s: string): Box | null
+  querySelectorAll(s: string): Iterable<Box & { querySelector(s: string): { className: string } | null }>
   activeElement: { id: string } | null
 }
 
@@ -343,6 +345,21 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
         }
       })
     expect(await overflow()).toEqual({ page: 0, detail: 0 })
+    // Nor any table inside it (a wrapper that scrolls sideways hid the Download buttons and the messages).
+    const wideTables = () =>
+      phone.evaluate(() => {
+        const doc = (globalThis as unknown as { document: Doc }).document
+        return [...doc.querySelectorAll('#detail .table-wrap')]
+          .filter((el) => el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)
+          .map((el) => `${el.querySelector('table')?.className}: ${el.scrollWidth} > ${el.clientWidth}`)
+      })
+    expect(await wideTables()).toEqual([])
+    expect(await phone.getByRole('link', { name: /^Download / }).first().isVisible()).toBe(true)
+    await phone.locator('#d-tab-events').click()
+    await poll(() => phone.locator('#d-event-rows tr').count()).toBeGreaterThan(5)
+    expect(await wideTables()).toEqual([])
+    await shot('events-390', phone)
+    await phone.locator('#d-tab-overview').click()
     expect(await phone.getByRole('button', { name: 'Re-run' }).isVisible()).toBe(true)
     await shot('390', phone)
     await phone.locator('#d-attempts li[data-attempt="2"]').scrollIntoViewIfNeeded()

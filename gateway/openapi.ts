@@ -430,7 +430,7 @@ export function openApiDocument(): Record<string, unknown> {
           summary:
             "What a job's process printed (stdout, stderr, ctx.log) in one attempt; with follow=1, Server-Sent Events until the attempt ends",
           description:
-            'Each attempt keeps 2,000 lines and 1 MB at most (a line over 4 kB is cut); the rest are counted in `dropped`. With follow=1: `event: attempt` ({attempt}), then `event: log` per JobLogLine (id: its seq; resume with Last-Event-ID or ?after=), then `event: end` ({attempt, dropped}). `?token=` is taken with follow=1 only.',
+            'Each attempt keeps 2,000 lines and 1 MB at most (a line over 4 kB is cut); the rest are counted in `dropped`. An attempt the job has not made and never will (past maxAttempts, or past its last once it has finished) is a 404. With follow=1: `event: attempt` ({attempt}), then `event: log` per JobLogLine (id: its seq; resume with Last-Event-ID or ?after=), then `event: end` ({attempt, dropped}). `?token=` is taken with follow=1 only.',
           security: streamSecurity,
           parameters: [
             jobIdParam,
@@ -443,8 +443,9 @@ export function openApiDocument(): Record<string, unknown> {
             {
               name: 'follow',
               in: 'query',
-              description: 'stream the lines as Server-Sent Events until the attempt ends',
-              schema: { type: 'string', enum: ['1', 'true'] },
+              description:
+                'stream the lines as Server-Sent Events until the attempt ends (1 or true; 0 or false: do not)',
+              schema: { type: 'string', enum: ['1', 'true', '0', 'false'] },
             },
             {
               name: 'after',

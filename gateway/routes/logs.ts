@@ -48,11 +48,37 @@ function positiveInt(c: Context, name: string, min: number): number | undefined 
 /** `?follow=1` (or `true`): the SSE variant of the route. */
 export const isFollow = (value: string | undefined): boolean => value === '1' || value === 'true'
 
+/** `follow` as the route reads it: 1/true or 0/false (or none); any other value is a 400 naming it. */
+function followQuery(value: string | undefined): boolean {
+  if (value === undefined || value === '0' || value === 'false') return false
+  if (isFollow(value)) return true
+  const message = 'must be 1 or true (follow), 0 or false'
+  throw new ApiError(400, 'invalid_query', `invalid query: follow ${message}`, [{ path: 'follow', message }])
+}
+
 /** Whether `event` says attempt `attempt` is over (a later attempt, its own end, or the job's). */
 const attemptOver = (event: ProgressEvent, attempt: number): boolean =>
   isTerminal(event.status) ||
   event.attempt > attempt ||
   (event.attempt === attempt && event.status !== 'running')
+
+/**
+ * A 404 for an attempt the job has not made and never will: past its maxAttempts, or past its last one
+ * once it has finished. An attempt still to come (the next one of a running or retrying job, the first
+ * of a queued one) has no lines yet, and `follow=1` waits for it.
+ */
+function checkAttempt(row: JobRow, attempt: number): void {
+  const made = Math.max(1, row.attempt)
+  if (attempt <= made || (!isTerminal(row.status) && attempt <= row.maxAttempts)) return
+  const n = row.attempt
+  const could = isTerminal(row.status)
+    ? `it ended (${row.status}) after ${n} attempt${n === 1 ? '' : 's'}`
+    : `it may make ${row.maxAttempts}`
+  const message = `no attempt ${attempt}: ${could}`
+  throw new ApiError(404, 'not_found', `job ${JSON.stringify(row.id)} has ${message}`, [
+    { path: 'attempt', message },
+  ])
+}
 
 /** @example app.route('/', logRoutes({ ...deps, db: database.db, access })) */
 export function logRoutes(deps: LogsDeps): Hono {
@@ -62,7 +88,8 @@ export function logRoutes(deps: LogsDeps): Hono {
     const owner = c.get('owner')
     const row = await access.visibleJob(c.req.param('jobId'), owner)
     const attempt = positiveInt(c, 'attempt', 1) ?? Math.max(1, row.attempt)
-    if (isFollow(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
+    checkAttempt(row, attempt)
+    if (followQuery(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
     const [lines, dropped, attempts] = await onBackend('Postgres', () =>
       Promise.all([
         readJobLogs(db, row.id, attempt),

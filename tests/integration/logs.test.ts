@@ -33,7 +33,10 @@ afterAll(async () => {
 
 const getLogs = async (jobId: string, query = '', headers: Record<string, string> = {}) => {
   const res = await fetch(stack.url(`/api/jobs/${jobId}/logs${query}`), { headers })
-  return { status: res.status, body: (await res.json()) as JobLogsBody & { error?: { issues?: unknown[] } } }
+  return {
+    status: res.status,
+    body: (await res.json()) as JobLogsBody & { error?: { message?: string; issues?: unknown[] } },
+  }
 }
 
 /** Reads a follow stream to its end: every SSE event, with the time it came. */
@@ -91,7 +94,34 @@ describe('GET /api/jobs/:jobId/logs', () => {
       expect(res.status).toBe(400)
       expect(res.body.error).toMatchObject({ code: 'invalid_query', issues: [{ path: 'attempt' }] })
     }
+    // follow: 1/true or 0/false; anything else is not taken for "no".
+    for (const bad of ['2', 'yes', '']) {
+      const res = await getLogs(jobId, `?follow=${bad}`)
+      expect(res.status, bad).toBe(400)
+      expect(res.body.error).toMatchObject({ code: 'invalid_query', issues: [{ path: 'follow' }] })
+    }
+    expect((await getLogs(jobId, '?follow=0')).body.attempt).toBe(2)
     expect((await getLogs('no-such-job-here')).status).toBe(404)
+  })
+
+  it('an attempt the job never made is a 404 naming it, followed or not; one still to come is not', async () => {
+    // Completed on attempt 2 (of 2): attempt 3 will never be.
+    for (const query of ['?attempt=3', '?attempt=3&follow=1']) {
+      const res = await getLogs(jobId, query)
+      expect(res.status, query).toBe(404)
+      expect(res.body.error).toMatchObject({
+        code: 'not_found',
+        message: `job "${jobId}" has no attempt 3: it ended (completed) after 2 attempts`,
+        issues: [{ path: 'attempt' }],
+      })
+    }
+    // A queued job's first attempt, and a retrying one's next, have no lines yet; past maxAttempts, none ever.
+    const queued = `queued-${jobId}`
+    await stack.insertJob(queued, 'queued')
+    expect((await getLogs(queued, '?attempt=1')).body).toMatchObject({ attempt: 1, lines: [] })
+    const past = await getLogs(queued, '?attempt=99')
+    expect(past.status).toBe(404)
+    expect(past.body.error?.message).toMatch(/no attempt 99: it may make \d+$/)
   })
 
   it('keeps at most 2,000 lines of an attempt (4 kB a line) and counts the rest as dropped', async () => {

@@ -354,7 +354,12 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
           .map((el) => `${el.querySelector('table')?.className}: ${el.scrollWidth} > ${el.clientWidth}`)
       })
     expect(await wideTables()).toEqual([])
-    expect(await phone.getByRole('link', { name: /^Download / }).first().isVisible()).toBe(true)
+    expect(
+      await phone
+        .getByRole('link', { name: /^Download / })
+        .first()
+        .isVisible(),
+    ).toBe(true)
     await phone.locator('#d-tab-events').click()
     await poll(() => phone.locator('#d-event-rows tr').count()).toBeGreaterThan(5)
     expect(await wideTables()).toEqual([])

@@ -12,7 +12,7 @@ import {
   SubmitJobBody,
   SubmitJobResponse,
 } from '../schema/api.ts'
-import { JOB_STATUSES } from '../schema/common.ts'
+import { JOB_STATUSES, SHORT_ID_LENGTH } from '../schema/common.ts'
 import { ProgressEvent } from '../schema/events.ts'
 import { HostsBody } from '../schema/hosts.ts'
 import { jsonSchemaOf, paramsJsonSchema } from '../schema/json-schema.ts'
@@ -86,7 +86,7 @@ const ERROR_DESCRIPTIONS: Record<number, string> = {
   401: 'no or bad token',
   403: 'cross-site request (foreign Origin or Host; see ALLOWED_ORIGINS)',
   404: 'unknown job (or another owner’s)',
-  409: 'conflict (a submit: the jobId exists with a different request; a retry: the job is not retrying; a re-run: its stored params no longer pass)',
+  409: 'conflict (a submit: the jobId exists with a different request; a retry: the job is not retrying; a re-run: its stored params no longer pass; ambiguous_job_id: the short id given starts several of your jobs’ ids)',
   413: 'body over 1 MB, or params over MAX_PARAMS_BYTES',
   415: 'body is not JSON (content-type: application/json)',
   416: 'Range malformed or past the end of the file (content-range: bytes */<size>)',
@@ -113,7 +113,7 @@ const jobIdParam = {
   name: 'jobId',
   in: 'path',
   required: true,
-  description: "The job's id (1 to 128 of A-Z a-z 0-9 _ . -)",
+  description: `The job's id (1 to 128 of A-Z a-z 0-9 _ . -), or the start of it, at least ${SHORT_ID_LENGTH} characters (the short id the console and the CLI show), when no job has that whole id: the one of your jobs whose id starts so (several: 409 ambiguous_job_id naming them).`,
   schema: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,128}$' },
 }
 /** The routes of a stream, where browsers (EventSource, WebSocket) may send the token as `?token=`. */
@@ -141,7 +141,7 @@ export function openApiDocument(): Record<string, unknown> {
     tags: ['jobs'],
     summary: 'A job: its stored state merged with its latest live progress',
     parameters: [jobIdParam],
-    responses: { '200': json('JobStatusBody', 'the job'), ...errors(401, 403, 404, 429, 503) },
+    responses: { '200': json('JobStatusBody', 'the job'), ...errors(401, 403, 404, 409, 429, 503) },
   }
   return {
     openapi: '3.1.0',
@@ -338,7 +338,7 @@ export function openApiDocument(): Record<string, unknown> {
                 },
               },
             },
-            ...errors(401, 403, 404, 429),
+            ...errors(401, 403, 404, 409, 429),
           },
         },
       },
@@ -366,7 +366,7 @@ export function openApiDocument(): Record<string, unknown> {
           responses: {
             '200': { description: 'the file (also for several ranges, or a unit other than bytes)' },
             '206': { description: 'one byte range of the file' },
-            ...errors(400, 401, 403, 404, 416, 429, 503),
+            ...errors(400, 401, 403, 404, 409, 416, 429, 503),
           },
         },
       },
@@ -397,7 +397,7 @@ export function openApiDocument(): Record<string, unknown> {
               description: 'event stream of ProgressEvent (event: progress, id: seq)',
               content: { 'text/event-stream': { schema: ref('ProgressEvent') } },
             },
-            ...errors(400, 401, 403, 404, 429),
+            ...errors(400, 401, 403, 404, 409, 429),
           },
         },
       },
@@ -468,7 +468,7 @@ export function openApiDocument(): Record<string, unknown> {
                 'text/event-stream': { schema: ref('JobLogLine') },
               },
             },
-            ...errors(400, 401, 403, 404, 429, 503),
+            ...errors(400, 401, 403, 404, 409, 429, 503),
           },
         },
       },
@@ -480,7 +480,7 @@ export function openApiDocument(): Record<string, unknown> {
           parameters: [jobIdParam],
           responses: {
             '200': json('JobMetricsBody', 'the points'),
-            ...errors(401, 404, 429, 503),
+            ...errors(401, 404, 409, 429, 503),
           },
         },
       },

@@ -37,6 +37,13 @@ const summaryColumns = {
 }
 export type JobSummaryRow = Pick<JobRow, keyof typeof summaryColumns>
 
+/** `text` matched as itself in a LIKE pattern (backslash is LIKE's default escape character). */
+const likeLiteral = (text: string): string => text.replace(/[\\%_]/g, '\\$&')
+
+/** The jobs of `owner`; null: those submitted without a token. */
+const ownedBy = (owner: string | null): SQL =>
+  owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, owner)
+
 /** The error of a row kept as a tombstone for a submit whose add to Redis had an unknown outcome. */
 export const NOT_QUEUED: JobError = new NotQueuedError().toJobError()
 
@@ -120,6 +127,23 @@ export class JobStore {
     return this.pg(async () => (await this.db.select().from(jobs).where(eq(jobs.id, jobId)))[0])
   }
 
+  /**
+   * Up to `limit` jobs whose id starts with `start` (case as typed, `%`, `_` and `\\` literal), of `owner`
+   * when it is given (null: the jobs of no token). Newest first.
+   */
+  startingWith(start: string, owner: string | null | undefined, limit: number): Promise<JobRow[]> {
+    const where: SQL[] = [like(jobs.id, `${likeLiteral(start)}%`)]
+    if (owner !== undefined) where.push(ownedBy(owner))
+    return this.pg(() =>
+      this.db
+        .select()
+        .from(jobs)
+        .where(and(...where))
+        .orderBy(desc(jobs.createdAt), desc(jobs.id))
+        .limit(limit),
+    )
+  }
+
   artifacts(jobId: string): Promise<JobArtifactRow[]> {
     return this.pg(() =>
       this.db
@@ -162,13 +186,11 @@ export class JobStore {
     q?: string | undefined
   }): Promise<{ rows: JobSummaryRow[]; nextCursor: string | null } | { badCursor: true }> {
     const where: SQL[] = []
-    if (opts.owner !== undefined)
-      where.push(opts.owner === null ? sql`${jobs.owner} is null` : eq(jobs.owner, opts.owner))
+    if (opts.owner !== undefined) where.push(ownedBy(opts.owner))
     if (opts.status) where.push(eq(jobs.status, opts.status))
     if (opts.type) where.push(eq(jobs.type, opts.type))
     if (opts.q) {
-      // Backslash is LIKE's default escape character.
-      const literal = opts.q.replace(/[\\%_]/g, '\\$&')
+      const literal = likeLiteral(opts.q)
       where.push(or(like(jobs.id, `${literal}%`), ilike(jobs.message, `%${literal}%`)) as SQL)
     }
     if (opts.cursor) {

@@ -29,6 +29,12 @@ export const JobId = v.pipe(
 )
 export type JobId = v.InferOutput<typeof JobId>
 
+/**
+ * How many characters of a job id the console and the CLI show (shortJobId in gateway/console/stream.js),
+ * and the shortest start of an id that names a job in the job routes.
+ */
+export const SHORT_ID_LENGTH = 8
+
 export const JOB_STATUSES = ['queued', 'running', 'retrying', 'completed', 'failed', 'cancelled'] as const
 export const JobStatus = v.picklist(JOB_STATUSES)
 export type JobStatus = v.InferOutput<typeof JobStatus>

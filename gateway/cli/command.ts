@@ -150,7 +150,7 @@ async function jobsStartingWith(
 
 /**
  * Runs `run` with the job id as typed, or, when the API knows no job by that id, with the one job whose
- * id starts with it (the 8 characters the console and the CLI show). Every command that takes a job id
+ * id starts with it (any length: the 8 characters the console and the CLI show, or fewer). Every command that takes a job id
  * goes through it; `run` must be a call whose 404 means "no such job". No such job: the API's 404;
  * several: an AmbiguousJobIdError listing them.
  *
@@ -164,7 +164,12 @@ export async function withJobId<T>(
   try {
     return await run(typed)
   } catch (err) {
-    if (!(err instanceof ApiRequestError && err.status === 404)) throw err
+    // The API itself takes a unique start of 8 characters or more; several jobs that share it (409
+    // ambiguous_job_id), or a shorter start (404), are looked up here, so that the candidates are listed.
+    const unresolved =
+      err instanceof ApiRequestError &&
+      (err.status === 404 || (err.status === 409 && err.code === 'ambiguous_job_id'))
+    if (!unresolved) throw err
     const lookup = await jobsStartingWith(client, typed)
     const [only, ...others] = lookup?.found ?? []
     if (!lookup || !only) throw err

@@ -76,6 +76,12 @@ export async function showDetail(jobId) {
   try {
     const body = await api(jobPath(jobId))
     if (store.get().detail !== d) return
+    if (body.jobId !== jobId) {
+      // Named by a short id (the start of its id): the detail, and the location, go by the whole id.
+      d.jobId = body.jobId
+      $('d-id').textContent = body.jobId
+      history.replaceState(history.state, '', `#job=${encodeURIComponent(body.jobId)}`)
+    }
     mergeJob(body)
     d.loaded = true
     $('d-loading').hidden = true

@@ -20,7 +20,10 @@ export function percentText(value, status) {
   return `${Math.min(top, Math.max(0, whole))}%`
 }
 
-/** A job id as the clients show it: a UUID by its first 8 characters (any command takes them), others whole. */
+/**
+ * A job id as the clients show it: a UUID by its first 8 characters (SHORT_ID_LENGTH in schema/common.ts:
+ * every job route and CLI command takes them), others whole.
+ */
 export const shortJobId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.slice(0, 8) : id)
 
 /**

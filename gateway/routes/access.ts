@@ -1,12 +1,19 @@
 /**
  * Who may see a job: everyone without API tokens, else only its owner. Another owner's job is a 404, as
  * if it did not exist, so an id tells nothing about other tokens' jobs.
+ *
+ * A job is named by its id or by the start of it, at least SHORT_ID_LENGTH characters (the console and the
+ * CLI show ids that long), so the short id a person reads off a screen works in every job route. The whole
+ * id wins; a start that several of the caller's jobs share is a 409 naming them.
  */
 import * as v from 'valibot'
-import { JobId } from '../../schema/common.ts'
+import { JobId, SHORT_ID_LENGTH } from '../../schema/common.ts'
 import type { JobRow } from '../../schema/db/tables.ts'
 import { ApiError } from '../errors.ts'
 import type { JobStore } from '../store.ts'
+
+/** How many of the jobs an ambiguous start names. */
+const CANDIDATES_NAMED = 5
 
 /** The 404 of a job the caller may not see, or that does not exist: the two answer alike. */
 export const noSuchJob = (jobId: string): ApiError => new ApiError(404, 'not_found', `no job "${jobId}"`)
@@ -18,7 +25,10 @@ export interface JobAccess {
   canSee(row: Pick<JobRow, 'owner'> | null | undefined, owner: string | null): boolean
   /** `row` if `owner` may see it, else the 404 of `jobId`. */
   visible<R extends Pick<JobRow, 'owner'>>(jobId: string, row: R | null | undefined, owner: string | null): R
-  /** The stored job `jobId` if `owner` may see it, else a 404. */
+  /**
+   * The stored job `jobId` if `owner` may see it, else the one job of theirs whose id starts with it (at
+   * least SHORT_ID_LENGTH characters); a 404 when there is none, a 409 when there are several.
+   */
   visibleJob(jobId: string, owner: string | null): Promise<JobRow>
 }
 
@@ -35,7 +45,20 @@ export function jobAccess({ store, authRequired }: { store: JobStore; authRequir
     },
     async visibleJob(jobId, owner) {
       access.checkId(jobId)
-      return access.visible(jobId, await store.get(jobId), owner)
+      const row = await store.get(jobId)
+      if (access.canSee(row, owner) && row) return row
+      if (jobId.length < SHORT_ID_LENGTH) throw noSuchJob(jobId)
+      const found = await store.startingWith(jobId, authRequired ? owner : undefined, CANDIDATES_NAMED + 1)
+      const [only, ...more] = found
+      if (!only) throw noSuchJob(jobId)
+      if (more.length === 0) return only
+      const named = found.slice(0, CANDIDATES_NAMED).map((r) => r.id)
+      const over = found.length > CANDIDATES_NAMED
+      throw new ApiError(
+        409,
+        'ambiguous_job_id',
+        `"${jobId}" starts the ids of ${over ? `more than ${CANDIDATES_NAMED}` : found.length} jobs: ${named.join(', ')}${over ? ', ...' : ''}; give more of the id`,
+      )
     },
   }
   return access

@@ -145,8 +145,12 @@ export function statusRoutes({ bodies, access }: { bodies: StatusBodies; access:
     const jobId = c.req.param('jobId') ?? ''
     access.checkId(jobId)
     const found = await bodies.cached(jobId)
-    if (!found || !access.canSee(found.row, c.get('owner'))) throw noSuchJob(jobId)
-    return c.json(found.body)
+    if (found && access.canSee(found.row, c.get('owner'))) return c.json(found.body)
+    // Not a whole id the caller may see: perhaps the start of one (a short id).
+    const row = await access.visibleJob(jobId, c.get('owner'))
+    const named = await bodies.cached(row.id)
+    if (!named) throw noSuchJob(jobId)
+    return c.json(named.body)
   }
   app.get('/api/status/:jobId', handler)
   app.get('/api/jobs/:jobId', handler)

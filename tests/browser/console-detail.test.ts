@@ -280,6 +280,22 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
     await page.locator('#d-tab-overview').click()
   })
 
+  it('opens a job from the short id the list shows (#job=<8 characters>), then goes by its whole id', async () => {
+    const short = jobId.slice(0, 8)
+    expect(short).not.toBe(jobId)
+    const p = await context.newPage()
+    p.on('pageerror', (err) => pageErrors.push(err.message))
+    await p.goto(stack.url(`/#job=${short}`))
+    await poll(() => p.locator('#d-id').textContent()).toBe(jobId)
+    expect(
+      await p.evaluate(() => (globalThis as unknown as { location: { hash: string } }).location.hash),
+    ).toBe(`#job=${jobId}`)
+    await poll(() => p.locator('#d-status').textContent()).toBe(await statusOf(jobId))
+    await p.locator('#d-tab-logs').click()
+    await poll(() => p.locator('#d-log-lines li').count()).toBeGreaterThan(0)
+    await p.close()
+  })
+
   it('re-runs the job as a new one and opens it; cancel asks first, and its message goes with the job', async () => {
     await page.getByRole('button', { name: 'Re-run' }).click()
     await poll(() => page.locator('#d-id').textContent()).not.toBe(jobId)

@@ -1,6 +1,6 @@
 /**
- * `GET /api/jobs?q=` (search by id prefix and message) and `POST /api/jobs/batch` (many submits, all or
- * none) over HTTP against a real gateway, Redis and Postgres; no GPU host, so submitted jobs stay queued.
+ * `GET /api/jobs?q=` (search by id prefix and message), a short id (the start of a job's id) in the job
+ * routes, and `POST /api/jobs/batch` (many submits, all or none) over HTTP against a real gateway, Redis and Postgres; no GPU host, so submitted jobs stay queued.
  */
 import { randomUUID } from 'node:crypto'
 import { Queue } from 'bullmq'
@@ -15,7 +15,7 @@ import { readEvents } from '../../schema/progress-log.ts'
 import { type Stack, startStack, TEST_DATABASE_URL, TEST_REDIS_URL, waitFor } from '../helpers/stack.ts'
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts'
 
-const TOKENS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'] as const
+const TOKENS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina', 'hank'] as const
 type Who = (typeof TOKENS)[number]
 const token = (who: Who) => `${who}-search-token-0123456789`
 const QUOTA = 4
@@ -108,6 +108,76 @@ describe('GET /api/jobs?q=', () => {
     }
     expect((await call('alice', `/api/jobs?q=${'x'.repeat(200)}`)).status).toBe(200)
     expect((await search('alice', 'q=')).jobs.length).toBeGreaterThanOrEqual(5)
+  })
+})
+
+describe('a short id in the job routes', () => {
+  it('names a job by the 8 characters the console shows, in every route; the job’s whole id answers', async () => {
+    const res = await call('gina', '/api/train', voice())
+    expect(res.status).toBe(202)
+    const { jobId } = (await res.json()) as { jobId: string }
+    const short = jobId.slice(0, 8)
+    for (const path of [`/api/jobs/${short}`, `/api/status/${short}`, `/api/status/${jobId.slice(0, 13)}`]) {
+      const got = await call('gina', path)
+      expect(got.status, path).toBe(200)
+      expect(await got.json(), path).toMatchObject({ jobId, type: 'train_voice', status: 'queued' })
+    }
+    const artifacts = await call('gina', `/api/jobs/${short}/artifacts`)
+    expect([artifacts.status, await artifacts.json()]).toEqual([200, { artifacts: [] }])
+    const events = await fetch(stack.url(`/api/jobs/${short}/events`), {
+      headers: { authorization: `Bearer ${token('gina')}` },
+      signal: AbortSignal.timeout(10_000),
+    })
+    expect(events.status).toBe(200)
+    const reader = events.body?.getReader()
+    let text = ''
+    while (reader && !text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value)
+    await reader?.cancel()
+    expect(text).toContain(`"jobId":"${jobId}"`)
+    // Another token's short id is no job of this one's, as its whole id is not.
+    for (const path of [`/api/jobs/${short}`, `/api/jobs/${short}/logs`]) {
+      const other = await call('hank', path)
+      expect([other.status, await other.json()], path).toEqual([
+        404,
+        { error: { code: 'not_found', message: `no job "${short}"` } },
+      ])
+    }
+    const rerun = await call('gina', `/api/jobs/${short}/rerun`, {})
+    expect(rerun.status).toBe(202)
+    const again = ((await rerun.json()) as { jobId: string }).jobId
+    expect(again).not.toBe(jobId)
+    const cancel = await call('gina', `/api/jobs/${short}/cancel`, {})
+    expect(cancel.status).toBe(202)
+    await waitFor(
+      async () =>
+        ((await (await call('gina', `/api/jobs/${jobId}`)).json()) as { status: string }).status ===
+        'cancelled',
+      10_000,
+      'the job cancelled by its short id',
+    )
+    expect((await call('gina', `/api/jobs/${again}/cancel`, {})).status).toBe(202)
+  })
+
+  it('a start several of the caller’s jobs share is a 409 naming them; under 8 characters is no job; a whole id wins', async () => {
+    const start = `${tag}-sh`
+    await row(`${start}-1`, 'gina', 'completed', 'one')
+    await row(`${start}-2`, 'gina', 'completed', 'two')
+    await row(`${start}`, 'hank', 'completed', 'hank’s own, with the very id gina’s start is')
+    const res = await call('gina', `/api/jobs/${start}`)
+    expect(res.status).toBe(409)
+    const body = (await res.json()) as { error: { code: string; message: string } }
+    expect(body.error.code).toBe('ambiguous_job_id')
+    expect(body.error.message).toContain(`${start}-1`)
+    expect(body.error.message).toContain(`${start}-2`)
+    expect((await call('gina', `/api/jobs/${start}-2/logs`)).status).not.toBe(409)
+    // hank sees his own job by its whole id, not gina's that start with it.
+    expect(await (await call('hank', `/api/jobs/${start}`)).json()).toMatchObject({ jobId: start })
+    expect((await call('gina', `/api/jobs/${tag.slice(0, 7)}`)).status).toBe(404)
+    // LIKE's wildcards are literal: "_" matches only "_".
+    await row(`${tag}_w-1`, 'gina', 'completed', 'underscore')
+    await row(`${tag}Xw-1`, 'gina', 'completed', 'letter')
+    expect(await (await call('gina', `/api/jobs/${tag}_w`)).json()).toMatchObject({ jobId: `${tag}_w-1` })
+    expect((await call('gina', `/api/jobs/${tag}%25`)).status).toBe(404)
   })
 })
 

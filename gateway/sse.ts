@@ -58,8 +58,11 @@ export function connectionGone(c: Context): { signal: AbortSignal; dispose(): vo
   }
 }
 
-/** `Last-Event-ID` (what EventSource sends on reconnect) or `?after=`; a 400 naming `after` otherwise. */
-function resumePoint(c: Context): number | undefined {
+/**
+ * Where a stream resumes: `Last-Event-ID` (what EventSource sends on reconnect, to the URL it first
+ * opened, so it wins over that URL's `?after=`) or `?after=`; a 400 naming `after` otherwise.
+ */
+export function resumePoint(c: Context): number | undefined {
   const raw = c.req.header('last-event-id') ?? c.req.query('after')
   if (raw === undefined) return undefined
   const parsed = v.safeParse(SeqAfterText, raw)

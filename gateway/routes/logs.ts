@@ -21,7 +21,7 @@ import type { ProgressEvent } from '../../schema/events.ts'
 import { logsChannel } from '../../schema/keys.ts'
 import { ApiError, BackendUnavailableError, onBackend } from '../errors.ts'
 import { SUBSCRIBE_TIMEOUT_MS, type Subscription } from '../hub.ts'
-import { connectionGone, holdStream, type SseDeps } from '../sse.ts'
+import { connectionGone, holdStream, resumePoint, type SseDeps } from '../sse.ts'
 import type { JobAccess } from './access.ts'
 
 /** Lines waiting for a client that reads slower than they come; past it the client is dropped. */
@@ -35,14 +35,16 @@ export interface LogsDeps extends SseDeps {
   access: JobAccess
 }
 
-/** A positive integer query value, or a 400 naming `name`. */
-function positiveInt(c: Context, name: string, min: number): number | undefined {
-  const raw = c.req.query(name) ?? (name === 'after' ? c.req.header('last-event-id') : undefined)
+/** `?attempt=`: a positive integer, or a 400 naming it. */
+function attemptQuery(c: Context): number | undefined {
+  const raw = c.req.query('attempt')
   if (raw === undefined) return undefined
   const n = Number(raw)
-  if (/^\d+$/.test(raw) && Number.isSafeInteger(n) && n >= min) return n
-  const message = min === 1 ? 'must be a positive integer' : 'must be a non-negative integer'
-  throw new ApiError(400, 'invalid_query', `invalid query: ${name} ${message}`, [{ path: name, message }])
+  if (/^\d+$/.test(raw) && Number.isSafeInteger(n) && n >= 1) return n
+  const message = 'must be a positive integer'
+  throw new ApiError(400, 'invalid_query', `invalid query: attempt ${message}`, [
+    { path: 'attempt', message },
+  ])
 }
 
 /** `?follow=1` (or `true`): the SSE variant of the route. */
@@ -87,7 +89,7 @@ export function logRoutes(deps: LogsDeps): Hono {
   app.get('/api/jobs/:jobId/logs', async (c) => {
     const owner = c.get('owner')
     const row = await access.visibleJob(c.req.param('jobId'), owner)
-    const attempt = positiveInt(c, 'attempt', 1) ?? Math.max(1, row.attempt)
+    const attempt = attemptQuery(c) ?? Math.max(1, row.attempt)
     checkAttempt(row, attempt)
     if (followQuery(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
     const [lines, dropped, attempts] = await onBackend('Postgres', () =>
@@ -115,7 +117,7 @@ async function followLogs(
 ): Promise<Response> {
   const { hub, metrics, db } = deps
   const jobId = row.id
-  const after = positiveInt(c, 'after', 0) ?? 0
+  const after = resumePoint(c) ?? 0
   const giveBack = holdStream(deps, owner)
   const gone = connectionGone(c)
   const live: JobLogLine[] = []

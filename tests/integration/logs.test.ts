@@ -167,6 +167,26 @@ describe('GET /api/jobs/:jobId/logs', () => {
     const after = resumed.filter((e) => e.event === 'log').map((e) => (JSON.parse(e.data) as JobLogLine).seq)
     expect(after).toEqual(lines.filter((l) => l.seq > 30).map((l) => l.seq))
     expect(resumed.at(-1)?.event).toBe('end')
+    // An EventSource reconnects to the URL it opened (its ?after=) with the Last-Event-ID it reached: that wins.
+    const reconnected = await readFollow(stack.url(`/api/jobs/${id}/logs?follow=1&after=10`), {
+      'last-event-id': '25',
+    })
+    expect(reconnected.filter((e) => e.event === 'log').map((e) => e.id)).toEqual(
+      lines.filter((l) => l.seq > 25).map((l) => String(l.seq)),
+    )
+    const bad = await fetch(stack.url(`/api/jobs/${id}/logs?follow=1`), {
+      headers: { 'last-event-id': 'abc' },
+    })
+    expect([bad.status, await bad.json()]).toMatchObject([
+      400,
+      {
+        error: {
+          code: 'invalid_query',
+          message: expect.stringContaining('Last-Event-ID'),
+          issues: [{ path: 'after' }],
+        },
+      },
+    ])
   })
 
   it('many followers share the gateway’s one subscriber connection, and the channel is left after them', async () => {

@@ -408,7 +408,7 @@ export function openApiDocument(): Record<string, unknown> {
           summary:
             'Every GPU host that heartbeats: slots, GPUs (VRAM used/reserved/total), engines, running jobs; `gone` after 3 missed beats until its key expires',
           description:
-            'With API tokens every token sees every host, and a running job’s id only when it owns the job (`jobId` null otherwise).',
+            'With API tokens every token sees every host, and a running job only when it owns the job: another token’s is left out of `jobs` (its slot says busy).',
           responses: { '200': json('HostsBody', 'the hosts, by id'), ...errors(401, 403, 429, 503) },
         },
       },

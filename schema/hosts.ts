@@ -67,11 +67,11 @@ export const HostSlot = v.object({
 export type HostSlot = v.InferOutput<typeof HostSlot>
 
 /**
- * A job the host runs now. In `GET /api/hosts` with API tokens, another owner's job is shown without its
- * id (`jobId` null): the slot is busy and the fleet's load is everyone's business, the job is not.
+ * A job the host runs now. In `GET /api/hosts` with API tokens, another owner's job is left out: its slot
+ * says busy (the fleet's load is everyone's business), the job is not.
  */
 export const HostJob = v.object({
-  jobId: v.nullable(v.string()),
+  jobId: v.string(),
   type: JobType,
   /** Null until the attempt is recorded as started (the job waits for its engine or GPU memory). */
   attempt: v.nullable(count),

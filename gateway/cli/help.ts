@@ -147,7 +147,7 @@ ${EXIT_HELP}`,
 Show every GPU host that heartbeats: status (up; draining while it shuts down; gone after 3 missed
 beats, until it is dropped a minute later), version, uptime, last beat, slots busy, engines per job type;
 then each GPU (VRAM used, reserved for this host's jobs, total, utilisation) and each running job (with
-API tokens, another token's job is shown without its id). Columns are aligned in a pipe too.
+API tokens, only your own: another token's job shows only as a busy slot). Columns are aligned in a pipe too.
 
 Options:
       --json   print the API's JSON body ({hosts}) instead

@@ -295,21 +295,19 @@ function jobsSection(host) {
           j.slot === null
             ? 'waiting for its engine or GPU memory'
             : `slot ${j.slot}${gpu === null || gpu === undefined ? '' : ` (GPU ${gpu})`}`
-        const name = j.jobId
-          ? h(
-              'a',
-              {
-                href: `#job=${encodeURIComponent(j.jobId)}`,
-                class: 'job-link',
-                title: j.jobId,
-                'data-focus-key': `job:${j.jobId}`,
-              },
-              shortId(j.jobId),
-            )
-          : h('span', { class: 'hint' }, 'a job of another token')
+        const name = h(
+          'a',
+          {
+            href: `#job=${encodeURIComponent(j.jobId)}`,
+            class: 'job-link',
+            title: j.jobId,
+            'data-focus-key': `job:${j.jobId}`,
+          },
+          shortId(j.jobId),
+        )
         return h(
           'li',
-          { class: 'host-job', 'data-job-id': j.jobId ?? '' },
+          { class: 'host-job', 'data-job-id': j.jobId },
           name,
           ` ${j.type} · ${pctText(j.progress)}`,
           j.attempt === null ? '' : ` · attempt ${j.attempt}`,

@@ -25,8 +25,9 @@ export function hostRoutes({ redis, db, queuePrefix, access, authRequired }: Hos
   app.get('/api/hosts', async (c) => {
     const hosts = await onBackend('Redis', () => readHosts(redis, queuePrefix, Date.now()))
     if (!authRequired) return c.json({ hosts })
-    // Hosts are the fleet's, visible to every token; a running job's id only to its owner.
-    const ids = [...new Set(hosts.flatMap((h) => h.jobs.flatMap((j) => (j.jobId ? [j.jobId] : []))))]
+    // Hosts are the fleet's, visible to every token (their slots say busy, with the memory reserved); a
+    // running job only to its owner: another token's is left out, its type and progress as much as its id.
+    const ids = [...new Set(hosts.flatMap((h) => h.jobs.map((j) => j.jobId)))]
     const rows =
       ids.length === 0
         ? []
@@ -35,9 +36,7 @@ export function hostRoutes({ redis, db, queuePrefix, access, authRequired }: Hos
           )
     const byId = new Map(rows.map((r) => [r.id, r]))
     const owner = c.get('owner')
-    for (const host of hosts)
-      for (const job of host.jobs)
-        if (job.jobId !== null && !access.canSee(byId.get(job.jobId), owner)) job.jobId = null
+    for (const host of hosts) host.jobs = host.jobs.filter((j) => access.canSee(byId.get(j.jobId), owner))
     return c.json({ hosts })
   })
   return app

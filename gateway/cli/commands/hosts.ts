@@ -55,7 +55,7 @@ export function hostsText(hosts: HostEntry[], now = Date.now()): string {
       ['HOST', 'JOB', 'TYPE', 'ATTEMPT', 'PROGRESS', 'SLOT', 'RUNNING'],
       (j) => [
         j.host,
-        j.jobId ?? '(another token’s)',
+        j.jobId,
         j.type,
         j.attempt === null ? '-' : String(j.attempt),
         // A running job: never 100% until it has completed (percentText).

@@ -169,8 +169,8 @@ export class JobStore {
    * Makes a retrying job's next attempt due now (see JobRecords.retryNow): the row when written, null
    * when the job is no longer retrying.
    */
-  retryNow(jobId: string): Promise<JobRow | null> {
-    return this.records.retryNow(jobId)
+  retryNow(jobId: string, attempt: number): Promise<JobRow | null> {
+    return this.records.retryNow(jobId, attempt)
   }
 
   /**

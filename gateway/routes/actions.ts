@@ -82,9 +82,25 @@ export function actionRoutes(deps: JobsDeps & { access: JobAccess }): Hono {
     const notRetrying = (status: string) =>
       new ApiError(409, 'conflict', `job is ${status}, not retrying: only a retrying job can be retried now`)
     if (row.status !== 'retrying') throw notRetrying(row.status)
-    const written = await store.retryNow(jobId)
-    // Started, cancelled or finished since it was read.
-    if (!written) throw notRetrying((await store.get(jobId))?.status ?? row.status)
+    const written = await store.retryNow(jobId, row.attempt)
+    if (!written) {
+      const now = await store.get(jobId)
+      // Another retry (or the backoff's end) made the next attempt due first: it starts once a slot is free.
+      if (now?.status === 'retrying' && now.attempt === row.attempt)
+        throw new ApiError(
+          409,
+          'conflict',
+          `job's attempt ${row.attempt + 1} is due already (retried, or its wait is over): it starts as a GPU slot frees`,
+        )
+      if (now?.status === 'retrying')
+        throw new ApiError(
+          409,
+          'conflict',
+          `job has moved on: attempt ${now.attempt} ran since, and it waits after that one now; retry again to start attempt ${now.attempt + 1} at once`,
+        )
+      // Started, cancelled or finished since it was read.
+      throw notRetrying(now?.status ?? row.status)
+    }
     await promote(jobId)
     deps.onChanged(jobId)
     logger.info({ jobId, attempt: written.attempt + 1 }, 'retry requested: next attempt now')

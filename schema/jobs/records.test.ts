@@ -213,7 +213,7 @@ describe('the guards of the row writer', () => {
       const later = new Date(Date.now() + 3_600_000)
       await database.db.update(jobs).set({ status, nextAttemptAt: later }).where(eq(jobs.id, job.jobId))
       const before = Date.now()
-      const row = await records.retryNow(job.jobId)
+      const row = await records.retryNow(job.jobId, 0)
       if (status !== 'retrying') {
         expect(row, status).toBeNull()
         continue
@@ -223,6 +223,25 @@ describe('the guards of the row writer', () => {
       expect(due).toBeGreaterThanOrEqual(before - 1000)
       expect(due).toBeLessThan(later.getTime())
     }
+  })
+
+  it('of many retries at once one writes; one sent for an earlier attempt writes nothing', async () => {
+    const job = newJob()
+    await records.ensureJob(job)
+    const later = new Date(Date.now() + 3_600_000)
+    await database.db
+      .update(jobs)
+      .set({ status: 'retrying', attempt: 2, nextAttemptAt: later })
+      .where(eq(jobs.id, job.jobId))
+    expect(await records.retryNow(job.jobId, 1)).toBeNull()
+    const rows = await Promise.all(Array.from({ length: 10 }, () => records.retryNow(job.jobId, 2)))
+    expect(rows.filter((r) => r !== null)).toHaveLength(1)
+    // Its wait over on its own: there is nothing to make due.
+    await database.db
+      .update(jobs)
+      .set({ nextAttemptAt: new Date(Date.now() - 1000) })
+      .where(eq(jobs.id, job.jobId))
+    expect(await records.retryNow(job.jobId, 2)).toBeNull()
   })
 })
 

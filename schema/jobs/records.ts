@@ -337,20 +337,31 @@ export class JobRecords {
   }
 
   /**
-   * A client's "retry now" of a job waiting for its next attempt: the attempt is due now (`nextAttemptAt`;
-   * the reconciler re-adds a lost one without delay). Written only while the job is still retrying;
-   * returns the row, or null when it is not (started, cancelled or finished meanwhile).
+   * A client's "retry now" of a job waiting for its next attempt after attempt `attempt`: the attempt is
+   * due now (`nextAttemptAt`; the reconciler re-adds a lost one without delay). Written only while the job
+   * still waits after that attempt and its next one is not due yet, so of many at once one writes, and a
+   * late one does not cut short the wait after a later attempt; returns the row, or null when it did not.
    */
-  retryNow(jobId: string): Promise<JobRow | null> {
-    return this.call('retry now', async () => {
-      const now = new Date()
-      const [row] = await this.db
-        .update(jobs)
-        .set({ nextAttemptAt: now, updatedAt: now })
-        .where(and(eq(jobs.id, jobId), unfinished(), eq(jobs.status, 'retrying')))
-        .returning()
-      return row ?? null
-    })
+  retryNow(jobId: string, attempt: number): Promise<JobRow | null> {
+    return this.call('retry now', () =>
+      this.db.transaction(async (tx) => {
+        // The row locked first, and "now" read after: of retries at once, the later sees the due time the
+        // earlier wrote as past.
+        const [current] = await tx.select().from(jobs).where(eq(jobs.id, jobId)).for('update')
+        const now = new Date()
+        const waiting =
+          current?.status === 'retrying' &&
+          current.attempt === attempt &&
+          (current.nextAttemptAt === null || current.nextAttemptAt > now)
+        if (!waiting) return null
+        const [row] = await tx
+          .update(jobs)
+          .set({ nextAttemptAt: now, updatedAt: now })
+          .where(eq(jobs.id, jobId))
+          .returning()
+        return row ?? null
+      }),
+    )
   }
 
   /**

@@ -38,9 +38,13 @@ describe('attempts, retry and re-run with a GPU host', () => {
     ])
     // Ten minutes away without the retry.
     expect(Date.parse(retrying.nextAttemptAt ?? '') - Date.now()).toBeGreaterThan(60_000)
-    const res = await post(`/api/jobs/${jobId}/retry`)
-    expect(res.status).toBe(202)
-    expect(await res.json()).toMatchObject({ jobId })
+    // Twenty at once (a double click, several operators): one starts the attempt, the rest are told it is due.
+    const answers = await Promise.all(Array.from({ length: 20 }, () => post(`/api/jobs/${jobId}/retry`)))
+    const started = answers.filter((r) => r.status === 202)
+    expect(answers.map((r) => r.status).sort()).toEqual([202, ...Array(19).fill(409)])
+    expect(await started[0]?.json()).toMatchObject({ jobId })
+    const refused = (await answers.find((r) => r.status === 409)?.json()) as { error: { message: string } }
+    expect(refused.error.message).toMatch(/attempt 2 is due already|is running, not retrying/)
     const done = await stack.waitStatus(jobId, ['completed'], 20_000)
     expect(done.attempts.map((a) => [a.attempt, a.outcome, a.reason])).toEqual([
       [1, 'failed', 'handler_error'],

@@ -67,6 +67,11 @@ export interface RunningJob {
   /** Set once the attempt is recorded as started, with when (ms). */
   attempt?: number
   startedAt?: number
+  /**
+   * The attempts the job may make, as of this one: its maxAttempts, plus the attempts a host's shutdown
+   * interrupted (those are not counted). Set with `attempt`.
+   */
+  budget?: number
   /** The slot its process runs on (for the heartbeat), and the GPU memory its handler needs. */
   slot?: number
   vramMb?: number
@@ -160,7 +165,12 @@ export class AttemptRunner {
         return { skipped: true }
       }
       const attempt = row.attempt
+      // Attempt numbers go on across shutdowns (each has its own row, log and events), so the budget grows
+      // by the ones a shutdown interrupted; asked only once the number is past maxAttempts.
+      const interrupted = attempt > plan.maxAttempts ? await state.shutdownInterruptions(jobId) : 0
+      const budget = plan.maxAttempts + interrupted
       entry.attempt = attempt
+      entry.budget = budget
       entry.startedAt = Date.now()
       const reporter = new Reporter(redis, state, job, { jobId, type, attempt }, (msg, err) =>
         log.warn({ err }, msg),
@@ -173,14 +183,14 @@ export class AttemptRunner {
           token,
           entry,
           outcome,
-          decide(outcome, attempt, this.policy(plan.maxAttempts)),
+          decide(outcome, attempt, this.policy(budget)),
           plan,
           log,
         )
 
       if (entry.cancelRequested || !slot)
         return end({ kind: 'cancelled-before-start', progress: row.progress })
-      if (attempt > plan.maxAttempts) return end({ kind: 'exhausted', progress: row.progress })
+      if (attempt > budget) return end({ kind: 'exhausted', progress: row.progress })
 
       metrics.attempts.inc({ type })
       metrics.queueWait.observe(
@@ -190,7 +200,7 @@ export class AttemptRunner {
       // The running event is published while the job's process is handed its job: the reporter keeps the
       // attempt's events in order, so the handler's first progress still comes after it.
       const announced = reporter
-        .emit('running', 0, `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId}`)
+        .emit('running', 0, `attempt ${attempt}/${budget} started on ${config.hostId}`)
         .then((event) => state.recordEvent(event))
         .catch((err: unknown) => log.warn({ err }, 'could not record the running event'))
       reporter.progress = 0
@@ -274,7 +284,7 @@ export class AttemptRunner {
       slots.setGroup(jobId, proc.pid)
       log.info(
         { attempt, slot: slot.id, gpu: slot.cudaVisibleDevices, vramMb: plan.gpu.vramMb, pid: proc.pid },
-        `attempt ${attempt}/${plan.maxAttempts} started on ${config.hostId} (slot ${slot.id})`,
+        `attempt ${attempt}/${entry.budget ?? plan.maxAttempts} started on ${config.hostId} (slot ${slot.id})`,
       )
       void state.setAttemptPid(jobId, attempt, proc.pid).catch(() => {})
       // A cancel that arrived while the process was starting.
@@ -398,7 +408,7 @@ export class AttemptRunner {
     const t = decide(
       { kind: 'host-fault', cause: err, progress },
       entry.attempt ?? 0,
-      this.policy(plan.maxAttempts),
+      this.policy(entry.budget ?? plan.maxAttempts),
     )
     const log = this.deps.logger.child({ jobId: entry.jobId, type: entry.type })
     log.error({ err }, t.message)

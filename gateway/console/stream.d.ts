@@ -51,7 +51,12 @@ export const TERMINAL: Set<string>
 /** `45%`: rounded down; with a job's status, `100%` only when it completed. */
 export function percentText(value: number, status?: string): string
 /** A job's attempt: "2 of 3" while another may come, "1 attempt" once completed, "2" when it ended early. */
-export function attemptText(job: { attempt: number; maxAttempts: number; status: string }): string
+export function attemptText(job: {
+  attempt: number
+  maxAttempts: number
+  status: string
+  attempts?: { outcome: string | null; reason: string | null }[]
+}): string
 /** A UUID by its first 8 characters, any other id whole. */
 export function shortJobId(id: string): string
 export function backoffDelay(n: number, opts?: BackoffOptions): number

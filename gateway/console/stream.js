@@ -29,10 +29,13 @@ export const shortJobId = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-/i.test(id) ? id.sl
 /**
  * A job's attempt as every client writes it (the console's Attempt fact, the CLI's status): "n of max"
  * only while another attempt can still come; a completed job says how many it took, a failed or
- * cancelled one which attempt it ended on ("n of max" when that was the last allowed).
- * @param {{ attempt: number, maxAttempts: number, status: string }} job
+ * cancelled one which attempt it ended on ("n of max" when that was the last allowed). The attempts a host's
+ * shutdown interrupted are not counted against maxAttempts (the host's rule): `max` grows by them.
+ * @param {{ attempt: number, maxAttempts: number, status: string, attempts?: { outcome: string | null, reason: string | null }[] }} job
  */
-export function attemptText({ attempt: n, maxAttempts: max, status }) {
+export function attemptText({ attempt: n, maxAttempts, status, attempts = [] }) {
+  const max =
+    maxAttempts + attempts.filter((a) => a.outcome === 'interrupted' && a.reason === 'shutdown').length
   if (status === 'completed') return `${n} ${n === 1 ? 'attempt' : 'attempts'}`
   if (!TERMINAL.has(status)) return n === 0 ? `not started (up to ${max})` : `${n} of ${max}`
   if (n === 0) return 'none (it never started)'

@@ -218,6 +218,26 @@ export class JobRecords {
   }
 
   /**
+   * How many of the job's attempts a host's shutdown interrupted (`interrupted`, reason `shutdown`): they
+   * do not count against its maxAttempts.
+   */
+  shutdownInterruptions(jobId: string): Promise<number> {
+    return this.call('count interrupted attempts', async () => {
+      const [row] = await this.db
+        .select({ n: count() })
+        .from(jobAttempts)
+        .where(
+          and(
+            eq(jobAttempts.jobId, jobId),
+            eq(jobAttempts.outcome, 'interrupted'),
+            eq(jobAttempts.reason, 'shutdown'),
+          ),
+        )
+      return row?.n ?? 0
+    })
+  }
+
+  /**
    * Starts the next attempt: status running, attempt + 1, an attempt row; an attempt left unfinished by a
    * host that died is closed as interrupted. Null when the job is already terminal (cancelled meanwhile).
    */

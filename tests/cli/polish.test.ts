@@ -166,6 +166,13 @@ describe('attempts: one rule (console and CLI)', () => {
     expect(at(1, 3, 'failed')).toBe('1')
     expect(at(3, 3, 'failed')).toBe('3 of 3')
     expect(at(0, 3, 'cancelled')).toBe('none (it never started)')
+    // Attempts a shutdown interrupted are not counted against maxAttempts; other interruptions are.
+    const shutdown = { outcome: 'interrupted', reason: 'shutdown' }
+    const crash = { outcome: 'interrupted', reason: 'crash' }
+    expect(
+      attemptText({ attempt: 3, maxAttempts: 1, status: 'running', attempts: [shutdown, shutdown] }),
+    ).toBe('3 of 3')
+    expect(attemptText({ attempt: 2, maxAttempts: 2, status: 'running', attempts: [crash] })).toBe('2 of 2')
   })
 })
 

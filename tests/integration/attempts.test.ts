@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { JobStatusBody } from '../../schema/api.ts'
-import { addFixtureJob, FIXTURE_DISPATCH, type Stack, startStack } from '../helpers/stack.ts'
+import { addFixtureJob, FIXTURE_DISPATCH, type Stack, startHost, startStack } from '../helpers/stack.ts'
 
 let stack: Stack
 beforeAll(async () => {
@@ -81,5 +81,45 @@ describe('attempts, retry and re-run with a GPU host', () => {
     expect(copy.attempts).toHaveLength(1)
     expect(copy.artifacts.map((a) => a.path)).toEqual(original.artifacts.map((a) => a.path))
     expect((await post('/api/jobs/no-such-job/rerun')).status).toBe(404)
+  })
+})
+
+describe('attempts a host shutdown interrupted', () => {
+  let bare: Stack
+  beforeAll(async () => {
+    bare = await startStack({ withHost: false })
+  })
+  afterAll(async () => {
+    await bare?.close()
+  })
+
+  it('are not counted: a job of maxAttempts 1 stopped by two shutdowns still runs to its end', async () => {
+    const jobId = await addFixtureJob(bare, 'ok', { maxAttempts: 1 }, { steps: 30, stepMs: 100 })
+    for (const attempt of [1, 2]) {
+      const host = await startHost(bare, {
+        handlerModules: { train_lora: FIXTURE_DISPATCH },
+        env: { SHUTDOWN_GRACE_SEC: '0' },
+      })
+      await bare.waitJob(
+        jobId,
+        (j) => j.attempt === attempt && j.progress > 0,
+        20_000,
+        `attempt ${attempt} to step`,
+      )
+      await host.close()
+      expect(await bare.job(jobId)).toMatchObject({ status: 'queued', attempt })
+    }
+    const last = await startHost(bare, { handlerModules: { train_lora: FIXTURE_DISPATCH } })
+    try {
+      const done = await bare.waitStatus(jobId, ['completed', 'failed'], 30_000)
+      expect(done).toMatchObject({ status: 'completed', attempt: 3 })
+      expect(done.attempts.map((a) => [a.attempt, a.outcome, a.reason])).toEqual([
+        [1, 'interrupted', 'shutdown'],
+        [2, 'interrupted', 'shutdown'],
+        [3, 'completed', null],
+      ])
+    } finally {
+      await last.close()
+    }
   })
 })

@@ -178,15 +178,7 @@ export class AttemptRunner {
       entry.reporter = reporter
       entry.logs = new AttemptLog(redis, state, { jobId, attempt }, (msg, err) => log.warn({ err }, msg))
       const end = (outcome: Outcome) =>
-        this.end(
-          job,
-          token,
-          entry,
-          outcome,
-          decide(outcome, attempt, this.policy(budget)),
-          plan,
-          log,
-        )
+        this.end(job, token, entry, outcome, decide(outcome, attempt, this.policy(budget)), plan, log)
 
       if (entry.cancelRequested || !slot)
         return end({ kind: 'cancelled-before-start', progress: row.progress })

@@ -55,6 +55,15 @@ export function parseBaseUrl(raw: string | undefined): URL {
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new UsageError(`GPU_JOBS_URL must be an http:// or https:// URL, got "${text}"`)
+  // Credentials in the URL would be printed with every error that names the gateway; the gateway takes
+  // a bearer token, not a user and password. The URL is said without them.
+  if (url.username || url.password) {
+    url.username = ''
+    url.password = ''
+    throw new UsageError(
+      `GPU_JOBS_URL must not hold a user or password (${url.origin}): set the API token in GPU_JOBS_TOKEN`,
+    )
+  }
   url.search = ''
   url.hash = ''
   if (!url.pathname.endsWith('/')) url.pathname += '/'

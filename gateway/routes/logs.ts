@@ -70,7 +70,8 @@ const attemptOver = (event: ProgressEvent, attempt: number): boolean =>
  * of a queued one) has no lines yet, and `follow=1` waits for it.
  */
 function checkAttempt(row: JobRow, attempt: number): void {
-  const made = Math.max(1, row.attempt)
+  // A job that ended before it ever started (cancelled while queued) made none.
+  const made = isTerminal(row.status) ? row.attempt : Math.max(1, row.attempt)
   if (attempt <= made || (!isTerminal(row.status) && attempt <= row.maxAttempts)) return
   const n = row.attempt
   const could = isTerminal(row.status)
@@ -89,8 +90,10 @@ export function logRoutes(deps: LogsDeps): Hono {
   app.get('/api/jobs/:jobId/logs', async (c) => {
     const owner = c.get('owner')
     const row = await access.visibleJob(c.req.param('jobId'), owner)
-    const attempt = attemptQuery(c) ?? Math.max(1, row.attempt)
-    checkAttempt(row, attempt)
+    const asked = attemptQuery(c)
+    // Unasked, the latest (or the first, still to come); its lines are none for a job that never started.
+    const attempt = asked ?? Math.max(1, row.attempt)
+    if (asked !== undefined) checkAttempt(row, asked)
     if (followQuery(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
     const [lines, dropped, attempts] = await onBackend('Postgres', () =>
       Promise.all([

@@ -577,6 +577,13 @@ describe('connection errors', () => {
     const badUrl = await cli('ftp://example', ['list'])
     expect(badUrl.code).toBe(EXIT.error)
     expect(badUrl.err).toMatch(/^error: GPU_JOBS_URL must be an http/)
+    // A password in the URL is refused, and not printed back.
+    const withSecret = await cli(`http://u:s3cret-token-0123@127.0.0.1:${port}`, ['hosts'])
+    expect(withSecret.code).toBe(EXIT.error)
+    expect(withSecret.err).toMatch(
+      /^error: GPU_JOBS_URL must not hold a user or password \(http:\/\/127\.0\.0\.1:\d+\): set the API token in GPU_JOBS_TOKEN\n/,
+    )
+    expect(withSecret.err).not.toContain('s3cret')
   })
 })
 

@@ -122,6 +122,15 @@ describe('GET /api/jobs/:jobId/logs', () => {
     const past = await getLogs(queued, '?attempt=99')
     expect(past.status).toBe(404)
     expect(past.body.error?.message).toMatch(/no attempt 99: it may make \d+$/)
+    // Cancelled before it ever ran: not even attempt 1 was made; unasked, its (no) lines.
+    const never = `never-${jobId}`
+    await stack.insertJob(never, 'cancelled')
+    const first = await getLogs(never, '?attempt=1')
+    expect(first.status).toBe(404)
+    expect(first.body.error?.message).toBe(
+      `job "${never}" has no attempt 1: it ended (cancelled) after 0 attempts`,
+    )
+    expect((await getLogs(never, '')).body).toMatchObject({ attempt: 1, lines: [] })
   })
 
   it('keeps at most 2,000 lines of an attempt (4 kB a line) and counts the rest as dropped', async () => {

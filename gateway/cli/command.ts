@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util'
 import type { JobSummary } from '../../schema/api.ts'
+import { SHORT_ID_LENGTH } from '../../schema/common.ts'
 import { ApiRequestError, GatewayClient, parseBaseUrl } from './client.ts'
 import type { ReconnectPolicy } from './follow.ts'
 import { HELP } from './help.ts'
@@ -150,7 +151,8 @@ async function jobsStartingWith(
 
 /**
  * Runs `run` with the job id as typed, or, when the API knows no job by that id, with the one job whose
- * id starts with it (any length: the 8 characters the console and the CLI show, or fewer). Every command that takes a job id
+ * id starts with it (at least SHORT_ID_LENGTH characters, the 8 the console and the CLI show, as the API
+ * takes: a shorter start names no job, so that `cancel a` cannot act on the one job that starts with a). Every command that takes a job id
  * goes through it; `run` must be a call whose 404 means "no such job". No such job: the API's 404;
  * several: an AmbiguousJobIdError listing them.
  *
@@ -169,7 +171,7 @@ export async function withJobId<T>(
     const unresolved =
       err instanceof ApiRequestError &&
       (err.status === 404 || (err.status === 409 && err.code === 'ambiguous_job_id'))
-    if (!unresolved) throw err
+    if (!unresolved || typed.length < SHORT_ID_LENGTH) throw err
     const lookup = await jobsStartingWith(client, typed)
     const [only, ...others] = lookup?.found ?? []
     if (!lookup || !only) throw err

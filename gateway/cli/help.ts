@@ -35,8 +35,8 @@ Commands:
 
 Run "gpu-jobs <command> --help" for a command's options.
 Every command takes --url <url> (overrides GPU_JOBS_URL) and -h/--help.
-A job <id> may be given by its start (the 8 characters "list" and the console show) when only one
-job's id starts with it.
+A job <id> may be given by its start (the 8 characters "list" and the console show, or more) when only
+one job's id starts with it.
 
 ${ENV_HELP}
 

@@ -68,6 +68,10 @@ describe('short job ids', () => {
     const res = await cli('status', `${tag}zzzz`)
     expect(res.code).toBe(EXIT.error)
     expect(res.err).toContain(`error: not_found: no job "${tag}zzzz"`)
+    // Under 8 characters is no job's start (as in the API), though several jobs' ids start with it.
+    const short = await cli('cancel', `${tag.slice(0, 7)}`)
+    expect(short.code).toBe(EXIT.error)
+    expect(short.err).toContain(`error: not_found: no job "${tag.slice(0, 7)}"`)
   })
 
   it('cancel and follow take the start of an id too', async () => {

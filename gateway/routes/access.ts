@@ -12,6 +12,13 @@ import type { JobRow } from '../../schema/db/tables.ts'
 import { ApiError } from '../errors.ts'
 import type { JobStore } from '../store.ts'
 
+/**
+ * Whether `text` may be the start of a job id: a job id's characters, at least SHORT_ID_LENGTH of them. Not
+ * itself a usable id, perhaps: a UUID's first 8 characters may be all digits, which no whole id may be.
+ */
+const mayStartAnId = (text: string): boolean =>
+  text.length >= SHORT_ID_LENGTH && text.length <= 128 && /^[A-Za-z0-9_.-]+$/.test(text)
+
 /** How many of the jobs an ambiguous start names. */
 const CANDIDATES_NAMED = 5
 
@@ -19,7 +26,7 @@ const CANDIDATES_NAMED = 5
 export const noSuchJob = (jobId: string): ApiError => new ApiError(404, 'not_found', `no job "${jobId}"`)
 
 export interface JobAccess {
-  /** Throws the 404 of an id that no job can have (checked before any read). */
+  /** Throws the 404 of a text that neither is a job id nor may start one (checked before any read). */
   checkId(jobId: string): void
   /** Whether `owner` may see `row` (a missing row: no). */
   canSee(row: Pick<JobRow, 'owner'> | null | undefined, owner: string | null): boolean
@@ -36,7 +43,7 @@ export interface JobAccess {
 export function jobAccess({ store, authRequired }: { store: JobStore; authRequired: boolean }): JobAccess {
   const access: JobAccess = {
     checkId(jobId) {
-      if (!v.is(JobId, jobId)) throw new ApiError(404, 'not_found', 'no such job')
+      if (!v.is(JobId, jobId) && !mayStartAnId(jobId)) throw new ApiError(404, 'not_found', 'no such job')
     },
     canSee: (row, owner) => !!row && (!authRequired || row.owner === owner),
     visible(jobId, row, owner) {
@@ -45,7 +52,7 @@ export function jobAccess({ store, authRequired }: { store: JobStore; authRequir
     },
     async visibleJob(jobId, owner) {
       access.checkId(jobId)
-      const row = await store.get(jobId)
+      const row = v.is(JobId, jobId) ? await store.get(jobId) : undefined
       if (access.canSee(row, owner) && row) return row
       if (jobId.length < SHORT_ID_LENGTH) throw noSuchJob(jobId)
       const found = await store.startingWith(jobId, authRequired ? owner : undefined, CANDIDATES_NAMED + 1)

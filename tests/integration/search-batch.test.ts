@@ -178,6 +178,15 @@ describe('a short id in the job routes', () => {
     await row(`${tag}Xw-1`, 'gina', 'completed', 'letter')
     expect(await (await call('gina', `/api/jobs/${tag}_w`)).json()).toMatchObject({ jobId: `${tag}_w-1` })
     expect((await call('gina', `/api/jobs/${tag}%25`)).status).toBe(404)
+    // A UUID may begin with 8 digits, which no whole id may be: as a start, they name it all the same.
+    const digits = `${String(Date.now()).slice(-8)}-${tag}`
+    await row(digits, 'gina', 'completed', 'digits first')
+    expect(await (await call('gina', `/api/jobs/${digits.slice(0, 8)}`)).json()).toMatchObject({
+      jobId: digits,
+    })
+    expect(await (await call('gina', `/api/jobs/${digits.slice(0, 8)}/logs`)).json()).toMatchObject({
+      jobId: digits,
+    })
   })
 })
 

@@ -54,7 +54,7 @@ export function jobAccess({ store, authRequired }: { store: JobStore; authRequir
       access.checkId(jobId)
       const row = v.is(JobId, jobId) ? await store.get(jobId) : undefined
       if (access.canSee(row, owner) && row) return row
-      if (jobId.length < SHORT_ID_LENGTH) throw noSuchJob(jobId)
+      if (!mayStartAnId(jobId)) throw noSuchJob(jobId)
       const found = await store.startingWith(jobId, authRequired ? owner : undefined, CANDIDATES_NAMED + 1)
       const [only, ...more] = found
       if (!only) throw noSuchJob(jobId)

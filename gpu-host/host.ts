@@ -10,7 +10,7 @@ import { QUEUE_NAME } from '../schema/keys.ts'
 import { JOB_TYPES, type JobType } from '../schema/params/index.ts'
 import { type AttemptPlan, AttemptRunner, type RunningJob } from './attempt.ts'
 import { ensureBucket } from './bucket.ts'
-import { listenForCancels } from './cancel-listener.ts'
+import { CancelListener } from './cancel-listener.ts'
 import {
   describeEngines,
   detectEngines,
@@ -49,6 +49,8 @@ export interface GpuHostOptions {
   version?: string
   /** How often the host beats its state to Redis for `GET /api/hosts` (default 5 s; tests make it short). */
   heartbeatMs?: number
+  /** How often running jobs' cancel keys are looked up (default CANCEL_SWEEP_MS). */
+  cancelSweepMs?: number
 }
 
 /**
@@ -68,6 +70,7 @@ export class GpuHost {
   private readonly attempts: AttemptRunner
   private readonly server: HealthServer
   private readonly heartbeat: Heartbeat
+  private readonly cancels: CancelListener
   private worker: Worker | undefined
   private queue: Queue | undefined
   private reconciler: Reconciler | undefined
@@ -134,6 +137,14 @@ export class GpuHost {
       readiness: () => this.readiness(),
       engines: () => this.engines.engines,
     })
+    this.cancels = new CancelListener({
+      subscriber: this.subscriber,
+      redis: this.redis,
+      uncancelled: () => [...this.running.values()].filter((j) => !j.cancelRequested).map((j) => j.jobId),
+      onCancel: (jobId) => this.cancelLocal(jobId),
+      onError: (err) => logger.warn({ err: (err as Error).message }, 'could not look up cancels'),
+      sweepMs: opts.cancelSweepMs,
+    })
     this.heartbeat = new Heartbeat(
       this.redis,
       config.queuePrefix,
@@ -196,7 +207,7 @@ export class GpuHost {
       )
     await this.samplers.sampleGpus()
 
-    await listenForCancels(this.subscriber, (jobId) => this.cancelLocal(jobId))
+    await this.cancels.start()
 
     const connection = createRedis(config.redisUrl)
     const workerConnection = createRedis(config.redisUrl)
@@ -278,6 +289,7 @@ export class GpuHost {
       .catch((err: unknown) => logger.warn({ err }, 'could not remove the heartbeat'))
     await this.queue?.close()
     await this.server.close()
+    this.cancels.stop()
     this.subscriber.disconnect()
     await this.redis.quit().catch(() => this.redis.disconnect())
   }

@@ -11,7 +11,7 @@ import { cancelByRequest } from '../../schema/jobs/requests.ts'
 import { jsonSafetyIssue } from '../../schema/json-safety.ts'
 import { CANCEL_CHANNEL, cancelKey } from '../../schema/keys.ts'
 import { JobType } from '../../schema/params/index.ts'
-import { ApiError, onBackend } from '../errors.ts'
+import { ApiError, BackendUnavailableError, backendOf, isBackendDown, onBackend } from '../errors.ts'
 import { jsonBody } from '../middleware/body.ts'
 import type { JobAccess } from './access.ts'
 import { summaryOf } from './status.ts'
@@ -97,14 +97,29 @@ export function jobRoutes(deps: JobsDeps): Hono {
     const jobId = row.id
     // Every host learns of it: a host about to start the job refuses, the one running it kills it.
     await onBackend('Redis', () => redis.set(cancelKey(jobId), '1', 'EX', 7 * 86_400))
-    const removed = await queue.remove(jobId).catch(() => 0)
-    if (removed === 1 || row.status === 'queued' || row.status === 'retrying') {
-      const fresh = await store.get(jobId)
-      if (fresh && !isTerminal(fresh.status) && (removed === 1 || fresh.status !== 'running'))
-        await cancelUnrun(fresh)
+    // The key is the cancel's record: a host running the job finds it within CANCEL_SWEEP_MS, one about
+    // to start it refuses. So a backend lost from here on leaves the cancel to take effect once it is back.
+    try {
+      const removed = await queue.remove(jobId).catch(() => 0)
+      if (removed === 1 || row.status === 'queued' || row.status === 'retrying') {
+        const fresh = await store.get(jobId)
+        if (fresh && !isTerminal(fresh.status) && (removed === 1 || fresh.status !== 'running'))
+          await cancelUnrun(fresh)
+      }
+      // The quick way: the host running it kills it now.
+      await onBackend('Redis', () => redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId })))
+    } catch (err) {
+      const backend =
+        err instanceof BackendUnavailableError ? err.backend : isBackendDown(err) ? backendOf(err) : null
+      if (backend === null) throw err
+      throw new BackendUnavailableError(
+        backend,
+        'the cancel is recorded and the job ends cancelled once it is back; sending it again is safe',
+        { cause: err },
+      )
+    } finally {
+      deps.onChanged(jobId)
     }
-    await onBackend('Redis', () => redis.publish(CANCEL_CHANNEL, JSON.stringify({ jobId })))
-    deps.onChanged(jobId)
     const after = await store.get(jobId)
     return c.json({ jobId, status: after?.status ?? row.status, cancelRequested: true }, 202)
   })

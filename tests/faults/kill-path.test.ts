@@ -2,6 +2,8 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { CANCEL_SWEEP_MS } from '../../gpu-host/cancel-listener.ts'
+import { cancelKey } from '../../schema/keys.ts'
 import {
   addFixtureJob,
   FIXTURE_DISPATCH,
@@ -11,6 +13,7 @@ import {
   startStack,
   waitFor,
 } from '../helpers/stack.ts'
+import { runningJobPid } from './running-job.ts'
 
 let stack: Stack
 beforeAll(async () => {
@@ -203,6 +206,19 @@ describe('cancellation', () => {
     const body = await stack.waitStatus(jobId, ['cancelled', 'failed', 'completed'], 15_000)
     expect(body.status).toBe('cancelled')
     expect(await stack.keysUnder(prefix)).toEqual([])
+  })
+
+  it('a cancel whose broadcast the host never heard (its key alone, as when a subscriber reconnects) still kills the job', async () => {
+    const jobId = await submit('ok', { maxAttempts: 3 }, { steps: 300, stepMs: 100 })
+    const pid = await runningJobPid(stack, jobId, 1, 'the job to run')
+    // What the cancel route writes before it broadcasts; the broadcast is lost (pub/sub is at most once).
+    const asked = Date.now()
+    await stack.redis.set(cancelKey(jobId), '1', 'EX', 60)
+    const body = await stack.waitStatus(jobId, ['cancelled', 'failed', 'completed'], 15_000)
+    expect(body).toMatchObject({ status: 'cancelled', attempt: 1 })
+    // Within a sweep (2 s) and the grace (1 s), with room for a loaded machine.
+    expect(Date.now() - asked).toBeLessThan(CANCEL_SWEEP_MS + 1000 + 2000)
+    expect(await groupGone(pid)).toBe(true)
   })
 
   it('answers 409 for a finished job and 404 for an unknown one', async () => {

@@ -203,6 +203,54 @@ describe('createApp with injected stores, through app.request()', () => {
     expect(await (await app.request('/healthz')).json()).toEqual({ ok: true })
     expect((await app.request('/ws', as(ALICE))).status).toBe(404)
   })
+
+  it('answers a method a route does not take 405 naming the ones it does, on every route', async () => {
+    const { jobId } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    const cases: [string, string, string][] = [
+      ['GET', `/api/jobs/${jobId}/cancel`, 'POST'],
+      ['GET', `/api/jobs/${jobId}/rerun`, 'POST'],
+      ['DELETE', `/api/jobs/${jobId}/retry`, 'POST'],
+      ['POST', `/api/jobs/${jobId}`, 'GET, HEAD'],
+      ['PUT', '/api/hosts', 'GET, HEAD'],
+      ['POST', '/api/queue', 'GET, HEAD'],
+      ['GET', '/api/train', 'POST'],
+      ['DELETE', '/api/jobs', 'GET, POST, HEAD'],
+    ]
+    for (const [method, path, allow] of cases) {
+      const res = await app.request(path, as(ALICE, { method }))
+      expect({ path, method, status: res.status, allow: res.headers.get('allow') }).toEqual({
+        path,
+        method,
+        status: 405,
+        allow,
+      })
+      expect(await res.json()).toMatchObject({ error: { code: 'method_not_allowed' } })
+    }
+    // Not even a job's existence is told by it: a 405 is the route's, whatever the id.
+    expect((await app.request('/api/jobs/no-such-job/cancel', as(BOB))).status).toBe(405)
+    expect((await app.request('/api/nothing', as(ALICE, { method: 'POST' }))).status).toBe(404)
+  })
+
+  it('answers a query parameter given twice 400 naming it, never reading only the first', async () => {
+    const { jobId } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
+    for (const [path, name] of [
+      ['/api/jobs?status=queued&status=failed', 'status'],
+      ['/api/jobs?limit=1&q=a&limit=500', 'limit'],
+      [`/api/jobs/${jobId}/logs?attempt=1&attempt=2`, 'attempt'],
+      [`/api/jobs/${jobId}/events?after=0&after=0`, 'after'],
+    ] as const) {
+      const res = await app.request(path, as(ALICE))
+      expect({ path, status: res.status }).toEqual({ path, status: 400 })
+      expect(await res.json()).toEqual({
+        error: {
+          code: 'invalid_query',
+          message: `invalid query: ${name} must be given once`,
+          issues: [{ path: name, message: 'must be given once' }],
+        },
+      })
+    }
+    expect((await app.request('/api/jobs?status=queued&limit=2', as(ALICE))).status).toBe(200)
+  })
 })
 
 describe('attempts, re-run and retry, through app.request()', () => {

@@ -16,8 +16,9 @@ import { consoleApp } from './console/index.ts'
 import type { EventHub } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
 import { auth } from './middleware/auth.ts'
-import { errorHandler, notFound } from './middleware/errors.ts'
+import { errorHandler, unmatched } from './middleware/errors.ts'
 import { originGuard, originPolicy } from './middleware/origin.ts'
+import { singleValuedQuery } from './middleware/query.ts'
 import {
   AUTH_FAILURE_BURST,
   AUTH_FAILURES_PER_SEC,
@@ -93,10 +94,11 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   const authRequired = config.apiTokens.size > 0
   const app = new Hono()
   app.onError(errorHandler({ logger }))
-  app.notFound(notFound)
+  app.notFound(unmatched(app))
 
   // The cross-cutting rules, in order: cross-site refusal, wrong-token throttle (before auth, per client
-  // address), auth, then the per-token request rate. WebSocket upgrades pass through the same ones.
+  // address), auth, the per-token request rate, then one value per query parameter. WebSocket upgrades
+  // pass through the same ones.
   app.use(requestMetrics({ metrics, logger }))
   app.use(originGuard({ policy: originPolicy(config), exempt: (p) => PROBE_PATHS.has(p) }))
   app.use(
@@ -125,6 +127,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
       onLimited: () => metrics.rateLimited.inc(),
     }),
   )
+  app.use(singleValuedQuery())
 
   const access = jobAccess({ store, authRequired })
   const bodies = statusBodies({ store, redis, hub })

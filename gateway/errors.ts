@@ -5,7 +5,7 @@ import type { FieldIssue } from '../schema/issues.ts'
 export class ApiError extends Error {
   override name = 'ApiError'
   constructor(
-    readonly status: 400 | 401 | 403 | 404 | 409 | 413 | 415 | 429 | 503,
+    readonly status: 400 | 401 | 403 | 404 | 405 | 409 | 413 | 415 | 429 | 503,
     readonly code: string,
     message: string,
     readonly issues?: FieldIssue[],

@@ -3,7 +3,7 @@ import { Hono } from 'hono'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { ApiError, BackendUnavailableError, onBackend } from '../errors.ts'
-import { errorHandler, notFound } from './errors.ts'
+import { errorHandler, unmatched } from './errors.ts'
 
 const logged: string[] = []
 const logger = pino(
@@ -17,7 +17,7 @@ const logger = pino(
 )
 const app = new Hono()
 app.onError(errorHandler({ logger }))
-app.notFound(notFound)
+app.notFound(unmatched(app))
 app.get('/api', () => {
   throw new ApiError(429, 'rate_limited', 'slow down', undefined, { 'retry-after': '3' })
 })
@@ -34,6 +34,11 @@ app.get('/s3', () => {
 app.get('/untagged-redis', () => {
   throw new Error("Stream isn't writeable and enableOfflineQueue options is false")
 })
+const sub = new Hono()
+sub.post('/jobs/:jobId/cancel', (c) => c.json({ ok: true }))
+sub.get('/jobs/:jobId', (c) => c.json({ ok: true }))
+sub.delete('/jobs/:jobId', (c) => c.json({ ok: true }))
+app.route('/api', sub)
 app.get('/bug', () => {
   throw new TypeError('x is undefined')
 })
@@ -75,5 +80,21 @@ describe('errorHandler', () => {
 
   it('answers an unknown route 404 in the same shape', async () => {
     expect(await (await app.request('/nope')).json()).toMatchObject({ error: { code: 'not_found' } })
+    // A path like a route's, one segment too many, is no route.
+    expect((await app.request('/api/jobs/j1/cancel/x', { method: 'POST' })).status).toBe(404)
+  })
+
+  it("answers a route's path with a method it does not take 405, with the ones it takes in Allow", async () => {
+    const res = await app.request('/api/jobs/j1/cancel')
+    expect(res.status).toBe(405)
+    expect(res.headers.get('allow')).toBe('POST')
+    expect(await res.json()).toEqual({
+      error: { code: 'method_not_allowed', message: '/api/jobs/j1/cancel takes POST, not GET' },
+    })
+    const put = await app.request('/api/jobs/j1', { method: 'PUT' })
+    expect(put.status).toBe(405)
+    expect(put.headers.get('allow')?.split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD'])
+    // A mounted sub-app's routes are the app's: they still answer.
+    expect((await app.request('/api/jobs/j1/cancel', { method: 'POST' })).status).toBe(200)
   })
 })

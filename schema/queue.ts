@@ -49,7 +49,10 @@ export const QueueBody = v.object({
   byType: v.object(
     Object.fromEntries(JOB_TYPES.map((t) => [t, TypeCounts])) as Record<JobType, typeof TypeCounts>,
   ),
-  /** Age of the oldest job waiting for a host, in seconds (null: none waits). */
+  /**
+   * Age of the oldest job waiting for a host, in seconds (null: none waits): BullMQ's waiting ones and the
+   * `queued` rows (one a host put back, BullMQ's `delayed`, waits all the same).
+   */
   oldestWaitingSec: v.nullable(v.number()),
   /** Jobs that ended in the last hour (Postgres); with API tokens, the caller's own. */
   lastHour: v.object({ completed: count, failed: count }),

@@ -1,6 +1,6 @@
-// The queue overview, the strip under the top bar on every view: how many jobs wait, run, wait to retry
-// and have failed, how long the oldest has waited, what ended in the last hour, and the unfinished jobs by
-// type (GET /api/queue). Refreshed every few seconds while the page is visible, and soon after a job the
+// The queue overview, the strip under the top bar on every view: how many jobs wait, run and wait to
+// retry, how long the oldest has waited, what ended in the last hour, the unfinished jobs by type and
+// BullMQ's own counts (GET /api/queue). Refreshed every few seconds while the page is visible, and soon after a job the
 // page follows changes status or the list changes (a job submitted here).
 
 import { api } from './api.js'
@@ -19,17 +19,31 @@ let inFlight = false
 /** Asked for while a load was under way: its answer may predate what was asked about, so load again. */
 let again = false
 
-/** The strip's counts from the body: BullMQ's states, the fleet's whoever asks. */
+/**
+ * The strip's counts: the job records' statuses, as the job list shows them (with a token, one's own). Not
+ * BullMQ's states: its `delayed` holds retry backoffs and queued jobs put back until a host with their engine
+ * or GPU memory is free alike, and its `failed` the cancelled jobs too. Those are in the details.
+ */
 function counts(q) {
-  const s = q.byState
+  const types = Object.values(q.byType)
+  const sum = (pick) => types.reduce((n, t) => n + pick(t), 0)
   return {
-    // A job with a priority waits in BullMQ's `prioritized` set instead of `waiting`.
-    waiting: s.waiting + s.prioritized,
-    running: s.active,
-    // A failed attempt that will be retried waits out its backoff as a delayed job.
-    retrying: s.delayed,
-    failed: s.failed,
+    waiting: sum((t) => t.queued),
+    running: sum((t) => t.running),
+    retrying: sum((t) => t.retrying),
   }
+}
+
+/** BullMQ's states, the whole queue's, in words. */
+function bullmqText(s) {
+  const parts = [
+    `${s.waiting + s.prioritized} waiting`,
+    `${s.active} active`,
+    `${s.delayed} delayed (retry backoffs, and jobs put back until a host can take them)`,
+    `${s.failed} failed (cancelled ones too)`,
+    `${s.completed} completed`,
+  ]
+  return `BullMQ, the whole queue: ${parts.join(', ')}.`
 }
 
 function render(q) {
@@ -59,8 +73,9 @@ function render(q) {
     .map(([type, t]) => `${type}: ${t.queued} queued, ${t.running} running, ${t.retrying} retrying`)
     .join('\n')
   $('queue-types-note').textContent = store.get().token
-    ? 'By type: the jobs of your token. The counts above are the whole queue’s.'
-    : 'By type: from the job records. The counts above are the queue’s.'
+    ? 'The counts: the jobs of your token. The oldest waiting: the whole queue’s.'
+    : 'The counts: from the job records.'
+  $('queue-bullmq').textContent = bullmqText(q.byState)
 }
 
 function setNote(text) {

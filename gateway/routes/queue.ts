@@ -1,10 +1,12 @@
 /**
  * `GET /api/queue`: how deep the queue is. BullMQ's counts by state and the oldest waiting job are the
  * fleet's; the unfinished jobs by type and the last hour's outcomes come from the job rows, and with API
- * tokens they are the caller's own.
+ * tokens they are the caller's own. The oldest waiting job is the older of BullMQ's waiting ones and the
+ * `queued` rows: a job a host put back until one with its engine or GPU memory is free waits as BullMQ's
+ * `delayed`, like a retry's backoff, yet it is queued all the same.
  */
 import type { Queue } from 'bullmq'
-import { and, count, eq, gt, inArray, type SQL } from 'drizzle-orm'
+import { and, count, eq, gt, inArray, min, type SQL } from 'drizzle-orm'
 import { Hono } from 'hono'
 import type { Db } from '../../schema/db/connect.ts'
 import { jobs } from '../../schema/db/tables.ts'
@@ -51,6 +53,15 @@ async function rowCounts(
   return { byType, lastHour }
 }
 
+/** When the oldest `queued` row, whoever's, was created (ms), or null. */
+async function oldestQueuedRowAt(db: Db): Promise<number | null> {
+  const [row] = await db
+    .select({ at: min(jobs.createdAt) })
+    .from(jobs)
+    .where(eq(jobs.status, 'queued'))
+  return row?.at ? row.at.getTime() : null
+}
+
 export interface QueueDeps {
   queue: Queue
   db: Db
@@ -62,10 +73,17 @@ export function queueRoutes({ queue, db, authRequired }: QueueDeps): Hono {
   const app = new Hono()
   app.get('/api/queue', async (c) => {
     const now = Date.now()
-    const [[counts, oldest], rows] = await Promise.all([
+    const [[counts, oldestInQueue], [rows, oldestRow]] = await Promise.all([
       onBackend('Redis', () => Promise.all([queue.getJobCounts(...QUEUE_STATES), oldestWaitingAt(queue)])),
-      onBackend('Postgres', () => rowCounts(db, authRequired ? (c.get('owner') ?? '') : undefined, now)),
+      onBackend('Postgres', () =>
+        Promise.all([
+          rowCounts(db, authRequired ? (c.get('owner') ?? '') : undefined, now),
+          oldestQueuedRowAt(db),
+        ]),
+      ),
     ])
+    const times = [oldestInQueue, oldestRow].filter((t) => t !== null)
+    const oldest = times.length > 0 ? Math.min(...times) : null
     const body: QueueBody = {
       byState: Object.fromEntries(QUEUE_STATES.map((s) => [s, counts[s] ?? 0])) as QueueBody['byState'],
       ...rows,

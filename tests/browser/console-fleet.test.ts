@@ -279,6 +279,10 @@ describe.skipIf(!hasChromium)('console fleet views in Chromium', () => {
     expect(await page.locator('#queue-type-rows tr[data-type="train_lora"] td').nth(1).textContent()).toBe(
       String(running.length),
     )
+    // BullMQ's own states are told apart from the statuses: its delayed and failed sets hold more than those.
+    expect(await page.locator('#queue-bullmq').textContent()).toMatch(
+      /^BullMQ, the whole queue: \d+ waiting, \d+ active, \d+ delayed \(retry backoffs, .*\), \d+ failed \(cancelled ones too\), \d+ completed\.$/,
+    )
     await page.locator('#queue-types summary').click()
 
     // Cancelled, they wait no more.

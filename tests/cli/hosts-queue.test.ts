@@ -160,6 +160,8 @@ describe('the tables', () => {
     }
     const [states, types, summary] = queueText(q).split('\n\n')
     expect(states).toContain('prioritized         12')
+    expect(states?.split('\n')[0]).toMatch(/^BULLMQ STATE +JOBS +HOLDS$/)
+    expect(states).toMatch(/\nfailed +0 +cancelled jobs too\n/)
     expectAligned(types ?? '', ['TYPE'], ['QUEUED', 'RUNNING', 'RETRYING'])
     expect(types).toContain('train_voice       12        0         2')
     expect(summary).toBe('oldest waiting  1m 15s\nlast hour       9 completed, 1 failed')
@@ -201,7 +203,7 @@ describe('gpu-jobs hosts and queue against a stack', () => {
   it('queue: the counts as tables; --json is the API’s body', async () => {
     const r = await cli(url, ['queue'])
     expect(r.code).toBe(EXIT.ok)
-    expect(r.out).toMatch(/^STATE +JOBS\nwaiting +\d+\n/)
+    expect(r.out).toMatch(/^BULLMQ STATE +JOBS +HOLDS\nwaiting +\d+\n/)
     expect(r.out).toMatch(/\nTYPE +QUEUED +RUNNING +RETRYING\ntrain_lora +\d+ +\d+ +\d+\n/)
     expect(r.out).toMatch(/\nlast hour {7}\d+ completed, \d+ failed\n$/)
     const json = await cli(url, ['queue', '--json'])

@@ -214,6 +214,19 @@ describe('GET /api/queue', () => {
     expect(q.oldestWaitingSec).toBeLessThan(60)
   })
 
+  it('counts a queued job a host put back (BullMQ delayed: no host had its engine) as waiting', async () => {
+    // What a host without the job's engine does: back in the queue, due later. Its row stays queued.
+    for (const job of await stack.queue.getJobs(['wait', 'prioritized'])) {
+      await stack.queue.remove(job.id ?? '')
+      await stack.queue.add(job.name, job.data, { jobId: job.id, delay: 3_600_000 })
+    }
+    const q = await getJson(stack, '/api/queue', QueueBody)
+    expect(q.byState).toMatchObject({ waiting: 0, prioritized: 0, delayed: 3 })
+    expect(q.byType.train_lora.queued).toBe(2)
+    expect(q.oldestWaitingSec).toBeGreaterThan(0)
+    expect(q.oldestWaitingSec).toBeLessThan(60)
+  })
+
   /**
    * A gateway whose Redis or Postgres goes through a TCP proxy the test cuts. One gateway per backend, and no
    * restore: a cut proxy's port, once freed, may be taken before it could listen again.

@@ -3,11 +3,17 @@ import { duration } from '../render.ts'
 import { table } from '../table.ts'
 import { viewCommand } from '../view.ts'
 
+/** BullMQ's sets that hold more than their name says (the job statuses are in the table by type). */
+const HOLDS: Record<string, string> = {
+  delayed: 'retry backoffs, and queued jobs put back until a host can take them',
+  failed: 'cancelled jobs too',
+}
+
 /** `gpu-jobs queue`'s text: BullMQ's states, the unfinished jobs by type, the oldest waiting, the last hour. */
 export function queueText(q: QueueBody): string {
   const states = table(
-    ['STATE', 'JOBS'],
-    Object.entries(q.byState).map(([state, n]) => [state, String(n)]),
+    ['BULLMQ STATE', 'JOBS', 'HOLDS'],
+    Object.entries(q.byState).map(([state, n]) => [state, String(n), HOLDS[state] ?? '']),
     ['JOBS'],
   )
   const types = table(

@@ -231,7 +231,7 @@ describe('createApp with injected stores, through app.request()', () => {
     expect((await app.request('/api/nothing', as(ALICE, { method: 'POST' }))).status).toBe(404)
   })
 
-  it('answers a query parameter given twice 400 naming it, never reading only the first', async () => {
+  it('answers a query parameter a route reads given twice 400 naming it, never reading only the first', async () => {
     const { jobId } = (await (await submit(ALICE, voiceJob())).json()) as { jobId: string }
     for (const [path, name] of [
       ['/api/jobs?status=queued&status=failed', 'status'],
@@ -250,6 +250,9 @@ describe('createApp with injected stores, through app.request()', () => {
       })
     }
     expect((await app.request('/api/jobs?status=queued&limit=2', as(ALICE))).status).toBe(200)
+    // A parameter no route reads is ignored however often it comes (the console page's, a probe's).
+    for (const path of ['/?v=1&v=2', '/healthz?x=1&x=1', '/api/queue?x=1&x=2', '/api/jobs?v=1&v=2'])
+      expect({ path, status: (await app.request(path, as(ALICE))).status }).toEqual({ path, status: 200 })
   })
 })
 

@@ -18,7 +18,6 @@ import type { GatewayMetrics } from './metrics.ts'
 import { auth } from './middleware/auth.ts'
 import { errorHandler, unmatched } from './middleware/errors.ts'
 import { originGuard, originPolicy } from './middleware/origin.ts'
-import { singleValuedQuery } from './middleware/query.ts'
 import {
   AUTH_FAILURE_BURST,
   AUTH_FAILURES_PER_SEC,
@@ -97,8 +96,7 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
   app.notFound(unmatched(app))
 
   // The cross-cutting rules, in order: cross-site refusal, wrong-token throttle (before auth, per client
-  // address), auth, the per-token request rate, then one value per query parameter. WebSocket upgrades
-  // pass through the same ones.
+  // address), auth, then the per-token request rate. WebSocket upgrades pass through the same ones.
   app.use(requestMetrics({ metrics, logger }))
   app.use(originGuard({ policy: originPolicy(config), exempt: (p) => PROBE_PATHS.has(p) }))
   app.use(
@@ -127,7 +125,6 @@ export function createApp(deps: GatewayDeps): { app: Hono; websockets: WebSocket
       onLimited: () => metrics.rateLimited.inc(),
     }),
   )
-  app.use(singleValuedQuery())
 
   const access = jobAccess({ store, authRequired })
   const bodies = statusBodies({ store, redis, hub })

@@ -149,7 +149,7 @@ export function openApiDocument(): Record<string, unknown> {
       title: 'GPU jobs gateway',
       version: '0.1.0',
       description:
-        'Submit GPU jobs, follow their progress, download their artifacts. With API_TOKENS set every route but the probes, /metrics and this document needs a bearer token, and a token sees only its own jobs; without, the gateway listens on loopback only. On every route: a method the route does not take is a 405 method_not_allowed with an Allow header, and a query parameter given twice a 400 invalid_query naming it.',
+        'Submit GPU jobs, follow their progress, download their artifacts. With API_TOKENS set every route but the probes, /metrics and this document needs a bearer token, and a token sees only its own jobs; without, the gateway listens on loopback only. On every route: a method the route does not take is a 405 method_not_allowed with an Allow header, and a query parameter the route reads given twice a 400 invalid_query naming it.',
       // The package is private (package.json): no licence is granted.
       license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     },

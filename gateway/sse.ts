@@ -10,6 +10,7 @@ import { toFieldIssues } from '../schema/issues.ts'
 import { ApiError, BackendUnavailableError } from './errors.ts'
 import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import { queryValue } from './query.ts'
 import { type StreamCounter, tooManyStreams } from './rate-limit.ts'
 
 /**
@@ -63,7 +64,7 @@ export function connectionGone(c: Context): { signal: AbortSignal; dispose(): vo
  * opened, so it wins over that URL's `?after=`) or `?after=`; a 400 naming `after` otherwise.
  */
 export function resumePoint(c: Context): number | undefined {
-  const raw = c.req.header('last-event-id') ?? c.req.query('after')
+  const raw = c.req.header('last-event-id') ?? queryValue(c, 'after')
   if (raw === undefined) return undefined
   const parsed = v.safeParse(SeqAfterText, raw)
   if (parsed.success) return parsed.output

@@ -18,6 +18,7 @@ import { describeIssues, toFieldIssues } from '../schema/issues.ts'
 import { ApiError } from './errors.ts'
 import { type EventHub, SUBSCRIBE_TIMEOUT_MS, type Subscription, wireJson } from './hub.ts'
 import type { GatewayMetrics } from './metrics.ts'
+import { queryValue } from './query.ts'
 import { RateLimiter, type StreamCounter, tooManyStreams } from './rate-limit.ts'
 import type { JobStore } from './store.ts'
 
@@ -124,6 +125,8 @@ export function webSockets(opts: WsOptions): WebSockets {
     if (!WS_KEY.test(c.req.header('sec-websocket-key') ?? '') || (version !== '13' && version !== '8'))
       throw new ApiError(400, 'invalid_request', 'invalid WebSocket handshake (Sec-WebSocket-Key/Version)')
     const owner = c.get('owner') ?? null
+    // Read before the upgrade, so a `jobId` given twice is a 400, not a socket for the first one.
+    const jobId = queryValue(c, 'jobId') ?? null
     if (owner !== null && !opts.streams.acquire(owner)) throw tooManyStreams(opts.maxStreamsPerToken)
     // The socket, not the WebSocket: a handshake that fails or is abandoned never makes one.
     if (owner !== null) onSocketGone(incoming.socket, () => opts.streams.release(owner))
@@ -133,7 +136,7 @@ export function webSockets(opts: WsOptions): WebSockets {
       c,
       {
         onOpen: (_event, ws) => {
-          socket = onConnection(ws.raw as WebSocket, owner, c.req.query('jobId') ?? null)
+          socket = onConnection(ws.raw as WebSocket, owner, jobId)
         },
         onMessage: (event) => socket?.message(event.data),
         onClose: () => socket?.closed(),

@@ -13,6 +13,7 @@ import { CANCEL_CHANNEL, cancelKey } from '../../schema/keys.ts'
 import { JobType } from '../../schema/params/index.ts'
 import { ApiError, BackendUnavailableError, backendOf, isBackendDown, onBackend } from '../errors.ts'
 import { jsonBody } from '../middleware/body.ts'
+import { queryValues } from '../query.ts'
 import type { JobAccess } from './access.ts'
 import { summaryOf } from './status.ts'
 import { checkBody, MAX_BODY_BYTES, readJson, type SubmitDeps, type Submitter } from './submit.ts'
@@ -46,7 +47,7 @@ export function jobRoutes(deps: JobsDeps): Hono {
   app.post('/api/jobs', body, submit)
 
   app.get('/api/jobs', async (c) => {
-    const q = c.req.query()
+    const q = queryValues(c, ['limit', 'status', 'type', 'q', 'cursor'])
     const issues: { path: string; message: string }[] = []
     const limitN = q.limit === undefined ? 50 : Number(q.limit)
     if (!Number.isInteger(limitN) || limitN < 1 || limitN > 500)

@@ -21,6 +21,7 @@ import type { ProgressEvent } from '../../schema/events.ts'
 import { logsChannel } from '../../schema/keys.ts'
 import { ApiError, BackendUnavailableError, onBackend } from '../errors.ts'
 import { SUBSCRIBE_TIMEOUT_MS, type Subscription } from '../hub.ts'
+import { queryValue } from '../query.ts'
 import { connectionGone, holdStream, resumePoint, type SseDeps } from '../sse.ts'
 import type { JobAccess } from './access.ts'
 
@@ -37,7 +38,7 @@ export interface LogsDeps extends SseDeps {
 
 /** `?attempt=`: a positive integer, or a 400 naming it. */
 function attemptQuery(c: Context): number | undefined {
-  const raw = c.req.query('attempt')
+  const raw = queryValue(c, 'attempt')
   if (raw === undefined) return undefined
   const n = Number(raw)
   if (/^\d+$/.test(raw) && Number.isSafeInteger(n) && n >= 1) return n
@@ -94,7 +95,7 @@ export function logRoutes(deps: LogsDeps): Hono {
     // Unasked, the latest (or the first, still to come); its lines are none for a job that never started.
     const attempt = asked ?? Math.max(1, row.attempt)
     if (asked !== undefined) checkAttempt(row, asked)
-    if (followQuery(c.req.query('follow'))) return followLogs(c, row, attempt, owner, deps)
+    if (followQuery(queryValue(c, 'follow'))) return followLogs(c, row, attempt, owner, deps)
     const [lines, dropped, attempts] = await onBackend('Postgres', () =>
       Promise.all([
         readJobLogs(db, row.id, attempt),

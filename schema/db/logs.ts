@@ -70,8 +70,13 @@ export async function appendJobLogs(
     .onConflictDoUpdate({ target: [jobLogCounts.jobId, jobLogCounts.attempt], set: counts })
 }
 
-/** The stored lines of one attempt with `seq > after`, oldest first. */
+/** The largest `seq` the column holds (a Postgres integer): a resume point past it is past every line. */
+const MAX_SEQ = 2 ** 31 - 1
+
+/** The stored lines of one attempt with `seq > after`, oldest first (`after` up to 2^53 - 1, as clients send). */
 export async function readJobLogs(db: Db, jobId: string, attempt: number, after = 0): Promise<JobLogLine[]> {
+  // Compared as it is, a number past the column's range makes Postgres refuse the query.
+  after = Math.min(after, MAX_SEQ)
   const rows = await db
     .select()
     .from(jobLogs)

@@ -183,6 +183,11 @@ describe('GET /api/jobs/:jobId/logs', () => {
     expect(reconnected.filter((e) => e.event === 'log').map((e) => e.id)).toEqual(
       lines.filter((l) => l.seq > 25).map((l) => String(l.seq)),
     )
+    // Past every line, past the seq column's range too (2^31 and more, up to 2^53 - 1): no line, then the end.
+    for (const past of ['2147483648', String(Number.MAX_SAFE_INTEGER)]) {
+      const beyond = await readFollow(stack.url(`/api/jobs/${id}/logs?follow=1`), { 'last-event-id': past })
+      expect(beyond.map((e) => e.event)).toEqual(['attempt', 'end'])
+    }
     const bad = await fetch(stack.url(`/api/jobs/${id}/logs?follow=1`), {
       headers: { 'last-event-id': 'abc' },
     })

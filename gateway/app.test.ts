@@ -348,4 +348,20 @@ describe('attempts, re-run and retry, through app.request()', () => {
     })
     expect((await post(ALICE, '/api/jobs/no-such-job/retry')).status).toBe(404)
   })
+
+  it('a retry racing a cancel is never a 202 for a job that ends cancelled without its attempt', async () => {
+    for (let round = 0; round < 8; round++) {
+      const jobId = await retryingJob()
+      const [retry, cancel] = await Promise.all([
+        post(ALICE, `/api/jobs/${jobId}/retry`),
+        post(ALICE, `/api/jobs/${jobId}/cancel`),
+      ])
+      expect(cancel.status).toBe(202)
+      const body = (await retry.json()) as { status?: string; error?: { message: string } }
+      // Either order is right; a 202 that says `cancelled` (no attempt will come of it) is not.
+      if (retry.status === 202) expect(body.status).not.toBe('cancelled')
+      else expect([retry.status, body.error?.message]).toEqual([409, expect.stringMatching(/cancelled/)])
+      expect((await statusOf(ALICE, jobId)).status).toBe('cancelled')
+    }
+  })
 })

@@ -6,6 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Hono } from 'hono'
 import type { RetryJobResponse, SubmitJobResponse } from '../../schema/api.ts'
+import { isTerminal } from '../../schema/common.ts'
 import type { JobRow } from '../../schema/db/tables.ts'
 import { ApiError, onBackend } from '../errors.ts'
 import type { JobAccess } from './access.ts'
@@ -105,6 +106,8 @@ export function actionRoutes(deps: JobsDeps & { access: JobAccess }): Hono {
     deps.onChanged(jobId)
     logger.info({ jobId, attempt: written.attempt + 1 }, 'retry requested: next attempt now')
     const after = await store.get(jobId)
+    // Cancelled between the write and now, before the attempt it asked for began: none will come of it.
+    if (after && isTerminal(after.status) && after.attempt <= written.attempt) throw notRetrying(after.status)
     return c.json({ jobId, status: after?.status ?? written.status } satisfies RetryJobResponse, 202)
   })
   return app

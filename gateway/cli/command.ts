@@ -87,7 +87,9 @@ export function help(io: RunIO, topic: string): number {
 
 /** The one job id a command takes. */
 export function oneId(positionals: string[], command: string): string {
-  if (positionals.length === 0) throw new CommandUsageError('missing the job id', command)
+  // An empty one ('' from a shell variable that was unset) is missing too, not a request for the list.
+  if (positionals.length === 0 || positionals[0]?.trim() === '')
+    throw new CommandUsageError('missing the job id', command)
   if (positionals.length > 1)
     throw new CommandUsageError(`unexpected argument "${positionals[1]}" (one job id only)`, command)
   return positionals[0] as string

@@ -180,6 +180,12 @@ describe('an error is said once', () => {
   it('bad usage, 400, 404, an unreachable gateway', async () => {
     expectSaidOnce(await gpuJobs(['submit'], env), 'missing the job type')
     expectSaidOnce(await gpuJobs(['logs', 'x', '--attempt', '0'], env), '--attempt must be')
+    for (const cmd of ['status', 'logs', 'cancel', 'rerun', 'retry', 'follow'])
+      expectSaidOnce(await gpuJobs([cmd, ''], env), 'missing the job id')
+    expectSaidOnce(
+      await gpuJobs(['logs', 'x', '--attempt', '99999999999'], env),
+      '--attempt must be a whole number from 1 to 999999999, got "99999999999"',
+    )
     const one = await gpuJobs(
       ['submit', 'train_voice', '-p', 'speakerName=ann', '-p', 'datasetPath=ds', '-p', 'epochs=many'],
       env,
@@ -192,6 +198,10 @@ describe('an error is said once', () => {
     expect(count(two.stderr, 'params.colour')).toBe(1)
     for (const cmd of ['status', 'follow', 'logs', 'rerun'])
       expectSaidOnce(await gpuJobs([cmd, 'no-such-job-7'], env), 'no job "no-such-job-7"')
+    // A job cancelled before any attempt: its logs say it made none (not only "attempt 1: 0 lines").
+    await stack.insertJob('never-ran-cli-1', 'cancelled')
+    const none = await gpuJobs(['logs', 'never-ran-cli-1'], env)
+    expect([none.stdout, none.stderr]).toEqual(['', 'attempt 1: 0 lines (the job has made no attempt)\n'])
     expectSaidOnce(
       await gpuJobs(['follow', 'x-1'], { GPU_JOBS_URL: 'http://127.0.0.1:1' }),
       'cannot reach the gateway',

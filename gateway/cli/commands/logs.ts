@@ -29,7 +29,7 @@ export async function logs(args: string[], io: RunIO): Promise<number> {
   if (values.help) return help(io, 'logs')
   const typed = oneId(positionals, 'logs')
   if (values.attempt !== undefined && !/^[1-9]\d{0,8}$/.test(values.attempt))
-    throw new UsageError(`--attempt must be a positive integer, got "${values.attempt}"`)
+    throw new UsageError(`--attempt must be a whole number from 1 to 999999999, got "${values.attempt}"`)
   const client = clientFor(io, values.url)
   const print = (l: JobLogLine) => line(io.stdout, values.json ? JSON.stringify(l) : formatLogLine(l))
   // A 404 of the first request (before any line is printed) is what lets withJobId try the id's start.
@@ -43,7 +43,7 @@ export async function logs(args: string[], io: RunIO): Promise<number> {
     for (const l of body.lines) print(l)
     const others = body.attempts.filter((a) => a !== body.attempt)
     const notes = [
-      `attempt ${body.attempt}: ${body.lines.length} line${body.lines.length === 1 ? '' : 's'}`,
+      `attempt ${body.attempt}: ${body.lines.length} line${body.lines.length === 1 ? '' : 's'}${body.attempts.length === 0 ? ' (the job has made no attempt)' : ''}`,
       ...(body.dropped > 0 ? [`${body.dropped} more dropped (over the cap)`] : []),
       ...(others.length > 0 ? [`other attempts: ${others.join(', ')} (--attempt N)`] : []),
     ]

@@ -102,6 +102,15 @@ export interface AttemptDeps {
   handlerModules?: Partial<Record<JobType, string>> | undefined
 }
 
+/**
+ * A job's last service-log line: "job failed (timeout): job timed out after 3s", "job cancelled", not the
+ * status twice ("job failed: failed (timeout): ...") when the job's message starts with it.
+ */
+export function endLine(status: 'failed' | 'cancelled', message: string): string {
+  if (message === status) return `job ${status}`
+  return message.startsWith(`${status} `) ? `job ${message}` : `job ${status}: ${message}`
+}
+
 export class AttemptRunner {
   constructor(private readonly deps: AttemptDeps) {}
 
@@ -358,11 +367,11 @@ export class AttemptRunner {
         await job.moveToDelayed(queue.until, token)
         throw new DelayedError()
       default:
-        if (t.status === 'cancelled') log.info({ attempt }, `job cancelled: ${t.message}`)
+        if (t.status === 'cancelled') log.info({ attempt }, endLine('cancelled', t.message))
         else if (failure)
           log.warn(
             { attempt, reason: failure.reason, stderr: stderr && `\n${stderr}` },
-            `job failed: ${t.message}`,
+            endLine('failed', t.message),
           )
         throw new UnrecoverableError(queue.kind === 'fail' ? queue.message : t.message)
     }

@@ -21,7 +21,9 @@ export const requestMetrics = ({
     const start = performance.now()
     await next()
     const route = c.req.routePath || 'unmatched'
-    const status = c.res.status
+    // An accepted WebSocket upgrade: node-ws answers Hono with a placeholder 200, the client gets a 101.
+    const upgraded = c.res.status === 200 && c.req.header('upgrade')?.toLowerCase() === 'websocket'
+    const status = upgraded ? 101 : c.res.status
     const seconds = (performance.now() - start) / 1000
     metrics.httpDuration.observe({ method: c.req.method, route, status: String(status) }, seconds)
     if (!logger) return

@@ -8,7 +8,9 @@
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type Stack, startStack } from '../helpers/stack.ts'
+import WebSocket from 'ws'
+import { endLine } from '../../gpu-host/attempt.ts'
+import { type Stack, startStack, waitFor } from '../helpers/stack.ts'
 
 interface Line {
   level: number
@@ -78,13 +80,24 @@ describe('service log', () => {
     const jobId = await submit({ type: 'train_lora', params: lora(100), timeoutSec: 1, maxAttempts: 2 })
     const job = await stack.waitStatus(jobId)
     expect(job.status).toBe('failed')
+    expect(job.message).toMatch(/^failed \(timeout\): job timed out after 1s$/)
     const warnings = of(jobId).filter((l) => l.level === WARN)
     expect(warnings.map((l) => l.msg)).toEqual([
       expect.stringMatching(/^attempt 1 failed \(timeout\): job timed out after 1s; retrying in /),
-      `job failed: ${job.message}`,
+      // The job's message ("failed (timeout): ...") after "job", not "job failed: failed (timeout): ...".
+      `job ${job.message}`,
     ])
     expect(warnings.map((l) => l.reason)).toEqual(['timeout', 'timeout'])
     expect(of(jobId).filter((l) => l.msg.startsWith('attempt 2/2 started'))).toHaveLength(1)
+  })
+
+  it("a job's last line names its status once, whatever its message", () => {
+    expect(endLine('failed', 'failed (timeout): job timed out after 1s')).toBe(
+      'job failed (timeout): job timed out after 1s',
+    )
+    expect(endLine('failed', 'dataset "ds" has no images')).toBe('job failed: dataset "ds" has no images')
+    expect(endLine('cancelled', 'cancelled')).toBe('job cancelled')
+    expect(endLine('cancelled', 'cancelled while queued')).toBe('job cancelled while queued')
   })
 
   it('an access line per request: method, route, status, duration; never a token or a query', async () => {
@@ -96,6 +109,11 @@ describe('service log', () => {
       headers: { authorization: `Bearer ${secret}` },
     })
     await fetch(stack.url('/api/status/no-such-job'))
+    // A WebSocket's line says what its client got: 101 Switching Protocols.
+    const ws = new WebSocket(`${stack.gateway.url.replace('http', 'ws')}/ws?jobId=${jobId}`)
+    await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject))
+    ws.close()
+    await waitFor(async () => lines.some((l) => l.route === '/ws'), 5000, 'the WebSocket’s access line')
     const access = lines.filter((l) => typeof l.route === 'string')
     const status = access.filter((l) => l.route === '/api/status/:jobId' && l.status === 200)
     expect(status.at(-1)).toMatchObject({
@@ -106,6 +124,10 @@ describe('service log', () => {
     })
     expect(access.find((l) => l.status === 404)).toMatchObject({ method: 'GET', route: '/api/status/:jobId' })
     expect(access.some((l) => l.route === '/api/jobs/:jobId/logs')).toBe(true)
+    expect(access.find((l) => l.route === '/ws')).toMatchObject({
+      status: 101,
+      msg: expect.stringMatching(/^GET \/ws 101 /),
+    })
     for (const l of access) expect(l.msg).not.toContain('?')
     expect(raw.filter((text) => text.includes(secret))).toEqual([])
   })

@@ -480,7 +480,7 @@ export function openApiDocument(): Record<string, unknown> {
           parameters: [jobIdParam],
           responses: {
             '200': json('JobMetricsBody', 'the points'),
-            ...errors(401, 404, 409, 429, 503),
+            ...errors(401, 403, 404, 409, 429, 503),
           },
         },
       },

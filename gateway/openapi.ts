@@ -475,6 +475,7 @@ export function openApiDocument(): Record<string, unknown> {
       '/api/jobs/{jobId}/metrics': {
         get: {
           operationId: 'jobMetrics',
+          tags: ['jobs'],
           summary:
             'The numbers a job reported with its progress (e.g. loss), one point per event, in seq order (at most 20,000)',
           parameters: [jobIdParam],

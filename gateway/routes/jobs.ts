@@ -56,7 +56,8 @@ export function jobRoutes(deps: JobsDeps): Hono {
       issues.push({ path: 'status', message: 'must be a job status' })
     if (q.type !== undefined && !v.is(JobType, q.type))
       issues.push({ path: 'type', message: 'must be a job type' })
-    if (q.q !== undefined && q.q.length > MAX_QUERY_CHARS)
+    // Characters, not UTF-16 units: an emoji is one.
+    if (q.q !== undefined && [...q.q].length > MAX_QUERY_CHARS)
       issues.push({ path: 'q', message: `must be at most ${MAX_QUERY_CHARS} characters` })
     else if (q.q !== undefined) {
       const unsafe = jsonSafetyIssue(q.q, 'q')

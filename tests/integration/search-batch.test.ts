@@ -107,6 +107,10 @@ describe('GET /api/jobs?q=', () => {
       expect(await res.json()).toMatchObject({ error: { code: 'invalid_query', issues: [{ path: 'q' }] } })
     }
     expect((await call('alice', `/api/jobs?q=${'x'.repeat(200)}`)).status).toBe(200)
+    // Characters, not UTF-16 units: 200 emoji are 400 units, and within the limit.
+    const emoji = encodeURIComponent('\u{1F98A}'.repeat(200))
+    expect((await call('alice', `/api/jobs?q=${emoji}`)).status).toBe(200)
+    expect((await call('alice', `/api/jobs?q=${emoji}${encodeURIComponent('\u{1F98A}')}`)).status).toBe(400)
     expect((await search('alice', 'q=')).jobs.length).toBeGreaterThanOrEqual(5)
   })
 })

@@ -326,7 +326,7 @@ describe('gpu-jobs logs', () => {
 
     const bad = await cli(['logs', id, '--attempt', 'zero'])
     expect(bad.code).toBe(3)
-    expect(bad.err).toContain('--attempt must be a positive integer')
+    expect(bad.err).toContain('--attempt must be a whole number from 1 to 999999999, got "zero"')
     const unknown = await cli(['logs', 'no-such-job-here'])
     expect(unknown.code).toBe(3)
     expect(unknown.err.trim().split('\n')).toHaveLength(1)

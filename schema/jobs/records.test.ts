@@ -7,7 +7,7 @@ import { eq, inArray } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JOB_STATUSES } from '../common.ts'
 import { type Database, openDatabase } from '../db/connect.ts'
-import { jobs } from '../db/tables.ts'
+import { jobAttempts, jobs } from '../db/tables.ts'
 import { retryWhileDown } from './db-call.ts'
 import { CancelledError, NotQueuedError } from './errors.ts'
 import { mayWrite, type RowWrite } from './lifecycle.ts'
@@ -68,6 +68,35 @@ describe('the guards of the row writer', () => {
     expect(await records.markLost({ id: job.jobId, status: 'failed', attempt: 2 }, 0, end)).toBe(false)
     const [row] = await database.db.select().from(jobs).where(eq(jobs.id, job.jobId))
     expect(row).toMatchObject({ status: 'failed', message: 'done', attempt: 2 })
+  })
+
+  it("clears an earlier attempt's error when a later one completes; the attempt keeps it", async () => {
+    const job = newJob()
+    await records.ensureJob(job)
+    await records.startAttempt(job.jobId)
+    const timeout = {
+      code: 'TIMEOUT',
+      reason: 'timeout' as const,
+      message: 'job timed out after 3s',
+      retryable: true,
+    }
+    const retrying = {
+      status: 'retrying' as const,
+      progress: 40,
+      message: 'attempt 1 failed',
+      error: timeout,
+    }
+    expect(await records.finishAttempt(job.jobId, 1, retrying)).toBe(true)
+    const [waiting] = await database.db.select().from(jobs).where(eq(jobs.id, job.jobId))
+    expect(waiting?.error).toMatchObject({ code: 'TIMEOUT' })
+    await records.startAttempt(job.jobId)
+    expect(
+      await records.finishAttempt(job.jobId, 2, { status: 'completed', progress: 100, message: 'done' }),
+    ).toBe(true)
+    const [row] = await database.db.select().from(jobs).where(eq(jobs.id, job.jobId))
+    expect(row).toMatchObject({ status: 'completed', error: null })
+    const [first] = await database.db.select().from(jobAttempts).where(eq(jobAttempts.jobId, job.jobId))
+    expect(first).toMatchObject({ attempt: 1, reason: 'timeout', message: 'job timed out after 3s' })
   })
 
   it('claims a job once, within the owner quota', async () => {

@@ -318,7 +318,8 @@ export class JobRecords {
       progress: end.progress,
       message: end.message,
       result: end.result === undefined ? undefined : (end.result ?? null),
-      error: end.error === undefined ? undefined : end.error,
+      // A completed job has no error: an earlier attempt's stays in that attempt's row, not the job's.
+      error: end.status === 'completed' ? null : end.error === undefined ? undefined : end.error,
       finishedAt: TERMINAL_STATUSES.includes(end.status) ? now : null,
       nextAttemptAt: end.nextAttemptAt ?? null,
       updatedAt: now,

@@ -17,7 +17,15 @@ const valueAt = (params, path) =>
     .split('.')
     .reduce((o, k) => (o !== null && typeof o === 'object' && Object.hasOwn(o, k) ? o[k] : undefined), params)
 
-const from = (kind) => h('span', { class: 'from', 'data-from': kind }, kind)
+/** How a row's value came: `request`, `default`, `unset`, or `engine` (see ENGINE_FIELD). */
+const FROM_TEXT = { engine: 'request or gateway default' }
+const from = (kind) => h('span', { class: 'from', 'data-from': kind }, FROM_TEXT[kind] ?? kind)
+
+/**
+ * The gateway stores the engine a job runs on in its params, the request's or DEFAULT_ENGINE_<TYPE>'s when
+ * it named none: the stored params cannot tell which, so the row does not claim either.
+ */
+const ENGINE_FIELD = 'engine'
 
 function paramRow(name, value, kind) {
   return h(
@@ -34,7 +42,7 @@ function paramRows(schema, params) {
   const fields = schema ? fieldsOf(schema) : []
   const rows = fields.map((f) => {
     const value = valueAt(params, f.name)
-    if (value !== undefined) return paramRow(f.name, value, 'request')
+    if (value !== undefined) return paramRow(f.name, value, f.name === ENGINE_FIELD ? 'engine' : 'request')
     if (f.schema.default !== undefined) return paramRow(f.name, f.schema.default, 'default')
     return paramRow(f.name, undefined, 'unset')
   })

@@ -254,6 +254,8 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
     expect(await row('resolution').locator('.value').textContent()).toBe('512')
     expect(await row('epochs').getAttribute('data-from')).toBe('request')
     expect(await row('epochs').locator('.value').textContent()).toBe(String(EPOCHS))
+    // The stored engine may be the request's or the gateway's DEFAULT_ENGINE_<TYPE>: the row says both.
+    expect(await row('engine').locator('.from').textContent()).toBe('request or gateway default')
     expect(await row('baseModel').locator('.value').textContent()).toBe(HANGS_FIRST)
     expect(await page.locator('#d-opt-timeout').textContent()).toBe(`${TIMEOUT_SEC}.0 srequest`)
     expect(await page.locator('#d-opt-attempts').textContent()).toBe('2request')

@@ -5,6 +5,7 @@ import { ApiRequestError, GatewayClient, parseBaseUrl } from './client.ts'
 import type { ReconnectPolicy } from './follow.ts'
 import { HELP } from './help.ts'
 import { UsageError } from './params.ts'
+import { alignRows } from './table.ts'
 
 // What every command shares: its input and output, exit codes, option parsing, the client it talks with.
 
@@ -118,7 +119,10 @@ export class AmbiguousJobIdError extends Error {
     super(
       [
         `job id "${typed}" is ambiguous: ${more ? 'at least ' : ''}${candidates.length} jobs' ids start with it; type more of it`,
-        ...shown.map((j) => `  ${j.jobId}  ${j.type}  ${j.status}  created ${j.createdAt}`),
+        ...alignRows(
+          shown.map((j) => [j.jobId, j.type, j.status, `created ${j.createdAt}`]),
+          { indent: '  ' },
+        ),
         ...(candidates.length > shown.length ? [`  (and ${candidates.length - shown.length} more)`] : []),
       ].join('\n'),
     )

@@ -142,7 +142,20 @@ export function statusSummary(job: JobStatusBody, baseUrl: URL, now = Date.now()
   ]
   if (job.startedAt) {
     const end = job.finishedAt ? Date.parse(job.finishedAt) : now
-    rows.push(['ran for', duration(end - Date.parse(job.startedAt))])
+    const elapsed = end - Date.parse(job.startedAt)
+    // Its attempts' own time, without the backoffs between them (or the wait of a job put back).
+    const ran = job.attempts.reduce(
+      (ms, a) =>
+        a.startedAt === null
+          ? ms
+          : ms + Math.max(0, (a.finishedAt ? Date.parse(a.finishedAt) : now) - Date.parse(a.startedAt)),
+      0,
+    )
+    const waited = job.attempts.length > 0 && elapsed - ran >= 1000
+    rows.push([
+      'ran for',
+      waited ? `${duration(ran)} (${duration(elapsed)} since it first started)` : duration(elapsed),
+    ])
   }
   rows.push(['params', compactJson(job.params)])
   if (job.error) rows.push(['error', `${job.error.reason} (${job.error.code}): ${job.error.message}`])

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { bytes, duration } from '../../gateway/cli/render.ts'
+import { bytes, duration, statusSummary } from '../../gateway/cli/render.ts'
 import { attemptText, percentText, shortJobId } from '../../gateway/console/stream.js'
 import type { JobStatusBody, JobSummary } from '../../schema/api.ts'
 import type { ProgressEvent } from '../../schema/events.ts'
@@ -173,6 +173,63 @@ describe('attempts: one rule (console and CLI)', () => {
       attemptText({ attempt: 3, maxAttempts: 1, status: 'running', attempts: [shutdown, shutdown] }),
     ).toBe('3 of 3')
     expect(attemptText({ attempt: 2, maxAttempts: 2, status: 'running', attempts: [crash] })).toBe('2 of 2')
+  })
+})
+
+describe('gpu-jobs status: how long it ran', () => {
+  const t0 = Date.parse('2026-12-08T01:00:00.000Z')
+  const at = (s: number) => new Date(t0 + s * 1000).toISOString()
+  const attempt = (n: number, from: number, to: number | null) => ({
+    attempt: n,
+    hostId: 'host-a',
+    pid: 100 + n,
+    startedAt: at(from),
+    finishedAt: to === null ? null : at(to),
+    outcome: to === null ? null : n === 1 ? 'retrying' : 'completed',
+    reason: n === 1 ? 'timeout' : null,
+    message: null,
+  })
+  const job = (over: Partial<JobStatusBody>) =>
+    ({
+      jobId: 'j-1',
+      type: 'train_lora',
+      status: 'completed',
+      progress: 100,
+      message: 'done',
+      attempt: 2,
+      maxAttempts: 2,
+      createdAt: at(0),
+      startedAt: at(0),
+      finishedAt: at(120),
+      nextAttemptAt: null,
+      params: {},
+      error: null,
+      result: null,
+      artifacts: [],
+      attempts: [],
+      ...over,
+    }) as JobStatusBody
+  const ranFor = (body: JobStatusBody, now: number) =>
+    statusSummary(body, new URL('http://127.0.0.1:8080'), t0 + now * 1000)
+      .split('\n')
+      .find((l) => l.startsWith('ran for'))
+
+  it("is its attempts' own time, the backoff between them apart", () => {
+    // 3.1 s, a 115 s backoff, then 1.5 s.
+    const done = job({ attempts: [attempt(1, 0, 3.1), attempt(2, 118.5, 120)] } as Partial<JobStatusBody>)
+    expect(ranFor(done, 200)).toBe('ran for   5s (2m 0s since it first started)')
+    // Retrying after a 1 s attempt, 8 s on: 1 s ran.
+    const retrying = job({
+      status: 'retrying',
+      attempt: 1,
+      finishedAt: null,
+      attempts: [attempt(1, 0, 1)],
+    } as Partial<JobStatusBody>)
+    expect(ranFor(retrying, 8)).toBe('ran for   1s (8s since it first started)')
+    // One attempt, no wait: the one number.
+    expect(
+      ranFor(job({ finishedAt: at(3), attempts: [attempt(2, 0, 3)] } as Partial<JobStatusBody>), 9),
+    ).toBe('ran for   3s')
   })
 })
 

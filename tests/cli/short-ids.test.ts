@@ -6,7 +6,9 @@
 import { randomUUID } from 'node:crypto'
 import { eq } from 'drizzle-orm'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { AmbiguousJobIdError } from '../../gateway/cli/command.ts'
 import { EXIT, run } from '../../gateway/cli/main.ts'
+import type { JobSummary } from '../../schema/api.ts'
 import { jobs } from '../../schema/db/tables.ts'
 import { type Stack, startStack } from '../helpers/stack.ts'
 
@@ -62,6 +64,21 @@ describe('short job ids', () => {
     expect(res.err).toContain(`${tag}aaaa-1  train_lora  completed`)
     expect(res.err).toContain(`${tag}aaaa-2  train_lora  completed`)
     expect(res.err.match(/ambiguous/g)).toHaveLength(1)
+  })
+
+  it('lists the candidates in aligned columns whatever their ids and statuses', () => {
+    const summary = (jobId: string, status: JobSummary['status']) =>
+      ({ jobId, type: 'train_lora', status, createdAt: '2026-12-08T01:00:00.000Z' }) as JobSummary
+    const { message } = new AmbiguousJobIdError(
+      'tmo-then',
+      [summary('tmo-then-fail', 'retrying'), summary('tmo-then-ok', 'completed')],
+      false,
+    )
+    const [, ...rows] = message.split('\n')
+    expect(rows).toEqual([
+      '  tmo-then-fail  train_lora  retrying   created 2026-12-08T01:00:00.000Z',
+      '  tmo-then-ok    train_lora  completed  created 2026-12-08T01:00:00.000Z',
+    ])
   })
 
   it('no job starting with it: the usual not-found', async () => {

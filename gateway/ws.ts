@@ -243,12 +243,17 @@ export function webSockets(opts: WsOptions): WebSockets {
         ws.pause()
         return
       }
+      // node-ws hands text frames over as strings, binary ones as ArrayBuffers (never a valid message).
+      if (typeof data !== 'string')
+        return notice({ op: 'error', error: { code: 'invalid_message', message: 'a message is JSON text' } })
       let raw: unknown
       try {
-        // node-ws hands text frames over as strings, binary ones as ArrayBuffers (never a valid message).
-        raw = typeof data === 'string' ? JSON.parse(data) : undefined
+        raw = JSON.parse(data)
       } catch {
-        raw = undefined
+        return notice({
+          op: 'error',
+          error: { code: 'invalid_message', message: 'the message is not valid JSON' },
+        })
       }
       const parsed = v.safeParse(WsClientMessage, raw)
       if (!parsed.success)

@@ -321,6 +321,15 @@ describe('WebSocket after', () => {
       expect(msg.op, after).toBe('error')
       expect(msg.error?.code, after).toBe('invalid_message')
     }
+    // Not JSON, or not text: said so, not as a missing field.
+    for (const [frame, said] of [
+      ['not json', 'the message is not valid JSON'],
+      [Buffer.from('{"op":"subscribe"}'), 'a message is JSON text'],
+    ] as const) {
+      const reply = nextMessage(ws)
+      ws.send(frame)
+      expect(await reply).toEqual({ op: 'error', error: { code: 'invalid_message', message: said } })
+    }
     // The largest one allowed is fine: a finished job with nothing after it.
     const ok = nextMessage(ws)
     ws.send(JSON.stringify({ op: 'subscribe', jobId, after: Number.MAX_SAFE_INTEGER }))

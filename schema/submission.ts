@@ -43,6 +43,10 @@ export async function checkSubmission(
   raw: unknown,
   { dataDir, defaultEngines }: { dataDir: string; defaultEngines: Partial<Record<JobType, Engine>> },
 ): Promise<SubmissionAccepted | SubmissionRefused> {
+  // An array passes for an object in the schema ("type is required"); null, a number or a string would be
+  // "must be Object": one message for every body that is not an object.
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    return refused('invalid_request', [{ path: '(body)', message: 'must be a JSON object' }])
   const unsafe = jsonSafetyIssue(raw)
   if (unsafe) return refused(inParams(unsafe) ? 'invalid_params' : 'invalid_request', [unsafe])
   const body = v.safeParse(SubmitJobBody, raw)

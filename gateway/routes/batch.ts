@@ -7,7 +7,7 @@ import { Hono } from 'hono'
 import * as v from 'valibot'
 import { MAX_BATCH_JOBS, type SubmitBatchResponse, type SubmitJobBody } from '../../schema/api.ts'
 import type { Config } from '../../schema/config.ts'
-import { toFieldIssues } from '../../schema/issues.ts'
+import { type FieldIssue, toFieldIssues } from '../../schema/issues.ts'
 import { jsonSafetyIssue } from '../../schema/json-safety.ts'
 import { ApiError } from '../errors.ts'
 import { jsonBody } from '../middleware/body.ts'
@@ -43,8 +43,20 @@ export function batchRoutes({ config, submitter }: { config: Config; submitter: 
       const first = issues[0] ?? { path: 'jobs', message: 'is not valid' }
       throw new ApiError(400, 'invalid_request', `invalid request: ${first.path} ${first.message}`, issues)
     }
+    // Every item is checked, so one answer names all the bad ones (each issue's path says its item).
     const bodies: SubmitJobBody[] = []
-    for (const [i, item] of shell.output.jobs.entries()) bodies.push(await checkBody(item, config, at(i)))
+    let refused: ApiError | undefined
+    const issues: FieldIssue[] = []
+    for (const [i, item] of shell.output.jobs.entries()) {
+      try {
+        bodies.push(await checkBody(item, config, at(i)))
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 400) throw err
+        refused ??= err
+        issues.push(...(err.issues ?? []))
+      }
+    }
+    if (refused) throw new ApiError(400, refused.code, refused.message, issues)
     const answers = await submitter.submitMany(bodies, c.get('owner'), at)
     // 202 when this batch queued anything; 200 when every job existed already (as a single resubmit).
     const status = answers.some((a) => a.status === 202) ? 202 : 200

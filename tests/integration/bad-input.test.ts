@@ -92,6 +92,15 @@ const refusedDatasetPath = (name: string, datasetPath: string): Case => ({
 
 const cases: Case[] = [
   { name: 'invalid JSON', body: (id) => `{"jobId":"${id}","type":`, status: 400, code: 'invalid_json' },
+  ...['[]', 'null', '7', '"train_lora"'].map(
+    (text): Case => ({
+      name: `a body that is not an object: ${text}`,
+      body: () => text,
+      status: 400,
+      code: 'invalid_request',
+      field: '(body)',
+    }),
+  ),
   {
     name: 'unknown type',
     body: { type: 'mine_bitcoin', params: {} },

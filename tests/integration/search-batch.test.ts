@@ -240,6 +240,20 @@ describe('POST /api/jobs/batch', () => {
       error: { code: 'invalid_params', issues: [{ path: 'jobs[1].params.epochs' }] },
     })
     expect(JSON.stringify(res.json)).toContain('jobs[1].params.epochs')
+    // Every bad item is named in the one answer, not only the first.
+    const several = await batch('frank', { jobs: [voice(`${tag}-ok2`), voice(undefined, 0), 7, []] })
+    expect(several.status).toBe(400)
+    expect(several.json).toMatchObject({
+      error: {
+        code: 'invalid_params',
+        message: expect.stringMatching(/^invalid params: jobs\[1\]\.params\.epochs /),
+        issues: [
+          { path: 'jobs[1].params.epochs' },
+          { path: 'jobs[2]', message: 'must be a JSON object' },
+          { path: 'jobs[3]', message: 'must be a JSON object' },
+        ],
+      },
+    })
     const unknownField = await batch('frank', { jobs: [{ ...voice(), nope: 1 }] })
     expect(unknownField.json).toMatchObject({
       error: { code: 'invalid_request', issues: [{ path: 'jobs[0].nope' }] },

@@ -87,7 +87,8 @@ function entry(d, job, a) {
       { class: 'attempt-head' },
       h('strong', {}, `Attempt ${a.attempt}`),
       h('span', { class: 'badge', 'data-status': outcome }, outcome),
-      a.reason
+      // A reason that only repeats the badge (cancelled, cancelled) is left out.
+      a.reason && reasonText(a.reason, job.timeoutSec) !== outcome
         ? h('span', { class: 'reason', 'data-reason': a.reason }, reasonText(a.reason, job.timeoutSec))
         : null,
     ),

@@ -161,7 +161,7 @@ function renderPaging(count, nextCursor) {
       ? ''
       : nextCursor
         ? `Showing 1–${count}; there are more.`
-        : `Showing all ${count} ${count === 1 ? 'job' : 'jobs'}${filters().q || filters().status || filters().type ? ' that match' : ''}.`
+        : `Showing all ${count} ${count === 1 ? 'job' : 'jobs'}${filters().q || filters().status || filters().type ? (count === 1 ? ' that matches' : ' that match') : ''}.`
 }
 
 function buildRow(job) {

@@ -345,6 +345,10 @@ describe.skipIf(!hasChromium)('job detail in Chromium', () => {
     await poll(() => page.locator('#d-action-status').textContent()).toBe('')
     await poll(() => page.locator('#d-artifacts-empty').textContent()).toBe('No artifacts.')
     expect(await page.locator('#d-error-reason').textContent()).toBe('cancelled')
+    // Its attempt says "cancelled" once: the badge, not a reason that repeats it.
+    const attempt = page.locator('#d-attempts li[data-attempt="1"]')
+    await poll(() => attempt.locator('.badge').textContent()).toBe('cancelled')
+    expect(await attempt.locator('.reason').count()).toBe(0)
   })
 
   it('fits a 390 px wide phone: the detail is usable and nothing scrolls sideways', async () => {

@@ -305,7 +305,7 @@ describe.skipIf(!hasChromium)('console fleet views in Chromium', () => {
     await page.fill('#filter-q', prefix)
     await poll(rowIds).toEqual([video])
     expect(new URLSearchParams(new URL(page.url()).search).get('q')).toBe(prefix)
-    expect(await page.locator('#list-count').textContent()).toBe('Showing all 1 job that match.')
+    expect(await page.locator('#list-count').textContent()).toBe('Showing all 1 job that matches.')
 
     // The long jobs' messages are "step n/12000"; no other job says "step".
     await page.fill('#filter-q', 'STEP')

@@ -1,7 +1,7 @@
 // The queue overview, the strip under the top bar on every view: how many jobs wait, run and wait to
 // retry, how long the oldest has waited, what ended in the last hour, the unfinished jobs by type and
-// BullMQ's own counts (GET /api/queue). Refreshed every few seconds while the page is visible, and soon after a job the
-// page follows changes status or the list changes (a job submitted here).
+// BullMQ's own counts (GET /api/queue). Refreshed every few seconds while the page is visible, and soon
+// after a job the page follows changes status or the list changes (a job submitted here).
 
 import { api } from './api.js'
 import { $, h, hideBanner, showBanner } from './dom.js'

@@ -33,7 +33,6 @@ export interface CancelListenerDeps {
   onCancel: (jobId: string) => void
   /** A lookup that failed (Redis away): the next one tries again. */
   onError: (err: unknown) => void
-  sweepMs?: number
 }
 
 /**
@@ -56,7 +55,7 @@ export class CancelListener {
     })
     // Back after a reconnect (ioredis subscribes again by itself): what was broadcast meanwhile is lost.
     subscriber.on('ready', () => void this.sweep())
-    this.timer = setInterval(() => void this.sweep(), this.deps.sweepMs ?? CANCEL_SWEEP_MS)
+    this.timer = setInterval(() => void this.sweep(), CANCEL_SWEEP_MS)
     this.timer.unref()
   }
 

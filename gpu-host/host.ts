@@ -49,8 +49,6 @@ export interface GpuHostOptions {
   version?: string
   /** How often the host beats its state to Redis for `GET /api/hosts` (default 5 s; tests make it short). */
   heartbeatMs?: number
-  /** How often running jobs' cancel keys are looked up (default CANCEL_SWEEP_MS). */
-  cancelSweepMs?: number
 }
 
 /**
@@ -143,7 +141,6 @@ export class GpuHost {
       uncancelled: () => [...this.running.values()].filter((j) => !j.cancelRequested).map((j) => j.jobId),
       onCancel: (jobId) => this.cancelLocal(jobId),
       onError: (err) => logger.warn({ err: (err as Error).message }, 'could not look up cancels'),
-      sweepMs: opts.cancelSweepMs,
     })
     this.heartbeat = new Heartbeat(
       this.redis,

@@ -17,6 +17,10 @@ import type { FieldIssue } from './issues.ts'
 /** Levels of objects and arrays below the checked value (the body is level 0, `params` level 1). */
 export const MAX_JSON_DEPTH = 32
 
+/** Whether parsed JSON is an object (`{...}`): not null, an array, a number or a string. */
+export const isJsonObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
+
 /** Keys that JavaScript object handling drops or treats specially; refused as unknown fields. */
 export const RESERVED_KEYS: readonly string[] = ['__proto__', 'constructor', 'prototype']
 

@@ -3,7 +3,7 @@ import { SubmitJobBody } from './api.ts'
 import { DatasetPathError, resolveDatasetPath } from './dataset-path.ts'
 import { type Engine, withDefaultEngine } from './engines.ts'
 import { type FieldIssue, toFieldIssues } from './issues.ts'
-import { jsonSafetyIssue } from './json-safety.ts'
+import { isJsonObject, jsonSafetyIssue } from './json-safety.ts'
 import { type JobType, PARAMS_BY_TYPE, type RenderVideoParams } from './params/index.ts'
 import { renderVideoIssues } from './workflow.ts'
 
@@ -45,7 +45,7 @@ export async function checkSubmission(
 ): Promise<SubmissionAccepted | SubmissionRefused> {
   // An array passes for an object in the schema ("type is required"); null, a number or a string would be
   // "must be Object": one message for every body that is not an object.
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+  if (!isJsonObject(raw))
     return refused('invalid_request', [{ path: '(body)', message: 'must be a JSON object' }])
   const unsafe = jsonSafetyIssue(raw)
   if (unsafe) return refused(inParams(unsafe) ? 'invalid_params' : 'invalid_request', [unsafe])

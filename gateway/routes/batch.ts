@@ -8,7 +8,7 @@ import * as v from 'valibot'
 import { MAX_BATCH_JOBS, type SubmitBatchResponse, type SubmitJobBody } from '../../schema/api.ts'
 import type { Config } from '../../schema/config.ts'
 import { type FieldIssue, toFieldIssues } from '../../schema/issues.ts'
-import { jsonSafetyIssue } from '../../schema/json-safety.ts'
+import { isJsonObject, jsonSafetyIssue } from '../../schema/json-safety.ts'
 import { ApiError } from '../errors.ts'
 import { jsonBody } from '../middleware/body.ts'
 import { checkBody, MAX_BODY_BYTES, readJson, type Submitter } from './submit.ts'
@@ -34,8 +34,8 @@ export function batchRoutes({ config, submitter }: { config: Config; submitter: 
   app.post('/api/jobs/batch', jsonBody({ maxBytes: MAX_BATCH_BODY_BYTES }), async (c) => {
     const raw = await readJson(c)
     // The shell's safety first (the items' is checked with each item, naming its own path).
-    const isRecord = typeof raw === 'object' && raw !== null && !Array.isArray(raw)
-    const { jobs: _items, ...shellRest } = isRecord ? (raw as Record<string, unknown>) : {}
+    const isRecord = isJsonObject(raw)
+    const { jobs: _items, ...shellRest } = isRecord ? raw : {}
     const unsafe = jsonSafetyIssue(isRecord ? shellRest : raw)
     const shell = unsafe ? null : v.safeParse(BatchShell, raw)
     if (unsafe || !shell?.success) {
